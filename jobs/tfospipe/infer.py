@@ -1,0 +1,81 @@
+"""infer: Spark batch inference with a single-node TensorFlow in each executor (as TFoS's mnist_inference).
+
+Scores the version's ``score`` split when the conversion produced one, else its ``eval`` split, with
+the promoted serving model (or a named promoted version, never an unvalidated model). Each executor
+loads the SavedModel once per process (see predict.py) and predicts in batches. Output:
+``{root}/predictions/{version}/`` Parquet with row_id, predicted_class, probability, probabilities,
+label (null when unknown), model_version, dataset_version; manifest and _SUCCESS; atomic commit.
+"""
+
+import time
+
+from . import convert, fs, paths, predict, serving
+from .runner import JobError
+
+
+def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, loads):
+    """Executor side: rows of the output table for this partition's TFRecord files."""
+    def run(files):
+        files = list(files)
+        if not files:
+            return
+        fn = predict.loaded_model(model_dir, image_shape, on_load=lambda: loads.add(1))
+        for images, labels, row_ids in predict.batches(files, image_shape, batch_size):
+            probabilities, classes = fn(images)
+            for rid, label, probs, cls in zip(row_ids.tolist(), labels.tolist(), probabilities.tolist(),
+                                              classes.tolist()):
+                yield (rid, cls, probs[cls], probs, label if label >= 0 else None, model_version, dataset_version)
+    return run
+
+
+def _model(layout, requested):
+    if requested:
+        mv = paths.check_segment(requested, "model version")
+        if mv not in serving.versions(layout):
+            raise JobError(f"model version {mv!r} was never promoted (promoted: {serving.versions(layout)}); "
+                           "only validated models can score")
+        return mv
+    now = serving.current(layout)
+    if now is None:
+        raise JobError(f"no model has been promoted yet ({layout.serving_pointer()} is missing): run train and "
+                       "validate until a model passes the gate")
+    return now["model_version"]
+
+
+def run(spark, args):
+    from pyspark.sql import types as T
+
+    sc = spark.sparkContext
+    layout = paths.Layout(args.data_root)
+    manifest = convert.read_manifest(layout, args.version)
+    image_shape = tuple(manifest["image_shape"])
+    split = "score" if manifest["splits"].get("score") else "eval"
+    rows_in = manifest["splits"][split]
+    files = convert.shard_files(layout, args.version, split)
+    mv = _model(layout, args.model_version)
+    model_dir = layout.serving_model(mv)
+
+    schema = T.StructType([
+        T.StructField("row_id", T.LongType(), False),
+        T.StructField("predicted_class", T.IntegerType(), False),
+        T.StructField("probability", T.FloatType(), False),
+        T.StructField("probabilities", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("label", T.IntegerType(), True),
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("dataset_version", T.StringType(), False),
+    ])
+    loads = sc.accumulator(0)
+    started = time.time()
+    out = layout.predictions(args.version)
+    with fs.Staging(out) as stage:
+        rows = sc.parallelize(files, max(len(files), 1)).mapPartitions(
+            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, loads))
+        spark.createDataFrame(rows, schema).write.mode("overwrite").parquet(stage.path)
+        rows_out = spark.read.parquet(stage.path).count()
+        if rows_out != rows_in:
+            raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
+        result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
+                  "rows_out": rows_out, "partitions": len(files), "model_loads": loads.value,
+                  "batch_size": args.batch_size, "seconds": round(time.time() - started, 1)}
+        stage.commit(result)
+    return dict(result, output=out)

@@ -1,0 +1,131 @@
+"""Command-line arguments of the four jobs, in one place.
+
+The jobs parse their ``argv`` with :func:`parse`; the DAG builds each task's ``application_args``
+with :func:`to_argv` and takes its params' defaults from :data:`JOBS`, so a flag, its type and its
+default are written once. No Spark or TensorFlow import here: the DAG processor loads this module.
+"""
+
+import argparse
+
+from . import paths
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1]")
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _segment(what):
+    def check(text):
+        try:
+            return paths.check_segment(text, what)
+        except paths.PathError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return check
+
+
+def _run_id(text):
+    try:
+        return paths.run_slug(text)
+    except paths.PathError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _image_shape(text):
+    if text in ("", "auto"):
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image shape {text!r} is not HxW, e.g. 28x28") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"image shape {text!r} must be positive")
+    return h, w
+
+
+class Arg:
+    def __init__(self, name, type, default, help, choices=None):
+        self.name, self.type, self.default, self.help, self.choices = name, type, default, help, choices
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+
+_COMMON = [
+    Arg("data_root", str, None, "root of all data: a local directory or a tf.io.gfile URI every executor can reach"),
+    Arg("version", _segment("dataset version"), None, "dataset version, e.g. the run's logical date 2026-11-28"),
+]
+_RUN = [Arg("run_id", _run_id, None, "Airflow run id; keys the model directory so a retry resumes it")]
+
+JOBS = {
+    "convert": _COMMON + [
+        Arg("eval_fraction", _fraction, 0.2, "fraction of rows for the eval split (by a hash of the row's content)"),
+        Arg("num_shards", _positive, 4, "TFRecord shards per split (at least the training cluster size)"),
+        Arg("max_bad_fraction", _fraction, 0.05, "fail when more than this fraction of rows is quarantined"),
+        Arg("pixel_max", _positive, 255, "largest valid pixel value; larger values are quarantined"),
+        Arg("image_shape", _image_shape, "auto", "HxW, or auto: square root of the pixel column count"),
+    ],
+    "train": _COMMON + _RUN + [
+        Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)"),
+        Arg("epochs", _positive, 5, "passes over the train split"),
+        Arg("batch_size", _positive, 64, "batch size per worker"),
+        Arg("learning_rate", _positive_float, 0.001, "Adam learning rate"),
+    ],
+    "validate": _COMMON + _RUN + [
+        Arg("min_accuracy", _fraction, 0.8, "the candidate's eval accuracy must reach this"),
+        Arg("max_regression", _fraction, 0.02, "the candidate may trail the serving model's accuracy by at most this"),
+    ],
+    "infer": _COMMON + [
+        Arg("batch_size", _positive, 256, "rows per prediction batch in each executor"),
+        Arg("model_version", str, "", "promoted model version to use; empty = the one serving now"),
+    ],
+}
+
+
+def parser(job):
+    p = argparse.ArgumentParser(prog=f"{job}.py", description=f"{job} job of the TFoS pipeline")
+    for a in JOBS[job]:
+        required = a.default is None
+        p.add_argument(a.flag, dest=a.name, type=a.type, default=None if required else a.default,
+                       required=required, help=a.help, choices=a.choices)
+    return p
+
+
+def parse(job, argv):
+    args = parser(job).parse_args(argv)
+    if args.data_root:
+        args.data_root = paths.normalize_root(args.data_root)
+    return args
+
+
+def defaults(job):
+    return {a.name: a.default for a in JOBS[job] if a.default is not None}
+
+
+def to_argv(job, values):
+    """``application_args`` for a job: every value given, as ``--flag value`` (values may be templates)."""
+    known = {a.name: a for a in JOBS[job]}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise KeyError(f"unknown arguments for {job}: {sorted(unknown)}")
+    argv = []
+    for name, value in values.items():
+        argv += [known[name].flag, str(value)]
+    return argv

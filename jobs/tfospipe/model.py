@@ -1,0 +1,110 @@
+"""The model definition and its serving signature: the contract between train, validate and infer.
+
+Model: TensorFlowOnSpark's MNIST CNN — conv 5x5x32 -> max-pool 2x2 -> conv 5x5x64 -> max-pool 2x2 ->
+dense 1024 -> dropout 0.4 -> dense 10 -> softmax, for any H x W input (28x28 MNIST, 8x8 digits).
+
+Serving signature ``serving_default`` of every exported SavedModel:
+
+    input   image           float32 [None, H, W, 1]   raw pixel values, 0..pixel_max (the model
+                                                      divides by pixel_max itself)
+    output  probabilities   float32 [None, 10]        softmax over the 10 classes
+    output  class           int64   [None]            argmax of probabilities
+
+tf-keras is used (``TF_USE_LEGACY_KERAS=1``): Keras 3 cannot train under
+MultiWorkerMirroredStrategy with this stack.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+
+from . import schema  # noqa: E402
+
+SIGNATURE = "serving_default"
+INPUT = "image"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_CLASS = "class"
+
+
+def build_model(image_shape, pixel_max, learning_rate=1e-3):
+    """The seed's CNN, compiled for training with sparse categorical cross-entropy."""
+    keras = tf.keras
+    h, w = image_shape
+    layers = keras.layers
+    inputs = keras.Input(shape=(h, w, 1), name=INPUT, dtype="float32")
+    x = layers.Rescaling(1.0 / float(pixel_max), name="scale")(inputs)
+    x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(2, 2, padding="same", name="pool1")(x)
+    x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, 2, padding="same", name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(1024, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.4, name="dropout")(x)
+    logits = layers.Dense(schema.NUM_CLASSES, name="logits")(x)
+    probabilities = layers.Softmax(name=OUTPUT_PROBABILITIES)(logits)
+    model = keras.Model(inputs, probabilities, name="tfos_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def serving_function(model, image_shape):
+    h, w = image_shape
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 1], tf.float32, name=INPUT)])
+    def serve(image):
+        probabilities = model(image, training=False)
+        return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_CLASS: tf.argmax(probabilities, axis=1)}
+
+    return serve
+
+
+def export(model, path, image_shape):
+    """Write ``model`` as a SavedModel with the serving signature above."""
+    tf.saved_model.save(model, path, signatures={SIGNATURE: serving_function(model, image_shape)})
+
+
+class SignatureError(ValueError):
+    pass
+
+
+def check_signature(loaded, image_shape):
+    """Raise SignatureError naming what differs from the documented signature; return the function."""
+    if SIGNATURE not in loaded.signatures:
+        raise SignatureError(f"no '{SIGNATURE}' signature (found {sorted(loaded.signatures)})")
+    fn = loaded.signatures[SIGNATURE]
+    _args, kwargs = fn.structured_input_signature
+    if set(kwargs) != {INPUT}:
+        raise SignatureError(f"signature inputs are {sorted(kwargs)}, expected ['{INPUT}']")
+    spec = kwargs[INPUT]
+    want = [None, image_shape[0], image_shape[1], 1]
+    if spec.dtype != tf.float32 or spec.shape.as_list() != want:
+        raise SignatureError(f"input '{INPUT}' is {spec.dtype.name} {spec.shape.as_list()}, expected float32 {want}")
+    outputs = fn.structured_outputs
+    expected = {OUTPUT_PROBABILITIES: (tf.float32, [None, schema.NUM_CLASSES]), OUTPUT_CLASS: (tf.int64, [None])}
+    if set(outputs) != set(expected):
+        raise SignatureError(f"signature outputs are {sorted(outputs)}, expected {sorted(expected)}")
+    for name, (dtype, shape) in expected.items():
+        got = outputs[name]
+        if got.dtype != dtype or got.shape.as_list() != shape:
+            raise SignatureError(f"output '{name}' is {got.dtype.name} {got.shape.as_list()}, "
+                                 f"expected {dtype.name} {shape}")
+    return fn
+
+
+def load_serving(path, image_shape):
+    """Load a SavedModel, check its signature, return ``predict(images) -> (probabilities, classes)``."""
+    loaded = tf.saved_model.load(path)
+    fn = check_signature(loaded, image_shape)
+
+    def predict(images):
+        out = fn(**{INPUT: tf.convert_to_tensor(images, tf.float32)})
+        return out[OUTPUT_PROBABILITIES].numpy(), out[OUTPUT_CLASS].numpy()
+
+    predict.loaded = loaded  # keep the trackable object alive as long as the function
+    return predict

@@ -1,0 +1,107 @@
+"""The one path layout of the pipeline, shared by the DAG, the jobs and the scripts.
+
+Everything lives under a data root, which is a local directory or any URI that
+``tf.io.gfile`` understands and every executor can reach::
+
+    {root}/raw/{version}/*.csv[.gz]                 input CSV of a dataset version
+    {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards, manifest.json, _SUCCESS
+    {root}/quarantine/{version}/                    rows that could not be converted (JSON lines), kept
+                                                    for passed and failed conversions alike
+    {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/,
+                                                    workers/ (done markers), manifest.json, _SUCCESS
+    {root}/validation/{version}/{run}/              metrics.json of the gate for that run
+    {root}/serving/models/{model_version}/          promoted SavedModels, kept for rollback
+    {root}/serving/CURRENT.json                     pointer to the model now serving
+    {root}/predictions/{version}/                   Parquet predictions, manifest.json, _SUCCESS
+
+Versions and run ids become path segments, so they are checked here: no separators,
+no ``..``, no whitespace or shell metacharacters.
+"""
+
+import os
+import re
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RUN_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: The JSON-schema pattern the DAG's params use for a dataset version (same rule as check_segment).
+SEGMENT_PATTERN = _SEGMENT.pattern
+
+
+class PathError(ValueError):
+    """A version or run id that cannot be used as a path segment."""
+
+
+def check_segment(value, what="dataset version"):
+    """Return ``value`` if it is a safe single path segment, else raise PathError."""
+    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
+        raise PathError(
+            f"invalid {what} {value!r}: use 1-128 characters from letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, with no '..' (for example 2026-11-28)")
+    return value
+
+
+def run_slug(run_id):
+    """Turn an Airflow run id (``manual__2026-11-28T10:00:00+00:00``) into a path segment."""
+    slug = _RUN_UNSAFE.sub("_", str(run_id)).strip("._-")
+    return check_segment(slug[:128] or "run", "run id")
+
+
+def join(*parts):
+    """Join a root (local path or URI) with segments, using '/' for URIs."""
+    root, rest = parts[0], [p.strip("/") for p in parts[1:] if p]
+    if "://" in root:
+        return "/".join([root.rstrip("/")] + rest)
+    return os.path.join(root, *rest)
+
+
+def normalize_root(root):
+    """A local root becomes absolute (executors do not share the driver's working directory)."""
+    if "://" in root:
+        return root.rstrip("/")
+    return os.path.abspath(root)
+
+
+class Layout:
+    """Paths of every artefact, keyed by dataset version (and run for models)."""
+
+    def __init__(self, root):
+        self.root = normalize_root(root)
+
+    def raw(self, version):
+        return join(self.root, "raw", check_segment(version))
+
+    def tfrecords(self, version):
+        return join(self.root, "tfrecords", check_segment(version))
+
+    def split(self, version, split):
+        return join(self.tfrecords(version), split)
+
+    def quarantine(self, version):
+        return join(self.root, "quarantine", check_segment(version))
+
+    def model_run(self, version, run):
+        return join(self.root, "models", check_segment(version), check_segment(run, "run id"))
+
+    def exported_model(self, version, run):
+        return join(self.model_run(version, run), "model")
+
+    def validation(self, version, run):
+        return join(self.root, "validation", check_segment(version), check_segment(run, "run id"))
+
+    def serving(self):
+        return join(self.root, "serving")
+
+    def serving_model(self, model_version):
+        return join(self.serving(), "models", check_segment(model_version, "model version"))
+
+    def serving_pointer(self):
+        return join(self.serving(), "CURRENT.json")
+
+    def predictions(self, version):
+        return join(self.root, "predictions", check_segment(version))
+
+
+def model_version(version, run):
+    """Name under which a validated model is promoted: dataset version and run."""
+    return check_segment(f"{check_segment(version)}__{check_segment(run, 'run id')}", "model version")

@@ -1,0 +1,54 @@
+"""What every spark-submit entrypoint does: parse arguments, run the job in a SparkSession, exit code.
+
+A job raises :class:`JobError` for anything a user must fix (bad input, missing upstream output, a
+failed gate); it is printed as one ``ERROR`` line that ends up at the end of the Airflow task log,
+and the process exits with status 2. Anything else is a bug and keeps its traceback (status 1).
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+from . import jobargs
+
+
+class JobError(Exception):
+    """A failure with a message for the user: what is wrong, where, and what to do."""
+
+
+def git_revision():
+    """Commit of the project source the job runs from, or 'unknown' outside a git checkout."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def library_versions():
+    import pyspark
+    import tensorflow as tf
+    return {"python": sys.version.split()[0], "pyspark": pyspark.__version__, "tensorflow": tf.__version__}
+
+
+def main(job, run, argv=None):
+    """Entry point body of ``jobs/<job>.py``: returns the process exit code."""
+    args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"tfos-{job}-{args.version}").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    started = time.time()
+    try:
+        summary = run(spark, args)
+    except JobError as e:
+        print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        spark.stop()
+    summary = dict(summary or {}, job=job, seconds=round(time.time() - started, 1))
+    print(f"RESULT [{job}] " + json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return 0

@@ -1,0 +1,47 @@
+"""Write dataset versions of real handwritten digits (scikit-learn's load_digits, 8x8, values 0-16).
+
+One directory per version under {root}/raw/{version}/digits.csv, in the TFoS MNIST CSV layout:
+a header ``label,pixel0,...,pixel63`` then one row per image. No download: the digits ship with
+scikit-learn. Each version holds all 1,797 digits in a version-specific order.
+"""
+import argparse
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
+
+from tfospipe import paths  # noqa: E402
+
+
+def write_version(root, version, limit=None):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rows = list(zip(digits.target.tolist(), digits.data.astype(int).tolist()))
+    random.Random(version).shuffle(rows)
+    rows = rows[:limit] if limit else rows
+    out_dir = paths.Layout(root).raw(version)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "digits.csv")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("label," + ",".join(f"pixel{i}" for i in range(64)) + "\n")
+        for label, pixels in rows:
+            f.write(f"{label}," + ",".join(map(str, pixels)) + "\n")
+    os.replace(tmp, path)
+    return path, len(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=os.environ.get("TFOS_DATA_ROOT", "data"), help="data root (default: ./data)")
+    p.add_argument("--limit", type=int, default=None, help="rows per version (default: all 1,797)")
+    p.add_argument("versions", nargs="+", help="dataset versions to write, e.g. 2026-11-27 2026-11-28")
+    args = p.parse_args(argv)
+    for v in args.versions:
+        path, n = write_version(args.root, v, args.limit)
+        print(f"wrote {n} rows to {path}")
+
+
+if __name__ == "__main__":
+    main()
