@@ -1,0 +1,89 @@
+"""Airflow side of the pipeline: the Spark conf TensorFlowOnSpark needs, set once, and the operator.
+
+``TFoSSparkSubmitOperator`` is a thin ``SparkSubmitOperator`` that
+
+* points ``application`` at ``jobs/<job>.py`` and builds its ``application_args`` from
+  ``tfospipe.jobargs`` (one definition of every flag);
+* zips ``jobs/tfospipe`` at execute time and ships it with ``--py-files``;
+* applies :func:`spark_conf`: one executor per TensorFlow node with one task slot each, dynamic
+  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors.
+
+The Spark master comes from the Airflow connection ``spark_default``; the data root from the Airflow
+Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else names a cluster.
+"""
+
+import os
+import sys
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOBS_DIR = os.path.join(PROJECT_DIR, "jobs")
+if JOBS_DIR not in sys.path:
+    sys.path.insert(0, JOBS_DIR)
+
+from tfospipe import jobargs, package  # noqa: E402
+
+DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
+BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))
+#: Python of the driver and executors: this one (the project's venv; the same path in the image).
+PYTHON = os.environ.get("TFOS_PYSPARK_PYTHON", sys.executable)
+
+DATA_ROOT = "{{ var.value.get('tfos_data_root', '%s') }}" % DEFAULT_DATA_ROOT
+VERSION = "{{ params.dataset_version or ds }}"
+RUN_ID = "{{ run_id }}"
+
+#: Environment of the spark-submit process (driver in client mode) and of every executor.
+TF_ENV = {
+    "TF_USE_LEGACY_KERAS": "1",      # tf-keras: Keras 3 fails under MultiWorkerMirroredStrategy
+    "TF_CPP_MIN_LOG_LEVEL": "2",     # keep TensorFlow's C++ INFO lines out of the task log
+    "TF_NUM_INTRAOP_THREADS": "1",   # one core per executor: no thread oversubscription
+    "TF_NUM_INTEROP_THREADS": "1",
+}
+
+
+def spark_conf(cluster_size, tfos=False):
+    """Spark conf for a pipeline job; ``cluster_size`` may be a Jinja template.
+
+    ``tfos=True`` (training) also stops Spark from retrying a failed TF node's task: a retried node
+    cannot rejoin a running TensorFlow cluster and would hang it; Airflow retries the whole job.
+    """
+    conf = {
+        "spark.executor.instances": cluster_size,   # YARN, Kubernetes
+        "spark.cores.max": cluster_size,            # standalone: cluster_size executors x 1 core
+        "spark.executor.cores": "1",
+        "spark.task.cpus": "1",                     # one task, so one TF node, per executor
+        "spark.dynamicAllocation.enabled": "false",
+        "spark.python.worker.reuse": "true",        # models stay loaded across tasks
+        "spark.pyspark.python": PYTHON,
+        "spark.pyspark.driver.python": PYTHON,
+    }
+    for key, value in TF_ENV.items():
+        conf[f"spark.executorEnv.{key}"] = value
+        conf[f"spark.yarn.appMasterEnv.{key}"] = value
+        conf[f"spark.kubernetes.driverEnv.{key}"] = value
+    if tfos:
+        conf["spark.task.maxFailures"] = "1"
+    return conf
+
+
+class TFoSSparkSubmitOperator(SparkSubmitOperator):
+    """spark-submit of ``jobs/<job>.py`` with the pipeline's conf, arguments and ``--py-files`` zip."""
+
+    def __init__(self, *, job, job_args, cluster_size="{{ params.cluster_size }}", tfos=False, **kwargs):
+        if job not in jobargs.JOBS:
+            raise ValueError(f"unknown job {job!r}; jobs: {sorted(jobargs.JOBS)}")
+        super().__init__(
+            application=os.path.join(JOBS_DIR, f"{job}.py"),
+            application_args=jobargs.to_argv(job, job_args),
+            conf=spark_conf(cluster_size, tfos=tfos),
+            env_vars=dict(TF_ENV),
+            name=f"tfos-{job}",
+            conn_id=kwargs.pop("conn_id", "spark_default"),
+            **kwargs,
+        )
+        self.job = job
+
+    def execute(self, context):
+        self.py_files = package.build_zip(BUILD_DIR)
+        return super().execute(context)
