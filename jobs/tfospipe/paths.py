@@ -34,7 +34,7 @@ class PathError(ValueError):
 
 def check_segment(value, what="dataset version"):
     """Return ``value`` if it is a safe single path segment, else raise PathError."""
-    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value) or ".." in value:
         raise PathError(
             f"invalid {what} {value!r}: use 1-128 characters from letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, with no '..' (for example 2026-11-28)")

@@ -1,0 +1,55 @@
+"""Shared test set-up: import paths, and running a job with spark-submit exactly as the DAG does."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for sub in ("jobs", "plugins"):
+    path = os.path.join(PROJECT_DIR, sub)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: A real multi-executor Spark cluster: 2 executor JVMs with one core each.
+TEST_MASTER = os.environ.get("TFOS_TEST_MASTER", "local-cluster[2,1,1024]")
+
+
+class JobRun:
+    def __init__(self, proc):
+        self.returncode = proc.returncode
+        self.output = proc.stdout
+
+    def result(self):
+        import json
+        for line in self.output.splitlines():
+            if line.startswith("RESULT ["):
+                return json.loads(line.split("] ", 1)[1])
+        raise AssertionError("no RESULT line in job output:\n" + self.output[-5000:])
+
+    def error(self):
+        lines = [line for line in self.output.splitlines() if line.startswith("ERROR [")]
+        return lines[-1] if lines else None
+
+
+def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600):
+    """spark-submit jobs/<job>.py with the DAG's conf, env and --py-files zip (from plugins/tfos_spark.py)."""
+    import tfos_spark
+    from tfospipe import jobargs, package
+
+    cmd = [os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master", TEST_MASTER,
+           "--py-files", package.build_zip(str(tmp_build))]
+    for key, value in tfos_spark.spark_conf(str(cluster_size), tfos=(job == "train")).items():
+        cmd += ["--conf", f"{key}={value}"]
+    cmd += [os.path.join(tfos_spark.JOBS_DIR, f"{job}.py")] + jobargs.to_argv(job, job_args)
+    env = dict(os.environ, **tfos_spark.TF_ENV)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          timeout=timeout)
+    return JobRun(proc)
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("build")

@@ -1,0 +1,83 @@
+"""DAG integrity: imports cleanly, four Spark tasks in order, arguments the jobs accept, params validated."""
+import os
+import types
+
+import jinja2
+import pytest
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+from tfospipe import jobargs
+
+DAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dags")
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=DAGS_DIR)
+    assert bag.import_errors == {}
+    return bag.get_dag("tfos_pipeline")
+
+
+def test_four_spark_tasks_in_order(dag):
+    assert [t.task_id for t in dag.topological_sort()] == ["convert", "train", "validate", "infer"]
+    for upstream, downstream in [("convert", "train"), ("train", "validate"), ("validate", "infer")]:
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+    for task in dag.tasks:
+        assert isinstance(task, SparkSubmitOperator)
+        assert os.path.isfile(task.application), task.application
+        assert task.application.endswith(f"jobs/{task.task_id}.py")
+        assert task._conn_id == "spark_default"
+
+
+def test_schedule_and_training_pool(dag):
+    assert dag.schedule == "@daily"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.get_task("train").pool == "tfos_training"
+
+
+def test_tfos_spark_conf_is_set_on_every_task(dag):
+    for task in dag.tasks:
+        conf = task.conf
+        assert conf["spark.dynamicAllocation.enabled"] == "false"
+        assert conf["spark.task.cpus"] == "1" and conf["spark.executor.cores"] == "1"
+        assert conf["spark.executor.instances"] == conf["spark.cores.max"] == "{{ params.cluster_size }}"
+        assert conf["spark.executorEnv.TF_USE_LEGACY_KERAS"] == "1"
+        assert task.env_vars["TF_USE_LEGACY_KERAS"] == "1"
+        assert os.path.isabs(conf["spark.pyspark.python"])
+    assert dag.get_task("train").conf["spark.task.maxFailures"] == "1"
+
+
+def _render(value, context):
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(**context)
+
+
+@pytest.mark.parametrize("version_param, expected", [("", "2026-11-28"), ("mnist-v2", "mnist-v2")])
+def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expected):
+    params = {name: p.value for name, p in dag.params.items()}
+    params["dataset_version"] = version_param
+    var = types.SimpleNamespace(value=types.SimpleNamespace(get=lambda key, default=None: default))
+    context = {"params": params, "ds": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00", "var": var}
+    for task in dag.tasks:
+        argv = [_render(a, context) for a in task.application_args]
+        args = jobargs.parse(task.task_id, argv)
+        assert args.version == expected
+        assert os.path.isabs(args.data_root)
+        if hasattr(args, "run_id"):
+            assert args.run_id == "scheduled__2026-11-28T00_00_00_00_00"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("dataset_version", "../etc"), ("dataset_version", "/abs"), ("dataset_version", "a b"),
+    ("dataset_version", "v1;rm -rf"), ("dataset_version", "$(id)"), ("cluster_size", 1), ("epochs", 0),
+    ("min_accuracy", 1.5), ("image_shape", "28 x 28"), ("eval_fraction", 0.0),
+])
+def test_invalid_params_are_rejected_before_any_job(dag, name, value):
+    from airflow.sdk.definitions.param import ParamValidationError
+    with pytest.raises(ParamValidationError):
+        dag.params.get_param(name).resolve(value)
+
+
+def test_default_params_are_valid(dag):
+    for name, p in dag.params.items():
+        dag.params.get_param(name).resolve(p.value)
