@@ -87,6 +87,7 @@ JOBS = {
         Arg("epochs", _positive, 5, "passes over the train split"),
         Arg("batch_size", _positive, 64, "batch size per worker"),
         Arg("learning_rate", _positive_float, 0.001, "Adam learning rate"),
+        Arg("executor_wait", _positive, 120, "seconds to wait for cluster_size executors before failing"),
     ],
     "validate": _COMMON + _RUN + [
         Arg("min_accuracy", _fraction, 0.8, "the candidate's eval accuracy must reach this"),

@@ -28,7 +28,8 @@ def encode_example(pixels, label=None, row_id=None):
         feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
     if row_id is not None:
         feature["row_id"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[row_id]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries sorted by key, so the same row always gives the same bytes
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def feature_spec(num_pixels):

@@ -23,7 +23,6 @@ from . import convert, fs, paths, schema
 from .runner import JobError, git_revision, library_versions
 
 PROGRESS_EVERY_STEPS = 10
-EXECUTOR_WAIT_SECONDS = 120
 
 
 def node_main(args, ctx):
@@ -118,7 +117,7 @@ def node_main(args, ctx):
     print("TFOS done " + json.dumps(marker), flush=True)
 
 
-def wait_for_executors(sc, wanted, timeout=EXECUTOR_WAIT_SECONDS):
+def wait_for_executors(sc, wanted, timeout):
     """Preflight: the app must hold ``wanted`` executors, one per TF node, before TFoS reserves them."""
     deadline = time.time() + timeout
     while True:
@@ -190,7 +189,7 @@ def run(spark, args):
         "epochs": args.epochs,
         "steps_per_epoch": steps_per_epoch,
     }
-    wait_for_executors(sc, args.cluster_size)
+    wait_for_executors(sc, args.cluster_size, args.executor_wait)
     print(f"training on {args.cluster_size} nodes: {train_rows} rows, {steps_per_epoch} steps/epoch x "
           f"{args.epochs} epochs, batch {args.batch_size}/worker, run dir {run_dir}", flush=True)
     started = time.time()

@@ -1,0 +1,150 @@
+"""Real Spark jobs on a 2-executor local cluster: conversion accounting, determinism, atomicity, clear errors."""
+import glob
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from conftest import run_job
+from tfospipe import csvparse, schema
+
+pytestmark = pytest.mark.spark
+VERSION = "2026-11-01"
+
+# (raw line, quarantine kind) planted into a.csv after the good rows
+BAD_LINES = [
+    (b"3,0,0", "column_count"),
+    (b"", "empty_line"),
+    (b"3," + b",".join([b"0"] * 63) + b",abc", "non_numeric"),
+    (b"," + b",".join([b"0"] * 64), "label_missing"),
+    (b"12," + b",".join([b"0"] * 64), "label_range"),
+    (b"3," + b",".join([b"0"] * 63) + b",300", "pixel_range"),
+    (b"3," + b",".join([b"0"] * 63) + b",nan", "nan_inf"),
+    (b'3,"0",' + b",".join([b"0"] * 63), "quote"),
+    (b"3,\xff\xfe," + b",".join([b"0"] * 63), "invalid_utf8"),
+    (b"label," + b",".join(b"pixel%d" % i for i in range(64)), "header"),
+]
+
+
+def digits_lines(start, stop):
+    d = load_digits()
+    return [f"{t}," + ",".join(str(int(v)) for v in row) for t, row in zip(d.target[start:stop], d.data[start:stop])]
+
+
+@pytest.fixture(scope="module")
+def raw_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "raw" / VERSION
+    (raw / "score").mkdir(parents=True)
+    header = "label," + ",".join(f"pixel{i}" for i in range(64))
+    a = [header] + digits_lines(0, 300)
+    with open(raw / "a.csv", "wb") as f:
+        f.write(("\n".join(a) + "\n").encode())
+        for line, _kind in BAD_LINES:
+            f.write(line + b"\n")
+    with gzip.open(raw / "b.csv.gz", "wb") as f:  # no header, gzip
+        f.write(("\n".join(digits_lines(300, 500)) + "\n").encode())
+    with open(raw / "score" / "s.csv", "w") as f:  # unlabeled rows to score
+        f.write("\n".join(line.split(",", 1)[1] for line in digits_lines(500, 550)) + "\n")
+    return root
+
+
+def read_records(path):
+    return [bytes(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+
+
+def convert(root, build_dir, **extra):
+    return run_job("convert", dict({"data_root": str(root), "version": VERSION}, **extra), build_dir)
+
+
+@pytest.fixture(scope="module")
+def converted(raw_root, build_dir):
+    run = convert(raw_root, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    out = raw_root / "tfrecords" / VERSION
+    return run.result(), json.load(open(out / "manifest.json")), out
+
+
+def test_conversion_accounts_for_every_row(converted, raw_root):
+    result, manifest, out = converted
+    assert manifest["rows_read"] == 300 + len(BAD_LINES) + 200 + 50
+    assert manifest["rows_read"] == manifest["rows_written"] + manifest["rows_quarantined"]
+    assert manifest["rows_quarantined"] == len(BAD_LINES)
+    assert manifest["quarantined_by_kind"] == {kind: 1 for _line, kind in BAD_LINES}
+    assert manifest["image_shape"] == [8, 8] and manifest["pixel_max_observed"] == 16
+    assert manifest["splits"]["score"] == 50
+    assert manifest["splits"]["train"] + manifest["splits"]["eval"] == 500
+    assert 0.1 < manifest["splits"]["eval"] / 500 < 0.3
+    for split, shards in manifest["shards"].items():
+        assert len(shards) == 4
+        for shard in shards:
+            assert len(read_records(str(out / split / shard["file"]))) == shard["records"]
+        assert sum(s["records"] for s in shards) == manifest["splits"][split]
+    assert os.path.exists(out / "_SUCCESS")
+    assert {i["file"] for i in manifest["inputs"]} == {"a.csv", "b.csv.gz", "score/s.csv"}
+
+
+def test_quarantine_keeps_file_line_reason_and_raw_text(converted, raw_root):
+    rows = [json.loads(line) for p in glob.glob(str(raw_root / "quarantine" / VERSION / "part-*.jsonl"))
+            for line in open(p)]
+    assert len(rows) == len(BAD_LINES)
+    by_kind = {r["kind"]: r for r in rows}
+    first_bad_line = 1 + 300 + 1  # header + good rows, 1-based
+    assert by_kind["column_count"] == {"file": "a.csv", "line": first_bad_line, "kind": "column_count",
+                                       "reason": "wrong column count: expected 65, got 3", "raw": "3,0,0"}
+    assert by_kind["header"]["line"] == first_bad_line + len(BAD_LINES) - 1
+    assert all(r["file"] == "a.csv" and r["reason"] for r in rows)
+
+
+def test_records_round_trip_to_the_csv_values(converted, raw_root):
+    _result, _manifest, out = converted
+    source = {}
+    for i, line in enumerate(digits_lines(0, 300), start=2):
+        source[csvparse.row_id("a.csv", i)] = line
+    for i, line in enumerate(digits_lines(300, 500), start=1):
+        source[csvparse.row_id("b.csv.gz", i)] = line
+    records = [r for split in ("train", "eval") for p in sorted(glob.glob(str(out / split / "*.tfrecord")))
+               for r in read_records(p)]
+    image, label, row_id = schema.parse_batch(tf.constant(records), (8, 8))
+    assert len(records) == 500
+    for img, lab, rid in zip(image.numpy(), label.numpy(), row_id.numpy()):
+        expected = source.pop(int(rid))
+        assert expected == f"{lab}," + ",".join(str(int(v)) for v in img.reshape(-1))
+    assert source == {}
+
+
+def test_rerun_is_deterministic_and_replaces_cleanly(converted, raw_root, build_dir, tmp_path):
+    _result, manifest, out = converted
+    before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
+    run = convert(raw_root, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    after = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
+    assert before == after
+    assert sorted(os.listdir(out.parent)) == [VERSION]  # no staging or trash directories left
+
+
+def test_too_many_bad_rows_fails_clearly_and_keeps_previous_output(converted, raw_root, build_dir):
+    _result, _manifest, out = converted
+    before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*"))}
+    run = convert(raw_root, build_dir, max_bad_fraction=0.001)
+    assert run.returncode == 2
+    err = run.error()
+    assert f"{len(BAD_LINES)} of 560 rows" in err and "max-bad-fraction" in err and "quarantine" in err
+    assert "Traceback" not in err
+    assert {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*"))} == before
+
+
+def test_missing_input_and_missing_executors_fail_fast_with_a_message(converted, raw_root, build_dir):
+    run = convert(raw_root, build_dir, version="1999-01-01")
+    assert run.returncode == 2
+    assert "no input for dataset version 1999-01-01" in run.error()
+    assert str(raw_root / "raw" / "1999-01-01") in run.error()
+
+    run = run_job("train", {"data_root": str(raw_root), "version": VERSION, "run_id": "preflight",
+                            "cluster_size": 3, "executor_wait": 5, "batch_size": 8}, build_dir, cluster_size=3)
+    assert run.returncode == 2
+    assert "training needs cluster_size=3 executors" in run.error() and "got 2" in run.error()
