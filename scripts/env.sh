@@ -12,7 +12,9 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 # Spark master: a real multi-executor cluster on this machine (2 executor JVMs, 1 core and 2 GiB each).
 # Point at another cluster by changing only this connection, e.g. {"conn_type":"spark","host":"spark://host:7077"}.
-export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local-cluster[2,1,2048]\"}}"
+if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
+  export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local-cluster[2,1,2048]"}'
+fi
 # Data root: a local directory or a URI every executor can reach.
 export AIRFLOW_VAR_TFOS_DATA_ROOT="${AIRFLOW_VAR_TFOS_DATA_ROOT:-$TFOS_PROJECT_DIR/data}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

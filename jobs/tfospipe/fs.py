@@ -1,6 +1,6 @@
 """File-system operations on any ``tf.io.gfile`` location, and the atomic commit every job uses.
 
-A job is a transaction: it writes a staging directory next to its output, writes ``manifest.json``
+A job is a transaction: it writes a staging directory next to its output, writes ``_manifest.json``
 and ``_SUCCESS`` into it last, and publishes it with a rename. A failed or killed run leaves only a
 hidden staging directory behind (removed by the next run); a rerun replaces the old output whole.
 """
@@ -15,7 +15,7 @@ import tensorflow as tf
 gfile = tf.io.gfile
 
 SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"  # "_" prefix: Spark, pyarrow and Hive readers skip it
 
 
 def _split(path):

@@ -4,15 +4,15 @@ Everything lives under a data root, which is a local directory or any URI that
 ``tf.io.gfile`` understands and every executor can reach::
 
     {root}/raw/{version}/*.csv[.gz]                 input CSV of a dataset version
-    {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards, manifest.json, _SUCCESS
+    {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards, _manifest.json, _SUCCESS
     {root}/quarantine/{version}/                    rows that could not be converted (JSON lines), kept
                                                     for passed and failed conversions alike
     {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/,
-                                                    workers/ (done markers), manifest.json, _SUCCESS
+                                                    workers/ (done markers), _manifest.json, _SUCCESS
     {root}/validation/{version}/{run}/              metrics.json of the gate for that run
     {root}/serving/models/{model_version}/          promoted SavedModels, kept for rollback
     {root}/serving/CURRENT.json                     pointer to the model now serving
-    {root}/predictions/{version}/                   Parquet predictions, manifest.json, _SUCCESS
+    {root}/predictions/{version}/                   Parquet predictions, _manifest.json, _SUCCESS
 
 Versions and run ids become path segments, so they are checked here: no separators,
 no ``..``, no whitespace or shell metacharacters.

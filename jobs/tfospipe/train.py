@@ -12,7 +12,7 @@ Run directory ``{root}/models/{version}/{run}/``::
     progress.log     progress lines of the chief, echoed into the driver's (Airflow task's) log
     workers/         one done marker per node: worker index, steps run, final loss
     model/           the exported SavedModel (signature in model.py), renamed into place complete
-    manifest.json    dataset version, params, steps, final metrics, git revision; then _SUCCESS
+    _manifest.json   dataset version, params, steps, final metrics, git revision; then _SUCCESS
 """
 
 import math

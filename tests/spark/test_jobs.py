@@ -66,7 +66,7 @@ def converted(raw_root, build_dir):
     run = convert(raw_root, build_dir)
     assert run.returncode == 0, run.output[-4000:]
     out = raw_root / "tfrecords" / VERSION
-    return run.result(), json.load(open(out / "manifest.json")), out
+    return run.result(), json.load(open(out / "_manifest.json")), out
 
 
 def test_conversion_accounts_for_every_row(converted, raw_root):

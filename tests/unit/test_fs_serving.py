@@ -15,12 +15,12 @@ def test_staging_commit_publishes_whole_and_replaces_older_output(tmp_path):
         fs.write_bytes(st.file("a.txt"), b"first")
         assert not os.path.exists(final)           # nothing visible before the commit
         st.commit({"n": 1})
-    assert listing(final) == ["_SUCCESS", "a.txt", "manifest.json"]
+    assert listing(final) == ["_SUCCESS", "_manifest.json", "a.txt"]
     with fs.Staging(final) as st:
         fs.write_bytes(st.file("b.txt"), b"second")
         st.commit({"n": 2})
-    assert listing(final) == ["_SUCCESS", "b.txt", "manifest.json"]
-    assert fs.read_json(os.path.join(final, "manifest.json")) == {"n": 2}
+    assert listing(final) == ["_SUCCESS", "_manifest.json", "b.txt"]
+    assert fs.read_json(os.path.join(final, "_manifest.json")) == {"n": 2}
     assert listing(tmp_path / "out") == ["v1"]     # no staging or trash left behind
 
 
@@ -33,7 +33,7 @@ def test_failed_job_leaves_previous_output_intact_and_nothing_partial(tmp_path):
         with fs.Staging(final) as st:
             fs.write_bytes(st.file("half.txt"), b"half")
             raise RuntimeError("killed midway")
-    assert listing(final) == ["_SUCCESS", "good.txt", "manifest.json"]
+    assert listing(final) == ["_SUCCESS", "_manifest.json", "good.txt"]
     assert listing(tmp_path) == ["v1"]
 
 
