@@ -148,3 +148,32 @@ def test_missing_input_and_missing_executors_fail_fast_with_a_message(converted,
                             "cluster_size": 3, "executor_wait": 5, "batch_size": 8}, build_dir, cluster_size=3)
     assert run.returncode == 2
     assert "training needs cluster_size=3 executors" in run.error() and "got 2" in run.error()
+
+
+def test_mnist_layout_28x28_converts_and_trains(tmp_path, build_dir):
+    """MNIST CSV (28x28, 0-255, header 'label,1x1,...'): the shape flows from the data to the exported model."""
+    import numpy as np
+    from tfospipe import model
+
+    d = load_digits()
+    images = np.pad(np.kron(d.images[:400], np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))  # 8x8 -> 24x24 -> 28x28
+    images = np.clip(images * 16, 0, 255).astype(int).reshape(400, 784)
+    raw = tmp_path / "raw" / "mnist-v1"
+    raw.mkdir(parents=True)
+    with open(raw / "mnist_train.csv", "w") as f:
+        f.write("label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29)) + "\n")
+        for label, px in zip(d.target[:400], images):
+            f.write(f"{label}," + ",".join(map(str, px)) + "\n")
+    run = run_job("convert", {"data_root": str(tmp_path), "version": "mnist-v1"}, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    manifest = json.load(open(tmp_path / "tfrecords" / "mnist-v1" / "_manifest.json"))
+    assert manifest["image_shape"] == [28, 28] and manifest["pixel_max_observed"] == 255
+    assert manifest["rows_written"] == 400
+
+    run = run_job("train", {"data_root": str(tmp_path), "version": "mnist-v1", "run_id": "r1", "epochs": 1,
+                            "batch_size": 16}, build_dir)
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.result()["steps_run"] == -(-manifest["splits"]["train"] // 32)
+    predict = model.load_serving(str(tmp_path / "models" / "mnist-v1" / "r1" / "model"), (28, 28))
+    probs, classes = predict(images[:5].reshape(5, 28, 28, 1).astype("float32"))
+    assert probs.shape == (5, 10) and classes.shape == (5,)
