@@ -8,14 +8,15 @@ and evaluates the model now serving (the champion) on the same records in the sa
 2. when a champion serves: candidate accuracy >= champion accuracy - ``max_regression``;
 3. every output is a finite probability vector summing to 1.
 
-``{root}/validation/{version}/{run}/metrics.json`` is written for every run, passed or not. Only a
+``{root}/validation/{version}/{run}/`` gets ``metrics.json``, ``confusion_matrix.png`` and ``report.md``
+(both models side by side) for every run, passed or not. Only a
 passed gate promotes: the model is copied to ``{root}/serving/models/{model_version}/`` and
 ``serving/CURRENT.json`` is swapped atomically to point at it. A failed gate changes nothing serving.
 """
 
 import time
 
-from . import convert, fs, metrics, paths, predict, serving
+from . import convert, fs, metrics, paths, predict, report as report_lib, serving
 from .runner import JobError, git_revision
 
 EVAL_BATCH = 512
@@ -104,6 +105,8 @@ def run(spark, args):
     out = layout.validation(args.version, args.run_id)
     with fs.Staging(out) as stage:
         fs.write_json(stage.file("metrics.json"), report)
+        fs.write_bytes(stage.file("confusion_matrix.png"), report_lib.confusion_png(results))
+        fs.write_bytes(stage.file("report.md"), report_lib.markdown(report).encode("utf-8"))
         stage.commit({k: report[k] for k in ("dataset_version", "run_id", "model_version", "passed")})
     summary = {"accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
                "champion_accuracy": champion["accuracy"] if champion else None, "report": out}

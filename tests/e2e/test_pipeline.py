@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import PROJECT_DIR, TEST_MASTER
+from conftest import PROJECT_DIR, TEST_MASTER, run_job
 from tfospipe import model, paths, schema
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +91,8 @@ def test_exported_model_loads_and_predicts_above_the_floor(pipeline):
     assert metrics["passed"] is True and metrics["champion"] is None
     assert abs(metrics["candidate"]["accuracy"] - accuracy) < 1e-6  # Spark-side evaluation agrees
     assert metrics["candidate"]["examples"] == len(records)
+    for name in ("confusion_matrix.png", "report.md"):
+        assert os.path.getsize(os.path.join(layout.validation(VERSION, run), name)) > 1000
 
 
 def test_predictions_cover_every_input_row_with_the_promoted_model(pipeline):
@@ -132,3 +134,22 @@ def test_a_rejected_model_changes_nothing_serving(pipeline):
     # the serving model was scored on the same records in the same job
     assert report["champion_model_version"] == before["model_version"]
     assert report["champion"]["examples"] == report["candidate"]["examples"]
+
+
+def test_a_degraded_model_is_rejected_against_the_serving_model(pipeline, build_dir):
+    """An untrained model passes a zero threshold but trails the serving model: the champion rule rejects it."""
+    layout = pipeline["layout"]
+    before = json.load(open(layout.serving_pointer()))
+    run_dir = layout.model_run(VERSION, "degraded")
+    model.export(model.build_model((8, 8), 16), os.path.join(run_dir, "model"), (8, 8))
+    open(os.path.join(run_dir, "_SUCCESS"), "w").close()
+    run = run_job("validate", {"data_root": pipeline["root"], "version": VERSION, "run_id": "degraded",
+                               "min_accuracy": 0.0}, build_dir)
+    assert run.returncode == 2, run.output[-4000:]
+    assert "trails the serving model's" in run.error() and "serving unchanged" in run.error()
+    assert json.load(open(layout.serving_pointer())) == before
+    report = json.load(open(os.path.join(layout.validation(VERSION, "degraded"), "metrics.json")))
+    assert report["champion"]["accuracy"] > report["candidate"]["accuracy"] + 0.02
+    assert report["champion"]["examples"] == report["candidate"]["examples"]
+    md = open(os.path.join(layout.validation(VERSION, "degraded"), "report.md")).read()
+    assert "REJECTED" in md and before["model_version"] in md

@@ -1,0 +1,67 @@
+"""Human-readable output of the validation gate: a confusion-matrix PNG and a Markdown report.
+
+Both show the candidate and the serving model (when there is one) side by side.
+"""
+
+import io
+
+
+def confusion_png(results):
+    """PNG bytes: one confusion-matrix heat map per evaluated model (``{"candidate": summary, ...}``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [n for n in ("candidate", "champion") if results.get(n)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        cm = np.asarray(results[name]["confusion_matrix"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if v > cm.max() / 2 else "black")
+        label = "candidate" if name == "candidate" else "serving model"
+        ax.set_title(f"{label}: accuracy {results[name]['accuracy']:.4f}")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(range(cm.shape[1]))
+        ax.set_yticks(range(cm.shape[0]))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def markdown(report):
+    """The gate's report as Markdown: verdict, rules, figures of both models, per-class table."""
+    cand, champ = report["candidate"], report["champion"]
+    lines = [
+        f"# Validation of model {report['model_version']}",
+        "",
+        f"**{'PASSED — promoted to serving' if report['passed'] else 'REJECTED — serving unchanged'}**",
+        "",
+        f"Dataset version `{report['dataset_version']}`, run `{report['run_id']}`. {report['champion_note']}.",
+        "",
+    ]
+    if report["failed_rules"]:
+        lines += ["Failed rules:", ""] + [f"- {r}" for r in report["failed_rules"]] + [""]
+    t = report["thresholds"]
+    lines += [f"Rules: accuracy ≥ {t['min_accuracy']}; accuracy ≥ serving model's − {t['max_regression']}; "
+              "outputs are finite probabilities summing to 1.", ""]
+    head = "| | candidate |" + (f" serving model `{report['champion_model_version']}` |" if champ else "")
+    lines += [head, "|---|---|" + ("---|" if champ else "")]
+    for key in ("accuracy", "loss", "examples", "bad_outputs"):
+        row = f"| {key} | {_fmt(cand[key])} |" + (f" {_fmt(champ[key])} |" if champ else "")
+        lines.append(row)
+    lines += ["", "Per class (candidate):", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, m in cand["per_class"].items():
+        lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines += ["", "![confusion matrices](confusion_matrix.png)", ""]
+    return "\n".join(lines)
+
+
+def _fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
