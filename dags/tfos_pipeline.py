@@ -11,47 +11,28 @@ from airflow.sdk import DAG, Param
 from tfos_spark import DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
 from tfospipe import jobargs, paths
 
+JOBS = ("convert", "train", "validate", "infer")
 
-def _default(job, name):
-    return jobargs.defaults(job)[name]
-
-
+# The trigger form: the dataset version, then every job flag that jobargs marks as a param (with its
+# JSON schema, so invalid values are refused before any Spark job starts).
 params = {
     "dataset_version": Param(
         "", type="string", pattern=f"^$|{paths.SEGMENT_PATTERN}", title="Dataset version",
         description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD)."),
-    "eval_fraction": Param(_default("convert", "eval_fraction"), type="number", minimum=0.01, maximum=0.9,
-                           description="Fraction of rows held out for evaluation (split by a hash of each row)."),
-    "num_shards": Param(_default("convert", "num_shards"), type="integer", minimum=1, maximum=1024,
-                        description="TFRecord shards per split; at least cluster_size."),
-    "max_bad_fraction": Param(_default("convert", "max_bad_fraction"), type="number", minimum=0, maximum=1,
-                              description="Fail conversion when more than this fraction of rows is bad."),
-    "pixel_max": Param(_default("convert", "pixel_max"), type="integer", minimum=1, maximum=65535,
-                       description="Largest valid pixel value (255 for MNIST)."),
-    "image_shape": Param(_default("convert", "image_shape"), type="string", pattern=r"^(auto|[0-9]{1,4}x[0-9]{1,4})$",
-                         description="HxW, or auto (square root of the pixel column count)."),
-    "cluster_size": Param(_default("train", "cluster_size"), type="integer", minimum=2, maximum=256,
-                          description="TensorFlow nodes = Spark executors used by training (chief + workers)."),
-    "epochs": Param(_default("train", "epochs"), type="integer", minimum=1, maximum=1000,
-                    description="Training epochs."),
-    "batch_size": Param(_default("train", "batch_size"), type="integer", minimum=1, maximum=65536,
-                        description="Training batch size per worker."),
-    "learning_rate": Param(_default("train", "learning_rate"), type="number", exclusiveMinimum=0, maximum=1,
-                           description="Adam learning rate."),
-    "min_accuracy": Param(_default("validate", "min_accuracy"), type="number", minimum=0, maximum=1,
-                          description="Gate: the new model's eval accuracy must reach this."),
-    "max_regression": Param(_default("validate", "max_regression"), type="number", minimum=0, maximum=1,
-                            description="Gate: the new model may trail the serving model by at most this accuracy."),
-    "inference_batch_size": Param(_default("infer", "batch_size"), type="integer", minimum=1, maximum=65536,
-                                  description="Rows per prediction batch in each executor."),
 }
+for _job in JOBS:
+    for _name, _default, _help, _schema in jobargs.dag_params(_job):
+        params[_name] = Param(_default, description=f"{_job}: {_help}", **_schema)
 
 
-def p(name):
-    return "{{ params.%s }}" % name
+def job_args(job, **extra):
+    """The job's flags: data root, version, the DAG params it reads, and ``extra`` (e.g. run_id)."""
+    values = {"data_root": DATA_ROOT, "version": VERSION}
+    for arg in jobargs.JOBS[job]:
+        if arg.param:
+            values[arg.name] = "{{ params.%s }}" % arg.param
+    return dict(values, **extra)
 
-
-common = {"data_root": DATA_ROOT, "version": VERSION}
 
 with DAG(
     dag_id="tfos_pipeline",
@@ -66,22 +47,17 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     convert = TFoSSparkSubmitOperator(
-        task_id="convert", job="convert",
-        job_args=dict(common, **{k: p(k) for k in ("eval_fraction", "num_shards", "max_bad_fraction",
-                                                    "pixel_max", "image_shape")}),
+        task_id="convert", job="convert", job_args=job_args("convert"),
         execution_timeout=datetime.timedelta(hours=1))
     train = TFoSSparkSubmitOperator(
-        task_id="train", job="train", tfos=True, pool="tfos_training",
-        job_args=dict(common, run_id=RUN_ID, **{k: p(k) for k in ("cluster_size", "epochs", "batch_size",
-                                                                   "learning_rate")}),
+        task_id="train", job="train", job_args=job_args("train", run_id=RUN_ID), tfos=True, pool="tfos_training",
         execution_timeout=datetime.timedelta(hours=4))
     validate = TFoSSparkSubmitOperator(
-        task_id="validate", job="validate", retries=0,  # a failed gate is deterministic: do not retry
-        job_args=dict(common, run_id=RUN_ID, min_accuracy=p("min_accuracy"), max_regression=p("max_regression")),
+        task_id="validate", job="validate", job_args=job_args("validate", run_id=RUN_ID),
+        retries=0,  # a failed gate is deterministic: do not retry it
         execution_timeout=datetime.timedelta(hours=1))
     infer = TFoSSparkSubmitOperator(
-        task_id="infer", job="infer",
-        job_args=dict(common, batch_size=p("inference_batch_size")),
+        task_id="infer", job="infer", job_args=job_args("infer"),
         execution_timeout=datetime.timedelta(hours=2))
 
     convert >> train >> validate >> infer

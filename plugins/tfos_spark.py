@@ -87,3 +87,12 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
     def execute(self, context):
         self.py_files = package.build_zip(BUILD_DIR)
         return super().execute(context)
+
+
+def spark_submit_argv(job, job_args, master, cluster_size=2, build_dir=BUILD_DIR):
+    """The spark-submit command line the operator runs, for running a job outside Airflow (tests, benchmarks)."""
+    argv = [os.path.join(os.path.dirname(PYTHON), "spark-submit"), "--master", master,
+            "--py-files", package.build_zip(build_dir), "--name", f"tfos-{job}"]
+    for key, value in spark_conf(str(cluster_size), tfos=(job == "train")).items():
+        argv += ["--conf", f"{key}={value}"]
+    return argv + [os.path.join(JOBS_DIR, f"{job}.py")] + jobargs.to_argv(job, job_args)

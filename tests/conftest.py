@@ -37,13 +37,8 @@ class JobRun:
 def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600):
     """spark-submit jobs/<job>.py with the DAG's conf, env and --py-files zip (from plugins/tfos_spark.py)."""
     import tfos_spark
-    from tfospipe import jobargs, package
 
-    cmd = [os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master", TEST_MASTER,
-           "--py-files", package.build_zip(str(tmp_build))]
-    for key, value in tfos_spark.spark_conf(str(cluster_size), tfos=(job == "train")).items():
-        cmd += ["--conf", f"{key}={value}"]
-    cmd += [os.path.join(tfos_spark.JOBS_DIR, f"{job}.py")] + jobargs.to_argv(job, job_args)
+    cmd = tfos_spark.spark_submit_argv(job, job_args, TEST_MASTER, cluster_size, str(tmp_build))
     env = dict(os.environ, **tfos_spark.TF_ENV)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           timeout=timeout)

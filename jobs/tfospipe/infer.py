@@ -9,22 +9,39 @@ label (null when unknown), model_version, dataset_version; manifest and _SUCCESS
 
 import time
 
+from pyspark.accumulators import AccumulatorParam
+
 from . import convert, fs, paths, predict, serving
 from .runner import JobError
 
 
-def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, loads):
+class _ListParam(AccumulatorParam):
+    """Accumulator collecting one timing record per partition."""
+
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, a, b):
+        return a + b
+
+
+def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, loads, timings):
     """Executor side: rows of the output table for this partition's TFRecord files."""
-    def run(files):
+    def run(index, files):
         files = list(files)
         if not files:
             return
+        t0 = time.time()
         fn = predict.loaded_model(model_dir, image_shape, on_load=lambda: loads.add(1))
+        t1, rows = time.time(), 0
         for images, labels, row_ids in predict.batches(files, image_shape, batch_size):
             probabilities, classes = fn(images)
+            rows += len(row_ids)
             for rid, label, probs, cls in zip(row_ids.tolist(), labels.tolist(), probabilities.tolist(),
                                               classes.tolist()):
                 yield (rid, cls, probs[cls], probs, label if label >= 0 else None, model_version, dataset_version)
+        timings.add([{"partition": index, "rows": rows, "load_seconds": round(t1 - t0, 3),
+                      "start": t1, "end": time.time()}])
     return run
 
 
@@ -65,17 +82,23 @@ def run(spark, args):
         T.StructField("dataset_version", T.StringType(), False),
     ])
     loads = sc.accumulator(0)
+    timings = sc.accumulator([], _ListParam())
     started = time.time()
     out = layout.predictions(args.version)
     with fs.Staging(out) as stage:
-        rows = sc.parallelize(files, max(len(files), 1)).mapPartitions(
-            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, loads))
+        rows = sc.parallelize(files, max(len(files), 1)).mapPartitionsWithIndex(
+            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, loads, timings))
         spark.createDataFrame(rows, schema).write.mode("overwrite").parquet(stage.path)
         rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
         result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
                   "rows_out": rows_out, "partitions": len(files), "model_loads": loads.value,
-                  "batch_size": args.batch_size, "seconds": round(time.time() - started, 1)}
+                  "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
+                  "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
+        spans = timings.value
+        if spans:  # steady state: from the first partition's first batch to the last partition's end
+            wall = max(t["end"] for t in spans) - min(t["start"] for t in spans)
+            result["predict_rows_per_second"] = round(rows_in / wall, 1) if wall > 0 else None
         stage.commit(result)
     return dict(result, output=out)

@@ -60,8 +60,11 @@ def _image_shape(text):
 
 
 class Arg:
-    def __init__(self, name, type, default, help, choices=None):
-        self.name, self.type, self.default, self.help, self.choices = name, type, default, help, choices
+    """A job flag. ``schema`` (JSON schema) makes it a DAG param too, named ``param`` (default: ``name``)."""
+
+    def __init__(self, name, type, default, help, schema=None, param=None):
+        self.name, self.type, self.default, self.help = name, type, default, help
+        self.schema, self.param = schema, (param or name) if schema else None
 
     @property
     def flag(self):
@@ -76,25 +79,35 @@ _RUN = [Arg("run_id", _run_id, None, "Airflow run id; keys the model directory s
 
 JOBS = {
     "convert": _COMMON + [
-        Arg("eval_fraction", _fraction, 0.2, "fraction of rows for the eval split (by a hash of the row's content)"),
-        Arg("num_shards", _positive, 4, "TFRecord shards per split (at least the training cluster size)"),
-        Arg("max_bad_fraction", _fraction, 0.05, "fail when more than this fraction of rows is quarantined"),
-        Arg("pixel_max", _positive, 255, "largest valid pixel value; larger values are quarantined"),
-        Arg("image_shape", _image_shape, "auto", "HxW, or auto: square root of the pixel column count"),
+        Arg("eval_fraction", _fraction, 0.2, "fraction of rows for the eval split (by a hash of the row's content)",
+            {"type": "number", "minimum": 0.01, "maximum": 0.9}),
+        Arg("num_shards", _positive, 4, "TFRecord shards per split (at least the training cluster size)",
+            {"type": "integer", "minimum": 1, "maximum": 1024}),
+        Arg("max_bad_fraction", _fraction, 0.05, "fail when more than this fraction of rows is quarantined",
+            {"type": "number", "minimum": 0, "maximum": 1}),
+        Arg("pixel_max", _positive, 255, "largest valid pixel value; larger values are quarantined",
+            {"type": "integer", "minimum": 1, "maximum": 65535}),
+        Arg("image_shape", _image_shape, "auto", "HxW, or auto: square root of the pixel column count",
+            {"type": "string", "pattern": "^(auto|[0-9]{1,4}x[0-9]{1,4})$"}),
     ],
     "train": _COMMON + _RUN + [
-        Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)"),
-        Arg("epochs", _positive, 5, "passes over the train split"),
-        Arg("batch_size", _positive, 64, "batch size per worker"),
-        Arg("learning_rate", _positive_float, 0.001, "Adam learning rate"),
+        Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)",
+            {"type": "integer", "minimum": 2, "maximum": 256}),
+        Arg("epochs", _positive, 5, "passes over the train split", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        Arg("batch_size", _positive, 64, "batch size per worker", {"type": "integer", "minimum": 1, "maximum": 65536}),
+        Arg("learning_rate", _positive_float, 0.001, "Adam learning rate",
+            {"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
         Arg("executor_wait", _positive, 120, "seconds to wait for cluster_size executors before failing"),
     ],
     "validate": _COMMON + _RUN + [
-        Arg("min_accuracy", _fraction, 0.8, "the candidate's eval accuracy must reach this"),
-        Arg("max_regression", _fraction, 0.02, "the candidate may trail the serving model's accuracy by at most this"),
+        Arg("min_accuracy", _fraction, 0.8, "the candidate's eval accuracy must reach this",
+            {"type": "number", "minimum": 0, "maximum": 1}),
+        Arg("max_regression", _fraction, 0.02, "the candidate may trail the serving model's accuracy by at most this",
+            {"type": "number", "minimum": 0, "maximum": 1}),
     ],
     "infer": _COMMON + [
-        Arg("batch_size", _positive, 256, "rows per prediction batch in each executor"),
+        Arg("batch_size", _positive, 256, "rows per prediction batch in each executor",
+            {"type": "integer", "minimum": 1, "maximum": 65536}, param="inference_batch_size"),
         Arg("model_version", str, "", "promoted model version to use; empty = the one serving now"),
     ],
 }
@@ -105,7 +118,7 @@ def parser(job):
     for a in JOBS[job]:
         required = a.default is None
         p.add_argument(a.flag, dest=a.name, type=a.type, default=None if required else a.default,
-                       required=required, help=a.help, choices=a.choices)
+                       required=required, help=a.help)
     return p
 
 
@@ -118,6 +131,11 @@ def parse(job, argv):
 
 def defaults(job):
     return {a.name: a.default for a in JOBS[job] if a.default is not None}
+
+
+def dag_params(job):
+    """(param name, default, help, JSON schema) of the flags a DAG run may set for ``job``."""
+    return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.schema]
 
 
 def to_argv(job, values):
