@@ -17,7 +17,7 @@ start=$(date +%s)
 set +e
 airflow dags test tfos_pipeline "$VERSION" 2>&1 | tee "$LOG" \
   | grep --line-buffered -E "RESULT \[|ERROR \[|train progress|training on|Task instance state updated|DagRun Finished" \
-  | sed -E 's/^[0-9T:.Z-]+ \[[a-z ]+\] //; s/ \[airflow[^]]*\].*$//; s/ correlation_id=.*new_state=/ -> /; s/ rows_affected.*$//'
+  | sed -u -E 's/^[0-9T:.Z-]+ \[[a-z ]+\] //; s/ \[airflow[^]]*\].*$//; s/ correlation_id=.*new_state=/ -> /; s/ rows_affected.*$//'
 rc=${PIPESTATUS[0]}
 set -e
 echo "Wall time: $(( $(date +%s) - start )) s"
