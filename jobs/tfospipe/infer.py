@@ -25,10 +25,18 @@ class _ListParam(AccumulatorParam):
         return a + b
 
 
-def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, loads, timings):
-    """Executor side: rows of the output table for this partition's TFRecord files."""
-    def run(index, files):
-        files = list(files)
+def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, columns, loads, timings):
+    """Executor side (``mapInArrow``): Arrow record batches of predictions for this partition's files.
+
+    Columnar end to end: a batch of predictions becomes one Arrow batch built from numpy arrays, with
+    no Python object per row, so the executor's core is spent in TensorFlow, not in serialization.
+    """
+    def run(batches):
+        import numpy as np
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        files = [p for b in batches for p in b.column("path").to_pylist()]
         if not files:
             return
         t0 = time.time()
@@ -36,12 +44,21 @@ def predict_partition(model_dir, image_shape, batch_size, model_version, dataset
         t1, rows = time.time(), 0
         for images, labels, row_ids in predict.batches(files, image_shape, batch_size):
             probabilities, classes = fn(images)
-            rows += len(row_ids)
-            for rid, label, probs, cls in zip(row_ids.tolist(), labels.tolist(), probabilities.tolist(),
-                                              classes.tolist()):
-                yield (rid, cls, probs[cls], probs, label if label >= 0 else None, model_version, dataset_version)
-        timings.add([{"partition": index, "rows": rows, "load_seconds": round(t1 - t0, 3),
-                      "start": t1, "end": time.time()}])
+            n = len(row_ids)
+            rows += n
+            width = probabilities.shape[1]
+            yield pa.RecordBatch.from_arrays([
+                pa.array(row_ids, pa.int64()),
+                pa.array(classes.astype(np.int32)),
+                pa.array(probabilities[np.arange(n), classes].astype(np.float32)),
+                pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
+                                         pa.array(probabilities.astype(np.float32).ravel())),
+                pa.array(labels.astype(np.int32), mask=labels < 0),
+                pa.array([model_version] * n, pa.string()),
+                pa.array([dataset_version] * n, pa.string()),
+            ], names=columns)
+        timings.add([{"partition": TaskContext.get().partitionId(), "rows": rows,
+                      "load_seconds": round(t1 - t0, 3), "start": t1, "end": time.time()}])
     return run
 
 
@@ -86,9 +103,12 @@ def run(spark, args):
     started = time.time()
     out = layout.predictions(args.version)
     with fs.Staging(out) as stage:
-        rows = sc.parallelize(files, max(len(files), 1)).mapPartitionsWithIndex(
-            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, loads, timings))
-        spark.createDataFrame(rows, schema).write.mode("overwrite").parquet(stage.path)
+        # one partition per shard file
+        inputs = sc.parallelize([(f,) for f in files], max(len(files), 1)).toDF("path string")
+        predictions = inputs.mapInArrow(
+            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(), loads,
+                              timings), schema)
+        predictions.write.mode("overwrite").parquet(stage.path)
         rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
