@@ -52,7 +52,7 @@ def main(argv=None):
     if fs.is_committed(pred):
         pm = fs.read_json(paths.join(pred, fs.MANIFEST))
         out.append(f"infer     {pm['rows_out']} predictions for {pm['rows_in']} {pm['split']} rows with "
-                   f"{pm['model_version']} ({pm['model_loads']} model loads over {pm['partitions']} partitions), "
+                   f"{pm['model_version']} ({pm['model_loads']} model loads, {pm['partitions']} partitions), "
                    f"{pm['seconds']} s")
         out.append(f"          -> {pred} (Parquet)")
     print("\n".join(out))

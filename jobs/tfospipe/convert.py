@@ -11,6 +11,9 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
+
+import numpy as np
 
 from . import csvparse, fs, paths, schema
 from .runner import JobError, library_versions, git_revision
@@ -58,51 +61,102 @@ def infer_spec(labeled_files, args):
     return shape, num_pixels
 
 
-def parse_partition(files, num_pixels, pixel_max, eval_fraction, num_shards):
-    """Executor side: read whole files and classify their rows.
+def plan_ranges(files, sizes, num_shards):
+    """Split the inputs of one group (labeled or score) into ``max(num_shards, files)`` byte ranges.
 
-    Yields ``("file", name, size, sha256, rows)``, ``("ok", split, shard, row_id, label, pixels)`` and
-    ``("bad", name, line, kind, reason, raw)``.
+    Each range becomes one task and one output shard per split. Gzip files cannot be split (one range
+    each); plain files get the other ranges in proportion to their size. Returns
+    ``[(shard, name, path, part, parts)]``: range ``part`` of ``parts`` of the file.
     """
-    for name, path, labeled in files:
-        data = fs.read_bytes(path)
-        yield ("file", name, len(data), hashlib.sha256(data).hexdigest(), labeled)
-        spec = csvparse.Spec(num_pixels, labeled=labeled, pixel_max=pixel_max)
-        for rec in csvparse.parse_file(name, data, spec):
-            if rec[0] == "ok":
-                _, line_no, label, pixels = rec
-                split = csvparse.split_of(label, pixels, eval_fraction) if labeled else "score"
-                rid = csvparse.row_id(name, line_no)
-                yield ("ok", split, rid % num_shards, rid, label, pixels)
+    parts = {path: 1 for _name, path in files}
+    splittable = [path for _name, path in files if not path.endswith(".gz") and sizes[path] > 0]
+    while sum(parts.values()) < num_shards and splittable:
+        widest = max(splittable, key=lambda p: sizes[p] / parts[p])
+        parts[widest] += 1
+    ranges = []
+    for name, path in files:
+        for part in range(parts[path]):
+            ranges.append((len(ranges), name, path, part, parts[path]))
+    return ranges
+
+
+def _read(path):
+    if "://" not in path:
+        with open(path, "rb") as f:
+            return f.read()
+    return fs.read_bytes(path)
+
+
+def scan_file(name, path, parts):
+    """Executor side, pass 1: size and checksum of a file, and the line-aligned byte span and first
+    line number of each of its ``parts`` ranges (a range owns the lines that start inside it)."""
+    data = _read(path)
+    size = len(data)
+    spans = []
+    for part in range(parts):
+        if path.endswith(".gz"):
+            spans.append((0, size, 1))
+            continue
+        start, end = size * part // parts, size * (part + 1) // parts
+        q = start if start == 0 or data[start - 1:start] == b"\n" else data.find(b"\n", start) + 1 or size
+        r = end if end == size or data[end - 1:end] == b"\n" else data.find(b"\n", end) + 1 or size
+        q = min(q, r)
+        spans.append((q, r, data.count(b"\n", 0, q) + 1))
+    return {"name": name, "path": path, "bytes": size, "sha256": hashlib.sha256(data).hexdigest(), "spans": spans}
+
+
+def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, args):
+    """Executor side, pass 2: parse one range, write its shard of each split and its quarantine part."""
+    import tensorflow as tf
+
+    shard, name, path, q, r, first_line, labeled = task
+    if path.endswith(".gz"):
+        try:
+            data = csvparse.decompress(path, _read(path))
+            error = None
+        except csvparse.RowError as e:
+            data, error = b"", e
+    else:
+        with fs.gfile.GFile(path, "rb") as f:
+            f.seek(q)
+            data, error = f.read(r - q), None
+    spec = csvparse.Spec(num_pixels, labeled=labeled, pixel_max=args["pixel_max"])
+    bad = [] if error is None else [(0, error.kind, str(error), "")]
+    counts = {split: 0 for split in splits}
+    label_counts, pixel_max = Counter(), 0
+    writers = {split: tf.io.TFRecordWriter(paths.join(stage_dir, split, schema.shard_name(shard))) for split in splits}
+    try:  # streamed chunk by chunk: memory stays flat whatever the size of the range
+        for labels, pixels, lines, chunk_bad in csvparse.iter_block(data, spec, first_line, header_allowed=(q == 0)):
+            bad += chunk_bad
+            if not len(labels):
+                continue
+            row_ids = csvparse.row_ids(name, lines)
+            if labeled:
+                row_splits = csvparse.splits_of(labels, pixels, args["eval_fraction"])
+                label_counts.update(labels.tolist())
             else:
-                _, line_no, kind, reason, raw = rec
-                yield ("bad", name, line_no, kind, reason, raw)
-
-
-def write_shards(out_dir, splits, num_shards):
-    """Executor side: partition ``i`` holds shard ``i % num_shards`` of split ``splits[i // num_shards]``."""
-    def write(index, rows):
-        import tensorflow as tf
-        split, shard = splits[index // num_shards], index % num_shards
-        name = schema.shard_name(shard)
-        count = 0
-        with tf.io.TFRecordWriter(paths.join(out_dir, split, name)) as writer:
-            for _key, record in rows:
-                writer.write(record)
-                count += 1
-        yield (split, name, count)
-    return write
-
-
-def write_quarantine(out_dir):
-    def write(index, rows):
-        rows = list(rows)
-        if rows:
-            body = "".join(json.dumps({"file": r[1], "line": r[2], "kind": r[3], "reason": r[4], "raw": r[5]})
-                           + "\n" for r in rows)
-            fs.write_bytes(paths.join(out_dir, f"part-{index:05d}.jsonl"), body.encode("utf-8"))
-        yield len(rows)
-    return write
+                row_splits = np.full(len(labels), "score")
+            pixel_max = max(pixel_max, int(pixels.max()) if pixels.size else 0)
+            for split in splits:
+                pick = np.flatnonzero(row_splits == split)
+                for record in schema.encode_examples(pixels[pick], labels[pick] if labeled else None, row_ids[pick]):
+                    writers[split].write(record)
+                counts[split] += len(pick)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if bad:
+        body = "".join(json.dumps({"file": name, "line": line, "kind": kind, "reason": reason, "raw": raw}) + "\n"
+                       for line, kind, reason, raw in bad)
+        group = "labeled" if labeled else "score"
+        fs.write_bytes(paths.join(quarantine_dir, f"part-{group}-{shard:05d}.jsonl"), body.encode("utf-8"))
+    return {
+        "counts": counts,
+        "bad_kinds": dict(Counter(kind for _l, kind, _r, _raw in bad)),
+        "bad_samples": [f"{name}:{line}: {reason}" for line, _k, reason, _raw in bad[:5]],
+        "label_counts": dict(label_counts),
+        "pixel_max_observed": pixel_max,
+    }
 
 
 def run(spark, args):
@@ -114,85 +168,87 @@ def run(spark, args):
         raise JobError(f"no input for dataset version {args.version}: no *.csv or *.csv.gz files in {raw_dir}. "
                        "Put the version's CSV files there (scripts/make_sample_data.py writes sample versions).")
     image_shape, num_pixels = infer_spec(labeled, args)
-    files = [(fs.basename(p), p, True) for p in labeled] + [("score/" + fs.basename(p), p, False) for p in unlabeled]
-    splits = ["train", "eval"] + (["score"] if unlabeled else [])
     started = time.time()
+    groups = [("labeled", [(fs.basename(p), p) for p in labeled], ["train", "eval"])]
+    if unlabeled:
+        groups.append(("score", [("score/" + fs.basename(p), p) for p in unlabeled], ["score"]))
+    sizes = {p: fs.size(p) for p in labeled + unlabeled}
+    plans = {g: plan_ranges(files, sizes, args.num_shards) for g, files, _splits in groups}
 
-    parsed = sc.parallelize(files, len(files)).mapPartitions(
-        lambda it: parse_partition(it, num_pixels, args.pixel_max, args.eval_fraction, args.num_shards))
-    parsed.persist()
-    try:
-        return _convert(sc, args, layout, parsed, files, splits, image_shape, started)
-    finally:
-        parsed.unpersist()
-
-
-def _convert(sc, args, layout, parsed, files, splits, image_shape, started):
-    file_info = parsed.filter(lambda r: r[0] == "file").collect()
-    bad = parsed.filter(lambda r: r[0] == "bad")
-    ok = parsed.filter(lambda r: r[0] == "ok")
-    bad_kinds = dict(bad.map(lambda r: r[3]).countByValue())
-    bad_count = sum(bad_kinds.values())
-
-    # The quarantine of every run is kept, passed or failed, so bad rows are never lost.
-    with fs.Staging(layout.quarantine(args.version)) as q:
-        bad.mapPartitionsWithIndex(write_quarantine(q.path)).sum()
-        samples = bad.map(lambda r: f"{r[1]}:{r[2]}: {r[4]}").take(5)
-        q.commit({"dataset_version": args.version, "rows": bad_count, "by_kind": bad_kinds, "sample": samples})
-
-    ok_count = ok.count()
-    rows_read = ok_count + bad_count
-    if rows_read == 0:
-        raise JobError(f"the input files of dataset version {args.version} hold no rows: "
-                       f"{[f[1] for f in files]}")
-    bad_fraction = bad_count / rows_read
-    if bad_fraction > args.max_bad_fraction:
-        raise JobError(
-            f"{bad_count} of {rows_read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
-            f"{args.max_bad_fraction:.1%}; by kind: {bad_kinds}; first: {samples}. All bad rows are in "
-            f"{layout.quarantine(args.version)}; fix the input or raise max_bad_fraction.")
-
-    num_shards = args.num_shards
-    split_index = {s: i for i, s in enumerate(splits)}
-    stats = ok.map(lambda r: (r[1], r[4], max(r[5]) if r[5] else 0)).cache()
-    label_counts = dict(stats.filter(lambda s: s[1] is not None).map(lambda s: s[1]).countByValue())
-    pixel_max_observed = stats.map(lambda s: s[2]).max()
-    stats.unpersist()
-
-    def to_record(r):
-        _, split, shard, rid, label, pixels = r
-        return (split_index[split] * num_shards + shard, rid), schema.encode_example(pixels, label, rid)
+    # pass 1: checksums and line-aligned spans of every range, one task per file
+    per_file = {}
+    for g, files, _splits in groups:
+        for _shard, name, path, _part, parts in plans[g]:
+            per_file[path] = (name, path, parts)
+    t = time.time()
+    scans = sc.parallelize(list(per_file.values()), len(per_file)).map(lambda f: scan_file(*f)).collect()
+    pass_seconds = {"scan": round(time.time() - t, 2)}
+    spans = {s["path"]: s["spans"] for s in scans}
 
     out = layout.tfrecords(args.version)
-    with fs.Staging(out) as stage:
-        for s in splits:
-            fs.makedirs(stage.file(s))
-        shards = (ok.map(to_record)
-                  .repartitionAndSortWithinPartitions(len(splits) * num_shards, lambda k: k[0])
-                  .mapPartitionsWithIndex(write_shards(stage.path, splits, num_shards))
-                  .collect())
-        per_split = {s: sum(c for sp, _, c in shards if sp == s) for s in splits}
-        if sum(per_split.values()) != ok_count:
-            raise JobError(f"wrote {sum(per_split.values())} records but parsed {ok_count} good rows")
+    all_splits = [s for _g, _f, splits in groups for s in splits]
+    params = {"pixel_max": args.pixel_max, "eval_fraction": args.eval_fraction}
+    with fs.Staging(out) as stage, fs.Staging(layout.quarantine(args.version)) as quarantine:
+        for split in all_splits:
+            fs.makedirs(stage.file(split))
+        tasks = []
+        for g, _files, splits in groups:
+            for shard, name, path, part, _parts in plans[g]:
+                q, r, first_line = spans[path][part]
+                tasks.append(((shard, name, path, q, r, first_line, g == "labeled"), splits))
+        stage_dir, quarantine_dir = stage.path, quarantine.path
+        t = time.time()
+        stats = sc.parallelize(tasks, len(tasks)).map(
+            lambda task: convert_range(task[0], stage_dir, quarantine_dir, task[1], num_pixels, params)).collect()
+        pass_seconds["convert"] = round(time.time() - t, 2)
+
+        per_split = {s: sum(st["counts"].get(s, 0) for st in stats) for s in all_splits}
+        bad_kinds = Counter()
+        label_counts = Counter()
+        for st in stats:
+            bad_kinds.update(st["bad_kinds"])
+            label_counts.update({int(k): v for k, v in st["label_counts"].items()})
+        bad_count = sum(bad_kinds.values())
+        samples = [x for st in stats for x in st["bad_samples"]][:5]
+        ok_count = sum(per_split.values())
+        rows_read = ok_count + bad_count
+        # The quarantine of every run is kept, passed or failed, so bad rows are never lost.
+        quarantine.commit({"dataset_version": args.version, "rows": bad_count, "by_kind": dict(bad_kinds),
+                           "sample": samples})
+        if rows_read == 0:
+            raise JobError(f"the input files of dataset version {args.version} hold no rows: {labeled + unlabeled}")
+        bad_fraction = bad_count / rows_read
+        if bad_fraction > args.max_bad_fraction:
+            raise JobError(
+                f"{bad_count} of {rows_read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
+                f"{args.max_bad_fraction:.1%}; by kind: {dict(bad_kinds)}; first: {samples}. All bad rows are in "
+                f"{layout.quarantine(args.version)}; fix the input or raise max_bad_fraction.")
+        shards = {}
+        for (task, splits), st in zip(tasks, stats):
+            for split in splits:
+                shards.setdefault(split, []).append({"file": schema.shard_name(task[0]), "records": st["counts"][split],
+                                                     "source": f"{task[1]}:{task[3]}-{task[4]}"})
         manifest = {
             "dataset_version": args.version,
             "image_shape": list(image_shape),
             "num_classes": schema.NUM_CLASSES,
             "pixel_max": args.pixel_max,
-            "pixel_max_observed": pixel_max_observed,
+            "pixel_max_observed": max(st["pixel_max_observed"] for st in stats),
             "label_counts": {str(k): v for k, v in sorted(label_counts.items())},
             "rows_read": rows_read,
             "rows_written": ok_count,
             "rows_quarantined": bad_count,
-            "quarantined_by_kind": bad_kinds,
+            "quarantined_by_kind": dict(bad_kinds),
             "splits": per_split,
-            "shards": {s: [{"file": n, "records": c} for sp, n, c in sorted(shards) if sp == s] for s in splits},
-            "inputs": [{"file": f[1], "bytes": f[2], "sha256": f[3], "labeled": f[4]} for f in sorted(file_info)],
-            "params": {"eval_fraction": args.eval_fraction, "num_shards": num_shards,
+            "shards": shards,
+            "inputs": [{"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
+                        "labeled": not s["name"].startswith("score/")} for s in sorted(scans, key=lambda s: s["name"])],
+            "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
                        "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max},
             "versions": library_versions(),
             "git_revision": git_revision(),
             "seconds": round(time.time() - started, 1),
+            "pass_seconds": pass_seconds,
         }
         stage.commit(manifest)
     return {"output": out, "rows_read": rows_read, "splits": per_split, "quarantined": bad_count}

@@ -1,14 +1,20 @@
 """CSV rows (label, then H*W pixels) to checked values; bad rows get a reason instead of an exception.
 
-Pure Python, no Spark and no TensorFlow, so it is unit-testable and cheap in executors.
+No Spark and no TensorFlow, so it is unit-testable and cheap in executors. Clean blocks of lines are
+parsed in bulk with numpy (:func:`parse_clean`); a block with anything unusual in it is parsed line
+by line (:func:`parse_row`), which names what is wrong with each bad line.
 """
 
+import functools
 import gzip
 import hashlib
 import math
 from collections import Counter
 
+import numpy as np
+
 HASH_BUCKETS = 1_000_000
+CHUNK_BYTES = 4 << 20
 
 
 class RowError(ValueError):
@@ -121,22 +127,100 @@ def parse_row(raw, spec):
     return label, pixels
 
 
-def _hash64(text):
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+_MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _mix(x):
+    """splitmix64 finalizer over a uint64 array: every input bit moves every output bit."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _name_key(file_name):
+    return np.uint64(int.from_bytes(hashlib.blake2b(file_name.encode("utf-8"), digest_size=8).digest(), "big"))
+
+
+def row_ids(file_name, line_numbers):
+    """Stable 63-bit ids of source rows: the same file name and line give the same id on every run."""
+    lines = np.asarray(line_numbers, np.uint64)
+    with np.errstate(over="ignore"):
+        return (_mix(_name_key(file_name) + _mix(lines)) & _MASK63).astype(np.int64)
 
 
 def row_id(file_name, line_no):
-    """Stable 63-bit id of a source row: the same file name and line give the same id on every run."""
-    return _hash64(f"{file_name}:{line_no}") & 0x7FFF_FFFF_FFFF_FFFF
+    return int(row_ids(file_name, [line_no])[0])
 
 
-def split_of(label, pixels, eval_fraction):
-    """'eval' or 'train' from the row's content alone, so reruns and backfills split identically.
+@functools.lru_cache(maxsize=8)
+def _weights(n):
+    """Fixed odd 64-bit weights, one per pixel column (the same on every machine and run)."""
+    return np.random.default_rng(20261128).integers(0, 2 ** 63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _content_hash(labels, pixels):
+    """A 64-bit hash of each row's label and pixel values: a weighted sum mod 2^64, then mixed."""
+    px = np.asarray(pixels, np.uint64)
+    with np.errstate(over="ignore"):
+        h = (px * _weights(px.shape[1])).sum(axis=1, dtype=np.uint64)
+        return _mix(h ^ _mix(np.asarray(labels, np.uint64)))
+
+
+def splits_of(labels, pixels, eval_fraction):
+    """'eval' or 'train' per row from its content alone, so reruns and backfills split identically.
 
     Identical rows always land in the same split, so duplicates cannot leak from train into eval.
     """
-    key = f"{label}|" + ",".join(map(str, pixels))
-    return "eval" if _hash64(key) % HASH_BUCKETS < eval_fraction * HASH_BUCKETS else "train"
+    bucket = _content_hash(labels, pixels) % np.uint64(HASH_BUCKETS)
+    return np.where(bucket < np.uint64(int(eval_fraction * HASH_BUCKETS)), "eval", "train")
+
+
+def split_of(label, pixels, eval_fraction):
+    return str(splits_of([label], [pixels], eval_fraction)[0])
+
+
+def parse_clean(data, num_columns):
+    """int64 [rows, num_columns] of a block of clean CSV lines, or None when the block is not clean.
+
+    Clean: only digits, commas and newlines, every line with ``num_columns`` non-empty fields of at
+    most 15 digits, ending with a newline. Anything else (signs, decimals, spaces, quotes, empty
+    lines or fields, other bytes) returns None, and the caller parses the block line by line.
+    """
+    if not data:
+        return np.empty((0, num_columns), np.int64)
+    buf = np.frombuffer(data, np.uint8)
+    if buf[-1] != 10 or ((buf > 57) | ((buf < 48) & (buf != 44) & (buf != 10))).any():
+        return None
+    sep_pos = np.flatnonzero(buf < 48)  # only ',' and '\n' are left below '0'
+    fields = len(sep_pos)
+    if fields % num_columns:
+        return None
+    line_ends = sep_pos[num_columns - 1::num_columns]
+    if not (buf[line_ends] == 10).all() or (buf[sep_pos] == 10).sum() != len(line_ends):
+        return None
+    starts = np.empty(fields, np.int64)
+    starts[0] = 0
+    starts[1:] = sep_pos[:-1] + 1
+    lengths = sep_pos - starts
+    longest = int(lengths.max())
+    if lengths.min() == 0 or longest > 15:
+        return None
+    values = buf[starts].astype(np.int64) - 48
+    for k in range(1, longest):
+        more = np.flatnonzero(lengths > k)
+        values[more] = values[more] * 10 + (buf[starts[more] + k].astype(np.int64) - 48)
+    return values.reshape(-1, num_columns)
+
+
+def chunks(data, size=CHUNK_BYTES):
+    """(offset, bytes) pieces of ``data`` that end at a newline, about ``size`` bytes each."""
+    start, end = 0, len(data)
+    while start < end:
+        stop = data.find(b"\n", min(start + size, end) - 1)
+        stop = end if stop < 0 else stop + 1
+        yield start, data[start:stop]
+        start = stop
 
 
 def infer_num_columns(sample_lines):
@@ -152,26 +236,65 @@ def infer_num_columns(sample_lines):
     return counts.most_common(1)[0][0] if counts else None
 
 
-def parse_file(name, data, spec):
-    """Classify every line of one file.
-
-    Yields ``("ok", line_no, label, pixels)`` or ``("bad", line_no, kind, reason, raw_text)``. A header
-    is accepted on the first non-empty line only.
-    """
-    try:
-        data = decompress(name, data)
-    except RowError as e:
-        yield ("bad", 0, e.kind, str(e), "")
-        return
-    first = True
-    for line_no, raw in lines(data):
-        if first and raw.strip():
-            first = False
-            if looks_like_header(raw.decode("utf-8", "replace").split(",")):
-                continue
+def _parse_lines(data, spec, first_line_no):
+    """Line-by-line parse of a block: (labels, pixel rows, line numbers) of good lines, and bad lines."""
+    labels, pixels, numbers, bad = [], [], [], []
+    for offset, raw in lines(data):
+        line_no = first_line_no + offset - 1
         try:
-            label, pixels = parse_row(raw, spec)
+            label, px = parse_row(raw, spec)
         except RowError as e:
-            yield ("bad", line_no, e.kind, str(e), raw.decode("utf-8", "replace")[:2000])
+            bad.append((line_no, e.kind, str(e), raw.decode("utf-8", "replace")[:2000]))
             continue
-        yield ("ok", line_no, label, pixels)
+        labels.append(label if label is not None else -1)
+        pixels.append(px)
+        numbers.append(line_no)
+    return labels, pixels, numbers, bad
+
+
+def iter_block(data, spec, first_line_no=1, header_allowed=True):
+    """Classify the lines of a block of a CSV file (whole lines, line numbers from ``first_line_no``).
+
+    Yields, per chunk of about CHUNK_BYTES, ``(labels int64 [n] (-1 when unlabeled), pixels int64
+    [n, P], line numbers int64 [n], bad)`` where ``bad`` lists ``(line, kind, reason, raw)``. A header
+    is skipped on the block's first line when ``header_allowed`` (the start of a file); anywhere else
+    it is a bad line.
+    """
+    if header_allowed:
+        first_end = data.find(b"\n")
+        first = data if first_end < 0 else data[:first_end]
+        if first.strip() and looks_like_header(first.decode("utf-8", "replace").rstrip("\r").split(",")):
+            data, first_line_no = data[first_end + 1:] if first_end >= 0 else b"", first_line_no + 1
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    line_no = first_line_no
+    for _offset, block in chunks(data):
+        rows = block.count(b"\n")
+        table = parse_clean(block, spec.num_columns)
+        if table is not None:
+            if spec.labeled:
+                lab, px = table[:, spec.label_col], np.delete(table, spec.label_col, axis=1)
+            else:
+                lab, px = np.full(len(table), -1, np.int64), table
+            ok = (px <= spec.pixel_max).all(axis=1)
+            if spec.labeled:
+                ok &= (lab >= 0) & (lab < spec.num_classes)
+            if ok.all():
+                yield lab, px, np.arange(line_no, line_no + rows, dtype=np.int64), []
+                line_no += rows
+                continue
+        labels, pixels, numbers, bad = _parse_lines(block, spec, line_no)
+        yield (np.asarray(labels, np.int64), np.asarray(pixels, np.int64).reshape(len(labels), spec.num_pixels),
+               np.asarray(numbers, np.int64), bad)
+        line_no += rows
+
+
+def parse_block(data, spec, first_line_no=1, header_allowed=True):
+    """All of :func:`iter_block` at once: (labels, pixels, line numbers, bad)."""
+    parts = list(iter_block(data, spec, first_line_no, header_allowed))
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, spec.num_pixels), np.int64), np.empty(0, np.int64), []
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), [b for p in parts for b in p[3]])

@@ -103,8 +103,9 @@ def run(spark, args):
     started = time.time()
     out = layout.predictions(args.version)
     with fs.Staging(out) as stage:
-        # one partition per shard file
-        inputs = sc.parallelize([(f,) for f in files], max(len(files), 1)).toDF("path string")
+        # as many partitions as task slots: each executor streams its files in one task, no gaps between tasks
+        slices = max(min(len(files), sc.defaultParallelism), 1)
+        inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
         predictions = inputs.mapInArrow(
             predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(), loads,
                               timings), schema)
@@ -113,7 +114,7 @@ def run(spark, args):
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
         result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
-                  "rows_out": rows_out, "partitions": len(files), "model_loads": loads.value,
+                  "rows_out": rows_out, "partitions": slices, "files": len(files), "model_loads": loads.value,
                   "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
                   "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
         spans = timings.value

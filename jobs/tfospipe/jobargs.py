@@ -47,6 +47,21 @@ def _run_id(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _one_of(*choices):
+    def check(text):
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+    return check
+
+
+def _non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _image_shape(text):
     if text in ("", "auto"):
         return None
@@ -91,8 +106,13 @@ JOBS = {
             {"type": "string", "pattern": "^(auto|[0-9]{1,4}x[0-9]{1,4})$"}),
     ],
     "train": _COMMON + _RUN + [
+        Arg("input_mode", _one_of("tensorflow", "spark"), "tensorflow",
+            "tensorflow: each node reads its TFRecord shards with tf.data; spark: Spark feeds the rows (TFNode.DataFeed)",
+            {"type": "string", "enum": ["tensorflow", "spark"]}),
         Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)",
             {"type": "integer", "minimum": 2, "maximum": 256}),
+        Arg("num_ps", _non_negative, 0, "parameter-server nodes; only 0 is supported (all-reduce training)",
+            {"type": "integer", "minimum": 0, "maximum": 16}),
         Arg("epochs", _positive, 5, "passes over the train split", {"type": "integer", "minimum": 1, "maximum": 1000}),
         Arg("batch_size", _positive, 64, "batch size per worker", {"type": "integer", "minimum": 1, "maximum": 65536}),
         Arg("learning_rate", _positive_float, 0.001, "Adam learning rate",

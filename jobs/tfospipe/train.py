@@ -1,14 +1,24 @@
-"""train: distributed training with TensorFlowOnSpark, InputMode.TENSORFLOW.
+"""train: distributed training with TensorFlowOnSpark, in either input mode.
 
 ``TFCluster.run`` starts one TensorFlow node in each Spark executor (executor 0 is the chief, the
 others workers) and sets ``TF_CONFIG``; every node trains the seed's CNN under
-``MultiWorkerMirroredStrategy``, reading its own share of the train shards with ``tf.data``
-(explicit sharding by worker index, auto-sharding off). The chief exports the SavedModel.
+``MultiWorkerMirroredStrategy``. Input modes (``--input-mode``):
+
+* ``tensorflow`` — each node reads its own share of the train shards with ``tf.data`` (explicit
+  sharding by worker index, auto-sharding off), as TFoS's ``examples/mnist/tf``.
+* ``spark`` — the driver reads the train shards as an RDD and feeds the serialized Examples to the
+  nodes through ``TFNode.DataFeed``, as TFoS's ``examples/mnist/spark``. It cannot hang: every node
+  runs the same fixed step budget (a node whose partitions ran short replays what it received),
+  leaves no collective half-done (a barrier after the chief's export), stops its feed with
+  ``terminate()``, and feeding is bounded by ``feed_timeout``.
+
+Both modes evaluate on the eval split after every epoch (each node reads its share of the eval
+shards) and resume from the last finished epoch when the task is retried (``BackupAndRestore``).
 
 Run directory ``{root}/models/{version}/{run}/``::
 
     backup/          BackupAndRestore state: a retried task resumes from the last finished epoch
-    tensorboard/     event logs (loss, accuracy) written by the chief
+    tensorboard/     event logs (loss, accuracy, eval) written by the chief
     progress.log     progress lines of the chief, echoed into the driver's (Airflow task's) log
     workers/         one done marker per node: worker index, steps run, final loss
     model/           the exported SavedModel (signature in model.py), renamed into place complete
@@ -23,10 +33,27 @@ from . import convert, fs, paths, schema
 from .runner import JobError, git_revision, library_versions
 
 PROGRESS_EVERY_STEPS = 10
+FEED_TIMEOUT_SECONDS = 600
+FEED_POLL_SECONDS = 0.5
+REPLAY_BUFFER_ROWS = 200_000
 
 
 def node_main(args, ctx):
-    """Runs in each executor: one TensorFlow node of the cluster (TFoS calls it with TF_CONFIG set)."""
+    """Runs in each executor: one TensorFlow node of the cluster (TFoS calls it with TF_CONFIG set).
+
+    A failure leaves ``workers/worker-<i>.error`` with the traceback, so the driver can report it.
+    """
+    try:
+        _node_main(args, ctx)
+    except BaseException:
+        import traceback
+        index = 0 if ctx.job_name == "chief" else ctx.task_index + 1
+        fs.write_bytes(paths.join(args["run_dir"], "workers", f"worker-{index}.error"),
+                       traceback.format_exc().encode("utf-8"))
+        raise
+
+
+def _node_main(args, ctx):
     import json
     import os
     import shutil
@@ -48,17 +75,75 @@ def node_main(args, ctx):
     run_dir = args["run_dir"]
     image_shape = tuple(args["image_shape"])
     batch_size = args["batch_size"]
-    files = args["train_files"]
+    from queue import Empty
 
-    def dataset_fn(input_context):
+    from tensorflowonspark import marker
+
+    feed = ctx.get_data_feed(train_mode=True) if args["input_mode"] == "spark" else None
+    fed = {"rows": 0, "replayed": 0, "ended": False}
+    steady_rate = {}
+
+    def parse(serialized):
+        return node_schema.parse_batch(serialized, image_shape)[:2]
+
+    def from_files(files, input_context, shuffle):
         mine = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
         ds = tf.data.TFRecordDataset(mine).cache()
-        ds = ds.shuffle(8192, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(lambda s: node_schema.parse_batch(s, image_shape)[:2], num_parallel_calls=tf.data.AUTOTUNE)
+        if shuffle:
+            ds = ds.shuffle(8192, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True)
+        return ds.repeat()
+
+    def from_feed():
+        """Serialized Examples from Spark's feed, never stalling the collective.
+
+        A node whose queue is momentarily empty (its partitions ran short, or the next one is still being
+        scheduled) replays rows it already received instead of blocking: blocking would stall the
+        all-reduce of every other node, whose feeding tasks could then never finish (a deadlock).
+        """
+        queue = ctx.mgr.get_queue("input")
+        seen, ended, replay, starving = [], False, 0, False
+        while True:
+            if not ended:
+                try:
+                    # wait for the first row; then give a late partition a moment, once per dry spell
+                    wait = FEED_TIMEOUT_SECONDS if not seen else (0.001 if starving else FEED_POLL_SECONDS)
+                    item = queue.get(block=True, timeout=wait)
+                except Empty:
+                    if not seen:
+                        raise RuntimeError(f"worker {worker_index} received no training rows from Spark within "
+                                           f"{FEED_TIMEOUT_SECONDS}s") from None
+                    starving = True
+                else:
+                    starving = False
+                    queue.task_done()
+                    if item is None:  # end of feed
+                        ended = fed["ended"] = True
+                        continue
+                    if isinstance(item, marker.EndPartition):
+                        continue
+                    fed["rows"] += 1
+                    if len(seen) < REPLAY_BUFFER_ROWS:
+                        seen.append(item)
+                    yield item
+                    continue
+            for _ in range(batch_size):  # replay a batch worth, then look at the queue again
+                fed["replayed"] += 1
+                replay += 1
+                yield seen[replay % len(seen)]
+
+    def finish(ds):
+        ds = ds.batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def train_fn(input_context):
+        if feed is not None:
+            return finish(tf.data.Dataset.from_generator(from_feed, output_signature=tf.TensorSpec([], tf.string)))
+        return finish(from_files(args["train_files"], input_context, shuffle=True))
+
+    def eval_fn(input_context):
+        return finish(from_files(args["eval_files"], input_context, shuffle=False))
 
     with strategy.scope():
         model = model_lib.build_model(image_shape, args["pixel_max"], args["learning_rate"])
@@ -66,27 +151,46 @@ def node_main(args, ctx):
     model.distribute_reduction_method = "first"
 
     class Progress(tf.keras.callbacks.Callback):
-        """Progress lines (step, loss, accuracy, examples/s) every N steps, into progress.log (chief)."""
+        """Progress lines into progress.log (chief): every N steps, and eval metrics after each epoch."""
 
         def __init__(self):
             super().__init__()
-            self.t0 = time.time()
-            self.step = 0
+            self.t0, self.step = time.time(), 0
+
+        def _write(self, line):
+            if is_chief:
+                with tf.io.gfile.GFile(node_paths.join(run_dir, "progress.log"), "a") as f:
+                    f.write(line + "\n")
 
         def on_train_batch_end(self, batch, logs=None):
-            self.step += 1
-            if is_chief and (self.step % PROGRESS_EVERY_STEPS == 0):
+            self.step, self.last = self.step + 1, time.time()
+            if self.step == PROGRESS_EVERY_STEPS:  # steady state starts after warm-up (tracing, first batches)
+                self.steady = (time.time(), self.step)
+            if self.step % PROGRESS_EVERY_STEPS == 0:
+                global_step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
                 rate = self.step * batch_size * num_workers / max(time.time() - self.t0, 1e-6)
-                line = (f"step {self.step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
-                        f"examples/s {rate:.0f}\n")
-                with tf.io.gfile.GFile(node_paths.join(run_dir, "progress.log"), "a") as f:
-                    f.write(line)
+                self._write(f"step {global_step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+                            f"examples/s {rate:.0f}")
+
+        def on_train_end(self, logs=None):
+            if getattr(self, "steady", None) and self.step > self.steady[1]:
+                seconds = self.last - self.steady[0]  # batches only: epoch-end evaluation excluded
+                steady_rate["examples_per_second"] = (self.step - self.steady[1]) * batch_size * num_workers / seconds
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._write(f"epoch {epoch + 1}/{args['epochs']} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+                        f"eval_loss {logs.get('val_loss', float('nan')):.4f} "
+                        f"eval_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
 
     callbacks = [tf.keras.callbacks.BackupAndRestore(node_paths.join(run_dir, "backup")), Progress()]
     if is_chief:
         callbacks.append(tf.keras.callbacks.TensorBoard(node_paths.join(run_dir, "tensorboard"), update_freq=10))
-    history = model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn), epochs=args["epochs"],
-                        steps_per_epoch=args["steps_per_epoch"], callbacks=callbacks, verbose=0)
+    history = model.fit(tf.keras.utils.experimental.DatasetCreator(train_fn), epochs=args["epochs"],
+                        steps_per_epoch=args["steps_per_epoch"], callbacks=callbacks, verbose=0,
+                        validation_data=tf.keras.utils.experimental.DatasetCreator(eval_fn),
+                        validation_steps=args["eval_steps"])
+    if feed is not None and not fed["ended"]:
+        feed.terminate()  # skip the rest of the feed: this node has run its step budget
 
     # Every node takes part in the save (variables are distributed); only the chief's copy is kept.
     if is_chief:
@@ -101,6 +205,8 @@ def node_main(args, ctx):
         tf.io.gfile.rename(target, final)
     else:
         shutil.rmtree(target, ignore_errors=True)
+    # Barrier: no node leaves the collective group before the chief's export is complete.
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
     epochs_run = len(history.history.get("loss", []))
     marker = {
@@ -111,6 +217,11 @@ def node_main(args, ctx):
         "steps_run": epochs_run * args["steps_per_epoch"],
         "final_loss": float(history.history["loss"][-1]) if epochs_run else None,
         "final_accuracy": float(history.history["accuracy"][-1]) if epochs_run else None,
+        "final_eval_loss": float(history.history["val_loss"][-1]) if epochs_run else None,
+        "final_eval_accuracy": float(history.history["val_accuracy"][-1]) if epochs_run else None,
+        "steady_examples_per_second": round(steady_rate.get("examples_per_second", 0.0), 1),
+        "rows_fed": fed["rows"] if feed is not None else None,
+        "rows_replayed": fed["replayed"] if feed is not None else None,
         "seconds": round(time.time() - started, 1),
     }
     node_fs.write_json(node_paths.join(run_dir, "workers", f"worker-{worker_index}.json"), marker)
@@ -134,6 +245,42 @@ def wait_for_executors(sc, wanted, timeout):
             f"{conf.get('spark.executor.instances', 'unset')}, spark.cores.max={conf.get('spark.cores.max', 'unset')}, "
             f"spark.executor.cores={conf.get('spark.executor.cores', 'unset')}) or lower cluster_size.")
     return have
+
+
+def await_nodes(run_dir, workers, timeout):
+    """Block until every node left its done marker; raise as soon as one left an error."""
+    deadline = time.time() + timeout
+    while True:
+        names = set(fs.listdir(paths.join(run_dir, "workers")))
+        errors = sorted(n for n in names if n.endswith(".error"))
+        if errors:
+            detail = fs.read_bytes(paths.join(run_dir, "workers", errors[0])).decode("utf-8", "replace")
+            raise JobError(f"TensorFlow node {errors[0][:-6]} failed:\n{detail[-3000:]}")
+        if all(f"worker-{i}.json" in names for i in range(workers)):
+            return
+        if time.time() > deadline:
+            raise JobError(f"nodes did not finish within {timeout}s after the feed ended (markers in "
+                           f"{run_dir}/workers: {sorted(names)})")
+        time.sleep(1)
+
+
+def tfrecord_payloads(data):
+    """The records of one TFRecord file's bytes (length, crc, payload, crc framing); no TensorFlow needed."""
+    import struct
+    offset, end = 0, len(data)
+    while offset < end:
+        (length,) = struct.unpack_from("<Q", data, offset)
+        start = offset + 12
+        yield data[start:start + length]
+        offset = start + length + 4
+
+
+def _read(path):
+    """A file's bytes on an executor: plain I/O for local paths, tf.io.gfile for URIs."""
+    if "://" not in path:
+        with open(path, "rb") as f:
+            return f.read()
+    return fs.read_bytes(path)
 
 
 class _Tail(threading.Thread):
@@ -161,53 +308,75 @@ class _Tail(threading.Thread):
 def run(spark, args):
     from tensorflowonspark import TFCluster
 
+    if args.num_ps:
+        raise JobError(f"num_ps={args.num_ps}: parameter servers are not supported with this stack; training "
+                       "uses MultiWorkerMirroredStrategy (all-reduce, no parameter servers). Use num_ps=0.")
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
     manifest = convert.read_manifest(layout, args.version)
     train_files = convert.shard_files(layout, args.version, "train")
-    train_rows = manifest["splits"]["train"]
-    if len(train_files) < args.cluster_size:
-        raise JobError(f"{len(train_files)} train shards for {args.cluster_size} workers: every worker needs a "
-                       "shard; convert with num_shards >= cluster_size")
-    if train_rows < args.batch_size * args.cluster_size:
-        raise JobError(f"{train_rows} train rows cannot fill one step of batch_size {args.batch_size} on "
-                       f"{args.cluster_size} workers; lower batch_size")
+    eval_files = convert.shard_files(layout, args.version, "eval")
+    train_rows, eval_rows = manifest["splits"]["train"], manifest["splits"]["eval"]
+    workers = args.cluster_size
+    for split, files, rows in (("train", train_files, train_rows), ("eval", eval_files, eval_rows)):
+        if len(files) < workers:
+            raise JobError(f"{len(files)} {split} shards for {workers} workers: every worker reads a share of "
+                           "the shards; convert with num_shards >= cluster_size")
+        if rows < args.batch_size * workers:
+            raise JobError(f"{rows} {split} rows cannot fill one step of batch_size {args.batch_size} on "
+                           f"{workers} workers; lower batch_size")
     run_dir = layout.model_run(args.version, args.run_id)
     # A retry keeps backup/ (to resume) but never an older attempt's model, markers or _SUCCESS.
     for stale in (fs.SUCCESS, fs.MANIFEST, "model", ".model.staging", "workers", "progress.log"):
         fs.rmtree(paths.join(run_dir, stale))
     fs.makedirs(paths.join(run_dir, "workers"))
 
-    steps_per_epoch = math.ceil(train_rows / (args.batch_size * args.cluster_size))
+    # The same step budget on every node: what the data allows at batch_size per worker.
+    steps_per_epoch = max(train_rows // (args.batch_size * workers), 1)
     node_args = {
         "run_dir": run_dir,
+        "input_mode": args.input_mode,
         "train_files": train_files,
+        "eval_files": eval_files,
         "image_shape": schema.image_shape_of(manifest),
         "pixel_max": max(int(manifest["pixel_max_observed"]), 1),
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "epochs": args.epochs,
         "steps_per_epoch": steps_per_epoch,
+        "eval_steps": math.ceil(eval_rows / (args.batch_size * workers)),
     }
-    wait_for_executors(sc, args.cluster_size, args.executor_wait)
-    print(f"training on {args.cluster_size} nodes: {train_rows} rows, {steps_per_epoch} steps/epoch x "
-          f"{args.epochs} epochs, batch {args.batch_size}/worker, run dir {run_dir}", flush=True)
+    wait_for_executors(sc, workers, args.executor_wait)
+    print(f"training in {args.input_mode} input mode on {workers} nodes: {train_rows} rows, {steps_per_epoch} "
+          f"steps/epoch x {args.epochs} epochs, batch {args.batch_size}/worker, run dir {run_dir}", flush=True)
     started = time.time()
     tail = _Tail(paths.join(run_dir, "progress.log"))
     tail.start()
     try:
-        cluster = TFCluster.run(sc, node_main, node_args, args.cluster_size, num_ps=0, tensorboard=False,
-                                input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
-                                reservation_timeout=300)
+        if args.input_mode == "spark":
+            cluster = TFCluster.run(sc, node_main, node_args, workers, num_ps=0, tensorboard=False,
+                                    input_mode=TFCluster.InputMode.SPARK, master_node="chief",
+                                    reservation_timeout=300)
+            # one partition per shard, so the nodes are fed as the conversion sharded the data
+            feed = sc.parallelize(train_files, len(train_files)).flatMap(
+                lambda path: tfrecord_payloads(_read(path)))
+            cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
+            # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
+            # now would kill them, so wait for every node's done marker first.
+            await_nodes(run_dir, workers, FEED_TIMEOUT_SECONDS)
+        else:
+            cluster = TFCluster.run(sc, node_main, node_args, workers, num_ps=0, tensorboard=False,
+                                    input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
+                                    reservation_timeout=300)
         cluster.shutdown(timeout=-1)
     finally:
         tail.stop.set()
         tail.poll()
 
     markers = {m: fs.read_json(paths.join(run_dir, "workers", m)) for m in fs.listdir(paths.join(run_dir, "workers"))}
-    missing = [i for i in range(args.cluster_size) if f"worker-{i}.json" not in markers]
+    missing = [i for i in range(workers) if f"worker-{i}.json" not in markers]
     if missing:
-        raise JobError(f"workers {missing} of {args.cluster_size} left no done marker in {run_dir}/workers: "
+        raise JobError(f"workers {missing} of {workers} left no done marker in {run_dir}/workers: "
                        "they did not finish training; see the executor logs")
     model_dir = layout.exported_model(args.version, args.run_id)
     if not fs.exists(paths.join(model_dir, "saved_model.pb")):
@@ -219,12 +388,15 @@ def run(spark, args):
         "model_dir": model_dir,
         "image_shape": node_args["image_shape"],
         "pixel_max": node_args["pixel_max"],
-        "params": {"cluster_size": args.cluster_size, "epochs": args.epochs, "batch_size": args.batch_size,
-                   "learning_rate": args.learning_rate, "input_mode": "tensorflow"},
+        "params": {"cluster_size": workers, "epochs": args.epochs, "batch_size": args.batch_size,
+                   "learning_rate": args.learning_rate, "input_mode": args.input_mode, "num_ps": args.num_ps},
         "steps_per_epoch": steps_per_epoch,
         "steps_run": chief["steps_run"],
         "final_loss": chief["final_loss"],
         "final_accuracy": chief["final_accuracy"],
+        "final_eval_loss": chief["final_eval_loss"],
+        "final_eval_accuracy": chief["final_eval_accuracy"],
+        "steady_examples_per_second": chief["steady_examples_per_second"],
         "workers": sorted(markers.values(), key=lambda m: m["worker"]),
         "train_seconds": round(time.time() - started, 1),
         "versions": library_versions(),
@@ -232,4 +404,5 @@ def run(spark, args):
     }
     fs.write_json(paths.join(run_dir, fs.MANIFEST), result)
     fs.write_bytes(paths.join(run_dir, fs.SUCCESS), b"")
-    return {k: result[k] for k in ("model_dir", "steps_run", "final_loss", "final_accuracy", "train_seconds")}
+    return {k: result[k] for k in ("model_dir", "steps_run", "final_loss", "final_accuracy", "final_eval_accuracy",
+                                   "train_seconds")}

@@ -173,7 +173,7 @@ def test_mnist_layout_28x28_converts_and_trains(tmp_path, build_dir):
     run = run_job("train", {"data_root": str(tmp_path), "version": "mnist-v1", "run_id": "r1", "epochs": 1,
                             "batch_size": 16}, build_dir)
     assert run.returncode == 0, run.output[-6000:]
-    assert run.result()["steps_run"] == -(-manifest["splits"]["train"] // 32)
+    assert run.result()["steps_run"] == manifest["splits"]["train"] // 32
     predict = model.load_serving(str(tmp_path / "models" / "mnist-v1" / "r1" / "model"), (28, 28))
     probs, classes = predict(images[:5].reshape(5, 28, 28, 1).astype("float32"))
     assert probs.shape == (5, 10) and classes.shape == (5,)

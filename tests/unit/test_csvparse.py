@@ -48,27 +48,48 @@ def test_unlabeled_spec_has_no_label_column():
     assert csvparse.parse_row(row("1,2,3,4"), spec) == (None, [1, 2, 3, 4])
 
 
-def test_parse_file_skips_first_line_header_and_reports_line_numbers():
+def test_parse_block_skips_first_line_header_and_reports_line_numbers():
     data = b"label,p0,p1,p2,p3\n1,0,0,0,0\nlabel,p0,p1,p2,p3\n2,0,0,0,99\n3,1,1,1,1\n"
-    out = list(csvparse.parse_file("a.csv", data, SPEC))
-    assert [r[0] for r in out] == ["ok", "bad", "bad", "ok"]
-    assert out[0][1:] == (2, 1, [0, 0, 0, 0])
-    assert out[1][1:3] == (3, "header")
-    assert out[2][1:3] == (4, "pixel_range")
-    assert out[2][4] == "2,0,0,0,99"
+    labels, pixels, lines, bad = csvparse.parse_block(data, SPEC)
+    assert labels.tolist() == [1, 3] and lines.tolist() == [2, 5]
+    assert pixels.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1]]
+    assert [(b[0], b[1]) for b in bad] == [(3, "header"), (4, "pixel_range")]
+    assert bad[1][3] == "2,0,0,0,99"
 
 
-def test_parse_file_without_header_and_gzip():
+def test_parse_block_without_header_crlf_and_gzip():
     data = b"1,0,0,0,0\r\n2,1,2,3,4\r\n"
-    plain = list(csvparse.parse_file("a.csv", data, SPEC))
-    zipped = list(csvparse.parse_file("a.csv.gz", gzip.compress(data), SPEC))
-    assert plain == zipped
-    assert [r[1] for r in plain] == [1, 2]
+    labels, pixels, lines, bad = csvparse.parse_block(csvparse.decompress("a.csv.gz", gzip.compress(data)), SPEC)
+    assert labels.tolist() == [1, 2] and lines.tolist() == [1, 2] and bad == []
+    # a block from the middle of a file: numbering continues, a header-like first line is bad there
+    labels, _px, lines, bad = csvparse.parse_block(b"label,a,b,c,d\n4,1,1,1,1", SPEC, 41, header_allowed=False)
+    assert lines.tolist() == [42] and bad[0][:2] == (41, "header")
 
 
-def test_corrupt_gzip_is_one_bad_record_not_a_crash():
-    out = list(csvparse.parse_file("a.csv.gz", b"not gzip", SPEC))
-    assert out[0][0] == "bad" and out[0][2] == "bad_gzip"
+def test_bulk_and_line_by_line_parsing_agree():
+    import numpy as np
+    rng = np.random.default_rng(1)
+    rows = [f"{rng.integers(0, 10)}," + ",".join(map(str, rng.integers(0, 17, 4))) for _ in range(300)]
+    clean = ("\n".join(rows) + "\n").encode()
+    dirty = ("\n".join(rows[:150] + ["9,1,2,3,x"] + rows[150:]) + "\n").encode()
+    a = csvparse.parse_block(clean, SPEC)
+    b = csvparse.parse_block(dirty, SPEC)
+    assert csvparse.parse_clean(clean, 5) is not None and csvparse.parse_clean(dirty, 5) is None
+    assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+    assert b[2].tolist() == list(range(1, 151)) + list(range(152, 302)) and b[3][0][:2] == (151, "non_numeric")
+
+
+def test_parse_clean_refuses_anything_unusual():
+    for block in [b"1,,3\n", b"1,2\n\n", b"1,-2,3\n", b"1, 2,3\n", b"1,2,3", b"1,2.0,3\n", b"1,2,3,4\n5,6\n",
+                  b'1,"2",3\n', b"12345678901234567,1,1\n"]:
+        assert csvparse.parse_clean(block, 3) is None, block
+    assert csvparse.parse_clean(b"1,2,300\n4,5,6\n", 3).tolist() == [[1, 2, 300], [4, 5, 6]]
+
+
+def test_corrupt_gzip_is_a_row_error_not_a_crash():
+    with pytest.raises(csvparse.RowError) as e:
+        csvparse.decompress("a.csv.gz", b"not gzip")
+    assert e.value.kind == "bad_gzip"
 
 
 def test_split_is_a_function_of_content_and_fraction():

@@ -5,10 +5,34 @@ import tensorflow as tf
 from tfospipe import model, schema
 
 
+def reference_example(pixels, label=None, row_id=None):
+    """The protobuf API's encoding (TFoS's mnist_data_setup way), to check the bulk encoder against."""
+    feature = {"image": tf.train.Feature(int64_list=tf.train.Int64List(value=pixels))}
+    if label is not None:
+        feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+    if row_id is not None:
+        feature["row_id"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[row_id]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def test_bulk_encoder_is_byte_identical_to_the_protobuf_api():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 784))
+    pixels[0] = 0
+    pixels[1, :6] = [127, 128, 255, 16383, 16384, 65535]
+    labels = rng.integers(0, 10, 300)
+    ids = rng.integers(0, 2 ** 63 - 1, 300, dtype=np.int64)
+    assert schema.encode_examples(pixels, labels, ids) == [
+        reference_example(p.tolist(), int(lab), int(i)) for p, lab, i in zip(pixels, labels, ids)]
+    assert schema.encode_examples(pixels[:3], None, ids[:3]) == [
+        reference_example(p.tolist(), None, int(i)) for p, i in zip(pixels[:3], ids[:3])]
+    assert schema.encode_examples(np.zeros((0, 4), int)) == []
+
+
 def test_example_round_trip_through_parse_example():
     rows = [([1, 2, 3, 4], 7, 11), ([16, 0, 0, 5], 0, 12)]
-    serialized = [schema.encode_example(p, label, rid) for p, label, rid in rows]
-    serialized.append(schema.encode_example([9, 9, 9, 9], None, 13))  # score rows carry no label
+    serialized = schema.encode_examples(np.array([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows])
+    serialized += schema.encode_examples(np.array([[9, 9, 9, 9]]), None, [13])  # score rows carry no label
     image, label, row_id = schema.parse_batch(tf.constant(serialized), (2, 2))
     assert image.shape == (3, 2, 2, 1) and image.dtype == tf.float32
     assert image.numpy()[0, :, :, 0].tolist() == [[1, 2], [3, 4]]
@@ -17,7 +41,7 @@ def test_example_round_trip_through_parse_example():
 
 
 def test_records_keep_the_tfos_mnist_feature_format():
-    ex = tf.train.Example.FromString(schema.encode_example([1, 2, 3, 4], 5, 6))
+    ex = tf.train.Example.FromString(schema.encode_examples(np.array([[1, 2, 3, 4]]), [5], [6])[0])
     assert list(ex.features.feature["label"].int64_list.value) == [5]
     assert list(ex.features.feature["image"].int64_list.value) == [1, 2, 3, 4]
 

@@ -1,0 +1,88 @@
+"""The train job on a 2-executor cluster: Spark input mode with uneven partitions, resume after a kill, PS refusal."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import tfos_spark
+from conftest import TEST_MASTER, run_job
+from tfospipe import model
+
+pytestmark = pytest.mark.spark
+VERSION = "2026-11-02"
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory, build_dir):
+    """Digits converted into 3 shards: with 2 workers, Spark feeds one of them twice as many rows."""
+    import sys
+    root = tmp_path_factory.mktemp("train-data")
+    sys.path.insert(0, os.path.join(os.path.dirname(tfos_spark.JOBS_DIR), "scripts"))
+    from make_sample_data import write_version
+    write_version(str(root), VERSION)
+    run = run_job("convert", {"data_root": str(root), "version": VERSION, "num_shards": 3}, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    return root
+
+
+def train_args(root, run_id, **extra):
+    return dict({"data_root": str(root), "version": VERSION, "run_id": run_id, "batch_size": 16}, **extra)
+
+
+def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir):
+    run = run_job("train", train_args(digits_root, "spark-mode", input_mode="spark", epochs=1), build_dir)
+    assert run.returncode == 0, run.output[-6000:]
+    run_dir = digits_root / "models" / VERSION / "spark-mode"
+    manifest = json.load(open(run_dir / "_manifest.json"))
+    workers = manifest["workers"]
+    assert manifest["params"]["input_mode"] == "spark"
+    assert [w["worker"] for w in workers] == [0, 1]
+    assert workers[0]["steps_run"] == workers[1]["steps_run"] == manifest["steps_per_epoch"]
+    # three shards, one epoch, two nodes: one node is fed one shard, fewer rows than its step budget
+    # needs; it replays what it received instead of leaving the collective early or blocking it
+    fed = sorted(w["rows_fed"] for w in workers)
+    assert 0 < fed[0] < manifest["steps_per_epoch"] * 16 and sum(fed) <= 1410
+    assert max(w["rows_replayed"] for w in workers) > 0
+    assert manifest["final_eval_accuracy"] > 0.5
+    predict = model.load_serving(str(run_dir / "model"), (8, 8))
+    assert predict(__import__("numpy").zeros((2, 8, 8, 1), "float32"))[0].shape == (2, 10)
+
+
+def test_a_killed_training_resumes_from_its_last_epoch(digits_root, build_dir):
+    args = train_args(digits_root, "resume", epochs=12)
+    argv = tfos_spark.spark_submit_argv("train", args, TEST_MASTER, 2, str(build_dir))
+    progress = digits_root / "models" / VERSION / "resume" / "progress.log"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=dict(os.environ, **tfos_spark.TF_ENV))
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (progress.exists() and "epoch 3/12" in progress.read_text()):
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.5)
+        assert "epoch 3/12" in progress.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, the executors and their TF nodes
+        proc.wait()
+    first = progress.read_text()
+    epochs_before = max(int(m) for m in re.findall(r"^epoch (\d+)/12", first, re.M))
+    assert epochs_before < 12
+
+    run = run_job("train", args, build_dir)  # the retry, as Airflow would run it
+    assert run.returncode == 0, run.output[-6000:]
+    second = progress.read_text()
+    resumed_epochs = [int(m) for m in re.findall(r"^epoch (\d+)/12", second, re.M)]
+    first_step = int(re.search(r"^step (\d+) ", second, re.M).group(1))
+    steps_per_epoch = json.load(open(progress.parent / "_manifest.json"))["steps_per_epoch"]
+    assert resumed_epochs[0] > epochs_before >= 3            # no epoch that had finished was run again
+    assert first_step > epochs_before * steps_per_epoch      # the step counter continues
+    assert resumed_epochs[-1] == 12
+
+
+def test_parameter_servers_are_refused_with_a_reason(digits_root, build_dir):
+    run = run_job("train", train_args(digits_root, "ps", num_ps=1), build_dir)
+    assert run.returncode == 2
+    assert "num_ps=1" in run.error() and "MultiWorkerMirroredStrategy" in run.error()
