@@ -10,25 +10,22 @@ import argparse
 from . import paths
 
 
-def _fraction(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1]")
-    return value
+def _number(cast, name, minimum=None, maximum=None, above=None):
+    """argparse type: ``cast(text)`` within [minimum, maximum] (and > ``above``), else a clear error."""
+    def check(text):
+        value = cast(text)
+        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+                or (above is not None and value <= above)):
+            raise argparse.ArgumentTypeError(f"{text} is not {name}")
+        return value
+    check.__name__ = name
+    return check
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
+_fraction = _number(float, "a fraction in [0, 1]", 0.0, 1.0)
+_positive = _number(int, "a positive integer", 1)
+_non_negative = _number(int, "a non-negative integer", 0)
+_positive_float = _number(float, "a positive number", above=0.0)
 
 
 def _segment(what):
@@ -53,13 +50,6 @@ def _one_of(*choices):
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
         return text
     return check
-
-
-def _non_negative(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
 
 
 def _image_shape(text):
