@@ -15,7 +15,7 @@ def _latest_run(layout, version):
     runs = [r.rstrip("/") for r in fs.listdir(base) if fs.is_committed(paths.join(base, r.rstrip("/")))]
     if not runs:
         return None
-    return max(runs, key=lambda r: fs.gfile.stat(paths.join(base, r, fs.SUCCESS)).mtime_nsec)
+    return max(runs, key=lambda r: fs.mtime(paths.join(base, r, fs.SUCCESS)))
 
 
 def main(argv=None):

@@ -1,21 +1,34 @@
-"""File-system operations on any ``tf.io.gfile`` location, and the atomic commit every job uses.
+"""File-system operations on local paths and ``tf.io.gfile`` URIs, and the atomic commit every job uses.
 
 A job is a transaction: it writes a staging directory next to its output, writes ``_manifest.json``
 and ``_SUCCESS`` into it last, and publishes it with a rename. A failed or killed run leaves only a
 hidden staging directory behind (removed by the next run); a rerun replaces the old output whole.
 """
 
+import glob as _glob
 import json
 import os
 import posixpath
+import shutil
 import uuid
-
-import tensorflow as tf
-
-gfile = tf.io.gfile
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"  # "_" prefix: Spark, pyarrow and Hive readers skip it
+
+
+def _remote(path):
+    """A URI (hdfs://, gs://, s3://...) goes through tf.io.gfile; a local path through the OS, without
+    importing TensorFlow (the convert job never needs it)."""
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path):
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _gfile():
+    import tensorflow as tf
+    return tf.io.gfile
 
 
 def _split(path):
@@ -38,41 +51,85 @@ def sibling(path, name):
 
 
 def exists(path):
-    return gfile.exists(path)
+    return _gfile().exists(path) if _remote(path) else os.path.exists(_local(path))
 
 
 def makedirs(path):
-    gfile.makedirs(path)
+    if _remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(_local(path), exist_ok=True)
 
 
 def rmtree(path):
-    if gfile.exists(path):
-        if gfile.isdir(path):
-            gfile.rmtree(path)
-        else:
-            gfile.remove(path)
+    if _remote(path):
+        g = _gfile()
+        if g.exists(path):
+            g.rmtree(path) if g.isdir(path) else g.remove(path)
+    elif os.path.isdir(_local(path)):
+        shutil.rmtree(_local(path))
+    elif os.path.lexists(_local(path)):
+        os.remove(_local(path))
 
 
 def listdir(path):
-    return sorted(gfile.listdir(path)) if gfile.isdir(path) else []
+    if _remote(path):
+        g = _gfile()
+        return sorted(e.rstrip("/") for e in g.listdir(path)) if g.isdir(path) else []
+    return sorted(os.listdir(_local(path))) if os.path.isdir(_local(path)) else []
 
 
 def glob(pattern):
-    return sorted(gfile.glob(pattern))
+    return sorted(_gfile().glob(pattern)) if _remote(pattern) else sorted(_glob.glob(_local(pattern)))
 
 
 def size(path):
-    return gfile.stat(path).length
+    return _gfile().stat(path).length if _remote(path) else os.path.getsize(_local(path))
+
+
+def mtime(path):
+    return _gfile().stat(path).mtime_nsec / 1e9 if _remote(path) else os.path.getmtime(_local(path))
+
+
+def rename(src, dst):
+    """Rename a file or directory; a file at ``dst`` is replaced."""
+    if _remote(src):
+        _gfile().rename(src, dst, overwrite=True)
+    else:
+        os.replace(_local(src), _local(dst))
 
 
 def read_bytes(path):
-    with gfile.GFile(path, "rb") as f:
+    if _remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(_local(path), "rb") as f:
         return f.read()
 
 
+def read_range(path, start, end):
+    """Bytes ``[start, end)`` of a file."""
+    if _remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    with open(_local(path), "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
 def write_bytes(path, data):
-    with gfile.GFile(path, "wb") as f:
-        f.write(data)
+    if _remote(path):
+        with _gfile().GFile(path, "wb") as f:
+            f.write(data)
+    else:
+        with open(_local(path), "wb") as f:
+            f.write(data)
+
+
+def open_write(path):
+    """A binary file object for writing (local file or GFile)."""
+    return _gfile().GFile(path, "wb") if _remote(path) else open(_local(path), "wb")
 
 
 def read_json(path):
@@ -87,17 +144,21 @@ def write_json_atomic(path, obj):
     """Write JSON so a reader sees the old file or the new one, never a partial one."""
     tmp = sibling(path, f".{basename(path)}.tmp-{uuid.uuid4().hex}")
     write_json(tmp, obj)
-    gfile.rename(tmp, path, overwrite=True)
+    rename(tmp, path)
 
 
 def copytree(src, dst):
     """Copy a directory tree (SavedModels are small, a few files)."""
-    for dirpath, _dirs, files in gfile.walk(src):
+    if not _remote(src) and not _remote(dst):
+        shutil.copytree(_local(src), _local(dst), dirs_exist_ok=True)
+        return
+    g = _gfile()
+    for dirpath, _dirs, files in g.walk(src):
         rel = dirpath[len(src.rstrip("/")):].lstrip("/")
         target = _join(dst, rel) if rel else dst
-        gfile.makedirs(target)
+        g.makedirs(target)
         for name in files:
-            gfile.copy(_join(dirpath, name), _join(target, name), overwrite=True)
+            g.copy(_join(dirpath, name), _join(target, name), overwrite=True)
 
 
 def _join(a, b):
@@ -105,7 +166,7 @@ def _join(a, b):
 
 
 def is_committed(path):
-    return gfile.exists(_join(path, SUCCESS))
+    return exists(_join(path, SUCCESS))
 
 
 class Staging:
@@ -126,12 +187,11 @@ class Staging:
 
     def __enter__(self):
         head = parent(self.final)
-        gfile.makedirs(head)
-        for entry in gfile.listdir(head):
-            entry = entry.rstrip("/")
+        makedirs(head)
+        for entry in listdir(head):
             if entry.startswith(self._prefix_staging) or entry.startswith(self._prefix_trash):
                 rmtree(_join(head, entry))
-        gfile.makedirs(self.path)
+        makedirs(self.path)
         return self
 
     def file(self, *parts):
@@ -141,12 +201,11 @@ class Staging:
         """Write the manifest, then _SUCCESS, then publish by rename (replacing an older output)."""
         write_json(self.file(MANIFEST), manifest)
         write_bytes(self.file(SUCCESS), b"")
-        if gfile.exists(self.final):
-            gfile.rename(self.final, self._trash)
-        gfile.rename(self.path, self.final)
+        if exists(self.final):
+            rename(self.final, self._trash)
+        rename(self.path, self.final)
         rmtree(self._trash)
 
     def __exit__(self, exc_type, exc, tb):
-        if gfile.exists(self.path):
-            rmtree(self.path)
+        rmtree(self.path)
         return False

@@ -29,9 +29,9 @@ def git_revision():
 
 
 def library_versions():
-    import pyspark
-    import tensorflow as tf
-    return {"python": sys.version.split()[0], "pyspark": pyspark.__version__, "tensorflow": tf.__version__}
+    from importlib.metadata import version
+    return {"python": sys.version.split()[0], "pyspark": version("pyspark"), "tensorflow": version("tensorflow"),
+            "tensorflowonspark": version("tensorflowonspark")}
 
 
 def main(job, run, argv=None):

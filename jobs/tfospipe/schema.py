@@ -7,11 +7,14 @@ Records are TensorFlowOnSpark's MNIST format, so TFoS's own example readers can 
     row_id  int64[1]     stable id of the source row (file name and line number), for predictions
 
 The image shape and the pixel scale of a dataset version are in its conversion manifest
-(``image_shape``, ``pixel_max``); every reader takes them from there.
+(``image_shape``, ``pixel_max``); every reader takes them from there. Encoding and TFRecord framing
+need no TensorFlow (the convert job never imports it); parsing uses ``tf.io.parse_example``.
 """
 
+import struct
+
+import google_crc32c
 import numpy as np
-import tensorflow as tf
 
 NUM_CLASSES = 10
 SPLITS = ("train", "eval", "score")
@@ -79,7 +82,29 @@ def encode_examples(pixels, labels=None, row_ids=None):
     return out
 
 
+def _masked_crc(data):
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(record):
+    """One record in TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of the data."""
+    length = struct.pack("<Q", len(record))
+    return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
+
+
+def tfrecord_payloads(data):
+    """The records in the bytes of an uncompressed TFRecord file (framing not re-checked)."""
+    offset, end = 0, len(data)
+    while offset < end:
+        (length,) = struct.unpack_from("<Q", data, offset)
+        start = offset + 12
+        yield data[start:start + length]
+        offset = start + length + 4
+
+
 def feature_spec(num_pixels):
+    import tensorflow as tf
     return {
         "image": tf.io.FixedLenFeature([num_pixels], tf.int64),
         "label": tf.io.FixedLenFeature([1], tf.int64, default_value=[-1]),
@@ -92,6 +117,7 @@ def parse_batch(serialized, image_shape):
 
     ``label`` is -1 for unlabeled rows. Pixels stay raw: the model scales them (see model.py).
     """
+    import tensorflow as tf
     h, w = image_shape
     parsed = tf.io.parse_example(serialized, feature_spec(h * w))
     image = tf.reshape(tf.cast(parsed["image"], tf.float32), [-1, h, w, 1])

@@ -264,25 +264,6 @@ def await_nodes(run_dir, workers, timeout):
         time.sleep(1)
 
 
-def tfrecord_payloads(data):
-    """The records of one TFRecord file's bytes (length, crc, payload, crc framing); no TensorFlow needed."""
-    import struct
-    offset, end = 0, len(data)
-    while offset < end:
-        (length,) = struct.unpack_from("<Q", data, offset)
-        start = offset + 12
-        yield data[start:start + length]
-        offset = start + length + 4
-
-
-def _read(path):
-    """A file's bytes on an executor: plain I/O for local paths, tf.io.gfile for URIs."""
-    if "://" not in path:
-        with open(path, "rb") as f:
-            return f.read()
-    return fs.read_bytes(path)
-
-
 class _Tail(threading.Thread):
     """Echo new lines of the chief's progress.log into this (the Airflow task's) log."""
 
@@ -359,7 +340,7 @@ def run(spark, args):
                                     reservation_timeout=300)
             # one partition per shard, so the nodes are fed as the conversion sharded the data
             feed = sc.parallelize(train_files, len(train_files)).flatMap(
-                lambda path: tfrecord_payloads(_read(path)))
+                lambda path: schema.tfrecord_payloads(fs.read_bytes(path)))
             cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
             # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
             # now would kill them, so wait for every node's done marker first.

@@ -81,3 +81,13 @@ def test_signature_check_names_what_is_wrong(tmp_path):
     tf.saved_model.save(other, str(tmp_path / "o"), signatures={"serving_default": other.f})
     with pytest.raises(model.SignatureError, match="signature inputs are"):
         model.load_serving(str(tmp_path / "o"), (8, 8))
+
+
+def test_tfrecord_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
+    records = schema.encode_examples(np.arange(40).reshape(4, 10), [1, 2, 3, 4], [5, 6, 7, 8]) + [b"", b"x" * 300]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for r in records:
+            writer.write(r)
+    ours = b"".join(schema.tfrecord_frame(r) for r in records)
+    assert ours == (tmp_path / "tf.tfrecord").read_bytes()
+    assert list(schema.tfrecord_payloads(ours)) == records
