@@ -12,7 +12,7 @@ import time
 from pyspark.accumulators import AccumulatorParam
 
 from . import convert, fs, paths, predict, serving
-from .runner import JobError
+from .runner import JobError, executors, requested_executors
 
 
 class _ListParam(AccumulatorParam):
@@ -103,8 +103,10 @@ def run(spark, args):
     started = time.time()
     out = layout.predictions(args.version)
     with fs.Staging(out) as stage:
-        # as many partitions as task slots: each executor streams its files in one task, no gaps between tasks
-        slices = max(min(len(files), sc.defaultParallelism), 1)
+        # one partition per shard file, scheduled once the requested executors are there (else the first
+        # executor to register would take them all)
+        executors(sc, requested_executors(sc), timeout=30)
+        slices = max(len(files), 1)
         inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
         predictions = inputs.mapInArrow(
             predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(), loads,

@@ -34,6 +34,22 @@ def library_versions():
             "tensorflowonspark": version("tensorflowonspark")}
 
 
+def executors(sc, wanted=0, timeout=0):
+    """Executors the app holds, after waiting up to ``timeout`` s for ``wanted`` of them to register."""
+    deadline = time.time() + timeout
+    while True:
+        have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
+        if have >= wanted or time.time() >= deadline:
+            return have
+        time.sleep(0.5)
+
+
+def requested_executors(sc):
+    """How many executors the job was submitted for (the pipeline's conf sets both keys)."""
+    conf = sc.getConf()
+    return int(conf.get("spark.executor.instances", conf.get("spark.cores.max", "1")))
+
+
 def main(job, run, argv=None):
     """Entry point body of ``jobs/<job>.py``: returns the process exit code."""
     args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)

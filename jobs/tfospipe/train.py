@@ -30,7 +30,7 @@ import threading
 import time
 
 from . import convert, fs, paths, schema
-from .runner import JobError, git_revision, library_versions
+from .runner import JobError, executors, git_revision, library_versions
 
 PROGRESS_EVERY_STEPS = 10
 FEED_TIMEOUT_SECONDS = 600
@@ -228,25 +228,6 @@ def _node_main(args, ctx):
     print("TFOS done " + json.dumps(marker), flush=True)
 
 
-def wait_for_executors(sc, wanted, timeout):
-    """Preflight: the app must hold ``wanted`` executors, one per TF node, before TFoS reserves them."""
-    deadline = time.time() + timeout
-    while True:
-        have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
-        if have >= wanted or time.time() > deadline:
-            break
-        time.sleep(1)
-    if have < wanted:
-        conf = sc.getConf()
-        raise JobError(
-            f"training needs cluster_size={wanted} executors (one TensorFlow node each) but the Spark "
-            f"application got {have} after {timeout}s from master {sc.master}. Make the cluster offer "
-            f"{wanted} executors with one task slot each (spark.executor.instances="
-            f"{conf.get('spark.executor.instances', 'unset')}, spark.cores.max={conf.get('spark.cores.max', 'unset')}, "
-            f"spark.executor.cores={conf.get('spark.executor.cores', 'unset')}) or lower cluster_size.")
-    return have
-
-
 def await_nodes(run_dir, workers, timeout):
     """Block until every node left its done marker; raise as soon as one left an error."""
     deadline = time.time() + timeout
@@ -327,7 +308,14 @@ def run(spark, args):
         "steps_per_epoch": steps_per_epoch,
         "eval_steps": math.ceil(eval_rows / (args.batch_size * workers)),
     }
-    wait_for_executors(sc, workers, args.executor_wait)
+    if executors(sc, workers, args.executor_wait) < workers:
+        conf = sc.getConf()
+        raise JobError(
+            f"training needs cluster_size={workers} executors (one TensorFlow node each) but the Spark "
+            f"application got {executors(sc)} after {args.executor_wait}s from master {sc.master}. Make the "
+            f"cluster offer {workers} executors with one task slot each (spark.executor.instances="
+            f"{conf.get('spark.executor.instances', 'unset')}, spark.cores.max={conf.get('spark.cores.max', 'unset')}, "
+            f"spark.executor.cores={conf.get('spark.executor.cores', 'unset')}) or lower cluster_size.")
     print(f"training in {args.input_mode} input mode on {workers} nodes: {train_rows} rows, {steps_per_epoch} "
           f"steps/epoch x {args.epochs} epochs, batch {args.batch_size}/worker, run dir {run_dir}", flush=True)
     started = time.time()

@@ -17,7 +17,7 @@ passed gate promotes: the model is copied to ``{root}/serving/models/{model_vers
 import time
 
 from . import convert, fs, metrics, paths, predict, report as report_lib, serving
-from .runner import JobError, git_revision
+from .runner import JobError, executors, git_revision, requested_executors
 
 EVAL_BATCH = 512
 
@@ -77,6 +77,7 @@ def run(spark, args):
             champion_note = f"serving model {current['model_version']} cannot score this data ({e}); thresholds only"
 
     eval_files = convert.shard_files(layout, args.version, "eval")
+    executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
     started = time.time()
     acc = (sc.parallelize(eval_files, max(len(eval_files), 1))
            .mapPartitions(evaluate_partition(models, image_shape))
