@@ -91,8 +91,12 @@ def test_exported_model_loads_and_predicts_above_the_floor(pipeline):
     assert metrics["passed"] is True and metrics["champion"] is None
     assert abs(metrics["candidate"]["accuracy"] - accuracy) < 1e-6  # Spark-side evaluation agrees
     assert metrics["candidate"]["examples"] == len(records)
-    for name in ("confusion_matrix.png", "report.md"):
-        assert os.path.getsize(os.path.join(layout.validation(VERSION, run), name)) > 1000
+    report_dir = layout.validation(VERSION, run)
+    with open(os.path.join(report_dir, "confusion_matrix.png"), "rb") as f:
+        png = f.read()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    md = open(os.path.join(report_dir, "report.md")).read()
+    assert "PASSED" in md and f"| accuracy | {metrics['candidate']['accuracy']:.4f} |" in md
 
 
 def test_predictions_cover_every_input_row_with_the_promoted_model(pipeline):
