@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,6 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     args = p.parse_args()
 
-    import numpy as np
     import tensorflow as tf
 
     from tfospipe import model, paths, schema, serving

@@ -1,6 +1,5 @@
 """Print what a pipeline run produced for a dataset version: counts, metrics, and where everything is."""
 import argparse
-import json
 import os
 import sys
 

@@ -8,7 +8,6 @@ bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the 
 
 import gzip
 import hashlib
-import io
 import json
 import math
 import time
@@ -30,10 +29,8 @@ def _inputs(raw_dir):
 
 
 def _head_lines(path, n=SAMPLE_LINES):
-    if path.endswith(".gz"):
-        data = gzip.GzipFile(fileobj=io.BytesIO(fs.read_bytes(path))).read(1 << 20)
-    else:
-        data = fs.read_range(path, 0, 1 << 20)
+    with fs.open_read(path) as f:  # only the head is read, gzip or not
+        data = (gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f).read(1 << 20)
     return [raw for _, raw in csvparse.lines(data)][:n]
 
 

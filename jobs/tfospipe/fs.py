@@ -127,6 +127,11 @@ def write_bytes(path, data):
             f.write(data)
 
 
+def open_read(path):
+    """A binary file object for reading (local file or GFile)."""
+    return _gfile().GFile(path, "rb") if _remote(path) else open(_local(path), "rb")
+
+
 def open_write(path):
     """A binary file object for writing (local file or GFile)."""
     return _gfile().GFile(path, "wb") if _remote(path) else open(_local(path), "wb")

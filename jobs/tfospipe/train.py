@@ -209,7 +209,7 @@ def _node_main(args, ctx):
     strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
     epochs_run = len(history.history.get("loss", []))
-    marker = {
+    done = {
         "worker": worker_index,
         "job_name": ctx.job_name,
         "task_index": ctx.task_index,
@@ -224,8 +224,8 @@ def _node_main(args, ctx):
         "rows_replayed": fed["replayed"] if feed is not None else None,
         "seconds": round(time.time() - started, 1),
     }
-    node_fs.write_json(node_paths.join(run_dir, "workers", f"worker-{worker_index}.json"), marker)
-    print("TFOS done " + json.dumps(marker), flush=True)
+    node_fs.write_json(node_paths.join(run_dir, "workers", f"worker-{worker_index}.json"), done)
+    print("TFOS done " + json.dumps(done), flush=True)
 
 
 def await_nodes(run_dir, workers, timeout):
