@@ -6,23 +6,31 @@
   ``tfospipe.jobargs`` (one definition of every flag);
 * zips ``jobs/tfospipe`` at execute time and ships it with ``--py-files``;
 * applies :func:`spark_conf`: one executor per TensorFlow node with one task slot each, dynamic
-  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors.
+  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors;
+* declares the Asset its job produces (:data:`ASSETS`) and records the dataset version and output
+  path on the asset event;
+* adds task links to the validation report and TensorBoard (``tfos_ui`` plugin serves the report);
+* on kill (Airflow marks the task failed, times it out, or stops the worker) stops the Spark
+  application: SIGTERM to spark-submit so its shutdown hook stops the SparkContext, then anything
+  left of its process tree.
 
 The Spark master comes from the Airflow connection ``spark_default``; the data root from the Airflow
 Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else names a cluster.
 """
 
 import os
+import subprocess
 import sys
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Asset, BaseOperatorLink
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS_DIR = os.path.join(PROJECT_DIR, "jobs")
 if JOBS_DIR not in sys.path:
     sys.path.insert(0, JOBS_DIR)
 
-from tfospipe import jobargs, package  # noqa: E402
+from tfospipe import jobargs, package, paths  # noqa: E402
 
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
 BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))
@@ -39,6 +47,16 @@ TF_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",     # keep TensorFlow's C++ INFO lines out of the task log
     "TF_NUM_INTRAOP_THREADS": "1",   # one core per executor: no thread oversubscription
     "TF_NUM_INTEROP_THREADS": "1",
+}
+
+
+#: What each job produces, as Airflow Assets (lineage in the UI). Each event's extra names the
+#: dataset version and the path written; the data root itself is a runtime Variable.
+ASSETS = {
+    "convert": Asset(name="tfos_tfrecords", uri="tfos://pipeline/tfrecords"),
+    "train": Asset(name="tfos_trained_model", uri="tfos://pipeline/models"),
+    "validate": Asset(name="tfos_serving_model", uri="tfos://pipeline/serving"),
+    "infer": Asset(name="tfos_predictions", uri="tfos://pipeline/predictions"),
 }
 
 
@@ -67,6 +85,38 @@ def spark_conf(cluster_size, tfos=False):
     return conf
 
 
+def _link_base():
+    from airflow.configuration import conf
+    return conf.get("api", "base_url", fallback="").rstrip("/")
+
+
+class ValidationReportLink(BaseOperatorLink):
+    """The gate's report of this run (metrics side by side, confusion matrices), served by tfos_ui."""
+
+    name = "Validation report"
+
+    def get_link(self, operator, *, ti_key):
+        version, run = operator.job_arg("version"), operator.job_arg("run_id")
+        if not (version and run):
+            return ""
+        return f"{_link_base()}/tfos/reports/{version}/{paths.run_slug(run)}/"
+
+
+class TensorBoardLink(BaseOperatorLink):
+    """TensorBoard (Variable ``tfos_tensorboard_url``, started with ``--logdir {data_root}/models``)
+    filtered to this run's event logs."""
+
+    name = "TensorBoard"
+
+    def get_link(self, operator, *, ti_key):
+        from airflow.sdk import Variable
+        version, run = operator.job_arg("version"), operator.job_arg("run_id")
+        if not (version and run):
+            return ""
+        url = Variable.get("tfos_tensorboard_url", default="http://127.0.0.1:6006").rstrip("/")
+        return f"{url}/?pinnedCards=&runFilter={version}/{paths.run_slug(run)}#timeseries"
+
+
 class TFoSSparkSubmitOperator(SparkSubmitOperator):
     """spark-submit of ``jobs/<job>.py`` with the pipeline's conf, arguments and ``--py-files`` zip."""
 
@@ -80,13 +130,57 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             env_vars=dict(TF_ENV),
             name=f"tfos-{job}",
             conn_id=kwargs.pop("conn_id", "spark_default"),
+            outlets=[ASSETS[job]],
             **kwargs,
         )
         self.job = job
 
+    @property
+    def operator_extra_links(self):
+        return {"train": (TensorBoardLink(),),
+                "validate": (ValidationReportLink(), TensorBoardLink())}.get(self.job, ())
+
+    def job_arg(self, name):
+        """The (rendered) value of the job flag ``name`` in this task's application_args, or None."""
+        flags = {a.name: a.flag for a in jobargs.JOBS[self.job]}
+        argv = list(self.application_args or ())
+        if name in flags and flags[name] in argv[:-1]:
+            return argv[argv.index(flags[name]) + 1]
+        return None
+
     def execute(self, context):
         self.py_files = package.build_zip(BUILD_DIR)
-        return super().execute(context)
+        result = super().execute(context)
+        version, root = self.job_arg("version"), self.job_arg("data_root")
+        layout = paths.Layout(root)
+        written = {"convert": lambda: layout.tfrecords(version),
+                   "train": lambda: layout.model_run(version, paths.run_slug(self.job_arg("run_id"))),
+                   "validate": lambda: layout.serving(),
+                   "infer": lambda: layout.predictions(version)}[self.job]()
+        context["outlet_events"][ASSETS[self.job]].extra = {"dataset_version": version, "path": written}
+        return result
+
+    def on_kill(self):
+        hook = getattr(self, "_hook", None)
+        proc = getattr(hook, "_submit_sp", None)
+        if proc is not None and proc.poll() is None:
+            import psutil
+            try:
+                tree = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
+            self.log.info("Stopping the Spark application: SIGTERM to spark-submit (pid %s)", proc.pid)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.log.warning("spark-submit did not stop within 30 s; killing it")
+            for p in tree:  # the Python driver and anything else spark-submit started
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        super().on_kill()
 
 
 def spark_submit_argv(job, job_args, master, cluster_size=2, build_dir=BUILD_DIR):

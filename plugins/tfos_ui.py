@@ -1,0 +1,63 @@
+"""Airflow UI plugin: the validation reports, served by the Airflow API server under ``/tfos``.
+
+``GET /tfos/reports/{version}/{run}/`` renders ``{data_root}/validation/{version}/{run}/report.md``
+as HTML with its confusion-matrix PNG; the ``validate`` task's "Validation report" link points here
+(see ``tfos_spark.ValidationReportLink``). Only signed-in Airflow users can read it. The data root is
+the same Airflow Variable the tasks use (``tfos_data_root``), so a report on any filesystem the
+jobs write to (local, HDFS, GCS, S3 through tf.io.gfile) is readable.
+"""
+
+import html
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+from tfos_spark import DEFAULT_DATA_ROOT, TFoSSparkSubmitOperator  # noqa: F401  (also puts jobs/ on sys.path)
+from tfospipe import fs, paths
+
+try:  # signed-in users only (the UI's session cookie or a bearer token)
+    from airflow.api_fastapi.core_api.security import get_user
+    _signed_in = [Depends(get_user)]
+except ImportError:  # pragma: no cover - not in an API server
+    _signed_in = []
+
+app = FastAPI(title="TFoS pipeline reports", dependencies=_signed_in)
+
+
+def _report_dir(version, run):
+    from airflow.models import Variable
+    try:
+        paths.check_segment(version, "dataset version")
+        paths.check_segment(run, "run id")
+    except paths.PathError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    root = paths.normalize_root(Variable.get("tfos_data_root", default_var=DEFAULT_DATA_ROOT))
+    return paths.Layout(root).validation(version, run)
+
+
+def _read(path):
+    if not fs.exists(path):
+        raise HTTPException(status_code=404, detail=f"no validation report at {path} (has validate run?)")
+    return fs.read_bytes(path)
+
+
+@app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
+def report(version: str, run: str):
+    import markdown
+    text = _read(paths.join(_report_dir(version, run), "report.md"))
+    body = markdown.markdown(text.decode("utf-8"), extensions=["tables"])
+    title = html.escape(f"Validation {version} / {run}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+            "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}</style></head>"
+            f"<body>{body}</body></html>")
+
+
+@app.get("/reports/{version}/{run}/confusion_matrix.png")
+def confusion_matrix(version: str, run: str):
+    return Response(_read(paths.join(_report_dir(version, run), "confusion_matrix.png")), media_type="image/png")
+
+
+class TFoSUIPlugin(AirflowPlugin):
+    name = "tfos_ui"
+    fastapi_apps = [{"app": app, "url_prefix": "/tfos", "name": "TFoS pipeline reports"}]
