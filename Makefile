@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install install-test system-deps demo test tensorboard clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -11,14 +12,29 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -r requirements.txt
 	$(VENV)/bin/pip check
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-[0-9]*
 	touch $(STAMP)
+
+install-test: $(TEST_STAMP) system-deps
+
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(VENV)/bin/pip install -r requirements-test.txt
+	$(VENV)/bin/pip check
+	rm -f $(VENV)/.installed-test-*
+	touch $(TEST_STAMP)
+
+system-deps:
+	bash scripts/system_deps.sh
 
 demo: install
 	bash scripts/demo.sh
 
-test: install
+test: install-test
 	bash scripts/test.sh
 
+# TensorBoard over every training run's event logs: http://127.0.0.1:6006
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir "$${AIRFLOW_VAR_TFOS_DATA_ROOT:-data}/models" --host 127.0.0.1 --port 6006
+
 clean:
-	rm -rf .airflow data build
+	rm -rf .airflow data build artifacts .spark-standalone

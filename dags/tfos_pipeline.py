@@ -42,7 +42,11 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     params=params,
-    default_args={"retries": 1, "retry_delay": datetime.timedelta(minutes=1)},
+    # A lost executor or a killed job is retried (training resumes from its last checkpoint), with
+    # exponential backoff; every task also has an execution_timeout, and a killed task stops its
+    # Spark application (TFoSSparkSubmitOperator.on_kill).
+    default_args={"retries": 1, "retry_delay": datetime.timedelta(minutes=1), "retry_exponential_backoff": 2.0,
+                  "max_retry_delay": datetime.timedelta(minutes=15)},
     tags=["tensorflowonspark", "spark", "ml"],
     doc_md=__doc__,
 ) as dag:

@@ -19,7 +19,6 @@ Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else na
 """
 
 import os
-import subprocess
 import sys
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -161,21 +160,28 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         return result
 
     def on_kill(self):
+        # Airflow's task supervisor escalates to SIGKILL 5 s after its SIGTERM, so this is quick:
+        # SIGTERM to spark-submit (its shutdown hook stops the SparkContext, and the cluster ends the
+        # application and its executors) and to the Python driver it started, then SIGKILL to
+        # whatever is left after 3 s.
         hook = getattr(self, "_hook", None)
         proc = getattr(hook, "_submit_sp", None)
         if proc is not None and proc.poll() is None:
             import psutil
             try:
-                tree = psutil.Process(proc.pid).children(recursive=True)
+                root = psutil.Process(proc.pid)
+                tree = [root] + root.children(recursive=True)
             except psutil.NoSuchProcess:
                 tree = []
-            self.log.info("Stopping the Spark application: SIGTERM to spark-submit (pid %s)", proc.pid)
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.log.warning("spark-submit did not stop within 30 s; killing it")
-            for p in tree:  # the Python driver and anything else spark-submit started
+            self.log.info("Stopping the Spark application: SIGTERM to spark-submit (pid %s) and its children",
+                          proc.pid)
+            for p in tree:
+                try:
+                    p.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            _gone, alive = psutil.wait_procs(tree, timeout=3)
+            for p in alive:
                 try:
                     p.kill()
                 except psutil.NoSuchProcess:

@@ -48,3 +48,16 @@ def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600):
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("build")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The live deployment of tests/e2e/services.py, started once and stopped at the end."""
+    sys.path.insert(0, os.path.join(PROJECT_DIR, "tests", "e2e"))
+    from services import Stack
+
+    live = Stack(tmp_path_factory.mktemp("stack")).start()
+    try:
+        yield live
+    finally:
+        live.stop()

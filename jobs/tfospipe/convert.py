@@ -47,6 +47,9 @@ def infer_spec(labeled_files, args):
         raise JobError(f"no data rows found in the first lines of {labeled_files[:4]}: expected CSV lines "
                        "'label,pixel,pixel,...'")
     num_pixels = cols - 1
+    if not -cols <= args.label_column < cols:
+        raise JobError(f"--label-column {args.label_column} is outside the {cols} columns of {labeled_files[0]} "
+                       f"(use 0..{cols - 1}, or -1 for the last column)")
     shape = args.image_shape
     if shape is None:
         side = math.isqrt(num_pixels)
@@ -111,11 +114,13 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, args):
             data, error = b"", e
     else:
         data, error = fs.read_range(path, q, r), None
-    spec = csvparse.Spec(num_pixels, labeled=labeled, pixel_max=args["pixel_max"])
+    spec = csvparse.Spec(num_pixels, labeled=labeled, pixel_max=args["pixel_max"],
+                         label_col=args["label_column"] if labeled else 0)
     bad = [] if error is None else [(0, error.kind, str(error), "")]
     counts = {split: 0 for split in splits}
     label_counts, pixel_max = Counter(), 0
-    writers = {split: fs.open_write(paths.join(stage_dir, split, schema.shard_name(shard))) for split in splits}
+    writers = {split: schema.shard_writer(fs.open_write(paths.join(stage_dir, split, schema.shard_name(
+        shard, args["compression"]))), args["compression"]) for split in splits}
     try:  # streamed chunk by chunk: memory stays flat whatever the size of the range
         for labels, pixels, lines, chunk_bad in csvparse.iter_block(data, spec, first_line, header_allowed=(q == 0)):
             bad += chunk_bad
@@ -179,7 +184,8 @@ def run(spark, args):
 
     out = layout.tfrecords(args.version)
     all_splits = [s for _g, _f, splits in groups for s in splits]
-    params = {"pixel_max": args.pixel_max, "eval_fraction": args.eval_fraction}
+    params = {"pixel_max": args.pixel_max, "eval_fraction": args.eval_fraction, "compression": args.compression,
+              "label_column": args.label_column}
     with fs.Staging(out) as stage, fs.Staging(layout.quarantine(args.version)) as quarantine:
         for split in all_splits:
             fs.makedirs(stage.file(split))
@@ -218,7 +224,8 @@ def run(spark, args):
         shards = {}
         for (task, splits), st in zip(tasks, stats):
             for split in splits:
-                shards.setdefault(split, []).append({"file": schema.shard_name(task[0]), "records": st["counts"][split],
+                shards.setdefault(split, []).append({"file": schema.shard_name(task[0], args.compression),
+                                                     "records": st["counts"][split],
                                                      "source": f"{task[1]}:{task[3]}-{task[4]}"})
         manifest = {
             "dataset_version": args.version,
@@ -235,8 +242,11 @@ def run(spark, args):
             "shards": shards,
             "inputs": [{"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
                         "labeled": not s["name"].startswith("score/")} for s in sorted(scans, key=lambda s: s["name"])],
+            "compression": args.compression,
+            "label_column": args.label_column,
             "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
-                       "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max},
+                       "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
+                       "compression": args.compression, "label_column": args.label_column},
             "versions": library_versions(),
             "git_revision": git_revision(),
             "seconds": round(time.time() - started, 1),

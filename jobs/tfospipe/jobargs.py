@@ -7,7 +7,7 @@ default are written once. No Spark or TensorFlow import here: the DAG processor 
 
 import argparse
 
-from . import paths
+from . import paths, schema
 
 
 def _number(cast, name, minimum=None, maximum=None, above=None):
@@ -94,6 +94,12 @@ JOBS = {
             {"type": "integer", "minimum": 1, "maximum": 65535}),
         Arg("image_shape", _image_shape, "auto", "HxW, or auto: square root of the pixel column count",
             {"type": "string", "pattern": "^(auto|[0-9]{1,4}x[0-9]{1,4})$"}),
+        Arg("label_column", _number(int, "a column index >= -1", -1), 0,
+            "index of the label column in the labeled CSV (0 = first, -1 = last); the others are the pixels",
+            {"type": "integer", "minimum": -1, "maximum": 1000000}),
+        Arg("compression", _one_of(*schema.COMPRESSIONS), "none",
+            "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
+            {"type": "string", "enum": list(schema.COMPRESSIONS)}),
     ],
     "train": _COMMON + _RUN + [
         Arg("input_mode", _one_of("tensorflow", "spark"), "tensorflow",

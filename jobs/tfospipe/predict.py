@@ -27,7 +27,8 @@ def loaded_model(path, image_shape, on_load=None):
 def batches(files, image_shape, batch_size):
     """(images float32 [n,H,W,1], labels int64 [n] (-1 = none), row_ids int64 [n]) numpy batches."""
     import tensorflow as tf
-    ds = tf.data.TFRecordDataset(list(files)).batch(batch_size)
+    files = list(files)
+    ds = tf.data.TFRecordDataset(files, compression_type=schema.compression_type(files)).batch(batch_size)
     ds = ds.map(lambda s: schema.parse_batch(s, image_shape)).prefetch(2)
     for image, label, row_id in ds:
         yield image.numpy(), label.numpy(), row_id.numpy()

@@ -18,11 +18,39 @@ import numpy as np
 
 NUM_CLASSES = 10
 SPLITS = ("train", "eval", "score")
-SHARD_PATTERN = "part-*.tfrecord"
+SHARD_PATTERN = "part-*.tfrecord*"
+#: Output compression (the ``compression`` job flag) -> shard file suffix. GZIP shards are ordinary
+#: TFRecord files compressed whole, as TFRecordWriter(options="GZIP") writes them.
+COMPRESSIONS = {"none": "", "gzip": ".gz"}
 
 
-def shard_name(index):
-    return f"part-{index:05d}.tfrecord"
+def shard_name(index, compression="none"):
+    return f"part-{index:05d}.tfrecord{COMPRESSIONS[compression]}"
+
+
+def compression_type(files):
+    """``compression_type`` for tf.data.TFRecordDataset over ``files``: "GZIP" for *.gz shards, else ""."""
+    kinds = {str(f).endswith(".gz") for f in files}
+    if len(kinds) > 1:
+        raise ValueError(f"shards mix compressed and uncompressed files: {sorted(map(str, files))}")
+    return "GZIP" if kinds == {True} else ""
+
+
+def shard_writer(raw, compression="none"):
+    """The binary writer ``raw`` of a shard, gzip-compressing when ``compression`` is "gzip" (with no
+    mtime or file name in the gzip header, so reruns write identical bytes). Closing it closes ``raw``."""
+    if compression == "none":
+        return raw
+    import gzip
+
+    class _Gzip(gzip.GzipFile):
+        def close(self):
+            try:
+                super().close()
+            finally:
+                raw.close()
+
+    return _Gzip(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
 
 
 def _varint(value):
@@ -113,8 +141,11 @@ def tfrecord_frame(record):
     return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
 
 
-def tfrecord_payloads(data):
-    """The records in the bytes of an uncompressed TFRecord file (framing not re-checked)."""
+def tfrecord_payloads(data, compressed=False):
+    """The records in the bytes of a TFRecord file, GZIP-compressed when ``compressed`` (framing not re-checked)."""
+    if compressed:
+        import gzip
+        data = gzip.decompress(data)
     offset, end = 0, len(data)
     while offset < end:
         (length,) = struct.unpack_from("<Q", data, offset)

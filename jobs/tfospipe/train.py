@@ -88,7 +88,7 @@ def _node_main(args, ctx):
 
     def from_files(files, input_context, shuffle):
         mine = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-        ds = tf.data.TFRecordDataset(mine).cache()
+        ds = tf.data.TFRecordDataset(mine, compression_type=node_schema.compression_type(mine)).cache()
         if shuffle:
             ds = ds.shuffle(8192, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True)
         return ds.repeat()
@@ -328,7 +328,7 @@ def run(spark, args):
                                     reservation_timeout=300)
             # one partition per shard, so the nodes are fed as the conversion sharded the data
             feed = sc.parallelize(train_files, len(train_files)).flatMap(
-                lambda path: schema.tfrecord_payloads(fs.read_bytes(path)))
+                lambda path: schema.tfrecord_payloads(fs.read_bytes(path), compressed=path.endswith(".gz")))
             cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
             # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
             # now would kill them, so wait for every node's done marker first.

@@ -81,3 +81,28 @@ def test_invalid_params_are_rejected_before_any_job(dag, name, value):
 def test_default_params_are_valid(dag):
     for name, p in dag.params.items():
         dag.params.get_param(name).resolve(p.value)
+
+
+def test_each_task_declares_the_asset_it_produces(dag):
+    uris = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks}
+    assert uris == {"convert": ["tfos://pipeline/tfrecords"], "train": ["tfos://pipeline/models"],
+                    "validate": ["tfos://pipeline/serving"], "infer": ["tfos://pipeline/predictions"]}
+
+
+def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
+    import tfos_spark
+    names = {t.task_id: sorted(link.name for link in t.operator_extra_links) for t in dag.tasks}
+    assert names == {"convert": [], "train": ["TensorBoard"], "validate": ["TensorBoard", "Validation report"],
+                     "infer": []}
+    task = dag.get_task("validate")
+    task.application_args = jobargs.to_argv("validate", {"data_root": "/d", "version": "2026-11-28",
+                                                          "run_id": "scheduled__2026-11-28T00:00:00+00:00"})
+    link = tfos_spark.ValidationReportLink().get_link(task, ti_key=None)
+    assert link.endswith("/tfos/reports/2026-11-28/scheduled__2026-11-28T00_00_00_00_00/")
+
+
+def test_retries_back_off_and_every_task_has_a_timeout(dag):
+    for task in dag.tasks:
+        assert task.execution_timeout is not None
+        assert task.retry_exponential_backoff and task.max_retry_delay is not None
+    assert dag.get_task("train").retries == 1 and dag.get_task("validate").retries == 0

@@ -37,6 +37,7 @@ class Stack:
         self.api_port, self.spark_ui_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.spark_ui = f"http://127.0.0.1:{self.spark_ui_port}"
+        self.user, self.password = USER, PASSWORD
         self.procs = {}
         self._token = None
         os.makedirs(self.home, exist_ok=True)
@@ -55,6 +56,8 @@ class Stack:
             AIRFLOW__API__BASE_URL=self.url,
             AIRFLOW__API__PORT=str(self.api_port),
             AIRFLOW__API__WORKERS="1",
+            AIRFLOW__API__HOST="127.0.0.1",
+            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
             AIRFLOW__API_AUTH__JWT_SECRET="tfos-e2e-jwt-secret-not-for-production",
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USER}:admin",
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=passwords,
@@ -84,7 +87,7 @@ class Stack:
     def start(self):
         self.sh("bash scripts/spark_standalone.sh start 2", timeout=180)
         self.sh("bash scripts/airflow_setup.sh", timeout=300)
-        self._daemon("api-server", f"airflow api-server --port {self.api_port}")
+        self._daemon("api-server", f"airflow api-server --host 127.0.0.1 --port {self.api_port}")
         self._daemon("scheduler", "airflow scheduler")
         self._daemon("dag-processor", "airflow dag-processor")
         self.wait(lambda: self._healthy(), 180, "the Airflow API server to answer")

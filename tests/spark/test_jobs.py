@@ -149,8 +149,9 @@ def test_missing_input_and_missing_executors_fail_fast_with_a_message(converted,
     assert "training needs cluster_size=3 executors" in run.error() and "got 2" in run.error()
 
 
-def test_mnist_layout_28x28_converts_and_trains(tmp_path, build_dir):
-    """MNIST CSV (28x28, 0-255, header 'label,1x1,...'): the shape flows from the data to the exported model."""
+def test_mnist_layout_28x28_label_last_gzip_output_converts_and_trains(tmp_path, build_dir):
+    """MNIST CSV (28x28, 0-255, header '1x1,...,label', label in the last column), GZIP TFRecord output:
+    the shape flows from the data to the exported model, and training reads the compressed shards."""
     import numpy as np
     from tfospipe import model
 
@@ -160,14 +161,22 @@ def test_mnist_layout_28x28_converts_and_trains(tmp_path, build_dir):
     raw = tmp_path / "raw" / "mnist-v1"
     raw.mkdir(parents=True)
     with open(raw / "mnist_train.csv", "w") as f:
-        f.write("label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29)) + "\n")
+        f.write(",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29)) + ",label\n")
         for label, px in zip(d.target[:400], images):
-            f.write(f"{label}," + ",".join(map(str, px)) + "\n")
-    run = run_job("convert", {"data_root": str(tmp_path), "version": "mnist-v1"}, build_dir)
+            f.write(",".join(map(str, px)) + f",{label}\n")
+    run = run_job("convert", {"data_root": str(tmp_path), "version": "mnist-v1", "label_column": -1,
+                              "compression": "gzip"}, build_dir)
     assert run.returncode == 0, run.output[-4000:]
-    manifest = json.load(open(tmp_path / "tfrecords" / "mnist-v1" / "_manifest.json"))
+    out = tmp_path / "tfrecords" / "mnist-v1"
+    manifest = json.load(open(out / "_manifest.json"))
     assert manifest["image_shape"] == [28, 28] and manifest["pixel_max_observed"] == 255
-    assert manifest["rows_written"] == 400
+    assert manifest["rows_written"] == 400 and manifest["compression"] == "gzip"
+    shards = sorted(glob.glob(str(out / "*" / "part-*")))
+    assert shards and all(p.endswith(".tfrecord.gz") and open(p, "rb").read(2) == b"\x1f\x8b" for p in shards)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
+    image, label, _ids = schema.parse_batch(tf.constant(records), (28, 28))
+    expected = {tuple(px): lab for lab, px in zip(d.target[:400], images)}
+    assert all(expected[tuple(img.reshape(-1).astype(int))] == lab for img, lab in zip(image.numpy(), label.numpy()))
 
     run = run_job("train", {"data_root": str(tmp_path), "version": "mnist-v1", "run_id": "r1", "epochs": 1,
                             "batch_size": 16}, build_dir)

@@ -91,3 +91,19 @@ def test_tfrecord_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
     ours = b"".join(schema.tfrecord_frame(r) for r in records)
     assert ours == (tmp_path / "tf.tfrecord").read_bytes()
     assert list(schema.tfrecord_payloads(ours)) == records
+
+
+def test_gzip_shards_are_tfrecord_gzip_and_deterministic(tmp_path):
+    records = [b"a" * 10, b"", b"xyz" * 100]
+    paths = []
+    for i in range(2):
+        path = tmp_path / schema.shard_name(i, "gzip")
+        with schema.shard_writer(open(path, "wb"), "gzip") as w:
+            w.write(b"".join(schema.tfrecord_frame(r) for r in records))
+        paths.append(path)
+    assert paths[0].name == "part-00000.tfrecord.gz"
+    assert paths[0].read_bytes() == paths[1].read_bytes()  # no mtime or name in the gzip header
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(paths[0]), compression_type="GZIP")] == records
+    assert list(schema.tfrecord_payloads(paths[0].read_bytes(), compressed=True)) == records
+    assert schema.compression_type([str(p) for p in paths]) == "GZIP"
+    assert schema.compression_type(["part-00000.tfrecord"]) == ""
