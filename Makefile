@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install install-test system-deps demo test tensorboard clean
+.PHONY: install install-test system-deps demo test ui tensorboard clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -31,6 +31,10 @@ demo: install
 
 test: install-test
 	bash scripts/test.sh
+
+# The Airflow UI (airflow standalone) on http://127.0.0.1:8080, user admin
+ui: install
+	bash scripts/ui.sh
 
 # TensorBoard over every training run's event logs: http://127.0.0.1:6006
 tensorboard: install

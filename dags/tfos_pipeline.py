@@ -8,6 +8,7 @@ trigger may name another version with the ``dataset_version`` param.
 import datetime
 
 from airflow.sdk import DAG, Param
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from tfos_spark import DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
 from tfospipe import jobargs, paths
 
@@ -16,8 +17,9 @@ JOBS = ("convert", "train", "validate", "infer")
 # The trigger form: the dataset version, then every job flag that jobargs marks as a param (with its
 # JSON schema, so invalid values are refused before any Spark job starts).
 params = {
+    # Optional (null allowed), so the UI's trigger form accepts it left empty.
     "dataset_version": Param(
-        "", type="string", pattern=f"^$|{paths.SEGMENT_PATTERN}", title="Dataset version",
+        None, type=["null", "string"], pattern=f"^$|{paths.SEGMENT_PATTERN}", title="Dataset version",
         description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD)."),
 }
 for _job in JOBS:
@@ -37,7 +39,10 @@ def job_args(job, **extra):
 with DAG(
     dag_id="tfos_pipeline",
     description="CSV -> TFRecords -> TFoS training -> validation gate -> Spark batch inference",
-    schedule="@daily",
+    # Daily, with data intervals: the run that starts at midnight covers the day that just ended, so
+    # its logical date (ds), and so the dataset version it processes, is that day, a complete one.
+    # (A plain "@daily" in Airflow 3 is a CronTriggerTimetable: ds would be the day just starting.)
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,

@@ -37,7 +37,9 @@ BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))
 PYTHON = os.environ.get("TFOS_PYSPARK_PYTHON", sys.executable)
 
 DATA_ROOT = "{{ var.value.get('tfos_data_root', '%s') }}" % DEFAULT_DATA_ROOT
-VERSION = "{{ params.dataset_version or ds }}"
+#: The dataset version: the dataset_version param, else the run's logical date, else (a manual run
+#: triggered without a logical date) the day it was triggered for.
+VERSION = "{{ params.dataset_version or ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
 RUN_ID = "{{ run_id }}"
 
 #: Environment of the spark-submit process (driver in client mode) and of every executor.

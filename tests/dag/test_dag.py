@@ -31,7 +31,8 @@ def test_four_spark_tasks_in_order(dag):
 
 
 def test_schedule_and_training_pool(dag):
-    assert dag.schedule == "@daily"
+    from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+    assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 0 * * *"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.get_task("train").pool == "tfos_training"
 
@@ -52,7 +53,8 @@ def _render(value, context):
     return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(**context)
 
 
-@pytest.mark.parametrize("version_param, expected", [("", "2026-11-28"), ("mnist-v2", "mnist-v2")])
+@pytest.mark.parametrize("version_param, expected", [(None, "2026-11-28"), ("", "2026-11-28"),
+                                                     ("mnist-v2", "mnist-v2")])
 def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expected):
     params = {name: p.value for name, p in dag.params.items()}
     params["dataset_version"] = version_param

@@ -188,6 +188,7 @@ if __name__ == "__main__":
     stack.start()
     print(f"Airflow UI {stack.url} ({USER} / {PASSWORD}), Spark master UI {stack.spark_ui}, "
           f"data root {stack.root}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         signal.pause()
     finally:

@@ -9,6 +9,8 @@ import datetime
 import glob
 import json
 import os
+import urllib.error
+import urllib.request
 
 import numpy as np
 import psutil
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 ACCURACY_FLOOR = 0.85  # the seed CNN on ~1,400 training digits reaches ~0.92-0.96 in 5 epochs
 TODAY = datetime.datetime.now(datetime.timezone.utc).date()
-SCHEDULED = str(TODAY - datetime.timedelta(days=1))  # catchup is off: unpausing runs the latest day only
+SCHEDULED = str(TODAY - datetime.timedelta(days=1))  # catchup is off: unpausing runs the last complete day
 BACKFILL = [str(TODAY - datetime.timedelta(days=d)) for d in (4, 3, 2)]
 #: Rows per version, different so each version's outputs are recognisably its own.
 ROWS = {BACKFILL[0]: 1500, BACKFILL[1]: 1600, BACKFILL[2]: 1700, SCHEDULED: 1797, str(TODAY): 1797}
@@ -168,8 +170,6 @@ def test_task_links_report_page_and_asset_events(stack, scheduled):
     assert "PASSED" in page and "<table>" in page and "confusion_matrix.png" in page
     png = stack.request("GET", links["Validation report"][len(stack.url):] + "confusion_matrix.png", raw=True)
     assert png.startswith(b"\x89PNG")
-    import urllib.error
-    import urllib.request
     with pytest.raises(urllib.error.HTTPError) as anonymous:
         urllib.request.urlopen(links["Validation report"], timeout=30)
     assert anonymous.value.code in (401, 403)  # reports are for signed-in users
@@ -235,9 +235,15 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
     runs_before = len(stack.runs())
     with ui.browser() as page:
         ui.login(page, stack.url, stack.user, stack.password)
-        for bad in ({"dataset_version": "../etc"}, {"dataset_version": "a b"},
-                    {"dataset_version": "x;rm -rf"}, {"dataset_version": "/abs"}, {"epochs": "0"}):
-            assert ui.refused(page, stack.url, "tfos_pipeline", bad), bad
+        for bad in ({"dataset_version": "../etc"}, {"dataset_version": "a b"}, {"dataset_version": "x;rm -rf"},
+                    {"dataset_version": "/abs"}, {"learning_rate": "0"}, {"image_shape": "28 x 28"}):
+            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
+            assert "400" in error and ("does not match" in error or "minimum" in error), (bad, error)
+        # the number fields clamp to their bounds in the form; the API refuses what gets past it
+        for bad in ({"epochs": 0}, {"cluster_size": 1}, {"dataset_version": "../../etc"}):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": bad})
+            assert refused.value.code == 400, bad
         assert len(stack.runs()) == runs_before  # nothing was triggered
         run_id = ui.trigger(page, stack.url, "tfos_pipeline", {"dataset_version": target, "inference_batch_size": "128"})
         assert run_id
