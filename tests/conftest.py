@@ -34,11 +34,11 @@ class JobRun:
         return lines[-1] if lines else None
 
 
-def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600):
+def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600, master=TEST_MASTER):
     """spark-submit jobs/<job>.py with the DAG's conf, env and --py-files zip (from plugins/tfos_spark.py)."""
     import tfos_spark
 
-    cmd = tfos_spark.spark_submit_argv(job, job_args, TEST_MASTER, cluster_size, str(tmp_build))
+    cmd = tfos_spark.spark_submit_argv(job, job_args, master, cluster_size, str(tmp_build))
     env = dict(os.environ, **tfos_spark.TF_ENV)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           timeout=timeout)

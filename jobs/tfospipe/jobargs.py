@@ -107,7 +107,9 @@ JOBS = {
             {"type": "string", "enum": ["tensorflow", "spark"]}),
         Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)",
             {"type": "integer", "minimum": 2, "maximum": 256}),
-        Arg("num_ps", _non_negative, 0, "parameter-server nodes; only 0 is supported (all-reduce training)",
+        Arg("num_ps", _non_negative, 0,
+            "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
+            "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
             {"type": "integer", "minimum": 0, "maximum": 16}),
         Arg("epochs", _positive, 5, "passes over the train split", {"type": "integer", "minimum": 1, "maximum": 1000}),
         Arg("batch_size", _positive, 64, "batch size per worker", {"type": "integer", "minimum": 1, "maximum": 65536}),

@@ -1,8 +1,19 @@
 """train: distributed training with TensorFlowOnSpark, in either input mode.
 
-``TFCluster.run`` starts one TensorFlow node in each Spark executor (executor 0 is the chief, the
-others workers) and sets ``TF_CONFIG``; every node trains the seed's CNN under
-``MultiWorkerMirroredStrategy``. Input modes (``--input-mode``):
+``TFCluster.run`` starts one TensorFlow node in each Spark executor and sets ``TF_CONFIG``. Two
+topologies:
+
+* ``num_ps=0`` (default): a chief and workers train the seed's CNN under
+  ``MultiWorkerMirroredStrategy`` (synchronous all-reduce), every node running the training loop.
+* ``num_ps>0``: TF2's ``ParameterServerStrategy``. ``num_ps`` executors are parameter servers
+  holding the variables, one is the chief, which runs ``model.fit`` as the coordinator and sends
+  steps to the others, the workers: TensorFlow servers that compute the steps, reading their share of
+  the TFRecords with ``tf.data`` (dataset functions the coordinator ships to them). Workers and
+  parameter servers return when the chief's done marker appears, so TFoS's shutdown completes.
+  Needs ``cluster_size >= num_ps + 2`` and the ``tensorflow`` input mode. Steps are asynchronous: one
+  step is one batch on one worker, so an epoch is train rows / batch_size steps.
+
+Input modes (``--input-mode``):
 
 * ``tensorflow`` — each node reads its own share of the train shards with ``tf.data`` (explicit
   sharding by worker index, auto-sharding off), as TFoS's ``examples/mnist/tf``.
@@ -38,19 +49,67 @@ FEED_POLL_SECONDS = 0.5
 REPLAY_BUFFER_ROWS = 200_000
 
 
+def check_topology(cluster_size, num_ps, input_mode):
+    """Refuse a cluster ParameterServerStrategy cannot run, with what to change."""
+    if num_ps and cluster_size < num_ps + 2:
+        raise JobError(f"cluster_size={cluster_size} with num_ps={num_ps} leaves no worker: parameter-server "
+                       f"training needs the parameter servers, a chief (the coordinator) and at least one worker, "
+                       f"so cluster_size >= num_ps + 2 = {num_ps + 2}; or use num_ps=0 (all-reduce)")
+    if num_ps and input_mode != "tensorflow":
+        raise JobError(f"num_ps={num_ps} needs input_mode=tensorflow: under ParameterServerStrategy the workers "
+                       "are TensorFlow servers that read the TFRecords themselves; Spark cannot feed them rows. "
+                       "Use input_mode=tensorflow, or num_ps=0 to feed rows from Spark")
+
+
+def node_name(ctx):
+    """The node's marker name: worker-0 (chief), worker-1.. (workers), ps-0.. (parameter servers)."""
+    if ctx.job_name == "ps":
+        return f"ps-{ctx.task_index}"
+    return "worker-0" if ctx.job_name == "chief" else f"worker-{ctx.task_index + 1}"
+
+
 def node_main(args, ctx):
     """Runs in each executor: one TensorFlow node of the cluster (TFoS calls it with TF_CONFIG set).
 
-    A failure leaves ``workers/worker-<i>.error`` with the traceback, so the driver can report it.
+    A failure leaves ``workers/<node>.error`` with the traceback, so the driver can report it.
     """
     try:
-        _node_main(args, ctx)
+        if args["num_ps"] and ctx.job_name in ("ps", "worker"):
+            _serve(args, ctx)
+        else:
+            _node_main(args, ctx)
     except BaseException:
         import traceback
-        index = 0 if ctx.job_name == "chief" else ctx.task_index + 1
-        fs.write_bytes(paths.join(args["run_dir"], "workers", f"worker-{index}.error"),
+        fs.write_bytes(paths.join(args["run_dir"], "workers", f"{node_name(ctx)}.error"),
                        traceback.format_exc().encode("utf-8"))
         raise
+
+
+def _serve(args, ctx):
+    """A parameter server or worker under ParameterServerStrategy: a TensorFlow server that the chief's
+    coordinator drives. Returns once the chief has left its done (or error) marker."""
+    import json
+    import os
+
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    started = time.time()
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    tf.distribute.Server(resolver.cluster_spec(), job_name=ctx.job_name, task_index=ctx.task_index,
+                         protocol=resolver.rpc_layer or "grpc", start=True)
+    markers = paths.join(args["run_dir"], "workers")
+    while True:
+        names = set(fs.listdir(markers))
+        if "worker-0.json" in names or any(n.endswith(".error") for n in names):
+            break
+        time.sleep(1)
+    done = {"node": node_name(ctx), "job_name": ctx.job_name, "task_index": ctx.task_index,
+            "seconds": round(time.time() - started, 1)}
+    if ctx.job_name == "worker":
+        done["worker"] = ctx.task_index + 1
+    fs.write_json(paths.join(markers, f"{node_name(ctx)}.json"), done)
+    print("TFOS done " + json.dumps(done), flush=True)
 
 
 def _node_main(args, ctx):
@@ -68,10 +127,16 @@ def _node_main(args, ctx):
     from tfospipe import schema as node_schema
 
     started = time.time()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    ps_mode = args["num_ps"] > 0  # then this node is the chief: the coordinator
+    if ps_mode:
+        strategy = tf.distribute.ParameterServerStrategy(tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    else:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     worker_index = 0 if ctx.job_name == "chief" else ctx.task_index + 1
     is_chief = worker_index == 0
     num_workers = ctx.num_workers
+    # examples per step: all-reduce steps take a batch on every node; PS steps one batch on one worker
+    step_examples = args["batch_size"] * (1 if ps_mode else num_workers)
     run_dir = args["run_dir"]
     image_shape = tuple(args["image_shape"])
     batch_size = args["batch_size"]
@@ -147,20 +212,47 @@ def _node_main(args, ctx):
 
     with strategy.scope():
         model = model_lib.build_model(image_shape, args["pixel_max"], args["learning_rate"])
-    # Metrics are already all-reduced across workers: report one replica's value, not their sum.
-    model.distribute_reduction_method = "first"
+    if not ps_mode:
+        # Metrics are already all-reduced across workers: report one replica's value, not their sum.
+        model.distribute_reduction_method = "first"
 
-    class Progress(tf.keras.callbacks.Callback):
-        """Progress lines into progress.log (chief): every N steps, and eval metrics after each epoch."""
+    class EpochProgress(tf.keras.callbacks.Callback):
+        """Progress lines into progress.log (chief) after each epoch, with eval metrics; the steady
+        rate from the epochs after the first, training time only (evaluation excluded)."""
 
         def __init__(self):
             super().__init__()
-            self.t0, self.step = time.time(), 0
+            self.epoch_times = []
 
         def _write(self, line):
             if is_chief:
                 with tf.io.gfile.GFile(node_paths.join(run_dir, "progress.log"), "a") as f:
                     f.write(line + "\n")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_times.append([time.time(), None])
+
+        def on_test_begin(self, logs=None):
+            if self.epoch_times and self.epoch_times[-1][1] is None:
+                self.epoch_times[-1][1] = time.time()
+
+        def on_train_end(self, logs=None):
+            spans = [b - a for a, b in self.epoch_times[1:] if b] or [b - a for a, b in self.epoch_times if b]
+            if spans and "examples_per_second" not in steady_rate:
+                steady_rate["examples_per_second"] = len(spans) * args["steps_per_epoch"] * step_examples / sum(spans)
+
+        def on_epoch_end(self, epoch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+            self._write(f"epoch {epoch + 1}/{args['epochs']} step {step} loss {logs['loss']:.4f} "
+                        f"accuracy {logs['accuracy']:.4f} eval_loss {logs.get('val_loss', float('nan')):.4f} "
+                        f"eval_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
+
+    class Progress(EpochProgress):
+        """Also a line every N steps (ParameterServerStrategy allows no batch-level callbacks)."""
+
+        def __init__(self):
+            super().__init__()
+            self.t0, self.step = time.time(), 0
 
         def on_train_batch_end(self, batch, logs=None):
             self.step, self.last = self.step + 1, time.time()
@@ -168,23 +260,20 @@ def _node_main(args, ctx):
                 self.steady = (time.time(), self.step)
             if self.step % PROGRESS_EVERY_STEPS == 0:
                 global_step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
-                rate = self.step * batch_size * num_workers / max(time.time() - self.t0, 1e-6)
+                rate = self.step * step_examples / max(time.time() - self.t0, 1e-6)
                 self._write(f"step {global_step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
                             f"examples/s {rate:.0f}")
 
         def on_train_end(self, logs=None):
             if getattr(self, "steady", None) and self.step > self.steady[1]:
                 seconds = self.last - self.steady[0]  # batches only: epoch-end evaluation excluded
-                steady_rate["examples_per_second"] = (self.step - self.steady[1]) * batch_size * num_workers / seconds
+                steady_rate["examples_per_second"] = (self.step - self.steady[1]) * step_examples / seconds
 
-        def on_epoch_end(self, epoch, logs=None):
-            self._write(f"epoch {epoch + 1}/{args['epochs']} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
-                        f"eval_loss {logs.get('val_loss', float('nan')):.4f} "
-                        f"eval_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
-
-    callbacks = [tf.keras.callbacks.BackupAndRestore(node_paths.join(run_dir, "backup")), Progress()]
+    callbacks = [tf.keras.callbacks.BackupAndRestore(node_paths.join(run_dir, "backup")),
+                 EpochProgress() if ps_mode else Progress()]
     if is_chief:
-        callbacks.append(tf.keras.callbacks.TensorBoard(node_paths.join(run_dir, "tensorboard"), update_freq=10))
+        callbacks.append(tf.keras.callbacks.TensorBoard(node_paths.join(run_dir, "tensorboard"),
+                                                        update_freq="epoch" if ps_mode else 10))
     history = model.fit(tf.keras.utils.experimental.DatasetCreator(train_fn), epochs=args["epochs"],
                         steps_per_epoch=args["steps_per_epoch"], callbacks=callbacks, verbose=0,
                         validation_data=tf.keras.utils.experimental.DatasetCreator(eval_fn),
@@ -193,6 +282,7 @@ def _node_main(args, ctx):
         feed.terminate()  # skip the rest of the feed: this node has run its step budget
 
     # Every node takes part in the save (variables are distributed); only the chief's copy is kept.
+    # Under ParameterServerStrategy only the chief (the coordinator) runs this: it exports alone.
     if is_chief:
         target = node_paths.join(run_dir, ".model.staging")
         node_fs.rmtree(target)
@@ -205,11 +295,13 @@ def _node_main(args, ctx):
         tf.io.gfile.rename(target, final)
     else:
         shutil.rmtree(target, ignore_errors=True)
-    # Barrier: no node leaves the collective group before the chief's export is complete.
-    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    if not ps_mode:
+        # Barrier: no node leaves the collective group before the chief's export is complete.
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
     epochs_run = len(history.history.get("loss", []))
     done = {
+        "node": node_name(ctx),
         "worker": worker_index,
         "job_name": ctx.job_name,
         "task_index": ctx.task_index,
@@ -270,23 +362,24 @@ class _Tail(threading.Thread):
 def run(spark, args):
     from tensorflowonspark import TFCluster
 
-    if args.num_ps:
-        raise JobError(f"num_ps={args.num_ps}: parameter servers are not supported with this stack; training "
-                       "uses MultiWorkerMirroredStrategy (all-reduce, no parameter servers). Use num_ps=0.")
+    check_topology(args.cluster_size, args.num_ps, args.input_mode)
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
     manifest = convert.read_manifest(layout, args.version)
     train_files = convert.shard_files(layout, args.version, "train")
     eval_files = convert.shard_files(layout, args.version, "eval")
     train_rows, eval_rows = manifest["splits"]["train"], manifest["splits"]["eval"]
-    workers = args.cluster_size
+    nodes = args.cluster_size                # Spark executors = TensorFlow nodes
+    workers = nodes - args.num_ps            # nodes that train (all-reduce) or the chief + workers (PS)
+    readers = workers - 1 if args.num_ps else workers   # nodes reading shards; PS: not the coordinator
+    step_batches = 1 if args.num_ps else workers         # batches per step
     for split, files, rows in (("train", train_files, train_rows), ("eval", eval_files, eval_rows)):
-        if len(files) < workers:
-            raise JobError(f"{len(files)} {split} shards for {workers} workers: every worker reads a share of "
+        if len(files) < readers:
+            raise JobError(f"{len(files)} {split} shards for {readers} workers: every worker reads a share of "
                            "the shards; convert with num_shards >= cluster_size")
-        if rows < args.batch_size * workers:
+        if rows < args.batch_size * step_batches:
             raise JobError(f"{rows} {split} rows cannot fill one step of batch_size {args.batch_size} on "
-                           f"{workers} workers; lower batch_size")
+                           f"{step_batches} workers; lower batch_size")
     run_dir = layout.model_run(args.version, args.run_id)
     # A retry keeps backup/ (to resume) but never an older attempt's model, markers or _SUCCESS.
     for stale in (fs.SUCCESS, fs.MANIFEST, "model", ".model.staging", "workers", "progress.log"):
@@ -294,9 +387,10 @@ def run(spark, args):
     fs.makedirs(paths.join(run_dir, "workers"))
 
     # The same step budget on every node: what the data allows at batch_size per worker.
-    steps_per_epoch = max(train_rows // (args.batch_size * workers), 1)
+    steps_per_epoch = max(train_rows // (args.batch_size * step_batches), 1)
     node_args = {
         "run_dir": run_dir,
+        "num_ps": args.num_ps,
         "input_mode": args.input_mode,
         "train_files": train_files,
         "eval_files": eval_files,
@@ -306,17 +400,19 @@ def run(spark, args):
         "learning_rate": args.learning_rate,
         "epochs": args.epochs,
         "steps_per_epoch": steps_per_epoch,
-        "eval_steps": math.ceil(eval_rows / (args.batch_size * workers)),
+        "eval_steps": math.ceil(eval_rows / (args.batch_size * step_batches)),
     }
-    if executors(sc, workers, args.executor_wait) < workers:
+    if executors(sc, nodes, args.executor_wait) < nodes:
         conf = sc.getConf()
         raise JobError(
-            f"training needs cluster_size={workers} executors (one TensorFlow node each) but the Spark "
+            f"training needs cluster_size={nodes} executors (one TensorFlow node each) but the Spark "
             f"application got {executors(sc)} after {args.executor_wait}s from master {sc.master}. Make the "
-            f"cluster offer {workers} executors with one task slot each (spark.executor.instances="
+            f"cluster offer {nodes} executors with one task slot each (spark.executor.instances="
             f"{conf.get('spark.executor.instances', 'unset')}, spark.cores.max={conf.get('spark.cores.max', 'unset')}, "
             f"spark.executor.cores={conf.get('spark.executor.cores', 'unset')}) or lower cluster_size.")
-    print(f"training in {args.input_mode} input mode on {workers} nodes: {train_rows} rows, {steps_per_epoch} "
+    topology = (f"{args.num_ps} parameter servers + chief + {workers - 1} workers (ParameterServerStrategy)"
+                if args.num_ps else f"{workers} nodes (MultiWorkerMirroredStrategy)")
+    print(f"training in {args.input_mode} input mode on {topology}: {train_rows} rows, {steps_per_epoch} "
           f"steps/epoch x {args.epochs} epochs, batch {args.batch_size}/worker, run dir {run_dir}", flush=True)
     started = time.time()
     tail = _Tail(paths.join(run_dir, "progress.log"))
@@ -334,7 +430,7 @@ def run(spark, args):
             # now would kill them, so wait for every node's done marker first.
             await_nodes(run_dir, workers, FEED_TIMEOUT_SECONDS)
         else:
-            cluster = TFCluster.run(sc, node_main, node_args, workers, num_ps=0, tensorboard=False,
+            cluster = TFCluster.run(sc, node_main, node_args, nodes, num_ps=args.num_ps, tensorboard=False,
                                     input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
                                     reservation_timeout=300)
         cluster.shutdown(timeout=-1)
@@ -342,7 +438,8 @@ def run(spark, args):
         tail.stop.set()
         tail.poll()
 
-    markers = {m: fs.read_json(paths.join(run_dir, "workers", m)) for m in fs.listdir(paths.join(run_dir, "workers"))}
+    markers = {m: fs.read_json(paths.join(run_dir, "workers", m)) for m in fs.listdir(paths.join(run_dir, "workers"))
+               if m.endswith(".json")}
     missing = [i for i in range(workers) if f"worker-{i}.json" not in markers]
     if missing:
         raise JobError(f"workers {missing} of {workers} left no done marker in {run_dir}/workers: "
@@ -366,7 +463,9 @@ def run(spark, args):
         "final_eval_loss": chief["final_eval_loss"],
         "final_eval_accuracy": chief["final_eval_accuracy"],
         "steady_examples_per_second": chief["steady_examples_per_second"],
-        "workers": sorted(markers.values(), key=lambda m: m["worker"]),
+        "workers": sorted((m for m in markers.values() if "worker" in m), key=lambda m: m["worker"]),
+        "parameter_servers": sorted((m for m in markers.values() if m.get("job_name") == "ps"),
+                                    key=lambda m: m["task_index"]),
         "train_seconds": round(time.time() - started, 1),
         "versions": library_versions(),
         "git_revision": git_revision(),

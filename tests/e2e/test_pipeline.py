@@ -101,7 +101,7 @@ def test_the_scheduled_run_processes_its_logical_date_on_the_standalone_cluster(
     active, completed = stack.spark_apps()
     assert not active
     names = [app["name"] for app in completed]
-    assert all(names.count(f"tfos-{job}") >= 1 for job in JOBS), names  # each task ran on the standalone master
+    assert sorted(names) == sorted(f"tfos-{job}-{SCHEDULED}" for job in JOBS), names  # each task ran here
     for app in completed:
         assert app["state"] == "FINISHED" and app["cores"] == 2, app
     for output in (layout.tfrecords(SCHEDULED), layout.model_run(SCHEDULED, run_slug(scheduled)),
@@ -215,7 +215,7 @@ def test_a_backfill_processes_each_dataset_version_independently(stack, backfill
     for run in backfill:
         version = run["logical_date"][:10]
         manifest = load(os.path.join(layout.tfrecords(version), "_manifest.json"))
-        assert manifest["rows_read"] == ROWS[version] and manifest["quarantined"] == 0
+        assert manifest["rows_read"] == ROWS[version] and manifest["rows_quarantined"] == 0
         assert os.listdir(os.path.join(layout.root, "models", version)) == [run_slug(run)]
         trained = load(os.path.join(layout.model_run(version, run_slug(run)), "_manifest.json"))
         assert trained["params"]["epochs"] == 2 and trained["dataset_version"] == version
@@ -277,7 +277,7 @@ def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, l
         if stack.task_instances(run_id)["train"]["state"] != "running":
             return None
         active, _ = stack.spark_apps()
-        return next((a for a in active if a["name"] == "tfos-train" and a["state"] == "RUNNING"), None)
+        return next((a for a in active if a["name"] == f"tfos-train-{version}" and a["state"] == "RUNNING"), None)
 
     app = stack.wait(training_app, 600, "the train task's Spark application to run")
     stack.request("PATCH", f"/api/v2/dags/tfos_pipeline/dagRuns/{run_id}/taskInstances/train",

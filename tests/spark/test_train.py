@@ -1,4 +1,5 @@
-"""The train job on a 2-executor cluster: Spark input mode with uneven partitions, resume after a kill, PS refusal."""
+"""The train job on multi-executor clusters: Spark input mode with uneven partitions, resume after a kill,
+parameter-server training."""
 import json
 import os
 import re
@@ -82,7 +83,21 @@ def test_a_killed_training_resumes_from_its_last_epoch(digits_root, build_dir):
     assert resumed_epochs[-1] == 12
 
 
-def test_parameter_servers_are_refused_with_a_reason(digits_root, build_dir):
-    run = run_job("train", train_args(digits_root, "ps", num_ps=1), build_dir)
-    assert run.returncode == 2
-    assert "num_ps=1" in run.error() and "MultiWorkerMirroredStrategy" in run.error()
+def test_parameter_server_training_on_three_executors(digits_root, build_dir):
+    """num_ps=1: a parameter server, the chief as coordinator and one worker (ParameterServerStrategy)."""
+    run = run_job("train", train_args(digits_root, "ps", num_ps=1, cluster_size=3, epochs=3), build_dir,
+                  cluster_size=3, master="local-cluster[3,1,1024]")
+    assert run.returncode == 0, run.output[-6000:]
+    run_dir = digits_root / "models" / VERSION / "ps"
+    manifest = json.load(open(run_dir / "_manifest.json"))
+    assert manifest["params"]["num_ps"] == 1 and manifest["params"]["cluster_size"] == 3
+    train_rows = json.load(open(digits_root / "tfrecords" / VERSION / "_manifest.json"))["splits"]["train"]
+    assert manifest["steps_per_epoch"] == train_rows // 16  # one batch on one worker per step
+    chief, worker = manifest["workers"]
+    assert chief["job_name"] == "chief" and chief["steps_run"] == 3 * manifest["steps_per_epoch"]
+    assert worker["job_name"] == "worker" and "steps_run" not in worker  # a server the chief drives
+    assert [p["job_name"] for p in manifest["parameter_servers"]] == ["ps"]
+    assert manifest["final_eval_accuracy"] > 0.7
+    assert "epoch 3/3 step" in (run_dir / "progress.log").read_text()
+    predict = model.load_serving(str(run_dir / "model"), (8, 8))
+    assert predict(__import__("numpy").zeros((2, 8, 8, 1), "float32"))[0].shape == (2, 10)

@@ -59,3 +59,14 @@ def test_version_with_traversal_is_rejected_by_the_job_parser():
 def test_unknown_argument_names_are_a_programming_error():
     with pytest.raises(KeyError):
         jobargs.to_argv("infer", {"epochs": 3})
+
+
+def test_parameter_server_topologies_that_cannot_run_are_refused():
+    from tfospipe import train
+    from tfospipe.runner import JobError
+    train.check_topology(3, 1, "tensorflow")
+    train.check_topology(2, 0, "spark")
+    with pytest.raises(JobError, match=r"cluster_size >= num_ps \+ 2 = 3"):
+        train.check_topology(2, 1, "tensorflow")
+    with pytest.raises(JobError, match="needs input_mode=tensorflow"):
+        train.check_topology(4, 1, "spark")
