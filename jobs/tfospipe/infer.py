@@ -5,6 +5,11 @@ the promoted serving model (or a named promoted version, never an unvalidated mo
 loads the SavedModel once per process (see predict.py) and predicts in batches. Output:
 ``{root}/predictions/{version}/`` Parquet with row_id, predicted_class, probability, probabilities,
 label (null when unknown), model_version, dataset_version; manifest and _SUCCESS; atomic commit.
+
+``--mode tfos`` (the seed's second way): a TensorFlowOnSpark cluster in ``InputMode.SPARK``, one
+node per executor, each loading the model once; Spark feeds it the serialized Examples
+(``TFCluster.inference``) and it hands back one prediction per row with ``DataFeed.batch_results``,
+as an RDD. Same output contract.
 """
 
 import time
@@ -62,6 +67,45 @@ def predict_partition(model_dir, image_shape, batch_size, model_version, dataset
     return run
 
 
+def tfos_node(args, ctx):
+    """A TFoS node (InputMode.SPARK): predict the rows Spark feeds, one result row per input row."""
+    import os
+
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    from tfospipe import predict as node_predict
+    from tfospipe import schema as node_schema
+
+    image_shape = tuple(args["image_shape"])
+    fn = node_predict.loaded_model(args["model_dir"], image_shape)
+    feed = ctx.get_data_feed(train_mode=False)
+    while not feed.should_stop():
+        batch = feed.next_batch(args["batch_size"])
+        if not batch:
+            continue
+        images, labels, row_ids = node_schema.parse_batch(tf.constant(batch), image_shape)
+        probabilities, classes = fn(images.numpy())
+        feed.batch_results([
+            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, args["model_version"],
+             args["dataset_version"])
+            for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
+
+
+def _tfos_predictions(spark, files, node_args, nodes):
+    """Predictions of the rows in ``files`` through a TFoS cluster fed by Spark (the cluster and its RDD)."""
+    from tensorflowonspark import TFCluster
+
+    from . import schema as schema_lib
+
+    sc = spark.sparkContext
+    cluster = TFCluster.run(sc, tfos_node, node_args, nodes, num_ps=0, tensorboard=False,
+                            input_mode=TFCluster.InputMode.SPARK, master_node=None, reservation_timeout=300)
+    rows = sc.parallelize(files, max(len(files), 1)).flatMap(
+        lambda path: schema_lib.tfrecord_payloads(fs.read_bytes(path), compressed=path.endswith(".gz")))
+    return cluster, cluster.inference(rows, feed_timeout=600)
+
+
 def _model(layout, requested):
     if requested:
         mv = paths.check_segment(requested, "model version")
@@ -105,18 +149,30 @@ def run(spark, args):
     with fs.Staging(out) as stage:
         # one partition per shard file, scheduled once the requested executors are there (else the first
         # executor to register would take them all)
-        executors(sc, requested_executors(sc), timeout=30)
+        nodes = executors(sc, requested_executors(sc), timeout=30)
         slices = max(len(files), 1)
-        inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
-        predictions = inputs.mapInArrow(
-            predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(), loads,
-                              timings), schema)
+        cluster = None
+        if args.mode == "tfos":
+            node_args = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": args.batch_size,
+                         "model_version": mv, "dataset_version": args.version}
+            cluster, results = _tfos_predictions(spark, files, node_args, nodes)
+            predictions = spark.createDataFrame(results, schema)
+        else:
+            inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
+            predictions = inputs.mapInArrow(
+                predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(),
+                                  loads, timings), schema)
         predictions.write.mode("overwrite").parquet(stage.path)
+        if cluster is not None:
+            cluster.shutdown(timeout=-1)
         rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
         result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
-                  "rows_out": rows_out, "partitions": slices, "files": len(files), "model_loads": loads.value,
+                  "rows_out": rows_out, "partitions": slices, "files": len(files), "mode": args.mode,
+                  # tfos mode: one load per TFoS node, in the node's own process (not counted here)
+                  "model_loads": loads.value if args.mode == "executors" else None,
+                  "tfos_nodes": nodes if args.mode == "tfos" else None,
                   "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
                   "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
         spans = timings.value

@@ -127,6 +127,10 @@ JOBS = {
         Arg("batch_size", _positive, 256, "rows per prediction batch in each executor",
             {"type": "integer", "minimum": 1, "maximum": 65536}, param="inference_batch_size"),
         Arg("model_version", str, "", "promoted model version to use; empty = the one serving now"),
+        Arg("mode", _one_of("executors", "tfos"), "executors",
+            "executors: each executor loads the model and scores its shards (mapInArrow); tfos: a TFoS cluster "
+            "in InputMode.SPARK scores the rows Spark feeds it (TFCluster.inference)",
+            {"type": "string", "enum": ["executors", "tfos"]}, param="inference_mode"),
     ],
 }
 

@@ -188,6 +188,24 @@ def test_the_model_is_loaded_once_per_executor_not_per_batch(scheduled, layout, 
     assert batches >= 40 and manifest["model_loads"] <= 2 and manifest["rows_out"] == manifest["rows_in"]
 
 
+def test_tfos_inference_mode_predicts_the_same_rows(scheduled, layout, build_dir):
+    """The seed's second way: a TFoS cluster in InputMode.SPARK fed by Spark, same output contract."""
+    def table():
+        return pq.read_table(layout.predictions(SCHEDULED)).to_pandas().set_index("row_id").sort_index()
+
+    before = table()
+    run = run_job("infer", {"data_root": layout.root, "version": SCHEDULED, "mode": "tfos"}, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    manifest = load(os.path.join(layout.predictions(SCHEDULED), "_manifest.json"))
+    assert manifest["mode"] == "tfos" and manifest["tfos_nodes"] == 2
+    assert manifest["rows_out"] == manifest["rows_in"] == len(before)
+    after = table()
+    assert list(after.index) == list(before.index)
+    assert (after["predicted_class"] == before["predicted_class"]).all()
+    assert np.allclose(np.stack(after["probabilities"]), np.stack(before["probabilities"]), atol=1e-5)
+    assert (after["label"] == before["label"]).all() and set(after["dataset_version"]) == {SCHEDULED}
+
+
 def test_a_degraded_model_is_rejected_against_the_serving_model(scheduled, layout, build_dir):
     """An untrained model passes a zero threshold but trails the serving model: the champion rule rejects it."""
     before = load(layout.serving_pointer())
