@@ -53,9 +53,15 @@ def build_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The live deployment of tests/e2e/services.py, started once and stopped at the end."""
+    import signal
+
     sys.path.insert(0, os.path.join(PROJECT_DIR, "tests", "e2e"))
     from services import Stack
 
+    def interrupted(*_):  # a test run stopped with SIGTERM still stops the services (teardown runs)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     live = Stack(tmp_path_factory.mktemp("stack")).start()
     try:
         yield live

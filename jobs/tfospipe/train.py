@@ -47,6 +47,9 @@ PROGRESS_EVERY_STEPS = 10
 FEED_TIMEOUT_SECONDS = 600
 FEED_POLL_SECONDS = 0.5
 REPLAY_BUFFER_ROWS = 200_000
+#: ParameterServerStrategy runs remote closures and variable reads concurrently on every node: with the
+#: executors' single inter-op thread (tfos_spark.TF_ENV) the chief waits forever for its first closure.
+PS_THREADS = {"TF_NUM_INTEROP_THREADS": "4"}
 
 
 def check_topology(cluster_size, num_ps, input_mode):
@@ -92,6 +95,7 @@ def _serve(args, ctx):
     import os
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ.update(PS_THREADS)
     import tensorflow as tf
 
     started = time.time()
@@ -119,6 +123,8 @@ def _node_main(args, ctx):
     import tempfile
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    if args["num_ps"]:
+        os.environ.update(PS_THREADS)
     import tensorflow as tf
 
     from tfospipe import model as model_lib
@@ -454,7 +460,7 @@ def run(spark, args):
         "model_dir": model_dir,
         "image_shape": node_args["image_shape"],
         "pixel_max": node_args["pixel_max"],
-        "params": {"cluster_size": workers, "epochs": args.epochs, "batch_size": args.batch_size,
+        "params": {"cluster_size": nodes, "epochs": args.epochs, "batch_size": args.batch_size,
                    "learning_rate": args.learning_rate, "input_mode": args.input_mode, "num_ps": args.num_ps},
         "steps_per_epoch": steps_per_epoch,
         "steps_run": chief["steps_run"],
