@@ -40,7 +40,7 @@ def run_job(job, job_args, master, cluster_size=2, env=None):
         argv[app:app] = ["--conf", f"spark.executorEnv.{key}={value}"]
         app += 2
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, **tfos_spark.TF_ENV, **(env or {})))
+                          env={**os.environ, **tfos_spark.TF_ENV, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"{job} failed:\n{proc.stdout[-4000:]}")
     return proc.stdout

@@ -80,7 +80,7 @@ def main():
         examples = steps * args.batch_size * 2
 
         overrides = dict(kv.split("=", 1) for kv in args.env)
-        env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", **overrides)
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **overrides}
         t = time.time()
         out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2),
                               "--batch-size", str(args.batch_size)], env=env, check=True,
