@@ -26,13 +26,11 @@ app = FastAPI(title="TFoS pipeline reports", dependencies=_signed_in)
 
 def _report_dir(version, run):
     from airflow.models import Variable
+    root = paths.normalize_root(Variable.get("tfos_data_root", default_var=DEFAULT_DATA_ROOT))
     try:
-        paths.check_segment(version, "dataset version")
-        paths.check_segment(run, "run id")
+        return paths.Layout(root).validation(version, run)  # checks both are safe path segments
     except paths.PathError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
-    root = paths.normalize_root(Variable.get("tfos_data_root", default_var=DEFAULT_DATA_ROOT))
-    return paths.Layout(root).validation(version, run)
 
 
 def _read(path):

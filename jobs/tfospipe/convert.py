@@ -243,7 +243,6 @@ def run(spark, args):
             "inputs": [{"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
                         "labeled": not s["name"].startswith("score/")} for s in sorted(scans, key=lambda s: s["name"])],
             "compression": args.compression,
-            "label_column": args.label_column,
             "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
                        "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
                        "compression": args.compression, "label_column": args.label_column},
@@ -271,3 +270,9 @@ def read_manifest(layout, version):
 
 def shard_files(layout, version, split):
     return fs.glob(paths.join(layout.split(version, split), schema.SHARD_PATTERN))
+
+
+def example_rdd(sc, files):
+    """The serialized Examples of ``files`` as an RDD with one partition per shard (the TFoS feeds)."""
+    return sc.parallelize(files, max(len(files), 1)).flatMap(
+        lambda path: schema.tfrecord_payloads(fs.read_bytes(path), compressed=schema.is_compressed(path)))

@@ -96,14 +96,10 @@ def _tfos_predictions(spark, files, node_args, nodes):
     """Predictions of the rows in ``files`` through a TFoS cluster fed by Spark (the cluster and its RDD)."""
     from tensorflowonspark import TFCluster
 
-    from . import schema as schema_lib
-
     sc = spark.sparkContext
     cluster = TFCluster.run(sc, tfos_node, node_args, nodes, num_ps=0, tensorboard=False,
                             input_mode=TFCluster.InputMode.SPARK, master_node=None, reservation_timeout=300)
-    rows = sc.parallelize(files, max(len(files), 1)).flatMap(
-        lambda path: schema_lib.tfrecord_payloads(fs.read_bytes(path), compressed=path.endswith(".gz")))
-    return cluster, cluster.inference(rows, feed_timeout=600)
+    return cluster, cluster.inference(convert.example_rdd(sc, files), feed_timeout=600)
 
 
 def _model(layout, requested):

@@ -28,9 +28,14 @@ def shard_name(index, compression="none"):
     return f"part-{index:05d}.tfrecord{COMPRESSIONS[compression]}"
 
 
+def is_compressed(path):
+    """Whether the shard at ``path`` is GZIP-compressed (its name says so, see shard_name)."""
+    return str(path).endswith(COMPRESSIONS["gzip"])
+
+
 def compression_type(files):
     """``compression_type`` for tf.data.TFRecordDataset over ``files``: "GZIP" for *.gz shards, else ""."""
-    kinds = {str(f).endswith(".gz") for f in files}
+    kinds = {is_compressed(f) for f in files}
     if len(kinds) > 1:
         raise ValueError(f"shards mix compressed and uncompressed files: {sorted(map(str, files))}")
     return "GZIP" if kinds == {True} else ""

@@ -429,8 +429,7 @@ def run(spark, args):
                                     input_mode=TFCluster.InputMode.SPARK, master_node="chief",
                                     reservation_timeout=300)
             # one partition per shard, so the nodes are fed as the conversion sharded the data
-            feed = sc.parallelize(train_files, len(train_files)).flatMap(
-                lambda path: schema.tfrecord_payloads(fs.read_bytes(path), compressed=path.endswith(".gz")))
+            feed = convert.example_rdd(sc, train_files)
             cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
             # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
             # now would kill them, so wait for every node's done marker first.
