@@ -2,7 +2,7 @@
 # executors all run the same Python, Spark, TensorFlow and TensorFlowOnSpark.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps git make \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps git make libtcmalloc-minimal4 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/tfos
 COPY requirements.txt .

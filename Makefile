@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install install-test system-deps demo test ui tensorboard clean
+.PHONY: install install-test system-deps runtime-deps demo test ui tensorboard clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -24,16 +24,19 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	touch $(TEST_STAMP)
 
 system-deps:
-	bash scripts/system_deps.sh
+	bash scripts/system_deps.sh test
 
-demo: install
+runtime-deps:
+	bash scripts/system_deps.sh runtime
+
+demo: install runtime-deps
 	bash scripts/demo.sh
 
 test: install-test
 	bash scripts/test.sh
 
 # The Airflow UI (airflow standalone) on http://127.0.0.1:8080, user admin
-ui: install
+ui: install runtime-deps
 	bash scripts/ui.sh
 
 # TensorBoard over every training run's event logs: http://127.0.0.1:6006

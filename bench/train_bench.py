@@ -5,8 +5,10 @@
 (c) tfos-sp  the train job, 2 workers x 1 core, InputMode.SPARK
 
 All three train the same model on the same data for the same number of examples at batch 64 per
-worker. Steady-state examples/s exclude start-up and the first steps (tracing); scaling efficiency =
-(b or c) / (2 x (a)). Run:  .venv/bin/python bench/train_bench.py [--rows 12000]
+worker, with the same Keras steps_per_execution and the same memory allocator (the executors' one,
+tfos_spark.executor_malloc; --env LD_PRELOAD= compares glibc's). Steady-state examples/s exclude
+start-up and the first steps (tracing); scaling efficiency = (b or c) / (2 x (a)).
+Run:  .venv/bin/python bench/train_bench.py [--rows 12000]
 """
 
 import argparse
@@ -24,14 +26,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 VERSION = "bench"
-WARMUP_STEPS = 10
 
 
 def single_process(root, steps, batch_size):
     """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s as JSON."""
     import tensorflow as tf
 
-    from tfospipe import convert, model, paths, schema
+    from tfospipe import convert, model, paths, schema, train
 
     layout = paths.Layout(root)
     manifest = convert.read_manifest(layout, VERSION)
@@ -39,16 +40,17 @@ def single_process(root, steps, batch_size):
     files = convert.shard_files(layout, VERSION, "train")
     ds = (tf.data.TFRecordDataset(files).cache().shuffle(8192).repeat().batch(batch_size, drop_remainder=True)
           .map(lambda s: schema.parse_batch(s, shape)[:2]).prefetch(tf.data.AUTOTUNE))
-    cnn = model.build_model(shape, manifest["pixel_max_observed"])
-    marks = []
+    cnn = model.build_model(shape, manifest["pixel_max_observed"], steps_per_execution=train.PROGRESS_EVERY_STEPS)
+    marks = []  # (steps run, time) after each execution of steps_per_execution steps
 
     class Clock(tf.keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            marks.append(time.time())
+            marks.append((batch + 1, time.time()))
 
     t0 = time.time()
     cnn.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-    steady = (len(marks) - WARMUP_STEPS) * batch_size / (marks[-1] - marks[WARMUP_STEPS - 1])
+    (first_steps, first), (last_steps, last) = marks[0], marks[-1]  # the first execution: tracing, warm-up
+    steady = (last_steps - first_steps) * batch_size / (last - first)
     print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0}))
 
 
@@ -66,6 +68,7 @@ def main():
         return single_process(args.single[0], int(args.single[1]), args.batch_size)
 
     import common
+    import tfos_spark
     from tfospipe import paths
 
     root = tempfile.mkdtemp(prefix="tfos-train-bench-")
@@ -80,7 +83,8 @@ def main():
         examples = steps * args.batch_size * 2
 
         overrides = dict(kv.split("=", 1) for kv in args.env)
-        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **overrides}
+        malloc = {"LD_PRELOAD": tfos_spark.executor_malloc()} if tfos_spark.executor_malloc() else {}
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **malloc, **overrides}
         t = time.time()
         out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2),
                               "--batch-size", str(args.batch_size)], env=env, check=True,
@@ -95,12 +99,12 @@ def main():
                                      "epochs": 1, "batch_size": args.batch_size}, args.master, env=overrides)
             m = json.load(open(os.path.join(layout.model_run(VERSION, mode), "_manifest.json")))
             results[mode] = {"rate": m["steady_examples_per_second"], "train": m["train_seconds"],
-                             "wall": time.time() - t, "steps": m["steps_run"]}
+                             "wall": time.time() - t, "steps": m["steps_run"], "malloc": m["workers"][0]["malloc"]}
 
         a = single["examples_per_second"]
         print()
         print(f"{examples} examples each ({steps} steps x {args.batch_size} x 2 workers; (a) {steps * 2} steps x "
-              f"{args.batch_size}), model: seed CNN 28x28")
+              f"{args.batch_size}), model: seed CNN 28x28, allocator: {env.get('LD_PRELOAD') or 'glibc'}")
         print(f"(a) one tf.keras process, 1 core       {a:8.0f} examples/s   wall {single['wall']:6.1f} s")
         for label, mode, goal in (("(b) TFoS InputMode.TENSORFLOW, 2x1", "tensorflow", 0.85),
                                   ("(c) TFoS InputMode.SPARK,      2x1", "spark", 0.6)):
@@ -110,7 +114,7 @@ def main():
             steady_seconds = examples / r["rate"] if r["rate"] else float("nan")
             print(f"{label}  {r['rate']:8.0f} examples/s   efficiency {r['rate'] / (2 * a):4.2f} (goal >= {goal})   "
                   f"wall {r['wall']:6.1f} s = Spark/TF start-up {r['wall'] - r['train']:.1f} s + TFoS cluster "
-                  f"{r['train']:.1f} s (steady training {steady_seconds:.1f} s)")
+                  f"{r['train']:.1f} s (steady training {steady_seconds:.1f} s), executors' allocator {r['malloc']}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

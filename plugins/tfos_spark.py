@@ -50,6 +50,25 @@ TF_ENV = {
     "TF_NUM_INTEROP_THREADS": "1",
 }
 
+#: Where Debian/Ubuntu (x86-64, arm64) and RHEL put TCMalloc (package libtcmalloc-minimal4 / gperftools-libs).
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def executor_malloc():
+    """The memory allocator preloaded into every executor (``LD_PRELOAD``), or None for glibc's.
+
+    TensorFlow under a distribution strategy allocates and frees its large tensors from short-lived
+    threads; glibc's malloc gives that memory back to the kernel each time, so every training step
+    page-faults it in again (measured here: 33,000 faults and ~100 ms of kernel time per step of the
+    seed CNN at batch 64, +60% step time). TCMalloc keeps it. ``TFOS_EXECUTOR_MALLOC`` overrides the
+    path (as the executors see it); set it empty to keep glibc's allocator.
+    """
+    path = os.environ.get("TFOS_EXECUTOR_MALLOC")
+    if path is None:
+        path = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), "")
+    return path or None
+
 
 #: What each job produces, as Airflow Assets (lineage in the UI). Each event's extra names the
 #: dataset version and the path written; the data root itself is a runtime Variable.
@@ -81,6 +100,9 @@ def spark_conf(cluster_size, tfos=False):
         conf[f"spark.executorEnv.{key}"] = value
         conf[f"spark.yarn.appMasterEnv.{key}"] = value
         conf[f"spark.kubernetes.driverEnv.{key}"] = value
+    malloc = executor_malloc()
+    if malloc:
+        conf["spark.executorEnv.LD_PRELOAD"] = malloc
     if tfos:
         conf["spark.task.maxFailures"] = "1"
     return conf

@@ -18,7 +18,8 @@ Input modes (``--input-mode``):
 * ``tensorflow`` — each node reads its own share of the train shards with ``tf.data`` (explicit
   sharding by worker index, auto-sharding off), as TFoS's ``examples/mnist/tf``.
 * ``spark`` — the driver reads the train shards as an RDD and feeds the serialized Examples to the
-  nodes through ``TFNode.DataFeed``, as TFoS's ``examples/mnist/spark``. It cannot hang: every node
+  nodes through ``TFNode.DataFeed``'s queue, as TFoS's ``examples/mnist/spark``, in blocks of
+  ``FEED_BLOCK_ROWS`` rows. It cannot hang: every node
   runs the same fixed step budget (a node whose partitions ran short replays what it received),
   leaves no collective half-done (a barrier after the chief's export), stops its feed with
   ``terminate()``, and feeding is bounded by ``feed_timeout``.
@@ -43,8 +44,13 @@ import time
 from . import convert, fs, paths, schema
 from .runner import JobError, executors, git_revision, library_versions
 
+#: A progress line every N steps; all-reduce training also runs N steps per call of its train function
+#: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
 PROGRESS_EVERY_STEPS = 10
 FEED_TIMEOUT_SECONDS = 600
+#: Spark mode feeds rows to the nodes in blocks: one queue round trip (TFoS's manager process) per
+#: block instead of per row.
+FEED_BLOCK_ROWS = 64
 FEED_POLL_SECONDS = 0.5
 REPLAY_BUFFER_ROWS = 200_000
 #: ParameterServerStrategy runs remote closures and variable reads concurrently on every node: with the
@@ -69,6 +75,28 @@ def node_name(ctx):
     if ctx.job_name == "ps":
         return f"ps-{ctx.task_index}"
     return "worker-0" if ctx.job_name == "chief" else f"worker-{ctx.task_index + 1}"
+
+
+def malloc_in_use():
+    """The memory allocator this process runs with: tcmalloc or jemalloc if preloaded, else glibc."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "glibc")
+
+
+def feed_blocks(rows):
+    """Group a partition's rows into lists of FEED_BLOCK_ROWS, the items Spark mode feeds."""
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) == FEED_BLOCK_ROWS:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def node_main(args, ctx):
@@ -165,7 +193,7 @@ def _node_main(args, ctx):
         return ds.repeat()
 
     def from_feed():
-        """Serialized Examples from Spark's feed, never stalling the collective.
+        """Blocks of serialized Examples from Spark's feed, never stalling the collective.
 
         A node whose queue is momentarily empty (its partitions ran short, or the next one is still being
         scheduled) replays rows it already received instead of blocking: blocking would stall the
@@ -192,15 +220,15 @@ def _node_main(args, ctx):
                         continue
                     if isinstance(item, marker.EndPartition):
                         continue
-                    fed["rows"] += 1
+                    fed["rows"] += len(item)
                     if len(seen) < REPLAY_BUFFER_ROWS:
-                        seen.append(item)
+                        seen.extend(item)
                     yield item
                     continue
-            for _ in range(batch_size):  # replay a batch worth, then look at the queue again
-                fed["replayed"] += 1
-                replay += 1
-                yield seen[replay % len(seen)]
+            # replay a batch worth, then look at the queue again
+            fed["replayed"] += batch_size
+            yield [seen[(replay + i) % len(seen)] for i in range(batch_size)]
+            replay += batch_size
 
     def finish(ds):
         ds = ds.batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -210,14 +238,17 @@ def _node_main(args, ctx):
 
     def train_fn(input_context):
         if feed is not None:
-            return finish(tf.data.Dataset.from_generator(from_feed, output_signature=tf.TensorSpec([], tf.string)))
+            blocks = tf.data.Dataset.from_generator(from_feed, output_signature=tf.TensorSpec([None], tf.string))
+            return finish(blocks.unbatch())
         return finish(from_files(args["train_files"], input_context, shuffle=True))
 
     def eval_fn(input_context):
         return finish(from_files(args["eval_files"], input_context, shuffle=False))
 
     with strategy.scope():
-        model = model_lib.build_model(image_shape, args["pixel_max"], args["learning_rate"])
+        # ParameterServerStrategy's coordinator schedules single steps: one step per execution there
+        model = model_lib.build_model(image_shape, args["pixel_max"], args["learning_rate"],
+                                      steps_per_execution=1 if ps_mode else PROGRESS_EVERY_STEPS)
     if not ps_mode:
         # Metrics are already all-reduced across workers: report one replica's value, not their sum.
         model.distribute_reduction_method = "first"
@@ -254,26 +285,35 @@ def _node_main(args, ctx):
                         f"eval_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
 
     class Progress(EpochProgress):
-        """Also a line every N steps (ParameterServerStrategy allows no batch-level callbacks)."""
+        """Also a line every PROGRESS_EVERY_STEPS steps: Keras calls batch callbacks once per execution
+        of that many steps, ``batch`` being the epoch's last step index run (ParameterServerStrategy
+        allows no batch-level callbacks). The steady rate counts steps after the first execution
+        (tracing, warm-up) and within epochs (evaluation excluded)."""
 
         def __init__(self):
             super().__init__()
             self.t0, self.step = time.time(), 0
+            self.steady_steps, self.steady_seconds = 0, 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            self.epoch_steps, self.previous = 0, None
 
         def on_train_batch_end(self, batch, logs=None):
-            self.step, self.last = self.step + 1, time.time()
-            if self.step == PROGRESS_EVERY_STEPS:  # steady state starts after warm-up (tracing, first batches)
-                self.steady = (time.time(), self.step)
-            if self.step % PROGRESS_EVERY_STEPS == 0:
-                global_step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
-                rate = self.step * step_examples / max(time.time() - self.t0, 1e-6)
-                self._write(f"step {global_step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
-                            f"examples/s {rate:.0f}")
+            now, steps = time.time(), batch + 1 - self.epoch_steps
+            self.epoch_steps, self.step = batch + 1, self.step + steps
+            if self.previous is not None and self.step > PROGRESS_EVERY_STEPS:
+                self.steady_steps += steps
+                self.steady_seconds += now - self.previous
+            self.previous = now
+            global_step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+            rate = self.step * step_examples / max(now - self.t0, 1e-6)
+            self._write(f"step {global_step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+                        f"examples/s {rate:.0f}")
 
         def on_train_end(self, logs=None):
-            if getattr(self, "steady", None) and self.step > self.steady[1]:
-                seconds = self.last - self.steady[0]  # batches only: epoch-end evaluation excluded
-                steady_rate["examples_per_second"] = (self.step - self.steady[1]) * step_examples / seconds
+            if self.steady_steps:
+                steady_rate["examples_per_second"] = self.steady_steps * step_examples / self.steady_seconds
 
     callbacks = [tf.keras.callbacks.BackupAndRestore(node_paths.join(run_dir, "backup")),
                  EpochProgress() if ps_mode else Progress()]
@@ -320,6 +360,7 @@ def _node_main(args, ctx):
         "steady_examples_per_second": round(steady_rate.get("examples_per_second", 0.0), 1),
         "rows_fed": fed["rows"] if feed is not None else None,
         "rows_replayed": fed["replayed"] if feed is not None else None,
+        "malloc": malloc_in_use(),
         "seconds": round(time.time() - started, 1),
     }
     node_fs.write_json(node_paths.join(run_dir, "workers", f"worker-{worker_index}.json"), done)
@@ -429,7 +470,7 @@ def run(spark, args):
                                     input_mode=TFCluster.InputMode.SPARK, master_node="chief",
                                     reservation_timeout=300)
             # one partition per shard, so the nodes are fed as the conversion sharded the data
-            feed = convert.example_rdd(sc, train_files)
+            feed = convert.example_rdd(sc, train_files).mapPartitions(feed_blocks)
             cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
             # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
             # now would kill them, so wait for every node's done marker first.

@@ -48,6 +48,8 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
     fed = sorted(w["rows_fed"] for w in workers)
     assert 0 < fed[0] < manifest["steps_per_epoch"] * 16 and sum(fed) <= 1410
     assert max(w["rows_replayed"] for w in workers) > 0
+    if tfos_spark.executor_malloc():  # TCMalloc installed (make install-test): the TF nodes run with it
+        assert [w["malloc"] for w in workers] == ["tcmalloc", "tcmalloc"]
     assert manifest["final_eval_accuracy"] > 0.5
     predict = model.load_serving(str(run_dir / "model"), (8, 8))
     assert predict(__import__("numpy").zeros((2, 8, 8, 1), "float32"))[0].shape == (2, 10)

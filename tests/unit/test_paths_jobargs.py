@@ -70,3 +70,24 @@ def test_parameter_server_topologies_that_cannot_run_are_refused():
         train.check_topology(2, 1, "tensorflow")
     with pytest.raises(JobError, match="needs input_mode=tensorflow"):
         train.check_topology(4, 1, "spark")
+
+
+def test_spark_mode_feeds_every_row_once_in_blocks():
+    from tfospipe import train
+    rows = [bytes([i % 256]) * 3 for i in range(train.FEED_BLOCK_ROWS * 2 + 5)]
+    blocks = list(train.feed_blocks(iter(rows)))
+    assert [len(b) for b in blocks] == [train.FEED_BLOCK_ROWS, train.FEED_BLOCK_ROWS, 5]
+    assert [r for b in blocks for r in b] == rows
+    assert list(train.feed_blocks(iter([]))) == []
+
+
+def test_executors_preload_tcmalloc_where_installed_unless_turned_off(monkeypatch, tmp_path):
+    import tfos_spark
+    monkeypatch.delenv("TFOS_EXECUTOR_MALLOC", raising=False)
+    installed = next((p for p in tfos_spark.TCMALLOC_PATHS if __import__("os").path.exists(p)), None)
+    assert tfos_spark.spark_conf("2").get("spark.executorEnv.LD_PRELOAD") == installed
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    monkeypatch.setenv("TFOS_EXECUTOR_MALLOC", str(lib))
+    assert tfos_spark.spark_conf("2")["spark.executorEnv.LD_PRELOAD"] == str(lib)
+    monkeypatch.setenv("TFOS_EXECUTOR_MALLOC", "")
+    assert "spark.executorEnv.LD_PRELOAD" not in tfos_spark.spark_conf("2")
