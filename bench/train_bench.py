@@ -62,6 +62,8 @@ def main():
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment of every TensorFlow process, (a) included, e.g. TF_NUM_INTEROP_THREADS=2")
     p.add_argument("--modes", default="tensorflow,spark", help="TFoS input modes to run")
+    p.add_argument("--gradient-compression", default="none", choices=["none", "fp16"],
+                   help="the train job's gradient_compression for (b) and (c); (a) all-reduces nothing")
     p.add_argument("--single", nargs=2, metavar=("ROOT", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.single:
@@ -96,7 +98,8 @@ def main():
         for mode in args.modes.split(","):
             t = time.time()
             common.run_job("train", {"data_root": root, "version": VERSION, "run_id": mode, "input_mode": mode,
-                                     "epochs": 1, "batch_size": args.batch_size}, args.master, env=overrides)
+                                     "epochs": 1, "batch_size": args.batch_size,
+                                     "gradient_compression": args.gradient_compression}, args.master, env=overrides)
             m = json.load(open(os.path.join(layout.model_run(VERSION, mode), "_manifest.json")))
             results[mode] = {"rate": m["steady_examples_per_second"], "train": m["train_seconds"],
                              "wall": time.time() - t, "steps": m["steps_run"], "malloc": m["workers"][0]["malloc"]}
@@ -104,7 +107,7 @@ def main():
         a = single["examples_per_second"]
         print()
         print(f"{examples} examples each ({steps} steps x {args.batch_size} x 2 workers; (a) {steps * 2} steps x "
-              f"{args.batch_size}), model: seed CNN 28x28, allocator: {env.get('LD_PRELOAD') or 'glibc'}")
+              f"{args.batch_size}), model: seed CNN 28x28, gradient compression {args.gradient_compression}, allocator: {env.get('LD_PRELOAD') or 'glibc'}")
         print(f"(a) one tf.keras process, 1 core       {a:8.0f} examples/s   wall {single['wall']:6.1f} s")
         for label, mode, goal in (("(b) TFoS InputMode.TENSORFLOW, 2x1", "tensorflow", 0.85),
                                   ("(c) TFoS InputMode.SPARK,      2x1", "spark", 0.6)):

@@ -9,6 +9,9 @@ import argparse
 
 from . import paths, schema
 
+#: How all-reduce training sends gradients: "none" (float32) or "fp16" (model.HalfPrecisionAllReduceAdam).
+GRADIENT_COMPRESSIONS = ("none", "fp16")
+
 
 def _number(cast, name, minimum=None, maximum=None, above=None):
     """argparse type: ``cast(text)`` within [minimum, maximum] (and > ``above``), else a clear error."""
@@ -111,6 +114,10 @@ JOBS = {
             "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
             "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
             {"type": "integer", "minimum": 0, "maximum": 16}),
+        Arg("gradient_compression", _one_of(*GRADIENT_COMPRESSIONS), "none",
+            "how all-reduce training sends gradients: none (float32) or fp16 (half the bytes and CPU of the "
+            "all-reduce, gradients rounded to float16; num_ps=0 only)",
+            {"type": "string", "enum": list(GRADIENT_COMPRESSIONS)}),
         Arg("epochs", _positive, 5, "passes over the train split", {"type": "integer", "minimum": 1, "maximum": 1000}),
         Arg("batch_size", _positive, 64, "batch size per worker", {"type": "integer", "minimum": 1, "maximum": 65536}),
         Arg("learning_rate", _positive_float, 0.001, "Adam learning rate",

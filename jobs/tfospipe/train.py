@@ -58,8 +58,12 @@ REPLAY_BUFFER_ROWS = 200_000
 PS_THREADS = {"TF_NUM_INTEROP_THREADS": "4"}
 
 
-def check_topology(cluster_size, num_ps, input_mode):
+def check_topology(cluster_size, num_ps, input_mode, gradient_compression="none"):
     """Refuse a cluster ParameterServerStrategy cannot run, with what to change."""
+    if num_ps and gradient_compression != "none":
+        raise JobError(f"gradient_compression={gradient_compression} applies to all-reduce training (num_ps=0); "
+                       f"with num_ps={num_ps} the workers send gradients to the parameter servers as they are. "
+                       "Use gradient_compression=none, or num_ps=0")
     if num_ps and cluster_size < num_ps + 2:
         raise JobError(f"cluster_size={cluster_size} with num_ps={num_ps} leaves no worker: parameter-server "
                        f"training needs the parameter servers, a chief (the coordinator) and at least one worker, "
@@ -248,7 +252,8 @@ def _node_main(args, ctx):
     with strategy.scope():
         # ParameterServerStrategy's coordinator schedules single steps: one step per execution there
         model = model_lib.build_model(image_shape, args["pixel_max"], args["learning_rate"],
-                                      steps_per_execution=1 if ps_mode else PROGRESS_EVERY_STEPS)
+                                      steps_per_execution=1 if ps_mode else PROGRESS_EVERY_STEPS,
+                                      gradient_compression=args["gradient_compression"])
     if not ps_mode:
         # Metrics are already all-reduced across workers: report one replica's value, not their sum.
         model.distribute_reduction_method = "first"
@@ -409,7 +414,7 @@ class _Tail(threading.Thread):
 def run(spark, args):
     from tensorflowonspark import TFCluster
 
-    check_topology(args.cluster_size, args.num_ps, args.input_mode)
+    check_topology(args.cluster_size, args.num_ps, args.input_mode, args.gradient_compression)
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
     manifest = convert.read_manifest(layout, args.version)
@@ -445,6 +450,7 @@ def run(spark, args):
         "pixel_max": max(int(manifest["pixel_max_observed"]), 1),
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
+        "gradient_compression": args.gradient_compression,
         "epochs": args.epochs,
         "steps_per_epoch": steps_per_epoch,
         "eval_steps": math.ceil(eval_rows / (args.batch_size * step_batches)),
@@ -501,7 +507,8 @@ def run(spark, args):
         "image_shape": node_args["image_shape"],
         "pixel_max": node_args["pixel_max"],
         "params": {"cluster_size": nodes, "epochs": args.epochs, "batch_size": args.batch_size,
-                   "learning_rate": args.learning_rate, "input_mode": args.input_mode, "num_ps": args.num_ps},
+                   "learning_rate": args.learning_rate, "input_mode": args.input_mode, "num_ps": args.num_ps,
+                   "gradient_compression": args.gradient_compression},
         "steps_per_epoch": steps_per_epoch,
         "steps_run": chief["steps_run"],
         "final_loss": chief["final_loss"],

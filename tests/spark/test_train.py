@@ -35,12 +35,14 @@ def train_args(root, run_id, **extra):
 
 
 def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir):
-    run = run_job("train", train_args(digits_root, "spark-mode", input_mode="spark", epochs=1), build_dir)
+    # also all-reduces in float16 (gradient_compression), which must still learn
+    run = run_job("train", train_args(digits_root, "spark-mode", input_mode="spark", epochs=1,
+                                      gradient_compression="fp16"), build_dir)
     assert run.returncode == 0, run.output[-6000:]
     run_dir = digits_root / "models" / VERSION / "spark-mode"
     manifest = json.load(open(run_dir / "_manifest.json"))
     workers = manifest["workers"]
-    assert manifest["params"]["input_mode"] == "spark"
+    assert manifest["params"]["input_mode"] == "spark" and manifest["params"]["gradient_compression"] == "fp16"
     assert [w["worker"] for w in workers] == [0, 1]
     assert workers[0]["steps_run"] == workers[1]["steps_run"] == manifest["steps_per_epoch"]
     # three shards, one epoch, two nodes: one node is fed one shard, fewer rows than its step budget

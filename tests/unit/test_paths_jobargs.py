@@ -70,6 +70,9 @@ def test_parameter_server_topologies_that_cannot_run_are_refused():
         train.check_topology(2, 1, "tensorflow")
     with pytest.raises(JobError, match="needs input_mode=tensorflow"):
         train.check_topology(4, 1, "spark")
+    train.check_topology(2, 0, "tensorflow", "fp16")
+    with pytest.raises(JobError, match="applies to all-reduce training"):
+        train.check_topology(3, 1, "tensorflow", "fp16")
 
 
 def test_spark_mode_feeds_every_row_once_in_blocks():

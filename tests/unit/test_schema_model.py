@@ -107,3 +107,42 @@ def test_gzip_shards_are_tfrecord_gzip_and_deterministic(tmp_path):
     assert list(schema.tfrecord_payloads(paths[0].read_bytes(), compressed=True)) == records
     assert schema.compression_type([str(p) for p in paths]) == "GZIP"
     assert schema.compression_type(["part-00000.tfrecord"]) == ""
+
+
+FP16_ALL_REDUCE = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfospipe import model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    m = model.build_model((8, 8), 16, learning_rate=0.1, gradient_compression="fp16")
+    v = tf.Variable([0.0, 0.0, 0.0])
+def step():
+    grads = tf.constant([1e-9, 0.1, 1000.0])  # below float16's range, inexact in float16, exact
+    return [g for g, _ in m.optimizer.aggregate_gradients([(grads, v)])]
+summed = tf.function(lambda: strategy.run(step))()[0]
+print(json.dumps([type(m.optimizer).__name__, [r.numpy().tolist() for r in strategy.experimental_local_results(summed)]]))
+"""
+
+
+def test_fp16_gradient_compression_all_reduces_in_half_precision():
+    """Two replicas sum their gradients rounded to float16 (in float32 the sum would be 2e-9, 0.2, 2000)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(model.__file__)), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", FP16_ALL_REDUCE], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    optimizer, replicas = json.loads(run.stdout.strip().splitlines()[-1])
+    assert optimizer == "HalfPrecisionAllReduceAdam" and len(replicas) == 2
+    for summed in replicas:                                   # every replica gets the same sum
+        assert summed[0] == 0.0                               # 1e-9 underflows in float16
+        assert summed[1] == float(np.float16(0.1)) * 2        # float16's rounding of 0.1, summed
+        assert summed[1] != pytest.approx(0.2, rel=1e-6) and summed[2] == 2000.0
+    assert type(model.build_model((8, 8), 16).optimizer).__name__ == "Adam"
+    with pytest.raises(ValueError, match="gradient_compression"):
+        model.build_model((8, 8), 16, gradient_compression="int8")
