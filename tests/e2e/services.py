@@ -31,7 +31,7 @@ def free_port():
 class Stack:
     def __init__(self, base_dir):
         self.base = str(base_dir)
-        self.home = os.path.join(self.base, "airflow")
+        self.home = os.path.abspath(os.path.join(self.base, "airflow"))
         self.root = os.path.join(self.base, "data")
         self.spark_dir = os.path.join(self.base, "spark")
         self.api_port, self.spark_ui_port = free_port(), free_port()
@@ -47,6 +47,9 @@ class Stack:
         self.env = dict(
             os.environ,
             AIRFLOW_HOME=self.home,
+            # three Airflow services and CLI commands share one SQLite file: a writer waits up to 60 s
+            # for the lock (pysqlite gives up after 5 s, which a busy 2-core machine can exceed)
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{self.home}/airflow.db?timeout=60",
             AIRFLOW_VAR_TFOS_DATA_ROOT=self.root,
             AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": SPARK_MASTER}),
             TFOS_BUILD_DIR=os.path.join(self.base, "build"),

@@ -9,6 +9,7 @@ import datetime
 import glob
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -87,8 +88,18 @@ def scheduled(stack, layout):
 @pytest.fixture(scope="module")
 def backfill(stack, scheduled):
     conf = json.dumps(BACKFILL_CONF)
-    stack.sh(f"airflow backfill create --dag-id tfos_pipeline --from-date {BACKFILL[0]} --to-date {BACKFILL[-1]} "
-             f"--max-active-runs 1 --dag-run-conf '{conf}'")
+    command = (f"airflow backfill create --dag-id tfos_pipeline --from-date {BACKFILL[0]} --to-date {BACKFILL[-1]} "
+               f"--max-active-runs 1 --dag-run-conf '{conf}'")
+    for attempt in range(3):
+        try:
+            stack.sh(command)
+            break
+        except AssertionError as e:
+            # SQLite has one writer: when the scheduler holds the lock too long, Airflow removes the
+            # partly created backfill, and the command can run again
+            if "database is locked" not in str(e) or attempt == 2:
+                raise
+            time.sleep(5)
     return stack.wait_runs(lambda r: r["run_type"] == "backfill", 3, 1800)
 
 
