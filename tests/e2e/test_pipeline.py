@@ -314,9 +314,16 @@ def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, l
 
     completed = stack.wait(app_gone, 90, "the killed task's Spark application to end")
     assert next(a for a in completed if a["id"] == app["id"])["state"] in ("KILLED", "FINISHED")
-    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
-                 if any("jobs/train.py" in part or app["id"] in part for part in (p.info["cmdline"] or []))]
-    assert not leftovers, leftovers
+
+    def leftovers():
+        return [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                if any("jobs/train.py" in part or app["id"] in part for part in (p.info["cmdline"] or []))]
+
+    # once the master has ended the app, its workers stop the executors (SIGTERM, SIGKILL after 10 s)
+    deadline = time.monotonic() + 30
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not leftovers(), leftovers()
     (run,) = stack.wait_runs(lambda r: r["dag_run_id"] == run_id, 1, 120)
     assert run["state"] == "failed"
     tis = stack.task_instances(run_id)
