@@ -85,8 +85,9 @@ def main():
         examples = steps * args.batch_size * 2
 
         overrides = dict(kv.split("=", 1) for kv in args.env)
-        malloc = {"LD_PRELOAD": tfos_spark.executor_malloc()} if tfos_spark.executor_malloc() else {}
-        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **malloc, **overrides}
+        malloc = tfos_spark.executor_malloc()  # the executors' allocator, for (a) too
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+               **({"LD_PRELOAD": malloc} if malloc else {}), **overrides}
         t = time.time()
         out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2),
                               "--batch-size", str(args.batch_size)], env=env, check=True,
@@ -107,7 +108,8 @@ def main():
         a = single["examples_per_second"]
         print()
         print(f"{examples} examples each ({steps} steps x {args.batch_size} x 2 workers; (a) {steps * 2} steps x "
-              f"{args.batch_size}), model: seed CNN 28x28, gradient compression {args.gradient_compression}, allocator: {env.get('LD_PRELOAD') or 'glibc'}")
+              f"{args.batch_size}), model: seed CNN 28x28, gradient compression {args.gradient_compression}, "
+              f"allocator: {env.get('LD_PRELOAD') or 'glibc'}")
         print(f"(a) one tf.keras process, 1 core       {a:8.0f} examples/s   wall {single['wall']:6.1f} s")
         for label, mode, goal in (("(b) TFoS InputMode.TENSORFLOW, 2x1", "tensorflow", 0.85),
                                   ("(c) TFoS InputMode.SPARK,      2x1", "spark", 0.6)):

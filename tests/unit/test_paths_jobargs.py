@@ -85,9 +85,11 @@ def test_spark_mode_feeds_every_row_once_in_blocks():
 
 
 def test_executors_preload_tcmalloc_where_installed_unless_turned_off(monkeypatch, tmp_path):
+    import os
+
     import tfos_spark
     monkeypatch.delenv("TFOS_EXECUTOR_MALLOC", raising=False)
-    installed = next((p for p in tfos_spark.TCMALLOC_PATHS if __import__("os").path.exists(p)), None)
+    installed = next((p for p in tfos_spark.TCMALLOC_PATHS if os.path.exists(p)), None)
     assert tfos_spark.spark_conf("2").get("spark.executorEnv.LD_PRELOAD") == installed
     lib = tmp_path / "libtcmalloc_minimal.so.4"
     monkeypatch.setenv("TFOS_EXECUTOR_MALLOC", str(lib))

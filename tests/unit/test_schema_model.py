@@ -110,7 +110,7 @@ def test_gzip_shards_are_tfrecord_gzip_and_deterministic(tmp_path):
 
 
 FP16_ALL_REDUCE = r"""
-import json, sys
+import json
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
