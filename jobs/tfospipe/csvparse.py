@@ -2,9 +2,17 @@
 
 No Spark and no TensorFlow, so it is unit-testable and cheap in executors. Clean blocks of lines are
 parsed in bulk with numpy (:func:`parse_clean`); a block with anything unusual in it is parsed line
-by line (:func:`parse_row`), which names what is wrong with each bad line.
+by line (:func:`parse_row`, with Python's ``csv`` module for RFC 4180 quoting), which names what is
+wrong with each bad line.
+
+The dialect of each file (byte-order mark, delimiter, quoting, line terminator, header) is read from
+its head by :func:`sniff`, with ``csv.Sniffer`` choosing the delimiter. Lines that are not rows (blank
+lines, the header) are counted apart from rows: rows read = rows written + rows quarantined.
 """
 
+import codecs
+import csv
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -23,6 +31,53 @@ class RowError(ValueError):
     def __init__(self, kind, message):
         super().__init__(message)
         self.kind = kind
+
+
+class InputError(ValueError):
+    """A whole input file that cannot be read as this project's CSV (encoding, dialect, corruption).
+
+    The message names the file, what was seen and what to do; the convert job fails with it.
+    """
+
+
+#: Delimiters the sniffer chooses from (csv.Sniffer's candidates): comma, semicolon, tab, pipe.
+DELIMITERS = ",;\t|"
+#: Byte-order marks of encodings other than UTF-8 (UTF-32 first: its LE mark starts with UTF-16's).
+FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32BE"),
+                (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
+LINE_TERMINATORS = {"\n": "LF", "\r\n": "CRLF", "\r": "CR"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """How one CSV file is written, as :func:`sniff` read it from the file's head.
+
+    ``delimiter``: one of :data:`DELIMITERS`. ``quoted``: fields may be wrapped in double quotes
+    (RFC 4180). ``line_terminator``: ``"\\n"``, ``"\\r\\n"`` or ``"\\r"`` (CR-only, old Mac files).
+    ``bom``: the file starts with a UTF-8 byte-order mark (stripped). ``header``: text of line 1 when
+    it is a header, else None. ``columns``: the most common field count of the head's data lines
+    (None when the head holds none). ``data_lines``, ``blank_lines``: lines of each kind in the head.
+    """
+
+    delimiter: str = ","
+    quoted: bool = False
+    line_terminator: str = "\n"
+    bom: bool = False
+    header: str | None = None
+    columns: int | None = None
+    data_lines: int = 0
+    blank_lines: int = 0
+
+    @property
+    def eol(self) -> bytes:
+        """The byte that ends a line: CR for CR-only files, else LF (a CR before it is dropped)."""
+        return b"\r" if self.line_terminator == "\r" else b"\n"
+
+    def describe(self) -> dict:
+        """What the manifest records of the dialect of a file."""
+        return {"encoding": "UTF-8 with BOM" if self.bom else "UTF-8", "delimiter": self.delimiter,
+                "quoted": self.quoted, "line_terminator": LINE_TERMINATORS[self.line_terminator],
+                "header": self.header}
 
 
 class Spec:
@@ -67,10 +122,43 @@ def _is_number(text):
         return False
 
 
-def looks_like_header(fields):
-    """A header names its columns (label,pixel0,... or 1x1,1x2,...): no field is a number."""
-    named = [f.strip() for f in fields if f.strip()]
-    return bool(named) and not any(_is_number(f) for f in named)
+def looks_like_header(fields, first_line=False):
+    """Whether a line's fields name columns rather than hold a row.
+
+    Three conventions: names only (``label,pixel0,...``, ``1x1,1x2,...``); names mixed with indices
+    (``label,0,1,...,63``): some field is not a number and the numbers present count up by one; and,
+    on a file's ``first_line`` only, integer column indices (``0,1,2,...,64``, a pandas DataFrame
+    saved with its default column names): every field a number, counting 0..n-1 or 1..n. A data row
+    would have to hold exactly those consecutive values; the header taken is recorded in the manifest.
+    """
+    named = [f.strip().strip('"').strip() for f in fields]
+    named = [f for f in named if f]
+    if not named:
+        return False
+    numbers = [f for f in named if _is_number(f)]
+    try:
+        ints = [int(f) for f in numbers]
+    except ValueError:  # 1.5, 1e3, nan: not column indices
+        return not numbers
+    counts_up = all(b - a == 1 for a, b in zip(ints, ints[1:]))
+    if len(numbers) < len(named):
+        return counts_up
+    return first_line and len(ints) == len(fields) >= 2 and counts_up and ints[0] in (0, 1)
+
+
+def is_blank(raw, delimiter=b","):
+    """A line with no value in it: empty, whitespace, or only delimiters and empty quotes (``,,,``)."""
+    return not raw.translate(None, b' \t\r"' + delimiter)
+
+
+def split_fields(text, delimiter=","):
+    """The fields of one decoded line: RFC 4180 quoting when a quote is present (csv module)."""
+    if '"' not in text:
+        return text.split(delimiter)
+    try:
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        raise RowError("quote", f"malformed quoting ({e})") from None
 
 
 def _to_int(text, col):
@@ -94,8 +182,11 @@ def _to_int(text, col):
     return int(value)
 
 
-def parse_row(raw, spec):
-    """(label or None, pixel list) of one raw line, or RowError naming what is wrong."""
+def parse_row(raw, spec, delimiter=","):
+    """(label or None, pixel list) of one raw line, or RowError naming what is wrong.
+
+    Fields are split on ``delimiter``; a quoted field (``"5"``) is unquoted as RFC 4180 says.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -104,7 +195,7 @@ def parse_row(raw, spec):
         raise RowError("empty_line", "empty line")
     if any(ord(c) < 32 and c not in "\t" for c in text):
         raise RowError("garbage_bytes", "control characters (garbage bytes) in line")
-    fields = text.split(",")
+    fields = split_fields(text, delimiter)
     if len(fields) == spec.num_columns and looks_like_header(fields):
         raise RowError("header", "header row in the middle of the file")
     if len(fields) != spec.num_columns:
@@ -180,24 +271,58 @@ def split_of(label, pixels, eval_fraction):
     return str(splits_of([label], [pixels], eval_fraction)[0])
 
 
-def parse_clean(data, num_columns):
+def _unquote(buf, delimiter):
+    """``buf`` without the quotes of fields that are wholly quoted (``"5","0"`` -> ``5,0``), or None.
+
+    None when any quote is not one of a pair that wraps a whole non-empty field holding no delimiter
+    (an escaped quote, an empty ``""`` field, a quote inside a value): the line-by-line parser decides.
+    """
+    q = np.flatnonzero(buf == 34)
+    if len(q) % 2:
+        return None
+    opens, closes = q[0::2], q[1::2]
+    if (closes - opens < 2).any() or (closes + 1 >= len(buf)).any():
+        return None
+    before = buf[np.maximum(opens - 1, 0)]
+    after = buf[closes + 1]
+    if not (((opens == 0) | (before == delimiter) | (before == 10)).all()
+            and ((after == delimiter) | (after == 10)).all()):
+        return None
+    seps = np.cumsum((buf == delimiter) | (buf == 10))
+    if (seps[closes] != seps[opens]).any():  # a delimiter or newline inside the quotes
+        return None
+    return buf[buf != 34]
+
+
+def parse_clean(data, num_columns, delimiter=b",", quoted=False):
     """int64 [rows, num_columns] of a block of clean CSV lines, or None when the block is not clean.
 
-    Clean: only digits, commas and newlines, every line with ``num_columns`` non-empty fields of at
-    most 15 digits, ending with a newline. Anything else (signs, decimals, spaces, quotes, empty
-    lines or fields, other bytes) returns None, and the caller parses the block line by line.
+    Clean: only digits, ``delimiter`` and newlines, every line with ``num_columns`` non-empty fields
+    of at most 15 digits, ending with a newline; with ``quoted``, fields may also be wholly quoted
+    (``"5"``). Anything else (signs, decimals, spaces, other quoting, empty lines or fields, other
+    bytes) returns None, and the caller parses the block line by line.
     """
     if not data:
         return np.empty((0, num_columns), np.int64)
+    d = ord(delimiter)
     buf = np.frombuffer(data, np.uint8)
-    if buf[-1] != 10 or ((buf > 57) | ((buf < 48) & (buf != 44) & (buf != 10))).any():
+    if buf[-1] != 10:
         return None
-    sep_pos = np.flatnonzero(buf < 48)  # only ',' and '\n' are left below '0'
+    if quoted and b'"' in data:
+        buf = _unquote(buf, d)
+        if buf is None:
+            return None
+    is_sep = (buf - np.uint8(48)) > 9  # every byte that is not a digit
+    sep_pos = np.flatnonzero(is_sep)
+    sep_bytes = buf[sep_pos]
+    newline = sep_bytes == 10
+    if not ((sep_bytes == d) | newline).all():
+        return None
     fields = len(sep_pos)
     if fields % num_columns:
         return None
     line_ends = sep_pos[num_columns - 1::num_columns]
-    if not (buf[line_ends] == 10).all() or (buf[sep_pos] == 10).sum() != len(line_ends):
+    if not (buf[line_ends] == 10).all() or newline.sum() != len(line_ends):
         return None
     starts = np.empty(fields, np.int64)
     starts[0] = 0
@@ -223,56 +348,140 @@ def chunks(data, size=CHUNK_BYTES):
         start = stop
 
 
-def infer_num_columns(sample_lines):
+def infer_num_columns(sample_lines, delimiter=","):
     """Most common field count among the sample's non-header data lines (None when there are none)."""
     counts = Counter()
     for raw in sample_lines:
         try:
-            fields = raw.decode("utf-8").split(",")
-        except UnicodeDecodeError:
+            fields = split_fields(raw.decode("utf-8"), delimiter)
+        except (UnicodeDecodeError, RowError):
             continue
         if len(fields) > 1 and not looks_like_header(fields):
             counts[len(fields)] += 1
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _parse_lines(data, spec, first_line_no):
-    """Line-by-line parse of a block: (labels, pixel rows, line numbers) of good lines, and bad lines."""
-    labels, pixels, numbers, bad = [], [], [], []
+def _foreign_encoding(head):
+    for bom, name in FOREIGN_BOMS:
+        if head.startswith(bom):
+            return f"{name} (byte-order mark {bom.hex(' ').upper()})"
+    if b"\x00" in head[:4096]:
+        return "UTF-16 or UTF-32 without a byte-order mark, or a binary file such as .xlsx (NUL bytes)"
+    return None
+
+
+def sniff(head, name, complete=True):
+    """The :class:`Dialect` of a CSV file from its first lines.
+
+    ``head``: the file's first bytes, whole lines (``complete``: the whole file). Raises
+    :class:`InputError` naming ``name`` when the file is not UTF-8 (a UTF-16/32 byte-order mark,
+    NUL bytes), when its lines split into no fields on any of :data:`DELIMITERS`, or when every data
+    line ends with an empty field (a trailing delimiter). ``csv.Sniffer`` picks the delimiter; it
+    must split the data lines into one consistent field count.
+    """
+    foreign = _foreign_encoding(head)
+    if foreign:
+        raise InputError(f"{name} is encoded as {foreign}, not UTF-8: re-encode it as UTF-8 "
+                         "(e.g. iconv -f UTF-16 -t UTF-8, or save as 'CSV UTF-8')")
+    bom = head.startswith(codecs.BOM_UTF8)
+    if bom:
+        head = head[len(codecs.BOM_UTF8):]
+    if b"\n" in head:
+        terminator = "\r\n" if head.count(b"\r\n") * 2 >= head.count(b"\n") else "\n"
+    else:
+        terminator = "\r" if b"\r" in head else "\n"
+    eol = b"\r" if terminator == "\r" else b"\n"
+    raw_lines = head.split(eol)
+    if raw_lines and (raw_lines[-1] == b"" or not complete):
+        raw_lines.pop()  # after the last terminator: nothing, or a line cut by the head's end
+    text = [(i, raw.rstrip(b"\r").decode("utf-8", "replace")) for i, raw in enumerate(raw_lines, start=1)]
+    blank = sum(not t.strip() for _i, t in text)
+    text = [(i, t) for i, t in text if t.strip()]
+    if not text:
+        return Dialect(line_terminator=terminator, bom=bom, blank_lines=blank)
+    try:
+        delimiter = csv.Sniffer().sniff("\n".join(t for _i, t in text[:50]), delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        delimiter = max(DELIMITERS, key=lambda d: sum(t.count(d) for _i, t in text))
+    quoted = any('"' in t for _i, t in text)
+    header = text[0][1] if text[0][0] == 1 and looks_like_header(_fields_or_raw(text[0][1], delimiter), True) else None
+    data = [(i, t) for i, t in text if not (i == 1 and header is not None)
+            and not is_blank(t.encode("utf-8"), delimiter.encode())]
+    blank += len(text) - len(data) - (header is not None)
+    counts = Counter(len(_fields_or_raw(t, delimiter)) for _i, t in data)
+    columns = counts.most_common(1)[0][0] if counts else None
+    if columns is not None and columns < 2:
+        first = data[0]
+        raise InputError(f"{name}: line {first[0]} does not split into fields on ',', ';', tab or '|' "
+                         f"({first[1][:80]!r}): save the file as comma-separated CSV")
+    if data and all(_fields_or_raw(t, delimiter)[-1].strip() == "" for _i, t in data):
+        first = data[0]
+        raise InputError(f"{name}: every row ends with an empty field, a trailing {delimiter!r}? (line "
+                         f"{first[0]}: {first[1][-40:]!r}); remove the delimiter at the end of each line")
+    return Dialect(delimiter=delimiter, quoted=quoted, line_terminator=terminator, bom=bom, header=header,
+                   columns=columns, data_lines=len(data), blank_lines=blank)
+
+
+def _fields_or_raw(text, delimiter):
+    try:
+        return split_fields(text, delimiter)
+    except RowError:
+        return text.split(delimiter)
+
+
+def _parse_lines(data, spec, first_line_no, delimiter=","):
+    """Line-by-line parse of a block: (labels, pixel rows, line numbers) of good lines, bad lines, and
+    the number of blank lines (not rows)."""
+    labels, pixels, numbers, bad, blank = [], [], [], [], 0
+    delim = delimiter.encode()
     for offset, raw in lines(data):
         line_no = first_line_no + offset - 1
+        if is_blank(raw, delim):
+            blank += 1
+            continue
         try:
-            label, px = parse_row(raw, spec)
+            label, px = parse_row(raw, spec, delimiter)
         except RowError as e:
             bad.append((line_no, e.kind, str(e), raw.decode("utf-8", "replace")[:2000]))
             continue
         labels.append(label if label is not None else -1)
         pixels.append(px)
         numbers.append(line_no)
-    return labels, pixels, numbers, bad
+    return labels, pixels, numbers, bad, blank
 
 
-def iter_block(data, spec, first_line_no=1, header_allowed=True):
+def iter_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, counts=None):
     """Classify the lines of a block of a CSV file (whole lines, line numbers from ``first_line_no``).
 
     Yields, per chunk of about CHUNK_BYTES, ``(labels int64 [n] (-1 when unlabeled), pixels int64
-    [n, P], line numbers int64 [n], bad)`` where ``bad`` lists ``(line, kind, reason, raw)``. A header
-    is skipped on the block's first line when ``header_allowed`` (the start of a file); anywhere else
-    it is a bad line.
+    [n, P], line numbers int64 [n], bad)`` where ``bad`` lists ``(line, kind, reason, raw)``. When
+    ``header_allowed`` (the start of a file) a UTF-8 byte-order mark is dropped and a header on the
+    first line is skipped; anywhere else a header is a bad line. ``dialect`` (default: comma, LF,
+    unquoted) says how lines end and fields split. Lines that are not rows are added to ``counts``
+    (a Counter, when given): ``blank_lines`` (empty, whitespace or delimiters only), ``header_lines``.
     """
+    dialect = dialect or Dialect()
+    counts = Counter() if counts is None else counts
     if header_allowed:
-        first_end = data.find(b"\n")
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        first_end = data.find(dialect.eol)
         first = data if first_end < 0 else data[:first_end]
-        if first.strip() and looks_like_header(first.decode("utf-8", "replace").rstrip("\r").split(",")):
+        fields = _fields_or_raw(first.decode("utf-8", "replace").rstrip("\r"), dialect.delimiter)
+        if first.strip() and looks_like_header(fields, first_line=True):
             data, first_line_no = data[first_end + 1:] if first_end >= 0 else b"", first_line_no + 1
-    if b"\r" in data:
+            counts["header_lines"] += 1
+    if dialect.eol == b"\r":
+        data = data.replace(b"\r", b"\n")
+    elif b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     if data and not data.endswith(b"\n"):
         data += b"\n"
+    delimiter = dialect.delimiter.encode()
     line_no = first_line_no
     for _offset, block in chunks(data):
         rows = block.count(b"\n")
-        table = parse_clean(block, spec.num_columns)
+        table = parse_clean(block, spec.num_columns, delimiter, dialect.quoted)
         if table is not None:
             if spec.labeled:
                 lab, px = table[:, spec.label_col], np.delete(table, spec.label_col, axis=1)
@@ -285,15 +494,16 @@ def iter_block(data, spec, first_line_no=1, header_allowed=True):
                 yield lab, px, np.arange(line_no, line_no + rows, dtype=np.int64), []
                 line_no += rows
                 continue
-        labels, pixels, numbers, bad = _parse_lines(block, spec, line_no)
+        labels, pixels, numbers, bad, blank = _parse_lines(block, spec, line_no, dialect.delimiter)
+        counts["blank_lines"] += blank
         yield (np.asarray(labels, np.int64), np.asarray(pixels, np.int64).reshape(len(labels), spec.num_pixels),
                np.asarray(numbers, np.int64), bad)
         line_no += rows
 
 
-def parse_block(data, spec, first_line_no=1, header_allowed=True):
+def parse_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, counts=None):
     """All of :func:`iter_block` at once: (labels, pixels, line numbers, bad)."""
-    parts = list(iter_block(data, spec, first_line_no, header_allowed))
+    parts = list(iter_block(data, spec, first_line_no, header_allowed, dialect, counts))
     if not parts:
         return np.empty(0, np.int64), np.empty((0, spec.num_pixels), np.int64), np.empty(0, np.int64), []
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),

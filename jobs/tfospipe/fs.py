@@ -72,6 +72,10 @@ def rmtree(path):
         os.remove(_local(path))
 
 
+def isdir(path):
+    return _gfile().isdir(path) if _remote(path) else os.path.isdir(_local(path))
+
+
 def listdir(path):
     if _remote(path):
         g = _gfile()
