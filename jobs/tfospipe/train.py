@@ -27,12 +27,26 @@ Input modes (``--input-mode``):
 Both modes evaluate on the eval split after every epoch (each node reads its share of the eval
 shards) and resume from the last finished epoch when the task is retried (``BackupAndRestore``).
 
+Shares and step budgets (planned by the driver from the conversion manifest's per-shard record counts,
+before TensorFlow starts): every node that reads shards gets a non-empty share of each split, whole
+non-empty shards balanced by records (:func:`assign_shards`) or, with fewer non-empty shards than nodes,
+every n-th record of all of them (:func:`plan_shares`); a split with fewer records than reading nodes
+is refused. Every node repeats its share, so every node runs the same number of train steps per epoch
+and evaluation steps (:func:`plan_steps`) however uneven the shards are; an uneven share never leaves
+one node waiting in a collective for a node that ran out of data. Each node's done marker records the
+steps it ran, and the job checks they are equal.
+
+A node that fails leaves ``workers/<node>.error``; the job then ends with one ``ERROR [train]`` line
+naming the node and its error, whether TFoS reported it by a failed Spark job or by ``sys.exit``, and
+cancels the cluster's Spark jobs if the other nodes have not ended ``NODE_FAILURE_GRACE_SECONDS`` later.
+
 Run directory ``{root}/models/{version}/{run}/``::
 
     backup/          BackupAndRestore state: a retried task resumes from the last finished epoch
     tensorboard/     event logs (loss, accuracy, eval) written by the chief
     progress.log     progress lines of the chief, echoed into the driver's (Airflow task's) log
-    workers/         one done marker per node: worker index, steps run, final loss
+    workers/         one done marker per node: worker index, train and eval steps run, share, final loss;
+                     or <node>.error with the traceback of a node that failed
     model/           the exported SavedModel (signature in model.py), renamed into place complete
     _manifest.json   dataset version, params, steps, final metrics, git revision; then _SUCCESS
 """
@@ -101,6 +115,107 @@ def feed_blocks(rows):
             block = []
     if block:
         yield block
+
+
+def assign_shards(records, nodes):
+    """Which shards each node reads: the non-empty shards spread so that the nodes' record counts are as
+    even as whole shards allow (largest shard first, to the node with the fewest records so far).
+
+    ``records``: records per shard (a split's manifest entries, in shard order); ``nodes`` >= 1.
+    Returns ``nodes`` lists of shard indexes (ascending), or None when there are fewer non-empty shards
+    than nodes, so that some node would get no records. Empty shards go to no node.
+    """
+    nonempty = [i for i, n in enumerate(records) if n > 0]
+    if len(nonempty) < nodes:
+        return None
+    shares, loads = [[] for _ in range(nodes)], [0] * nodes
+    for i in sorted(nonempty, key=lambda i: (-records[i], i)):
+        node = min(range(nodes), key=lambda k: (loads[k], k))
+        shares[node].append(i)
+        loads[node] += records[i]
+    return [sorted(share) for share in shares]
+
+
+def plan_shares(split, shards, split_dir, nodes):
+    """Each reading node's share of one split, such that no node's share is empty.
+
+    ``shards``: the conversion manifest's entries of the split (``{"file", "records"}``), ``split_dir``
+    the directory holding them, ``nodes`` the nodes reading the split. With at least ``nodes`` non-empty
+    shards every node reads whole shards of its own (:func:`assign_shards`); with fewer, every node reads
+    all non-empty shards and keeps every ``nodes``-th record from its offset (``tf.data``'s ``shard``).
+
+    Returns ``nodes`` dicts ``{"files": [paths], "offset": int, "every": int, "records": int}`` (records:
+    how many this node gets). Raises JobError when the split holds fewer records than nodes.
+    """
+    counts = [int(s["records"]) for s in shards]
+    total = sum(counts)
+    if total < nodes:
+        raise JobError(f"the {split} shards hold {counts} records ({total} in all) for {nodes} reading nodes: "
+                       f"every node needs at least one {split} record. Add data, or use fewer nodes "
+                       "(cluster_size)")
+    files = [paths.join(split_dir, s["file"]) for s in shards]
+    assigned = assign_shards(counts, nodes)
+    if assigned is not None:
+        return [{"files": [files[i] for i in share], "offset": 0, "every": 1,
+                 "records": sum(counts[i] for i in share)} for share in assigned]
+    nonempty = [f for f, n in zip(files, counts) if n > 0]
+    return [{"files": nonempty, "offset": k, "every": nodes, "records": len(range(k, total, nodes))}
+            for k in range(nodes)]
+
+
+def describe_shares(split, shards, shares):
+    """One log line: a split's shard record counts and what each reading node gets."""
+    counts = [int(s["records"]) for s in shards]
+    got = [s["records"] for s in shares]
+    if shares and shares[0]["every"] > 1:
+        n = len(shares)
+        return (f"{split} shards hold {counts} records: fewer non-empty shards than the {n} nodes reading them, so "
+                f"every node reads all of them and keeps one record in {n} ({got} records per node). To give each "
+                f"node shards of its own, convert with num_shards >= {n} (a .csv.gz input is one shard: split it "
+                "into several files, or use plain CSV)")
+    return f"{split} shards hold {counts} records; nodes read {got} records each"
+
+
+def plan_steps(train_rows, eval_shares, batch_size, step_batches):
+    """The step budgets every node runs: ``(steps_per_epoch, eval_steps)``.
+
+    ``steps_per_epoch``: the train split once per epoch, ``step_batches`` batches of ``batch_size`` per
+    step (the number of all-reduce workers; 1 under ParameterServerStrategy), at least 1. ``eval_steps``:
+    all-reduce: enough batches for the largest eval share (``eval_shares``, from :func:`plan_shares`), so
+    every eval record is evaluated once and smaller shares repeat records; parameter servers: the eval
+    split once, one batch per step. Each node repeats its (non-empty) share, so every node meets both.
+    """
+    steps_per_epoch = max(train_rows // (batch_size * step_batches), 1)
+    if step_batches == 1:
+        eval_steps = math.ceil(sum(s["records"] for s in eval_shares) / batch_size)
+    else:
+        eval_steps = math.ceil(max(s["records"] for s in eval_shares) / batch_size)
+    return steps_per_epoch, max(eval_steps, 1)
+
+
+def strided_payloads(files, offset, every):
+    """Executor side: the serialized Examples of ``files`` in order, every ``every``-th from ``offset``."""
+    import itertools
+
+    payloads = itertools.chain.from_iterable(
+        schema.tfrecord_payloads(fs.read_bytes(f), compressed=schema.is_compressed(f)) for f in files)
+    return itertools.islice(payloads, offset, None, every)
+
+
+def feed_rdd(sc, shares):
+    """Spark mode: the RDD of serialized train Examples fed to the nodes, in blocks of FEED_BLOCK_ROWS.
+
+    Spark, not the plan, decides which node gets which partition; what the plan ensures is that there are
+    no empty partitions and at least as many as nodes, so that each node is fed at the start. Whole
+    non-empty shards (one partition each) when there are enough of them; else one partition per node of
+    every n-th record (``shares`` from :func:`plan_shares`).
+    """
+    if shares[0]["every"] == 1:
+        rdd = convert.example_rdd(sc, sorted(f for share in shares for f in share["files"]))
+    else:
+        parts = [(s["files"], s["offset"], s["every"]) for s in shares]
+        rdd = sc.parallelize(parts, len(parts)).flatMap(lambda p: strided_payloads(*p))
+    return rdd.mapPartitions(feed_blocks)
 
 
 def node_main(args, ctx):
@@ -189,9 +304,17 @@ def _node_main(args, ctx):
     def parse(serialized):
         return node_schema.parse_batch(serialized, image_shape)[:2]
 
-    def from_files(files, input_context, shuffle):
-        mine = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-        ds = tf.data.TFRecordDataset(mine, compression_type=node_schema.compression_type(mine)).cache()
+    def from_share(shares, input_context, shuffle):
+        """This input pipeline's planned share of a split (never empty), repeated: the node meets any
+        step budget, a smaller share repeating its records within the epoch."""
+        if input_context.num_input_pipelines != len(shares):
+            raise RuntimeError(f"{input_context.num_input_pipelines} input pipelines, but the driver planned "
+                               f"shares for {len(shares)} nodes")
+        share = shares[input_context.input_pipeline_id]
+        ds = tf.data.TFRecordDataset(share["files"], compression_type=node_schema.compression_type(share["files"]))
+        if share["every"] > 1:
+            ds = ds.shard(share["every"], share["offset"])
+        ds = ds.cache()
         if shuffle:
             ds = ds.shuffle(8192, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True)
         return ds.repeat()
@@ -244,10 +367,10 @@ def _node_main(args, ctx):
         if feed is not None:
             blocks = tf.data.Dataset.from_generator(from_feed, output_signature=tf.TensorSpec([None], tf.string))
             return finish(blocks.unbatch())
-        return finish(from_files(args["train_files"], input_context, shuffle=True))
+        return finish(from_share(args["train_shares"], input_context, shuffle=True))
 
     def eval_fn(input_context):
-        return finish(from_files(args["eval_files"], input_context, shuffle=False))
+        return finish(from_share(args["eval_shares"], input_context, shuffle=False))
 
     with strategy.scope():
         # ParameterServerStrategy's coordinator schedules single steps: one step per execution there
@@ -320,8 +443,35 @@ def _node_main(args, ctx):
             if self.steady_steps:
                 steady_rate["examples_per_second"] = self.steady_steps * step_examples / self.steady_seconds
 
+    class StepCount(tf.keras.callbacks.Callback):
+        """The train and evaluation steps this node ran (Keras reports the last step index of each
+        execution of ``steps_per_execution`` steps; an input that runs out of data ends the loop early)."""
+
+        def __init__(self):
+            super().__init__()
+            self.train = self.eval = self._train = self._eval = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._train = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._train = batch + 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train += self._train
+
+        def on_test_begin(self, logs=None):
+            self._eval = 0
+
+        def on_test_batch_end(self, batch, logs=None):
+            self._eval = batch + 1
+
+        def on_test_end(self, logs=None):
+            self.eval += self._eval
+
+    counted = None if ps_mode else StepCount()  # ParameterServerStrategy allows no batch-level callbacks
     callbacks = [tf.keras.callbacks.BackupAndRestore(node_paths.join(run_dir, "backup")),
-                 EpochProgress() if ps_mode else Progress()]
+                 EpochProgress() if ps_mode else Progress()] + ([counted] if counted else [])
     if is_chief:
         callbacks.append(tf.keras.callbacks.TensorBoard(node_paths.join(run_dir, "tensorboard"),
                                                         update_freq="epoch" if ps_mode else 10))
@@ -357,7 +507,13 @@ def _node_main(args, ctx):
         "job_name": ctx.job_name,
         "task_index": ctx.task_index,
         "epochs_run": epochs_run,
-        "steps_run": epochs_run * args["steps_per_epoch"],
+        # steps this node ran (all-reduce: counted); under ParameterServerStrategy the coordinator's budget
+        "steps_run": counted.train if counted else epochs_run * args["steps_per_epoch"],
+        "eval_steps_run": counted.eval if counted else epochs_run * args["eval_steps"],
+        # records of this node's planned share of each split (spark input mode: Spark feeds the train rows)
+        "train_share_records": (args["train_shares"][worker_index]["records"]
+                                if not ps_mode and feed is None else None),
+        "eval_share_records": None if ps_mode else args["eval_shares"][worker_index]["records"],
         "final_loss": float(history.history["loss"][-1]) if epochs_run else None,
         "final_accuracy": float(history.history["accuracy"][-1]) if epochs_run else None,
         "final_eval_loss": float(history.history["val_loss"][-1]) if epochs_run else None,
@@ -372,21 +528,103 @@ def _node_main(args, ctx):
     print("TFOS done " + json.dumps(done), flush=True)
 
 
+#: Errors a node raises because another node failed first (its collectives were aborted): not the cause.
+SECONDARY_ERRORS = ("Collective ops is aborted", "CancelledError", "UnavailableError", "coordination service",
+                    "Socket closed", "Connection reset")
+#: After a node failed, how long the others get to fail or finish before the driver cancels their tasks.
+NODE_FAILURE_GRACE_SECONDS = 30
+
+
+def node_errors(run_dir):
+    """The error markers nodes left, the likely cause first: ``[(node, traceback text)]``.
+
+    A node that failed on its own comes before nodes whose collectives were aborted because of it;
+    otherwise the earliest marker first.
+    """
+    markers = paths.join(run_dir, "workers")
+    found = []
+    for name in fs.listdir(markers):
+        if name.endswith(".error"):
+            path = paths.join(markers, name)
+            text = fs.read_bytes(path).decode("utf-8", "replace")
+            found.append((any(p in text for p in SECONDARY_ERRORS), fs.mtime(path), name[:-len(".error")], text))
+    return [(node, text) for _secondary, _t, node, text in sorted(found)]
+
+
+def failure_error(run_dir, cause=None):
+    """The JobError for a failed TensorFlow cluster: which node, what happened, what to do (one line).
+
+    The failing node's traceback tail is printed first (to stderr), so the ERROR line ends the log.
+    ``cause``: what the driver saw (TFoS's exception or exit), used when no node left a marker.
+    """
+    import sys
+
+    errors = node_errors(run_dir)
+    markers = paths.join(run_dir, "workers")
+    if not errors:
+        seen = " ".join(str(cause or "").split())[:400] or "no detail"
+        return JobError(f"the TensorFlow cluster failed and no node left an error marker in {markers} (a node process "
+                        f"died: killed, or out of memory?); the driver saw: {seen}. See the executor logs (Spark UI, "
+                        "or the executors' stderr), fix the cause and rerun the task; it resumes from the last "
+                        "finished epoch")
+    node, text = errors[0]
+    print(f"traceback of TensorFlow node {node} ({paths.join(markers, node + '.error')}):\n{text[-3000:]}",
+          file=sys.stderr, flush=True)
+    last = next((line.strip() for line in reversed(text.strip().splitlines()) if line.strip()), "no detail")
+    others = [n for n, _ in errors[1:]]
+    also = f"; then {', '.join(others)} failed too" if others else ""
+    return JobError(f"TensorFlow node {node} failed: {last[:500]}{also}. Full traceback in "
+                    f"{paths.join(markers, node + '.error')}; fix the cause (input data, memory, parameters) and "
+                    "rerun the task; it resumes from the last finished epoch")
+
+
 def await_nodes(run_dir, workers, timeout):
     """Block until every node left its done marker; raise as soon as one left an error."""
     deadline = time.time() + timeout
     while True:
         names = set(fs.listdir(paths.join(run_dir, "workers")))
-        errors = sorted(n for n in names if n.endswith(".error"))
-        if errors:
-            detail = fs.read_bytes(paths.join(run_dir, "workers", errors[0])).decode("utf-8", "replace")
-            raise JobError(f"TensorFlow node {errors[0][:-6]} failed:\n{detail[-3000:]}")
+        if any(n.endswith(".error") for n in names):
+            raise failure_error(run_dir)
         if all(f"worker-{i}.json" in names for i in range(workers)):
             return
         if time.time() > deadline:
             raise JobError(f"nodes did not finish within {timeout}s after the feed ended (markers in "
-                           f"{run_dir}/workers: {sorted(names)})")
+                           f"{run_dir}/workers: {sorted(names)}); see the executor logs, and rerun the task")
         time.sleep(1)
+
+
+class _Watchdog(threading.Thread):
+    """Once a node has failed (an error marker, or a failed TFoS task), give the other nodes
+    NODE_FAILURE_GRACE_SECONDS to end, then cancel the Spark jobs: a node left waiting in a collective for
+    a peer that is gone would otherwise hold its task, and TFoS's shutdown would wait for it forever."""
+
+    def __init__(self, sc, run_dir, tf_status):
+        super().__init__(daemon=True)
+        self.sc, self.run_dir, self.tf_status = sc, run_dir, tf_status
+        self.stop, self.cancelled = threading.Event(), False
+
+    def failed(self):
+        if "error" in self.tf_status:
+            return True
+        try:
+            return any(n.endswith(".error") for n in fs.listdir(paths.join(self.run_dir, "workers")))
+        except Exception:
+            return False
+
+    def run(self):
+        since = None
+        while not self.stop.wait(1):
+            if since is None:
+                since = time.time() if self.failed() else None
+            elif time.time() - since > NODE_FAILURE_GRACE_SECONDS:
+                print(f"a TensorFlow node failed {NODE_FAILURE_GRACE_SECONDS}s ago and the cluster has not ended: "
+                      "cancelling its Spark jobs", flush=True)
+                self.cancelled = True
+                try:
+                    self.sc.cancelAllJobs()
+                except Exception:  # the context may be stopping already
+                    pass
+                return
 
 
 class _Tail(threading.Thread):
@@ -418,34 +656,42 @@ def run(spark, args):
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
     manifest = convert.read_manifest(layout, args.version)
-    train_files = convert.shard_files(layout, args.version, "train")
-    eval_files = convert.shard_files(layout, args.version, "eval")
     train_rows, eval_rows = manifest["splits"]["train"], manifest["splits"]["eval"]
     nodes = args.cluster_size                # Spark executors = TensorFlow nodes
     workers = nodes - args.num_ps            # nodes that train (all-reduce) or the chief + workers (PS)
     readers = workers - 1 if args.num_ps else workers   # nodes reading shards; PS: not the coordinator
     step_batches = 1 if args.num_ps else workers         # batches per step
-    for split, files, rows in (("train", train_files, train_rows), ("eval", eval_files, eval_rows)):
-        if len(files) < readers:
-            raise JobError(f"{len(files)} {split} shards for {readers} workers: every worker reads a share of "
-                           "the shards; convert with num_shards >= cluster_size")
+    shares = {}
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        shards = manifest.get("shards", {}).get(split)
+        if shards is None:
+            raise JobError(f"the conversion manifest of dataset version {args.version} lists no per-shard record "
+                           f"counts for the {split} split ({paths.join(layout.tfrecords(args.version), fs.MANIFEST)}): "
+                           "it was converted by an older version of the pipeline; rerun the convert task")
+        split_dir = layout.split(args.version, split)
+        on_disk = set(convert.shard_files(layout, args.version, split))
+        missing = [s["file"] for s in shards if paths.join(split_dir, s["file"]) not in on_disk]
+        if missing:
+            raise JobError(f"{split} shards {missing} listed in the conversion manifest are missing from {split_dir}; "
+                           "rerun the convert task for this version")
         if rows < args.batch_size * step_batches:
             raise JobError(f"{rows} {split} rows cannot fill one step of batch_size {args.batch_size} on "
                            f"{step_batches} workers; lower batch_size")
+        shares[split] = plan_shares(split, shards, split_dir, readers)
+        print(describe_shares(split, shards, shares[split]), flush=True)
+    # The same step budgets on every node; each node repeats its share to meet them.
+    steps_per_epoch, eval_steps = plan_steps(train_rows, shares["eval"], args.batch_size, step_batches)
     run_dir = layout.model_run(args.version, args.run_id)
     # A retry keeps backup/ (to resume) but never an older attempt's model, markers or _SUCCESS.
     for stale in (fs.SUCCESS, fs.MANIFEST, "model", ".model.staging", "workers", "progress.log"):
         fs.rmtree(paths.join(run_dir, stale))
     fs.makedirs(paths.join(run_dir, "workers"))
-
-    # The same step budget on every node: what the data allows at batch_size per worker.
-    steps_per_epoch = max(train_rows // (args.batch_size * step_batches), 1)
     node_args = {
         "run_dir": run_dir,
         "num_ps": args.num_ps,
         "input_mode": args.input_mode,
-        "train_files": train_files,
-        "eval_files": eval_files,
+        "train_shares": shares["train"],
+        "eval_shares": shares["eval"],
         "image_shape": schema.image_shape_of(manifest),
         "pixel_max": max(int(manifest["pixel_max_observed"]), 1),
         "batch_size": args.batch_size,
@@ -453,7 +699,7 @@ def run(spark, args):
         "gradient_compression": args.gradient_compression,
         "epochs": args.epochs,
         "steps_per_epoch": steps_per_epoch,
-        "eval_steps": math.ceil(eval_rows / (args.batch_size * step_batches)),
+        "eval_steps": eval_steps,
     }
     if executors(sc, nodes, args.executor_wait) < nodes:
         conf = sc.getConf()
@@ -470,14 +716,14 @@ def run(spark, args):
     started = time.time()
     tail = _Tail(paths.join(run_dir, "progress.log"))
     tail.start()
+    watchdog = _Watchdog(sc, run_dir, TFCluster.tf_status)
+    watchdog.start()
     try:
         if args.input_mode == "spark":
             cluster = TFCluster.run(sc, node_main, node_args, workers, num_ps=0, tensorboard=False,
                                     input_mode=TFCluster.InputMode.SPARK, master_node="chief",
                                     reservation_timeout=300)
-            # one partition per shard, so the nodes are fed as the conversion sharded the data
-            feed = convert.example_rdd(sc, train_files).mapPartitions(feed_blocks)
-            cluster.train(feed, num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
+            cluster.train(feed_rdd(sc, shares["train"]), num_epochs=args.epochs, feed_timeout=FEED_TIMEOUT_SECONDS)
             # The feed is over, the nodes are not: the chief may still be exporting. Stopping the app
             # now would kill them, so wait for every node's done marker first.
             await_nodes(run_dir, workers, FEED_TIMEOUT_SECONDS)
@@ -486,7 +732,14 @@ def run(spark, args):
                                     input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
                                     reservation_timeout=300)
         cluster.shutdown(timeout=-1)
+    except JobError:
+        raise
+    except (Exception, SystemExit) as e:
+        # TFoS reports a failed node by raising from its Spark job, or by stopping the SparkContext and
+        # calling sys.exit(1) (TENSORFLOW input mode): either way, say which node failed and why.
+        raise failure_error(run_dir, TFCluster.tf_status.get("error") or repr(e)) from None
     finally:
+        watchdog.stop.set()
         tail.stop.set()
         tail.poll()
 
@@ -496,6 +749,14 @@ def run(spark, args):
     if missing:
         raise JobError(f"workers {missing} of {workers} left no done marker in {run_dir}/workers: "
                        "they did not finish training; see the executor logs")
+    if not args.num_ps:
+        budget = (args.epochs * steps_per_epoch, args.epochs * eval_steps)
+        ran = {i: (markers[f"worker-{i}.json"]["steps_run"], markers[f"worker-{i}.json"]["eval_steps_run"])
+               for i in range(workers)}
+        # a resumed run skips the epochs that had finished: every node skips the same ones
+        if len(set(ran.values())) > 1 or any(t > budget[0] or e > budget[1] for t, e in ran.values()):
+            raise JobError(f"the nodes ran different step counts (train, eval) {ran}, budget {budget}: their "
+                           "collectives did not line up; rerun the task, and report this with the executor logs")
     model_dir = layout.exported_model(args.version, args.run_id)
     if not fs.exists(paths.join(model_dir, "saved_model.pb")):
         raise JobError(f"the chief exported no SavedModel at {model_dir}")
@@ -510,6 +771,9 @@ def run(spark, args):
                    "learning_rate": args.learning_rate, "input_mode": args.input_mode, "num_ps": args.num_ps,
                    "gradient_compression": args.gradient_compression},
         "steps_per_epoch": steps_per_epoch,
+        "eval_steps": eval_steps,
+        # records each reading node gets of each split (spark input mode: Spark feeds the train rows)
+        "shares": {split: [s["records"] for s in shares[split]] for split in shares},
         "steps_run": chief["steps_run"],
         "final_loss": chief["final_loss"],
         "final_accuracy": chief["final_accuracy"],
