@@ -102,6 +102,26 @@ class Layout:
         return join(self.root, "predictions", check_segment(version))
 
 
-def model_version(version, run):
-    """Name under which a validated model is promoted: dataset version and run."""
-    return check_segment(f"{check_segment(version)}__{check_segment(run, 'run id')}", "model version")
+def model_version(version: str, run: str, digest: str) -> str:
+    """Name under which a validated model is promoted: ``{version}__{run}__{digest[:12]}``.
+
+    ``digest`` is the model's content digest (``serving.model_digest``: sha256, hex), so a retrained
+    model always gets a new name and the same bytes always get the same one. The result is a valid
+    path segment (at most 128 characters) for every valid version and run id: when the full name is
+    longer, version and run are cut (together to 108 characters) and the last part becomes 16 hex
+    digits of the sha256 of ``{version}__{run}__{digest}``, so distinct inputs keep distinct names.
+    Raises PathError for an invalid version or run id, ValueError for a digest that is not hex.
+    """
+    import hashlib
+
+    check_segment(version)
+    check_segment(run, "run id")
+    if not re.fullmatch(r"[0-9a-f]{12,}", str(digest)):
+        raise ValueError(f"invalid model digest {digest!r}: expected at least 12 lowercase hex digits (sha256)")
+    name = f"{version}__{run}__{digest[:12]}"
+    if len(name) > 128:
+        tag = hashlib.sha256(f"{version}__{run}__{digest}".encode()).hexdigest()[:16]
+        room = 128 - 4 - len(tag)  # two "__" separators and the tag
+        keep = min(len(version), max(room - len(run), room // 2))
+        name = f"{version[:keep]}__{run[:room - keep]}__{tag}"
+    return check_segment(name, "model version")

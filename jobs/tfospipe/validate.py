@@ -12,6 +12,11 @@ and evaluates the model now serving (the champion) on the same records in the sa
 (both models side by side) for every run, passed or not. Only a
 passed gate promotes: the model is copied to ``{root}/serving/models/{model_version}/`` and
 ``serving/CURRENT.json`` is swapped atomically to point at it. A failed gate changes nothing serving.
+
+The model version is ``paths.model_version(version, run, digest)`` with the digest of the exported
+files taken before evaluation: a run trained again under the same run id (a cleared task, a backfill
+that reprocesses completed runs) is promoted under a new name beside the model that served, which
+stays as it was; validating the same files again promotes nothing new.
 """
 
 import time
@@ -63,6 +68,8 @@ def run(spark, args):
         predict.loaded_model(candidate_dir, image_shape)
     except Exception as e:
         raise JobError(f"the model at {candidate_dir} does not meet the serving contract: {e}") from None
+    digest = serving.model_digest(candidate_dir)  # names the model; promote checks the copy against it
+    mv = paths.model_version(args.version, args.run_id, digest)
 
     models = {"candidate": candidate_dir}
     current = serving.current(layout)
@@ -88,11 +95,11 @@ def run(spark, args):
         raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
                        f"{manifest['splits']['eval']} eval rows")
     passed, reasons = gate(candidate, champion, args)
-    mv = paths.model_version(args.version, args.run_id)
     report = {
         "dataset_version": args.version,
         "run_id": args.run_id,
         "model_version": mv,
+        "model_digest": digest,
         "candidate": candidate,
         "champion": champion,
         "champion_model_version": current["model_version"] if champion else None,
@@ -113,6 +120,10 @@ def run(spark, args):
                "champion_accuracy": champion["accuracy"] if champion else None, "report": out}
     if not passed:
         raise JobError(f"model {mv} rejected, serving unchanged: {'; '.join(reasons)}. Report: {out}/metrics.json")
-    serving.promote(layout, candidate_dir, mv, {"accuracy": candidate["accuracy"], "dataset_version": args.version,
-                                                  "run_id": args.run_id, "report": out})
-    return dict(summary, promoted=mv)
+    try:
+        pointer = serving.promote(layout, candidate_dir, mv, {
+            "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
+            "dataset_version": args.version, "run_id": args.run_id, "report": out}, digest)
+    except ValueError as e:
+        raise JobError(f"model {mv} passed the gate but was not promoted, serving unchanged: {e}") from None
+    return dict(summary, promoted=mv, serving_changed=pointer["changed"], previous=pointer["previous"])
