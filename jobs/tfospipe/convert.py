@@ -39,7 +39,7 @@ READ_BYTES = csvparse.CHUNK_BYTES
 #: File extensions read as CSV (any letter case; ``.tsv`` is sniffed like the rest).
 CSV_EXTENSIONS = (".csv", ".tsv")
 #: Compressed inputs and their readers (Python's standard library streams; one Spark task each).
-COMPRESSIONS = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
+COMPRESSIONS = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
 #: What a truncated or damaged compressed stream raises while it is read.
 _CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
@@ -97,12 +97,22 @@ def open_input(path):
                 yield reader, raw
 
 
-def _corrupt(name, raw, error):
-    try:
-        where = f"at compressed byte {raw.tell():,}"
-    except (OSError, ValueError):
-        where = "part-way"
-    return csvparse.InputError(f"{name} is corrupt ({type(error).__name__}: {error}) {where}")
+def _corrupt(name, path, error, eol=b"\n"):
+    """The InputError of a corrupt compressed input: what the reader raised, the compressed byte
+    where it gave up, and how much of the file still decompresses (re-read in small pieces)."""
+    lines = good = 0
+    with open_input(path) as (reader, raw):
+        try:
+            while piece := reader.read(1 << 16):
+                lines, good = lines + piece.count(eol), good + len(piece)
+        except _CORRUPT:
+            pass
+        try:
+            where = f"at compressed byte {raw.tell():,} of {fs.size(path):,}"
+        except (OSError, ValueError):
+            where = "part-way"
+    return csvparse.InputError(f"{name} is corrupt ({type(error).__name__}: {error}) {where}: only its first "
+                               f"{lines:,} lines ({good:,} bytes decompressed) can be read")
 
 
 def read_head(name, path):
@@ -117,7 +127,7 @@ def read_head(name, path):
             try:
                 piece = reader.read(HEAD_BYTES)
             except _CORRUPT as e:
-                raise _corrupt(name, raw, e) from None
+                raise _corrupt(name, path, e) from None
             if not piece:
                 return data, True
             data += piece
@@ -274,7 +284,7 @@ def range_chunks(name, path, start, end, eol):
             try:
                 piece = reader.read(READ_BYTES if remaining is None else min(READ_BYTES, remaining))
             except _CORRUPT as e:
-                raise _corrupt(name, raw, e) from None
+                raise _corrupt(name, path, e, eol) from None
             if not piece:
                 break
             if remaining is not None:
@@ -329,8 +339,8 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
             line_no += chunk.count(dialect.eol)
             at_start = False
     except csvparse.InputError as e:
-        fatal = (f"{e}; {sum(counts.values()) + len(bad)} rows were read from it before that. Replace it with a "
-                 "complete copy (gzip -t / bzip2 -t / xz -t checks one), or move it out of the version directory")
+        fatal = (f"{e}. Replace it with a complete copy (gzip -t, bzip2 -t or xz -t checks one), or move it out "
+                 "of the version directory")
     finally:
         for writer in writers.values():
             writer.close()

@@ -14,7 +14,6 @@ import codecs
 import csv
 import dataclasses
 import functools
-import gzip
 import hashlib
 import math
 from collections import Counter
@@ -95,16 +94,6 @@ class Spec:
         return self.num_pixels + (1 if self.labeled else 0)
 
 
-def decompress(name, data):
-    """Bytes of a CSV file, gunzipped when the name ends in .gz."""
-    if name.endswith(".gz"):
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise RowError("bad_gzip", f"cannot decompress gzip file: {e}") from e
-    return data
-
-
 def lines(data):
     """(line number starting at 1, raw bytes) for each line; a final newline ends the last line."""
     parts = data.split(b"\n")
@@ -133,7 +122,7 @@ def looks_like_header(fields, first_line=False):
     """
     named = [f.strip().strip('"').strip() for f in fields]
     named = [f for f in named if f]
-    if not named:
+    if len(fields) < 2 or not named:  # one field: no delimiter, so nothing tells a header from a row
         return False
     numbers = [f for f in named if _is_number(f)]
     try:

@@ -17,13 +17,12 @@ VERSION = "2026-11-01"
 # (raw line, quarantine kind) planted into a.csv after the good rows
 BAD_LINES = [
     (b"3,0,0", "column_count"),
-    (b"", "empty_line"),
     (b"3," + b",".join([b"0"] * 63) + b",abc", "non_numeric"),
     (b"," + b",".join([b"0"] * 64), "label_missing"),
     (b"12," + b",".join([b"0"] * 64), "label_range"),
     (b"3," + b",".join([b"0"] * 63) + b",300", "pixel_range"),
     (b"3," + b",".join([b"0"] * 63) + b",nan", "nan_inf"),
-    (b'3,"0",' + b",".join([b"0"] * 63), "quote"),
+    (b'3,"0,' + b",".join([b"0"] * 63), "quote"),
     (b"3,\xff\xfe," + b",".join([b"0"] * 63), "invalid_utf8"),
     (b"label," + b",".join(b"pixel%d" % i for i in range(64)), "header"),
 ]
@@ -43,7 +42,7 @@ def raw_root(tmp_path_factory):
     a = [header] + digits_lines(0, 300)
     with open(raw / "a.csv", "wb") as f:
         f.write(("\n".join(a) + "\n").encode())
-        for line, _kind in BAD_LINES:
+        for line, _kind in BAD_LINES[:1] + [(b"", "blank")] + BAD_LINES[1:]:  # a blank line: not a row
             f.write(line + b"\n")
     with gzip.open(raw / "b.csv.gz", "wb") as f:  # no header, gzip
         f.write(("\n".join(digits_lines(300, 500)) + "\n").encode())
@@ -73,6 +72,7 @@ def test_conversion_accounts_for_every_row(converted, raw_root):
     assert manifest["rows_read"] == 300 + len(BAD_LINES) + 200 + 50
     assert manifest["rows_read"] == manifest["rows_written"] + manifest["rows_quarantined"]
     assert manifest["rows_quarantined"] == len(BAD_LINES)
+    assert manifest["blank_lines"] == 1 and manifest["header_lines"] == 1
     assert manifest["quarantined_by_kind"] == {kind: 1 for _line, kind in BAD_LINES}
     assert manifest["image_shape"] == [8, 8] and manifest["pixel_max_observed"] == 16
     assert manifest["splits"]["score"] == 50
@@ -95,7 +95,7 @@ def test_quarantine_keeps_file_line_reason_and_raw_text(converted, raw_root):
     first_bad_line = 1 + 300 + 1  # header + good rows, 1-based
     assert by_kind["column_count"] == {"file": "a.csv", "line": first_bad_line, "kind": "column_count",
                                        "reason": "wrong column count: expected 65, got 3", "raw": "3,0,0"}
-    assert by_kind["header"]["line"] == first_bad_line + len(BAD_LINES) - 1
+    assert by_kind["header"]["line"] == first_bad_line + len(BAD_LINES)  # after the blank line
     assert all(r["file"] == "a.csv" and r["reason"] for r in rows)
 
 

@@ -1,0 +1,243 @@
+"""The convert job on CSV as real producers write it (real Spark, 2 executors).
+
+The producer cases shipped in tests/data/csv-dialects (one folder = one raw/<version>/ directory, row
+counts in its EXPECTED.md) and one more case of each kind built here all go into one dataset version:
+every file must convert with its exact row count, and every TFRecord must hold the values of its
+source line, found through its row id (file name, line number). Inputs that cannot be read fail the
+run with one ERROR line naming the file, and write nothing.
+"""
+import bz2
+import codecs
+import csv
+import glob
+import gzip
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from conftest import PROJECT_DIR, run_job
+from tfospipe import csvparse, schema
+
+pytestmark = pytest.mark.spark
+CASES = os.path.join(PROJECT_DIR, "tests", "data", "csv-dialects")
+HEADER = "label," + ",".join(f"pixel{i}" for i in range(64))
+
+
+def expected_counts():
+    """{folder: data rows} from EXPECTED.md's table."""
+    text = open(os.path.join(CASES, "EXPECTED.md")).read()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| (\w+) \|.*\| (\d+) \|$", text, re.M)}
+
+
+def digits_rows(start, stop):
+    d = load_digits()
+    return [[int(t)] + [int(v) for v in row] for t, row in zip(d.target[start:stop], d.data[start:stop])]
+
+
+def reference_rows(data, delimiter=","):
+    """{line number: row} of a CSV file by Python's csv module alone: the independent reading the job
+    must agree with (BOM dropped, any line terminator, quoting; blank lines and a first-line header
+    are not rows)."""
+    text = data.decode("utf-8-sig")
+    rows = {}
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        fields = next(csv.reader([line], delimiter=delimiter)) if line else []
+        if not any(f.strip() for f in fields):
+            continue
+        if number == 1 and (not all(f.strip().isdigit() for f in fields)
+                            or [int(f) for f in fields] == list(range(len(fields)))):
+            continue  # a header: names, or pandas' integer column names
+        rows[number] = [int(f) for f in fields]
+    return rows
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def lines_of(rows, delimiter=",", quote=False, eol="\n", header=None, blank_every=0, filler=""):
+    out = [] if header is None else [header]
+    for i, r in enumerate(rows):
+        out.append(delimiter.join(f'"{v}"' if quote else str(v) for v in r))
+        if blank_every and i % blank_every == 0:
+            out.append(filler)
+    return (eol.join(out) + eol).encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def producer_version(tmp_path_factory, build_dir):
+    """One dataset version holding every producer case: {name: (bytes, delimiter)} and the job's output."""
+    root = tmp_path_factory.mktemp("dialects")
+    raw = root / "raw" / "dialects"
+    sources = {}  # file name in the version -> (bytes as decompressed, delimiter)
+    for case in sorted(os.listdir(CASES)):  # the shipped producer cases, prefixed by their folder
+        folder = os.path.join(CASES, case)
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, _dirs, files in os.walk(folder):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), folder)
+                target = f"{case}__{rel}"
+                write(str(raw / target), open(os.path.join(dirpath, name), "rb").read())
+                if not name.startswith(("_", ".")):
+                    sources[target] = (open(os.path.join(dirpath, name), "rb").read(), ",")
+    rows = digits_rows(0, 400)
+    built = {  # one more case of each kind
+        "semicolon.csv": (lines_of(rows[0:20], ";"), ";"),
+        "tabs.TSV": (lines_of(rows[20:40], "\t", header="label\t" + "\t".join(map(str, range(64)))), "\t"),
+        "crlf_bom_header.csv": (codecs.BOM_UTF8 + lines_of(rows[40:60], eol="\r\n", header=HEADER), ","),
+        "mixed_header.csv": (lines_of(rows[60:80], header="label," + ",".join(map(str, range(64)))), ","),
+        "pipes_quoted.csv": (lines_of(rows[80:100], "|", quote=True), "|"),
+        "excel_blank_rows.csv": (lines_of(rows[100:130], blank_every=7, filler="," * 64), ","),
+        "partly_quoted.csv": (lines_of(rows[130:135]) + lines_of(rows[135:141], quote=True), ","),
+    }
+    compressed = {
+        "upper.CSV.GZ": (gzip.compress, lines_of(rows[141:171], header=HEADER)),
+        "bzipped.csv.bz2": (bz2.compress, lines_of(rows[171:201])),
+        "parts.csv/part-00000.csv.gz": (gzip.compress, lines_of(rows[201:231], header=HEADER)),
+        "parts.csv/part-00001.csv.gz": (gzip.compress, lines_of(rows[231:261], header=HEADER)),
+    }
+    for name, (data, delimiter) in built.items():
+        write(str(raw / name), data)
+        sources[name] = (data, delimiter)
+    for name, (compress, data) in compressed.items():
+        write(str(raw / name), compress(data))
+        sources[name] = (data, ",")
+    write(str(raw / "parts.csv" / "_SUCCESS"), b"")
+    write(str(raw / "parts.csv" / ".part-00000.csv.gz.crc"), b"crc")
+    run = run_job("convert", {"data_root": str(root), "version": "dialects", "pixel_max": 16}, build_dir)
+    assert run.returncode == 0, run.output[-5000:]
+    out = root / "tfrecords" / "dialects"
+    return root, sources, json.load(open(out / "_manifest.json")), out
+
+
+def test_every_producer_case_converts_with_its_exact_row_count(producer_version):
+    _root, sources, manifest, _out = producer_version
+    by_file = {i["file"]: i for i in manifest["inputs"]}
+    assert set(by_file) == set(sources)
+    for case, count in expected_counts().items():
+        files = [f for f in by_file if f.startswith(case + "__")]
+        assert files and sum(by_file[f]["rows"] for f in files) == count, case
+    for name, (data, delimiter) in sources.items():
+        assert by_file[name]["rows"] == len(reference_rows(data, delimiter)), name
+    assert manifest["rows_quarantined"] == 0
+    assert manifest["rows_read"] == manifest["rows_written"] == sum(len(reference_rows(*s)) for s in sources.values())
+    assert sorted(manifest["skipped_hidden"]) == sorted(
+        ["parts.csv/.part-00000.csv.gz.crc", "parts.csv/_SUCCESS", "spark_dir__digits.csv/_SUCCESS",
+         "spark_dir__digits.csv/.part-00000-1b2c.c000.csv.crc"])
+
+
+def test_lines_that_are_not_rows_are_counted_apart(producer_version):
+    _root, _sources, manifest, _out = producer_version
+    by_file = {i["file"]: i for i in manifest["inputs"]}
+    assert by_file["blank_lines__a.csv"]["blank_lines"] == 3
+    assert by_file["excel_blank_rows.csv"]["blank_lines"] == 5
+    for name in ["numeric_header__a.csv", "quoted_all__a.csv", "cr_only__a.csv", "tabs.TSV", "mixed_header.csv",
+                 "crlf_bom_header.csv", "upper.CSV.GZ", "parts.csv/part-00001.csv.gz"]:
+        assert by_file[name]["header_lines"] == 1 and by_file[name]["dialect"]["header"], name
+    assert manifest["blank_lines"] == sum(i["blank_lines"] for i in manifest["inputs"]) == 8
+    assert manifest["header_lines"] == sum(i["header_lines"] for i in manifest["inputs"])
+
+
+def test_manifest_states_the_dialect_of_each_file(producer_version):
+    _root, _sources, manifest, _out = producer_version
+    d = {i["file"]: i["dialect"] for i in manifest["inputs"]}
+    assert d["bom_noheader__a.csv"]["encoding"] == "UTF-8 with BOM" and d["bom_noheader__a.csv"]["header"] is None
+    assert d["cr_only__a.csv"]["line_terminator"] == "CR"
+    assert d["crlf_bom_header.csv"]["line_terminator"] == "CRLF" and d["crlf_bom_header.csv"]["encoding"] == \
+        "UTF-8 with BOM"
+    assert d["quoted_all__a.csv"]["quoted"] and d["pipes_quoted.csv"]["delimiter"] == "|"
+    assert d["semicolon.csv"]["delimiter"] == ";" and d["tabs.TSV"]["delimiter"] == "\t"
+    assert d["numeric_header__a.csv"]["header"].startswith("0,1,2,")
+
+
+def test_every_record_holds_the_values_of_its_source_line(producer_version):
+    _root, sources, manifest, out = producer_version
+    expected = {}
+    for name, (data, delimiter) in sources.items():
+        for line, row in reference_rows(data, delimiter).items():
+            expected[csvparse.row_id(name, line)] = row
+    records = [bytes(r.numpy()) for split in ("train", "eval")
+               for p in sorted(glob.glob(str(out / split / "*.tfrecord"))) for r in tf.data.TFRecordDataset(p)]
+    image, label, row_id = schema.parse_batch(tf.constant(records), (8, 8))
+    got = {int(r): [int(lab)] + img.reshape(-1).astype(int).tolist()
+           for img, lab, r in zip(image.numpy(), label.numpy(), row_id.numpy())}
+    assert len(records) == len(got) == len(expected) == manifest["rows_written"]
+    assert got == expected
+
+
+def _version(root, name, files):
+    for rel, data in files.items():
+        write(str(root / "raw" / name / rel), data)
+    return name
+
+
+def test_empty_and_header_only_files_beside_good_ones_are_counted_and_skipped(tmp_path, build_dir):
+    rows = digits_rows(0, 60)
+    version = _version(tmp_path, "empties", {
+        "a_empty.csv": b"", "b_header_only.csv": (HEADER + "\n").encode(), "c_blank.csv": b"\n\n\n",
+        "d_empty.csv.gz": gzip.compress(b""), "e_good.csv": lines_of(rows)})
+    run = run_job("convert", {"data_root": str(tmp_path), "version": version, "pixel_max": 16}, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    manifest = json.load(open(tmp_path / "tfrecords" / version / "_manifest.json"))
+    assert manifest["rows_read"] == manifest["rows_written"] == 60 and manifest["rows_quarantined"] == 0
+    notes = {i["file"]: i.get("no_rows") for i in manifest["inputs"]}
+    assert notes == {"a_empty.csv": "empty", "b_header_only.csv": "header only", "c_blank.csv": "blank lines only",
+                     "d_empty.csv.gz": "empty", "e_good.csv": None}
+    assert manifest["blank_lines"] == 3 and manifest["header_lines"] == 1
+
+
+def test_lines_longer_than_a_mebibyte_give_the_shape_from_whole_lines(tmp_path, build_dir):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 600 * 600))
+    body = b"".join(b"%d," % (i % 10) + ",".join(map(str, img)).encode() + b"\n" for i, img in enumerate(images))
+    assert len(body) // 4 > 1 << 20
+    version = _version(tmp_path, "wide", {"big.csv": body})
+    run = run_job("convert", {"data_root": str(tmp_path), "version": version, "num_shards": 2}, build_dir)
+    assert run.returncode == 0, run.output[-4000:]
+    out = tmp_path / "tfrecords" / version
+    manifest = json.load(open(out / "_manifest.json"))
+    assert manifest["image_shape"] == [600, 600] and manifest["rows_written"] == 4
+    records = [bytes(r.numpy()) for p in sorted(glob.glob(str(out / "*" / "*.tfrecord")))
+               for r in tf.data.TFRecordDataset(p)]
+    image, _label, _ids = schema.parse_batch(tf.constant(records), (600, 600))
+    assert sorted(tuple(i.reshape(-1)[:50]) for i in image.numpy().astype(int)) == \
+        sorted(tuple(i[:50]) for i in images)
+
+
+def _nothing_written(root, version):
+    return not os.path.exists(root / "tfrecords" / version) and not glob.glob(str(root / "quarantine" / version / "*"))
+
+
+@pytest.mark.parametrize("case, files, words", [
+    ("truncated_gzip", None, ["b.csv.gz is corrupt", "at compressed byte", "lines", "can be read",
+                              "complete copy", "nothing was written"]),
+    ("utf16", {"a.csv": codecs.BOM_UTF16_LE + "5,0,0\n1,2,3\n".encode("utf-16-le")},
+     ["a.csv is encoded as UTF-16LE", "re-encode it as UTF-8"]),
+    ("trailing_comma", {"a.csv": b"5,0,0,1,\n1,2,3,4,\n"}, ["a.csv", "trailing ','", "line 1"]),
+    ("spreadsheet", {"a.csv": b"5,0,0,1,2\n", "digits.xlsx": b"PK\x03\x04"},
+     ["digits.xlsx", "does not read", "move them out"]),
+])
+def test_unreadable_inputs_fail_with_one_clear_line_and_write_nothing(tmp_path, build_dir, case, files, words):
+    if case == "truncated_gzip":  # a good file, and a gzip cut at 70% (thousands of rows still decompress)
+        rows = digits_rows(0, 1797) * 7
+        whole = gzip.compress(lines_of(rows))
+        files = {"a.csv": lines_of(digits_rows(0, 100)), "b.csv.gz": whole[:len(whole) * 7 // 10]}
+    version = _version(tmp_path, case, files)
+    run = run_job("convert", {"data_root": str(tmp_path), "version": version, "pixel_max": 16}, build_dir)
+    assert run.returncode == 2, run.output[-4000:]
+    err = run.error()
+    for word in words:
+        assert word in err, err
+    assert "Traceback" not in err and "not a square image" not in err
+    if case == "truncated_gzip":
+        recovered = int(re.search(r"only its first ([\d,]+) lines", err).group(1).replace(",", ""))
+        assert 1000 < recovered < len(rows)
+    assert _nothing_written(tmp_path, version)

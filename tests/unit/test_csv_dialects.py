@@ -1,0 +1,190 @@
+"""CSV as producers write it, without Spark: dialect sniffing, lines that are not rows, input layout,
+corrupt and unusual files. The same inputs run through the real convert job in tests/spark."""
+import bz2
+import codecs
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from tfospipe import convert, csvparse
+
+SPEC = csvparse.Spec(num_pixels=4, pixel_max=16)
+ROWS = [[7, 0, 16, 3, 4], [1, 2, 3, 4, 5], [9, 9, 9, 9, 9]]
+
+
+def csv_bytes(rows, delimiter=",", quote=False, eol="\n", header=None, bom=False):
+    def fmt(values):
+        return delimiter.join(f'"{v}"' if quote else str(v) for v in values)
+    lines = ([header] if header is not None else []) + [fmt(r) for r in rows]
+    data = (eol.join(lines) + eol).encode("utf-8")
+    return codecs.BOM_UTF8 + data if bom else data
+
+
+def parse_all(data, dialect, first_line_no=1):
+    counts = {}
+    from collections import Counter
+    counts = Counter()
+    labels, pixels, lines, bad = csvparse.parse_block(data, SPEC, first_line_no, True, dialect, counts)
+    return [[int(lab)] + px.tolist() for lab, px in zip(labels, pixels)], lines.tolist(), bad, counts
+
+
+@pytest.mark.parametrize("delimiter, quote, eol, header, bom", [
+    (",", False, "\n", None, False),
+    (";", False, "\n", None, False),
+    ("\t", False, "\r\n", "label\tp0\tp1\tp2\tp3", False),
+    ("|", True, "\n", '"label"|"a"|"b"|"c"|"d"', False),
+    (",", True, "\r", "label,p0,p1,p2,p3", True),
+    (",", False, "\r\n", "0,1,2,3,4", True),           # integer column names (pandas)
+    (",", False, "\n", "label,0,1,2,3", False),         # names mixed with indices
+])
+def test_every_dialect_is_sniffed_and_parses_to_the_same_rows(delimiter, quote, eol, header, bom):
+    data = csv_bytes(ROWS, delimiter, quote, eol, header, bom)
+    dialect = csvparse.sniff(data, "x.csv")
+    assert (dialect.delimiter, dialect.quoted, dialect.line_terminator, dialect.bom) == (delimiter, quote, eol, bom)
+    assert dialect.header == header and dialect.columns == 5 and dialect.data_lines == 3
+    rows, lines, bad, counts = parse_all(data, dialect)
+    assert rows == ROWS and bad == []
+    first = 2 if header else 1
+    assert lines == [first, first + 1, first + 2]
+    assert counts["header_lines"] == (1 if header else 0)
+
+
+def test_quoted_bulk_path_equals_the_line_by_line_parser():
+    rng = np.random.default_rng(3)
+    rows = [[int(rng.integers(0, 10))] + rng.integers(0, 17, 4).tolist() for _ in range(500)]
+    data = csv_bytes(rows, quote=True)
+    table = csvparse.parse_clean(data, 5, b",", quoted=True)
+    assert table is not None and table.tolist() == rows
+    by_line = [list(csvparse.parse_row(line, SPEC)) for _n, line in csvparse.lines(data)]
+    assert [[lab] + px for lab, px in by_line] == rows
+    # quotes that do not wrap whole fields are not clean: the line-by-line parser decides
+    for block in [b'"1,2",3\n', b'1,""\n', b'1"2",3\n', b'"1""2",3\n', b'"1,2\n']:
+        assert csvparse.parse_clean(block, 2, b",", quoted=True) is None, block
+
+
+def test_blank_lines_are_counted_never_rows_or_bad_rows():
+    data = b"\n7,0,16,3,4\n\n   \n,,,,\n\"\",\"\",\"\",\"\",\"\"\n1,2,3,4,5\n\n"
+    rows, lines, bad, counts = parse_all(data, csvparse.Dialect())
+    assert rows == ROWS[:2] and lines == [2, 7] and bad == []
+    assert counts["blank_lines"] == 6
+    assert csvparse.sniff(data, "x.csv").blank_lines == 6
+
+
+def test_header_conventions_on_the_first_line_only():
+    assert csvparse.looks_like_header(["label", "p0", "p1"], first_line=True)
+    assert csvparse.looks_like_header("label,0,1,2".split(","))
+    assert csvparse.looks_like_header("1x1,1x2,label".split(","))
+    assert csvparse.looks_like_header("0,1,2,3".split(","), first_line=True)
+    assert csvparse.looks_like_header("1,2,3,4".split(","), first_line=True)
+    assert not csvparse.looks_like_header("1,2,3,4".split(","))        # a row elsewhere in the file
+    assert not csvparse.looks_like_header("5,0,0,3".split(","), first_line=True)
+    assert not csvparse.looks_like_header("2,3,4,5".split(","), first_line=True)
+    assert not csvparse.looks_like_header("3,0,nan,1".split(","), first_line=True)
+    assert not csvparse.looks_like_header("3,0,x,1".split(","), first_line=True)
+
+
+@pytest.mark.parametrize("data, words", [
+    (codecs.BOM_UTF16_LE + "5,0,0,1,2\n".encode("utf-16-le"), ["UTF-16LE", "re-encode it as UTF-8"]),
+    (codecs.BOM_UTF32_BE + "5,0,0,1,2\n".encode("utf-32-be"), ["UTF-32BE", "re-encode it as UTF-8"]),
+    ("5,0,0,1,2\n".encode("utf-16-le"), ["NUL bytes", "re-encode it as UTF-8"]),
+    (b"5,0,0,1,2,\n1,2,3,4,5,\n", ["empty field", "trailing ','", "line 1"]),
+    (b"5 0 0 1 2\n1 2 3 4 5\n", ["does not split into fields", "line 1", "comma-separated"]),
+])
+def test_unreadable_dialects_name_the_file_what_was_seen_and_what_to_do(data, words):
+    with pytest.raises(csvparse.InputError) as e:
+        csvparse.sniff(data, "raw/v1/x.csv")
+    assert "raw/v1/x.csv" in str(e.value)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_semicolon_file_with_decimal_commas_sniffs_semicolon_and_quarantines_the_decimals():
+    data = b"5;0;0;1;2\n1;2;3,5;4;5\n"
+    dialect = csvparse.sniff(data, "x.csv")
+    assert dialect.delimiter == ";"
+    rows, _lines, bad, _counts = parse_all(data, dialect)
+    assert rows == [[5, 0, 0, 1, 2]] and [b[:2] for b in bad] == [(2, "non_numeric")]
+
+
+def test_inputs_read_part_directories_any_case_and_refuse_unknown_files(tmp_path):
+    raw = tmp_path / "v1"
+    (raw / "digits.csv").mkdir(parents=True)
+    (raw / "score" / "s.csv").mkdir(parents=True)
+    for name in ["a.csv", "B.CSV", "c.Csv.GZ", "d.tsv", "e.csv.bz2", "digits.csv/part-00000.csv",
+                 "digits.csv/part-00001.csv.gz", "digits.csv/_SUCCESS", "digits.csv/.part-00000.csv.crc",
+                 "score/s.csv/part-0.csv", "notes.txt", "book.xlsx", ".hidden.csv", "_tmp.csv"]:
+        (raw / name).write_bytes(b"")
+    labeled, unlabeled, skipped, unreadable = convert.list_inputs(str(raw))
+    assert [n for n, _p in labeled] == ["B.CSV", "a.csv", "c.Csv.GZ", "d.tsv", "digits.csv/part-00000.csv",
+                                        "digits.csv/part-00001.csv.gz", "e.csv.bz2"]
+    assert [n for n, _p in unlabeled] == ["score/s.csv/part-0.csv"]
+    assert skipped == [".hidden.csv", "_tmp.csv", "digits.csv/.part-00000.csv.crc", "digits.csv/_SUCCESS"]
+    assert unreadable == ["book.xlsx", "notes.txt"]
+
+
+def test_compressed_inputs_stream_in_whole_lines_and_a_truncated_one_says_where(tmp_path):
+    body = b"".join(b"%d,1,2,3,4\n" % (i % 10) for i in range(20000))
+    for name, data in [("a.csv.gz", gzip.compress(body)), ("a.csv.bz2", bz2.compress(body))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        chunks = list(convert.range_chunks(name, str(path), 0, len(data), b"\n"))
+        assert b"".join(chunks) == body and all(c.endswith(b"\n") for c in chunks)
+        cut = len(data) * 7 // 10
+        path.write_bytes(data[:cut])
+        got = []
+        with pytest.raises(csvparse.InputError) as e:
+            for chunk in convert.range_chunks(name, str(path), 0, cut, b"\n"):
+                got.append(chunk)
+        assert name in str(e.value) and "corrupt" in str(e.value) and "compressed byte" in str(e.value)
+        readable = int(str(e.value).split("only its first ")[1].split(" lines")[0].replace(",", ""))
+        assert (5000 < readable < 20000) if name.endswith(".gz") else readable < 20000  # bzip2: 900 kB blocks
+        assert body.startswith(b"".join(got))  # what came before the damage is whole lines of the file
+
+
+def test_scan_spans_are_line_aligned_for_cr_only_files(tmp_path):
+    lines = [b"%d,1,2,3,4" % (i % 10) for i in range(1000)]
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"\r".join(lines) + b"\r")
+    scan = convert.scan_file("a.csv", str(path), 3, b"\r")
+    data = path.read_bytes()
+    assert scan["spans"][0][0] == 0 and scan["spans"][-1][1] == len(data)
+    numbers = []
+    for start, end, first_line in scan["spans"]:
+        part = data[start:end]
+        assert start == 0 or data[start - 1:start] == b"\r"
+        numbers += list(range(first_line, first_line + part.count(b"\r")))
+        assert part.split(b"\r")[0] == lines[first_line - 1]
+    assert numbers == list(range(1, 1001))
+
+
+def test_head_reads_whole_long_lines(tmp_path):
+    line = b"3," + b",".join([b"200"] * 360000)  # a 600x600 image: a 1.4 MB line
+    path = tmp_path / "big.csv"
+    path.write_bytes((line + b"\n") * 4)
+    head, complete = convert.read_head("big.csv", str(path))
+    dialect = csvparse.sniff(head, "big.csv", complete)
+    assert complete and dialect.columns == 360001 and dialect.data_lines == 4
+
+
+@pytest.mark.parametrize("content, note", [
+    (b"", "empty"), (b"label,a,b,c,d\n", "header only"), (b"\n\n  \n", "blank lines only")])
+def test_files_without_rows_are_recognised(content, note):
+    assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), True) == note
+    assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), False) is None
+    assert convert.no_rows_note(csvparse.sniff(b"5,0,0,1,2\n", "x.csv"), True) is None
+
+
+def test_shipped_producer_cases_are_sniffed_as_written():
+    base = os.path.join(os.path.dirname(__file__), "..", "data", "csv-dialects")
+    seen = {}
+    for case in sorted(os.listdir(base)):
+        if os.path.isdir(os.path.join(base, case)):
+            labeled, _u, _s, _x = convert.list_inputs(os.path.join(base, case))
+            seen[case] = [csvparse.sniff(convert.read_head(n, p)[0], n).describe() for n, p in labeled]
+    assert seen["bom_noheader"][0]["encoding"] == "UTF-8 with BOM" and seen["bom_noheader"][0]["header"] is None
+    assert seen["cr_only"][0]["line_terminator"] == "CR" and seen["cr_only"][0]["header"].startswith("label,")
+    assert seen["numeric_header"][0]["header"].startswith("0,1,2,3,")
+    assert seen["quoted_all"][0]["quoted"] and seen["quoted_all"][0]["header"].startswith('"label"')
+    assert len(seen["spark_dir"]) == 2 and len(seen["upper_ext"]) == 2
