@@ -73,10 +73,10 @@ class Dialect:
         return b"\r" if self.line_terminator == "\r" else b"\n"
 
     def describe(self) -> dict:
-        """What the manifest records of the dialect of a file."""
+        """What the manifest records of the dialect of a file (a header's text cut at 300 characters)."""
         return {"encoding": "UTF-8 with BOM" if self.bom else "UTF-8", "delimiter": self.delimiter,
                 "quoted": self.quoted, "line_terminator": LINE_TERMINATORS[self.line_terminator],
-                "header": self.header}
+                "header": self.header if self.header is None or len(self.header) <= 300 else self.header[:300] + "..."}
 
 
 class Spec:
