@@ -10,17 +10,19 @@ import datetime
 from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from tfos_spark import DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
-from tfospipe import jobargs, paths
+from tfospipe import jobargs
 
 JOBS = ("convert", "train", "validate", "infer")
 
-# The trigger form: the dataset version, then every job flag that jobargs marks as a param (with its
-# JSON schema, so invalid values are refused before any Spark job starts).
+# The trigger form: the dataset version, then every job flag that jobargs marks as a param. Each
+# param's JSON schema is the rule its job checks the flag with (jobargs), so a value the trigger
+# accepts is one every job accepts, and an invalid one is refused before any Spark job starts.
 params = {
     # Optional (null allowed), so the UI's trigger form accepts it left empty.
     "dataset_version": Param(
-        None, type=["null", "string"], pattern=f"^$|{paths.SEGMENT_PATTERN}", title="Dataset version",
-        description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD)."),
+        None, title="Dataset version", **jobargs.DATASET_VERSION,
+        description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD). "
+                    "1-128 letters, digits, '.', '_', '-', starting with a letter or digit, no '..'."),
 }
 for _job in JOBS:
     for _name, _default, _help, _schema in jobargs.dag_params(_job):
@@ -28,7 +30,11 @@ for _job in JOBS:
 
 
 def job_args(job, **extra):
-    """The job's flags: data root, version, the DAG params it reads, and ``extra`` (e.g. run_id)."""
+    """The job's flags: data root, version, the DAG params it reads, and ``extra`` (e.g. run_id).
+
+    A param renders as ``str(value)``; the job reads it back under the same JSON schema
+    (jobargs.schema_type), so e.g. an epochs of 2.0 (a JSON-schema integer) reaches the job as 2.
+    """
     values = {"data_root": DATA_ROOT, "version": VERSION}
     for arg in jobargs.JOBS[job]:
         if arg.param:

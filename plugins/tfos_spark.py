@@ -41,6 +41,10 @@ DATA_ROOT = "{{ var.value.get('tfos_data_root', '%s') }}" % DEFAULT_DATA_ROOT
 #: triggered without a logical date) the day it was triggered for.
 VERSION = "{{ params.dataset_version or ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
 RUN_ID = "{{ run_id }}"
+#: Executors of a job: the cluster_size param as an integer string, which Spark's settings need. The
+#: param's schema (jobargs) admits whole numbers only, but JSON schema counts 2.0 as an integer, so a
+#: run triggered with {"cluster_size": 2.0} renders "2" here (Jinja's int filter) rather than "2.0".
+CLUSTER_SIZE = "{{ params.cluster_size | int }}"
 
 #: Environment of the spark-submit process (driver in client mode) and of every executor.
 TF_ENV = {
@@ -143,7 +147,7 @@ class TensorBoardLink(BaseOperatorLink):
 class TFoSSparkSubmitOperator(SparkSubmitOperator):
     """spark-submit of ``jobs/<job>.py`` with the pipeline's conf, arguments and ``--py-files`` zip."""
 
-    def __init__(self, *, job, job_args, cluster_size="{{ params.cluster_size }}", tfos=False, **kwargs):
+    def __init__(self, *, job, job_args, cluster_size=CLUSTER_SIZE, tfos=False, **kwargs):
         if job not in jobargs.JOBS:
             raise ValueError(f"unknown job {job!r}; jobs: {sorted(jobargs.JOBS)}")
         super().__init__(

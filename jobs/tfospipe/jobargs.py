@@ -1,43 +1,138 @@
 """Command-line arguments of the four jobs, in one place.
 
 The jobs parse their ``argv`` with :func:`parse`; the DAG builds each task's ``application_args``
-with :func:`to_argv` and takes its params' defaults from :data:`JOBS`, so a flag, its type and its
-default are written once. No Spark or TensorFlow import here: the DAG processor loads this module.
+with :func:`to_argv` and takes its params (default and JSON schema) from :data:`JOBS`, so a flag, its
+rule and its default are written once. No Spark or TensorFlow import here: the DAG processor loads
+this module.
+
+One rule per value: a flag that is also a DAG param has a JSON schema, and that schema is both the
+param's schema (which Airflow checks with jsonschema when a run is triggered from the UI, the REST
+API, the CLI or a backfill) and the job's check of the flag (:func:`schema_type` validates the
+flag's text with the same jsonschema validator). The DAG renders a param into the command line as
+``str(value)`` (``{{ params.x }}``), so the job reads a number flag as the JSON number it came from:
+an integer flag takes ``2``, and also ``2.0`` or ``1e1`` (JSON schema counts a whole-number float as
+an integer) as 2 and 10, and refuses ``2.5``; NaN and infinities are refused everywhere.
 """
 
 import argparse
+import re
 
 from . import paths, schema
 
 #: How all-reduce training sends gradients: "none" (float32) or "fp16" (model.HalfPrecisionAllReduceAdam).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 
+#: JSON schema's number type admits NaN (every comparison with it is false, so minimum and maximum
+#: pass it, and Python's json reads ``NaN``); this subschema matches NaN and no other number, so
+#: number rules carry ``"not": NOT_NAN``.
+NOT_NAN = {"description": "NaN (not a number)", "type": "number", "minimum": 1, "maximum": 0}
 
-def _number(cast, name, minimum=None, maximum=None, above=None):
-    """argparse type: ``cast(text)`` within [minimum, maximum] (and > ``above``), else a clear error."""
-    def check(text):
-        value = cast(text)
-        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
-                or (above is not None and value <= above)):
-            raise argparse.ArgumentTypeError(f"{text} is not {name}")
+
+def integer(minimum: int, maximum: int | None = None) -> dict:
+    """JSON schema of a whole number in [minimum, maximum] (no upper bound when ``maximum`` is None)."""
+    rule = {"type": "integer", "minimum": minimum}
+    return rule if maximum is None else dict(rule, maximum=maximum)
+
+
+def number(minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> dict:
+    """JSON schema of a finite number in [minimum, maximum], and > ``above`` when given; never NaN."""
+    rule = {"type": "number"}
+    if minimum is not None:
+        rule["minimum"] = minimum
+    if above is not None:
+        rule["exclusiveMinimum"] = above
+    if maximum is not None:
+        rule["maximum"] = maximum
+    rule["not"] = NOT_NAN
+    return rule
+
+
+def one_of(*choices: str) -> dict:
+    """JSON schema of one of ``choices`` (exact, case-sensitive strings)."""
+    return {"type": "string", "enum": list(choices)}
+
+
+def expected(rule: dict) -> str:
+    """What a value under ``rule`` must be, in words, e.g. ``an integer from 1 to 1000``."""
+    if "enum" in rule:
+        return "one of " + ", ".join(map(str, rule["enum"]))
+    if "pattern" in rule:
+        return f"a string matching {rule['pattern']}"
+    kind = {"integer": "an integer", "number": "a number"}.get(rule.get("type"), "a " + str(rule.get("type")))
+    low, high = rule.get("minimum"), rule.get("maximum")
+    if "exclusiveMinimum" in rule:
+        return f"{kind} above {rule['exclusiveMinimum']}" + (f" and at most {high}" if high is not None else "")
+    if low is not None and high is not None:
+        return f"{kind} from {low} to {high}"
+    if low is not None:
+        return f"{kind} >= {low}"
+    return kind
+
+
+#: A JSON number literal, which is also how Python's str() writes an int or a finite float.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<real>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)")
+
+
+def value_of(rule: dict, text: str):
+    """The JSON value a flag's ``text`` stands for under ``rule``: the text itself for a string rule,
+    else the JSON number it spells: an int for ``2``, a float for ``2.0``, ``1e1`` or ``1e-05``
+    (ASCII digits; no spaces, ``+``, ``_``, ``nan`` or ``inf``, which JSON and str() never write).
+
+    Raises ValueError when the text is no JSON number.
+    """
+    types = rule.get("type")
+    if types == "string" or (isinstance(types, list) and "string" in types):
+        return text
+    match = _JSON_NUMBER.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a JSON number")
+    return float(text) if match["real"] else int(text)
+
+
+def check(rule: dict, value):
+    """Validate a JSON ``value`` against ``rule`` exactly as Airflow validates a param (jsonschema,
+    with a format checker); return the first error's message, or None when it is valid."""
+    # Imported here: the executors import this module (model.py) but never check a flag.
+    from jsonschema import FormatChecker
+    from jsonschema.validators import validator_for
+    validator = validator_for(rule)(rule, format_checker=FormatChecker())
+    error = next(iter(validator.iter_errors(value)), None)
+    return None if error is None else error.message
+
+
+def schema_type(rule: dict, what: str, convert=None, hint: str | None = None):
+    """argparse type for a flag under the JSON schema ``rule``: reads the text as :func:`value_of`,
+    validates it with :func:`check`, and returns it as int (integer rule), float (number rule), or
+    ``convert(value)`` when given. A refused value exits with usage (exit code 2) naming the flag,
+    the text given, why, and what to use (``hint``, default :func:`expected`).
+    """
+    def parse(text):
+        try:
+            value = value_of(rule, text)
+        except ValueError:
+            error = "not a JSON number"
+        else:
+            error = check(rule, value)
+        if error is not None:
+            raise argparse.ArgumentTypeError(f"{text!r} is refused ({error}); use {hint or expected(rule)}")
+        if convert is not None:
+            return convert(value)
+        if rule.get("type") == "integer":
+            return int(value)
+        if rule.get("type") == "number":
+            return float(value)
         return value
-    check.__name__ = name
-    return check
-
-
-_fraction = _number(float, "a fraction in [0, 1]", 0.0, 1.0)
-_positive = _number(int, "a positive integer", 1)
-_non_negative = _number(int, "a non-negative integer", 0)
-_positive_float = _number(float, "a positive number", above=0.0)
+    parse.__name__ = what
+    return parse
 
 
 def _segment(what):
-    def check(text):
+    def check_text(text):
         try:
             return paths.check_segment(text, what)
         except paths.PathError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    return check
+    return check_text
 
 
 def _run_id(text):
@@ -47,32 +142,36 @@ def _run_id(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _one_of(*choices):
-    def check(text):
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
-        return text
-    return check
+#: ``image_shape``: auto, or HxW with H and W from 1 to 9999 (no leading zeros, lowercase x).
+IMAGE_SHAPE = {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})$(?!\\n)"}
+
+#: The DAG's dataset_version param: null or empty = the run's logical date, else a path segment under
+#: the same pattern as every job's --version (paths.check_segment).
+DATASET_VERSION = {"type": ["null", "string"], "pattern": "^$(?!\\n)|" + paths.SEGMENT_PATTERN}
 
 
-def _image_shape(text):
-    if text in ("", "auto"):
+def _image_shape(value):
+    """``auto`` -> None (the shape comes from the data), ``HxW`` -> (H, W)."""
+    if value == "auto":
         return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image shape {text!r} is not HxW, e.g. 28x28") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"image shape {text!r} must be positive")
-    return h, w
+    h, w = value.split("x")
+    return int(h), int(w)
 
 
 class Arg:
-    """A job flag. ``schema`` (JSON schema) makes it a DAG param too, named ``param`` (default: ``name``)."""
+    """A job flag ``--name`` with its default (None = required) and help.
 
-    def __init__(self, name, type, default, help, schema=None, param=None):
-        self.name, self.type, self.default, self.help = name, type, default, help
-        self.schema, self.param = schema, (param or name) if schema else None
+    ``rule`` is the flag's JSON schema: the job checks the flag with it (:func:`schema_type`) and,
+    unless ``param`` is False, the DAG exposes the flag as a param with the same schema, named
+    ``param`` (default: ``name``). Flags the DAG fills itself (data root, version, run id) have an
+    argparse ``type`` instead. ``convert`` turns a valid JSON value into what the job uses; ``hint``
+    says in words what a valid value is (default: derived from the rule).
+    """
+
+    def __init__(self, name, default, help, rule=None, *, type=None, param=None, convert=None, hint=None):
+        self.name, self.default, self.help, self.schema = name, default, help, rule
+        self.param = (param or name) if rule is not None and param is not False else None
+        self.type = schema_type(rule, self.flag, convert, hint) if rule is not None else type
 
     @property
     def flag(self):
@@ -80,64 +179,61 @@ class Arg:
 
 
 _COMMON = [
-    Arg("data_root", str, None, "root of all data: a local directory or a tf.io.gfile URI every executor can reach"),
-    Arg("version", _segment("dataset version"), None, "dataset version, e.g. the run's logical date 2026-11-28"),
+    Arg("data_root", None, "root of all data: a local directory or a tf.io.gfile URI every executor can reach",
+        type=str),
+    Arg("version", None, "dataset version, e.g. the run's logical date 2026-11-28", type=_segment("dataset version")),
 ]
-_RUN = [Arg("run_id", _run_id, None, "Airflow run id; keys the model directory so a retry resumes it")]
+_RUN = [Arg("run_id", None, "Airflow run id; keys the model directory so a retry resumes it", type=_run_id)]
 
 JOBS = {
     "convert": _COMMON + [
-        Arg("eval_fraction", _fraction, 0.2, "fraction of rows for the eval split (by a hash of the row's content)",
-            {"type": "number", "minimum": 0.01, "maximum": 0.9}),
-        Arg("num_shards", _positive, 4, "TFRecord shards per split (at least the training cluster size)",
-            {"type": "integer", "minimum": 1, "maximum": 1024}),
-        Arg("max_bad_fraction", _fraction, 0.05, "fail when more than this fraction of rows is quarantined",
-            {"type": "number", "minimum": 0, "maximum": 1}),
-        Arg("pixel_max", _positive, 255, "largest valid pixel value; larger values are quarantined",
-            {"type": "integer", "minimum": 1, "maximum": 65535}),
-        Arg("image_shape", _image_shape, "auto", "HxW, or auto: square root of the pixel column count",
-            {"type": "string", "pattern": "^(auto|[0-9]{1,4}x[0-9]{1,4})$"}),
-        Arg("label_column", _number(int, "a column index >= -1", -1), 0,
+        Arg("eval_fraction", 0.2, "fraction of rows for the eval split (by a hash of the row's content)",
+            number(0.01, 0.9)),
+        Arg("num_shards", 4, "TFRecord shards per split (at least the training cluster size)", integer(1, 1024)),
+        Arg("max_bad_fraction", 0.05, "fail when more than this fraction of rows is quarantined", number(0, 1)),
+        Arg("pixel_max", 255, "largest valid pixel value; larger values are quarantined", integer(1, 65535)),
+        Arg("image_shape", "auto", "HxW, or auto: square root of the pixel column count", IMAGE_SHAPE,
+            convert=_image_shape, hint="auto, or HxW with H and W from 1 to 9999 (e.g. 28x28)"),
+        Arg("label_column", 0,
             "index of the label column in the labeled CSV (0 = first, -1 = last); the others are the pixels",
-            {"type": "integer", "minimum": -1, "maximum": 1000000}),
-        Arg("compression", _one_of(*schema.COMPRESSIONS), "none",
+            integer(-1, 1000000)),
+        Arg("compression", "none",
             "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
-            {"type": "string", "enum": list(schema.COMPRESSIONS)}),
+            one_of(*schema.COMPRESSIONS)),
     ],
     "train": _COMMON + _RUN + [
-        Arg("input_mode", _one_of("tensorflow", "spark"), "tensorflow",
+        Arg("input_mode", "tensorflow",
             "tensorflow: each node reads its TFRecord shards with tf.data; spark: Spark feeds the rows (TFNode.DataFeed)",
-            {"type": "string", "enum": ["tensorflow", "spark"]}),
-        Arg("cluster_size", _positive, 2, "TensorFlow nodes = Spark executors (chief + workers)",
-            {"type": "integer", "minimum": 2, "maximum": 256}),
-        Arg("num_ps", _non_negative, 0,
+            one_of("tensorflow", "spark")),
+        Arg("cluster_size", 2, "TensorFlow nodes = Spark executors (chief + workers)", integer(2, 256)),
+        Arg("num_ps", 0,
             "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
             "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
-            {"type": "integer", "minimum": 0, "maximum": 16}),
-        Arg("gradient_compression", _one_of(*GRADIENT_COMPRESSIONS), "none",
+            integer(0, 16)),
+        Arg("gradient_compression", "none",
             "how all-reduce training sends gradients: none (float32) or fp16 (half the bytes and CPU of the "
             "all-reduce, gradients rounded to float16; num_ps=0 only)",
-            {"type": "string", "enum": list(GRADIENT_COMPRESSIONS)}),
-        Arg("epochs", _positive, 5, "passes over the train split", {"type": "integer", "minimum": 1, "maximum": 1000}),
-        Arg("batch_size", _positive, 64, "batch size per worker", {"type": "integer", "minimum": 1, "maximum": 65536}),
-        Arg("learning_rate", _positive_float, 0.001, "Adam learning rate",
-            {"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
-        Arg("executor_wait", _positive, 120, "seconds to wait for cluster_size executors before failing"),
+            one_of(*GRADIENT_COMPRESSIONS)),
+        Arg("epochs", 5, "passes over the train split", integer(1, 1000)),
+        Arg("batch_size", 64, "batch size per worker", integer(1, 65536)),
+        Arg("learning_rate", 0.001, "Adam learning rate", number(maximum=1, above=0)),
+        # Not a DAG param: a job setting (tests shorten it), checked by the same kind of rule.
+        Arg("executor_wait", 120, "seconds to wait for cluster_size executors before failing", integer(1),
+            param=False),
     ],
     "validate": _COMMON + _RUN + [
-        Arg("min_accuracy", _fraction, 0.8, "the candidate's eval accuracy must reach this",
-            {"type": "number", "minimum": 0, "maximum": 1}),
-        Arg("max_regression", _fraction, 0.02, "the candidate may trail the serving model's accuracy by at most this",
-            {"type": "number", "minimum": 0, "maximum": 1}),
+        Arg("min_accuracy", 0.8, "the candidate's eval accuracy must reach this", number(0, 1)),
+        Arg("max_regression", 0.02, "the candidate may trail the serving model's accuracy by at most this",
+            number(0, 1)),
     ],
     "infer": _COMMON + [
-        Arg("batch_size", _positive, 256, "rows per prediction batch in each executor",
-            {"type": "integer", "minimum": 1, "maximum": 65536}, param="inference_batch_size"),
-        Arg("model_version", str, "", "promoted model version to use; empty = the one serving now"),
-        Arg("mode", _one_of("executors", "tfos"), "executors",
+        Arg("batch_size", 256, "rows per prediction batch in each executor", integer(1, 65536),
+            param="inference_batch_size"),
+        Arg("model_version", "", "promoted model version to use; empty = the one serving now", type=str),
+        Arg("mode", "executors",
             "executors: each executor loads the model and scores its shards (mapInArrow); tfos: a TFoS cluster "
             "in InputMode.SPARK scores the rows Spark feeds it (TFCluster.inference)",
-            {"type": "string", "enum": ["executors", "tfos"]}, param="inference_mode"),
+            one_of("executors", "tfos"), param="inference_mode"),
     ],
 }
 
@@ -164,7 +260,7 @@ def defaults(job):
 
 def dag_params(job):
     """(param name, default, help, JSON schema) of the flags a DAG run may set for ``job``."""
-    return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.schema]
+    return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.param]
 
 
 def to_argv(job, values):

@@ -21,11 +21,14 @@ no ``..``, no whitespace or shell metacharacters.
 import os
 import re
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: The one rule for a path segment (dataset version, run id, model version): 1-128 letters, digits,
+#: '.', '_' and '-', starting with a letter or digit, no '..'. Written for ``re.search``, which is how
+#: JSON schema's "pattern" applies it (jsonschema in Airflow, a browser's RegExp): a bare ``$`` also
+#: matches before a final newline in Python, so the end is ``$(?!\n)`` (``\Z`` means "Z" in a
+#: browser). check_segment and the DAG's dataset_version param both use this pattern.
+SEGMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$(?!\n)"
+_SEGMENT = re.compile(SEGMENT_PATTERN)
 _RUN_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-#: The JSON-schema pattern the DAG's params use for a dataset version (same rule as check_segment).
-SEGMENT_PATTERN = _SEGMENT.pattern
 
 
 class PathError(ValueError):
@@ -33,8 +36,8 @@ class PathError(ValueError):
 
 
 def check_segment(value, what="dataset version"):
-    """Return ``value`` if it is a safe single path segment, else raise PathError."""
-    if not isinstance(value, str) or not _SEGMENT.fullmatch(value) or ".." in value:
+    """Return ``value`` if it is a safe single path segment (:data:`SEGMENT_PATTERN`), else raise PathError."""
+    if not isinstance(value, str) or not _SEGMENT.search(value):
         raise PathError(
             f"invalid {what} {value!r}: use 1-128 characters from letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, with no '..' (for example 2026-11-28)")

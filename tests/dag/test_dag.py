@@ -1,4 +1,5 @@
 """DAG integrity: imports cleanly, four Spark tasks in order, arguments the jobs accept, params validated."""
+import copy
 import os
 import types
 
@@ -38,11 +39,12 @@ def test_schedule_and_training_pool(dag):
 
 
 def test_tfos_spark_conf_is_set_on_every_task(dag):
+    import tfos_spark
     for task in dag.tasks:
         conf = task.conf
         assert conf["spark.dynamicAllocation.enabled"] == "false"
         assert conf["spark.task.cpus"] == "1" and conf["spark.executor.cores"] == "1"
-        assert conf["spark.executor.instances"] == conf["spark.cores.max"] == "{{ params.cluster_size }}"
+        assert conf["spark.executor.instances"] == conf["spark.cores.max"] == tfos_spark.CLUSTER_SIZE
         assert conf["spark.executorEnv.TF_USE_LEGACY_KERAS"] == "1"
         assert task.env_vars["TF_USE_LEGACY_KERAS"] == "1"
         assert os.path.isabs(conf["spark.pyspark.python"])
@@ -69,10 +71,23 @@ def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expec
             assert args.run_id == "scheduled__2026-11-28T00_00_00_00_00"
 
 
+@pytest.mark.parametrize("cluster_size, rendered", [(3, "3"), (2.0, "2"), (1e1, "10"), (256, "256")])
+def test_executor_counts_render_as_integers(dag, cluster_size, rendered):
+    """Spark reads spark.executor.instances / spark.cores.max as ints: a JSON-schema integer given as
+    2.0 or 1e1 must not reach the conf as "2.0"."""
+    copy.copy(dag.params.get_param("cluster_size")).resolve(cluster_size)  # the trigger accepts it
+    for task in dag.tasks:
+        conf = task.render_template(task.conf, {"params": {"cluster_size": cluster_size}})
+        assert conf["spark.executor.instances"] == conf["spark.cores.max"] == rendered
+
+
 @pytest.mark.parametrize("name, value", [
     ("dataset_version", "../etc"), ("dataset_version", "/abs"), ("dataset_version", "a b"),
     ("dataset_version", "v1;rm -rf"), ("dataset_version", "$(id)"), ("cluster_size", 1), ("epochs", 0),
     ("min_accuracy", 1.5), ("image_shape", "28 x 28"), ("eval_fraction", 0.0),
+    ("dataset_version", "v1\n"), ("dataset_version", "\n"), ("dataset_version", "a..b"),
+    ("dataset_version", "a" * 129), ("image_shape", "0x0"), ("image_shape", "28x28\n"), ("epochs", 2.5),
+    ("cluster_size", 2.5), ("min_accuracy", float("nan")), ("learning_rate", float("inf")),
 ])
 def test_invalid_params_are_rejected_before_any_job(dag, name, value):
     from airflow.sdk.definitions.param import ParamValidationError

@@ -10,6 +10,17 @@ def test_unsafe_versions_are_rejected(bad):
         paths.check_segment(bad)
 
 
+def test_segment_pattern_is_the_rule_under_re_search():
+    """JSON schema applies "pattern" with re.search, where a bare "$" matches before a final newline."""
+    import re
+    for good in ("v1", "2026-11-28", "a" * 128, "a.b_c-d"):
+        assert re.search(paths.SEGMENT_PATTERN, good) and paths.check_segment(good) == good
+    for bad in ("v1\n", "\n", "a" * 129, "a..b", "é", ""):
+        assert not re.search(paths.SEGMENT_PATTERN, bad)
+        with pytest.raises(paths.PathError, match="1-128 characters"):
+            paths.check_segment(bad)
+
+
 def test_layout_keys_outputs_by_version_and_run(tmp_path):
     layout = paths.Layout(str(tmp_path))
     assert layout.tfrecords("2026-11-28") == str(tmp_path / "tfrecords" / "2026-11-28")
@@ -49,6 +60,63 @@ def test_invalid_arguments_exit_with_usage(job, extra):
     with pytest.raises(SystemExit) as e:
         jobargs.parse(job, ["--data-root", "/x", "--version", "v1"] + extra)
     assert e.value.code == 2
+
+
+def _train(*extra):
+    return jobargs.parse("train", ["--data-root", "/x", "--version", "v1", "--run-id", "r"] + list(extra))
+
+
+@pytest.mark.parametrize("flag, text, value", [
+    ("--epochs", "2.0", 2), ("--epochs", "1e1", 10), ("--epochs", "1E+1", 10), ("--cluster-size", "4.0", 4),
+    ("--executor-wait", "5.0", 5), ("--learning-rate", "1e-05", 1e-05), ("--learning-rate", "1", 1.0),
+])
+def test_number_flags_read_the_json_number_a_param_renders_to(flag, text, value):
+    """JSON schema counts 2.0 and 1e1 as integers, and the DAG renders a param as str(value)."""
+    args = _train(flag, text)
+    got = getattr(args, flag[2:].replace("-", "_"))
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("flag, text, why", [
+    ("--epochs", "2.5", "is not of type 'integer'"), ("--epochs", "nan", "not a JSON number"),
+    ("--epochs", " 2", "not a JSON number"), ("--epochs", "2_0", "not a JSON number"),
+    ("--executor-wait", "1e400", "inf is not of type 'integer'"), ("--executor-wait", "0", "less than the minimum"),
+    ("--learning-rate", "NaN", "not a JSON number"), ("--learning-rate", "inf", "not a JSON number"),
+    ("--learning-rate", "0", "less than or equal to the minimum of 0"), ("--cluster-size", "1", "minimum of 2"),
+    ("--input-mode", "Spark", "is not one of"), ("--epochs", "\u0662", "not a JSON number"),
+    ("--epochs", "+2", "not a JSON number"), ("--epochs", "02", "not a JSON number"),
+    ("--epochs", "1" * 5000, "not a JSON number"),
+])
+def test_refused_flags_say_what_was_given_and_what_to_use(capsys, flag, text, why):
+    with pytest.raises(SystemExit) as e:
+        _train(flag, text)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {text!r} is refused (" in err and why in err and "; use " in err
+
+
+def test_image_shape_is_auto_or_positive_hxw():
+    def shape(text):
+        return jobargs.parse("convert", ["--data-root", "/x", "--version", "v1", "--image-shape", text]).image_shape
+    assert shape("auto") is None and shape("28x28") == (28, 28) and shape("1x9999") == (1, 9999)
+    for bad in ("0x0", "0x28", "28x0", "10000x1", "28X28", "028x28", "", "28x28\n", " 28x28", "-1x4"):
+        with pytest.raises(SystemExit):
+            shape(bad)
+
+
+def test_rules_and_defaults_agree():
+    """Every rule is a valid JSON schema its default satisfies; only flags with a rule are params."""
+    from jsonschema.validators import validator_for
+    for job, args in jobargs.JOBS.items():
+        for a in args:
+            if a.schema is None:
+                assert a.param is None, (job, a.name)
+                continue
+            validator_for(a.schema).check_schema(a.schema)
+            assert jobargs.check(a.schema, a.default) is None, (job, a.name, a.default)
+            assert a.type(str(a.default)) == (None if a.name == "image_shape" else a.default), (job, a.name)
+    assert jobargs.check(jobargs.NOT_NAN, float("nan")) is None
+    assert all(jobargs.check(jobargs.NOT_NAN, x) for x in (0, 0.5, 1, -1e308, float("inf")))
 
 
 def test_version_with_traversal_is_rejected_by_the_job_parser():
