@@ -18,12 +18,13 @@ def mnist_like(n, seed=0):
     return d.target[pick], images.reshape(n, 784)
 
 
-def write_mnist_csv(path, n, seed=0):
-    """A CSV in the MNIST layout (header, label, 784 pixels); returns its path."""
+def write_mnist_csv(path, n, seed=0, labeled=True):
+    """A CSV in the MNIST layout (header, label, 784 pixels; without the label when not ``labeled``,
+    as the unlabeled ``score/`` inputs are); returns its path."""
     labels, pixels = mnist_like(n, seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = np.column_stack([labels, pixels])
-    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    table = np.column_stack([labels, pixels]) if labeled else pixels
+    header = ("label," if labeled else "") + ",".join(f"pixel{i}" for i in range(784))
     np.savetxt(path, table, fmt="%d", delimiter=",", header=header, comments="")
     return path
 

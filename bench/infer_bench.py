@@ -43,15 +43,17 @@ def main():
     layout = paths.Layout(root)
     try:
         print(f"preparing {args.rows} MNIST-size rows in {root} ...", flush=True)
-        common.write_mnist_csv(os.path.join(layout.raw(VERSION), "rows.csv"), args.rows)
-        # every row in eval: the infer job scores the eval split when there is no score split
-        common.run_job("convert", {"data_root": root, "version": VERSION, "eval_fraction": 1.0,
-                                   "num_shards": 4}, args.master)
+        # the rows to score are unlabeled (score/): the infer job scores the score split when there is one
+        common.write_mnist_csv(os.path.join(layout.raw(VERSION), "labeled.csv"), 200)
+        common.write_mnist_csv(os.path.join(layout.raw(VERSION), "score", "rows.csv"), args.rows, labeled=False)
+        common.run_job("convert", {"data_root": root, "version": VERSION, "num_shards": 4}, args.master)
         cnn = model.build_model((28, 28), 255)
         model.export(cnn, os.path.join(root, "seed-model"), (28, 28))
-        serving.promote(layout, os.path.join(root, "seed-model"), "bench__seed", {"accuracy": 0.0})
+        seed_model = os.path.join(root, "seed-model")
+        digest = serving.model_digest(seed_model)
+        serving.promote(layout, seed_model, paths.model_version("bench", "seed", digest), {"accuracy": 0.0}, digest)
 
-        files = sorted(tf.io.gfile.glob(os.path.join(layout.split(VERSION, "eval"), "*.tfrecord")))
+        files = sorted(tf.io.gfile.glob(os.path.join(layout.split(VERSION, "score"), "*.tfrecord")))
         records = [r.numpy() for f in files for r in tf.data.TFRecordDataset(f)]
         images = schema.parse_batch(tf.constant(records), (28, 28))[0].numpy()
         predict = model.load_serving(os.path.join(root, "seed-model"), (28, 28))

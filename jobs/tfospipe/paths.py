@@ -46,7 +46,7 @@ def check_segment(value, what="dataset version"):
 
 def run_slug(run_id):
     """Turn an Airflow run id (``manual__2026-11-28T10:00:00+00:00``) into a path segment."""
-    slug = _RUN_UNSAFE.sub("_", str(run_id)).strip("._-")
+    slug = re.sub(r"\.{2,}", "_", _RUN_UNSAFE.sub("_", str(run_id))).strip("._-")  # Airflow allows 'a..b'
     return check_segment(slug[:128] or "run", "run id")
 
 

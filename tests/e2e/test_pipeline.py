@@ -164,7 +164,9 @@ def test_predictions_cover_every_input_row_with_the_promoted_model(scheduled, la
     _images, _labels, ids = schema.parse_batch(tf.constant(evaluation), (8, 8))
     assert len(table) == len(evaluation) == manifest["rows_out"] == manifest["rows_in"]
     assert sorted(table["row_id"]) == sorted(ids.numpy().tolist())
-    assert set(table["model_version"]) == {paths.model_version(SCHEDULED, run_slug(scheduled))}
+    promoted = load(os.path.join(layout.validation(SCHEDULED, run_slug(scheduled)), "metrics.json"))["model_version"]
+    assert promoted.startswith(f"{SCHEDULED}__{run_slug(scheduled)}__")  # <version>__<run>__<model digest>
+    assert set(table["model_version"]) == {promoted}
     assert set(table["dataset_version"]) == {SCHEDULED}
     assert np.allclose([sum(p) for p in table["probabilities"]], 1.0, atol=1e-4)
     assert ((table["predicted_class"] == table["label"]).mean()) >= ACCURACY_FLOOR

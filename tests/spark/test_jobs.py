@@ -132,7 +132,7 @@ def test_too_many_bad_rows_fails_clearly_and_keeps_previous_output(converted, ra
     run = convert(raw_root, build_dir, max_bad_fraction=0.001)
     assert run.returncode == 2
     err = run.error()
-    assert f"{len(BAD_LINES)} of 560 rows" in err and "max-bad-fraction" in err and "quarantine" in err
+    assert f"{len(BAD_LINES)} of {300 + len(BAD_LINES) + 200 + 50} rows" in err and "max-bad-fraction" in err and "quarantine" in err
     assert "Traceback" not in err
     assert {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*"))} == before
 
