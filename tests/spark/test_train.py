@@ -45,6 +45,10 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
     assert manifest["params"]["input_mode"] == "spark" and manifest["params"]["gradient_compression"] == "fp16"
     assert [w["worker"] for w in workers] == [0, 1]
     assert workers[0]["steps_run"] == workers[1]["steps_run"] == manifest["steps_per_epoch"]
+    # every node evaluates the same number of steps on its share of the eval shards (3 shards, 2 nodes)
+    assert workers[0]["eval_steps_run"] == workers[1]["eval_steps_run"] == manifest["eval_steps"]
+    eval_rows = json.load(open(digits_root / "tfrecords" / VERSION / "_manifest.json"))["splits"]["eval"]
+    assert sum(manifest["shares"]["eval"]) == eval_rows and min(manifest["shares"]["eval"]) > 0
     # three shards, one epoch, two nodes: one node is fed one shard, fewer rows than its step budget
     # needs; it replays what it received instead of leaving the collective early or blocking it
     fed = sorted(w["rows_fed"] for w in workers)
