@@ -8,7 +8,9 @@ starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped as Hadoop does
 the run, naming it. Each file's dialect (UTF-8 byte-order mark, delimiter, quoting, line terminator,
 header) is sniffed from its head (csvparse.sniff) and recorded in the manifest.
 Output: ``{root}/tfrecords/{version}/`` (see paths.py), committed atomically with a manifest;
-bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the raw line.
+bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the raw line. Beside the
+shards, ``_lineage/`` indexes every written row: ``row_id`` -> source file (relative to
+``raw/{version}/``), line and split (:class:`LineageWriter`), committed in the same rename.
 """
 
 import bz2
@@ -42,6 +44,8 @@ CSV_EXTENSIONS = (".csv", ".tsv")
 COMPRESSIONS = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
 #: What a truncated or damaged compressed stream raises while it is read.
 _CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
+#: Rows of the lineage index buffered per Parquet row group (about 30 bytes a row in memory).
+LINEAGE_ROWS_PER_GROUP = 1 << 20
 
 
 def compression_of(name):
@@ -300,11 +304,65 @@ def range_chunks(name, path, start, end, eol):
             yield carry
 
 
+def lineage_name(group, shard):
+    """File name of one range's part of the lineage index: ``rows-{labeled,score}-NNNNN.parquet``
+    (never ``part-*``, so no shard glob matches it, and it sits under ``_lineage/``)."""
+    return f"rows-{group}-{shard:05d}.parquet"
+
+
+class LineageWriter:
+    """Executor side: one range's part of the lineage index, a Parquet file with columns
+    ``row_id`` int64, ``file`` string (the input's name relative to ``raw/{version}/``), ``line`` int64
+    (1-based line number in the decompressed file, as the quarantine counts them) and ``split`` string.
+
+    Rows are buffered and written as row groups of up to LINEAGE_ROWS_PER_GROUP rows, so memory stays
+    bounded whatever the range's size. ``rows``: rows written so far.
+    """
+
+    COLUMNS = ("row_id", "file", "line", "split")
+
+    def __init__(self, path: str, name: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa, self.name, self.rows, self._pending = pa, name, 0, []
+        self.schema = pa.schema([("row_id", pa.int64()), ("file", pa.string()), ("line", pa.int64()),
+                                 ("split", pa.string())])
+        self._sink = fs.open_write(path)
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+
+    def add(self, row_ids: np.ndarray, lines: np.ndarray, splits: np.ndarray) -> None:
+        """Index rows: ``row_ids``, ``lines`` int64 [n] and ``splits`` str [n] of one parsed block."""
+        self._pending.append((np.asarray(row_ids, np.int64), np.asarray(lines, np.int64), np.asarray(splits)))
+        self.rows += len(row_ids)
+        if sum(len(p[0]) for p in self._pending) >= LINEAGE_ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self):
+        if not self._pending:
+            return
+        pa = self._pa
+        ids, lines, splits = (np.concatenate([p[i] for p in self._pending]) for i in range(3))
+        self._pending = []
+        self._writer.write_table(pa.table([pa.array(ids), pa.array([self.name] * len(ids), pa.string()),
+                                           pa.array(lines), pa.array(splits.astype(str), pa.string())],
+                                          schema=self.schema))
+
+    def close(self) -> None:
+        try:
+            self._flush()
+            self._writer.close()
+        finally:
+            self._sink.close()
+
+
 def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
     """Executor side, pass 2: parse one range, write its shard of each split and its quarantine part.
 
-    Streams the range (memory stays flat whatever its size). A corrupt input is not a bad row: the
-    range returns ``fatal`` (the file, where, and the rows read before it) and the driver fails the run.
+    Streams the range (memory stays flat whatever its size). Every written row is indexed in the range's
+    part of the lineage index (``_lineage/``, see :class:`LineageWriter`). A corrupt input is not a bad
+    row: the range returns ``fatal`` (the file, where, and the rows read before it) and the driver fails
+    the run.
     """
     shard, name, path, q, r, first_line, labeled, dialect = task
     dialect = csvparse.Dialect(**dialect)
@@ -316,6 +374,8 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
     label_counts, pixel_max, not_rows = Counter(), 0, Counter()
     writers = {split: schema.shard_writer(fs.open_write(paths.join(stage_dir, split, schema.shard_name(
         shard, params["compression"]))), params["compression"]) for split in splits}
+    lineage = LineageWriter(paths.join(stage_dir, paths.LINEAGE_DIR, lineage_name("labeled" if labeled else "score",
+                                                                                   shard)), name)
     line_no, at_start = first_line, q == 0
     try:
         for chunk in range_chunks(name, path, q, r, dialect.eol):
@@ -330,6 +390,7 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
                     label_counts.update(labels.tolist())
                 else:
                     row_splits = np.full(len(labels), "score")
+                lineage.add(row_ids, lines, row_splits)
                 pixel_max = max(pixel_max, int(pixels.max()) if pixels.size else 0)
                 for split in splits:
                     pick = np.flatnonzero(row_splits == split)
@@ -344,6 +405,7 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
     finally:
         for writer in writers.values():
             writer.close()
+        lineage.close()
     if bad and fatal is None:
         body = "".join(json.dumps({"file": name, "line": line, "kind": kind, "reason": reason, "raw": raw}) + "\n"
                        for line, kind, reason, raw in bad)
@@ -354,6 +416,7 @@ def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
         "fatal": fatal,
         "counts": counts,
         "rows": sum(counts.values()) + len(bad),
+        "lineage_rows": lineage.rows,
         "not_rows": dict(not_rows),
         "bad_kinds": dict(Counter(kind for _l, kind, _r, _raw in bad)),
         "bad_samples": [f"{name}:{line}: {reason}" for line, _k, reason, _raw in bad[:5]],
@@ -407,7 +470,7 @@ def run(spark, args):
     params = {"pixel_max": args.pixel_max, "eval_fraction": args.eval_fraction, "compression": args.compression,
               "label_column": args.label_column}
     with fs.Staging(out) as stage, fs.Staging(layout.quarantine(args.version)) as quarantine:
-        for split in all_splits:
+        for split in all_splits + [paths.LINEAGE_DIR]:
             fs.makedirs(stage.file(split))
         tasks = []
         for g, _files, splits in groups:
@@ -438,6 +501,10 @@ def run(spark, args):
         bad_count = sum(bad_kinds.values())
         samples = [x for st in stats for x in st["bad_samples"]][:5]
         ok_count = sum(per_split.values())
+        lineage_rows = sum(st["lineage_rows"] for st in stats)
+        if lineage_rows != ok_count:
+            raise JobError(f"the lineage index holds {lineage_rows} rows for {ok_count} rows written: the conversion "
+                           "is inconsistent, nothing was published; rerun the task and report this if it repeats")
         rows_read = ok_count + bad_count
         # The quarantine of every run is kept, passed or failed, so bad rows are never lost.
         quarantine.commit({"dataset_version": args.version, "rows": bad_count, "by_kind": dict(bad_kinds),
@@ -486,6 +553,9 @@ def run(spark, args):
             "header_lines": not_rows["header_lines"],
             "splits": per_split,
             "shards": shards,
+            # row_id -> source file (relative to raw/<version>/), line and split of every written row
+            "lineage": {"dir": paths.LINEAGE_DIR, "rows": lineage_rows, "columns": list(LineageWriter.COLUMNS),
+                        "files": sorted(lineage_name("labeled" if t[6] else "score", t[0]) for t, _s in tasks)},
             "inputs": inputs,
             "skipped_hidden": skipped,
             "compression": args.compression,

@@ -5,6 +5,8 @@ Everything lives under a data root, which is a local directory or any URI that
 
     {root}/raw/{version}/*.csv[.gz]                 input CSV of a dataset version
     {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards, _manifest.json, _SUCCESS
+    {root}/tfrecords/{version}/_lineage/            row_id -> source file and line (Parquet), committed
+                                                    with the shards
     {root}/quarantine/{version}/                    rows that could not be converted (JSON lines), kept
                                                     for passed and failed conversions alike
     {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/,
@@ -29,6 +31,9 @@ import re
 SEGMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$(?!\n)"
 _SEGMENT = re.compile(SEGMENT_PATTERN)
 _RUN_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Directory of the lineage index inside a version's TFRecords ('_': no shard glob or Parquet reader
+#: of the version's directory sees it).
+LINEAGE_DIR = "_lineage"
 
 
 class PathError(ValueError):
@@ -79,6 +84,10 @@ class Layout:
 
     def split(self, version, split):
         return join(self.tfrecords(version), split)
+
+    def lineage(self, version):
+        """The row_id -> (file, line, split) index of a converted version (Parquet parts)."""
+        return join(self.tfrecords(version), LINEAGE_DIR)
 
     def quarantine(self, version):
         return join(self.root, "quarantine", check_segment(version))

@@ -173,6 +173,34 @@ def test_predictions_cover_every_input_row_with_the_promoted_model(scheduled, la
     assert 1 <= manifest["model_loads"] <= 2  # at most one per executor
 
 
+def test_a_prediction_traces_back_to_its_csv_line(scheduled, layout):
+    """scripts/lineage.py follows one prediction of the scheduled run to its model version, training run,
+    conversion and the line of raw/<version>/digits.csv it was made from."""
+    import subprocess
+    import sys
+
+    table = pq.read_table(layout.predictions(SCHEDULED)).to_pylist()
+    pred = table[len(table) // 2]
+    proc = subprocess.run([sys.executable, os.path.join(PROJECT_DIR, "scripts", "lineage.py"), SCHEDULED,
+                           str(pred["row_id"]), "--root", layout.root, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    chain = json.loads(proc.stdout)
+    run = run_slug(scheduled)
+    promoted = load(os.path.join(layout.validation(SCHEDULED, run), "metrics.json"))["model_version"]
+    assert chain["prediction"] == {k: pred[k] for k in chain["prediction"]} and pred["model_version"] == promoted
+    assert chain["model"]["model_version"] == promoted and promoted.endswith(chain["model"]["digest"][:12])
+    assert chain["training_run"]["run_id"] == run and chain["training_run"]["dataset_version"] == SCHEDULED
+    assert chain["training_run"]["holds_this_model"] is True
+    assert chain["training_run"]["params"] == load(os.path.join(layout.model_run(SCHEDULED, run), "_manifest.json"))["params"]
+    source = chain["source"]
+    assert source["file"] == "digits.csv" and source["split"] == "eval" and source["unchanged"] is True
+    with open(os.path.join(layout.raw(SCHEDULED), "digits.csv")) as f:
+        lines = f.read().splitlines()
+    assert source["text"] == lines[source["line"] - 1]  # the exact CSV line
+    assert int(source["text"].split(",")[0]) == pred["label"]  # the row's label is the prediction's label
+
+
 def test_task_links_report_page_and_asset_events(stack, scheduled):
     run_id = scheduled["dag_run_id"]
     base = f"/api/v2/dags/tfos_pipeline/dagRuns/{run_id}/taskInstances"

@@ -1,0 +1,216 @@
+"""Trace one prediction back to the CSV line it was made from.
+
+    python scripts/lineage.py DATASET_VERSION ROW_ID [--root ROOT] [--json]
+
+Prints the chain, one link a line:
+
+    prediction       the row's predicted class, probability, label and model version (predictions/<version>/)
+    model version    its digest, when it was promoted, its gate accuracy (serving/models/<model_version>/)
+    training run     run id, the dataset version it trained on, git revision, params, final metrics
+                     (models/<version>/<run>/_manifest.json), and whether that run dir still holds this model
+    dataset version  the conversion's params, git revision and the source file's checksum
+                     (tfrecords/<version>/_manifest.json)
+    source           file:line in raw/<version>/ and the split, from the conversion's lineage index
+                     (tfrecords/<version>/_lineage/), and whether the file is unchanged since the conversion
+    raw line         the text of that line (plain, .gz, .bz2 or .xz; its line terminator as the manifest records)
+
+``--json`` prints the same as one JSON object. ``ROOT`` defaults to $AIRFLOW_VAR_TFOS_DATA_ROOT, else ``data``.
+Exit status 0, or 2 with one ``error: ...`` line (no predictions for the version, no such row id, a
+missing link) saying what is missing and what to run.
+"""
+import argparse
+import codecs
+import hashlib
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfospipe import convert, csvparse, fs, paths, serving  # noqa: E402
+from tfospipe.runner import JobError  # noqa: E402
+
+
+class LineageError(ValueError):
+    """A link of the chain that cannot be followed: what is missing, where, and what to do."""
+
+
+def _rows(files, row_id):
+    """Rows whose ``row_id`` equals ``row_id`` in the Parquet ``files`` (as dicts)."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in files:
+        with fs.open_read(path) as f:
+            found += pq.read_table(f, filters=[("row_id", "=", row_id)]).to_pylist()
+    return found
+
+
+def lineage_rows(layout: paths.Layout, version: str, row_id: int) -> list[dict]:
+    """``[{"row_id", "file", "line", "split"}]`` of ``row_id`` in a version's lineage index (normally one).
+
+    Raises LineageError when the version was converted without an index.
+    """
+    index = layout.lineage(version)
+    files = fs.glob(paths.join(index, "*.parquet"))
+    if not files:
+        raise LineageError(f"dataset version {version} has no lineage index ({index} is missing or empty): it was "
+                           "converted before the index existed; rerun the convert task for it (row ids do not change)")
+    return _rows(files, row_id)
+
+
+def raw_line(path: str, name: str, line: int, eol: bytes) -> str:
+    """The text of line ``line`` (1-based) of an input file, without its line terminator (and without a
+    UTF-8 byte-order mark on line 1), decompressed by its suffix. Raises LineageError when the file
+    has fewer lines."""
+    seen = 0
+    for chunk in convert.range_chunks(name, path, 0, fs.size(path), eol):
+        count = chunk.count(eol) + (0 if chunk.endswith(eol) else 1)
+        if seen + count >= line:
+            text = chunk.split(eol)[line - seen - 1]
+            if line == 1 and text.startswith(codecs.BOM_UTF8):
+                text = text[len(codecs.BOM_UTF8):]
+            if eol == b"\n" and text.endswith(b"\r"):
+                text = text[:-1]
+            return text.decode("utf-8", "replace")
+        seen += count
+    raise LineageError(f"{path} has {seen} lines, not {line}: it changed since the conversion")
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with fs.open_read(path) as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
+    """The lineage of one prediction: ``{"prediction", "model", "training_run", "dataset", "source"}``.
+
+    Raises LineageError for a link that cannot be followed (no predictions for the version, no such
+    row id, a model or run that is gone, a version converted without a lineage index).
+    """
+    paths.check_segment(version)
+    pred_dir = layout.predictions(version)
+    if not fs.is_committed(pred_dir):
+        raise LineageError(f"no predictions for dataset version {version} ({pred_dir} has no _SUCCESS): run the infer "
+                           "task for this version first")
+    pred_manifest = fs.read_json(paths.join(pred_dir, fs.MANIFEST))
+    predictions = _rows(fs.glob(paths.join(pred_dir, "*.parquet")), row_id)
+    if not predictions:
+        where = lineage_rows(layout, version, row_id)
+        if where:
+            raise LineageError(
+                f"row id {row_id} is {where[0]['file']}:{where[0]['line']} of dataset version {version} (split "
+                f"{where[0]['split']}), but it has no prediction: infer scored the {pred_manifest.get('split')} split "
+                f"({pred_manifest.get('rows_out')} rows in {pred_dir})")
+        raise LineageError(f"no row id {row_id} in dataset version {version}: it is neither among the "
+                           f"{pred_manifest.get('rows_out')} predictions in {pred_dir} nor in the lineage index "
+                           f"{layout.lineage(version)}; take a row_id from the predictions' Parquet")
+    pred = predictions[0]
+    mv = pred["model_version"]
+
+    model_dir = layout.serving_model(mv)
+    if not fs.is_committed(model_dir):
+        raise LineageError(f"the prediction names model version {mv}, which is not a committed model in "
+                           f"{layout.serving()}/models; it was removed from the serving area")
+    model = serving.model_info(layout, mv)
+
+    run_dir = layout.model_run(model["dataset_version"], model["run_id"])
+    if not fs.is_committed(run_dir):
+        raise LineageError(f"model version {mv} was trained by run {model['run_id']} of dataset version "
+                           f"{model['dataset_version']}, but {run_dir} holds no committed training run")
+    run = fs.read_json(paths.join(run_dir, fs.MANIFEST))
+    run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
+
+    try:
+        conversion = convert.read_manifest(layout, version)
+    except JobError as e:
+        raise LineageError(str(e)) from None
+    where = lineage_rows(layout, version, row_id)
+    if not where:
+        raise LineageError(f"row id {row_id} has a prediction but is not in the lineage index {layout.lineage(version)}: "
+                           f"the version was converted again since infer ran; rerun infer for {version}")
+    src = where[0]
+    entry = next((i for i in conversion["inputs"] if i["file"] == src["file"]), None)
+    if entry is None:
+        raise LineageError(f"{src['file']} (row id {row_id}) is not among the inputs of the conversion manifest of "
+                           f"{version}: the index and the manifest disagree; rerun the convert task")
+    path = paths.join(layout.raw(version), src["file"])
+    if not fs.exists(path):
+        raise LineageError(f"the source file {path} of row id {row_id} is gone from raw/{version}/")
+    eol = b"\r" if entry["dialect"]["line_terminator"] == "CR" else b"\n"
+    sha = _sha256(path)
+    return {
+        "prediction": {k: pred[k] for k in ("row_id", "predicted_class", "probability", "label", "model_version",
+                                            "dataset_version")},
+        "model": {"model_version": mv, "path": model_dir,
+                  **{k: model.get(k) for k in ("digest", "promoted_at", "accuracy", "loss", "examples", "source",
+                                               "report")}},
+        "training_run": {"run_id": model["run_id"], "path": run_dir,
+                         "holds_this_model": run_digest == model.get("digest"), "model_digest": run_digest,
+                         **{k: run.get(k) for k in ("dataset_version", "git_revision", "params", "steps_run",
+                                                    "final_loss", "final_accuracy", "final_eval_loss",
+                                                    "final_eval_accuracy")}},
+        "dataset": {"dataset_version": version, "path": layout.tfrecords(version),
+                    "git_revision": conversion.get("git_revision"), "params": conversion.get("params"),
+                    "rows_written": conversion.get("rows_written"), "input": entry},
+        "source": {"file": src["file"], "line": src["line"], "split": src["split"], "path": path,
+                   "unchanged": sha == entry["sha256"], "sha256": sha,
+                   "row_id_matches": csvparse.row_id(src["file"], src["line"]) == row_id,
+                   "text": raw_line(path, src["file"], src["line"], eol)},
+    }
+
+
+def render(chain: dict) -> str:
+    """The chain as text, one link per line (the format the module docstring shows)."""
+    p, m, r, d, s = (chain[k] for k in ("prediction", "model", "training_run", "dataset", "source"))
+    label = "unlabeled" if p["label"] is None else f"label {p['label']}"
+    accuracy = f"{m['accuracy']:.4f}" if isinstance(m.get("accuracy"), (int, float)) else "unknown"
+    held = ("its model has this digest" if r["holds_this_model"] else
+            f"WARNING: it now holds another model (digest {r['model_digest'][:12]}): trained again under this run id")
+    metrics = ", ".join(f"{k[len('final_'):]} {r[k]:.4f}" for k in ("final_loss", "final_accuracy", "final_eval_loss",
+                                                                      "final_eval_accuracy")
+                        if isinstance(r.get(k), (int, float)))
+    inp = d["input"]
+    changed = "unchanged since conversion (sha256 matches)" if s["unchanged"] else \
+        f"WARNING: changed since conversion (sha256 now {s['sha256'][:16]}...)"
+    lines = [
+        f"prediction       row {p['row_id']} of dataset version {p['dataset_version']}: class {p['predicted_class']} "
+        f"probability {p['probability']:.4f} ({label}), model version {p['model_version']}",
+        f"model version    {m['model_version']}: digest {m['digest']}, promoted {m['promoted_at']}, "
+        f"gate accuracy {accuracy} on {m.get('examples')} examples ({m['path']})",
+        f"training run     {r['run_id']}: trained on dataset version {r['dataset_version']}, git revision "
+        f"{r['git_revision']}, params {json.dumps(r['params'], sort_keys=True)}, final {metrics}, "
+        f"{r['steps_run']} steps ({r['path']}; {held})",
+        f"dataset version  {d['dataset_version']}: git revision {d['git_revision']}, params "
+        f"{json.dumps(d['params'], sort_keys=True)}, {d['rows_written']} rows written; input {inp['file']} "
+        f"{inp['bytes']} bytes sha256 {inp['sha256']} ({d['path']})",
+        f"source           {s['file']}:{s['line']} (split {s['split']}; {s['path']}, {changed})",
+        f"raw line         {s['text']}",
+    ]
+    if not s["row_id_matches"]:
+        lines.append(f"WARNING: row id {p['row_id']} is not the hash of {s['file']}:{s['line']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_version", help="dataset version whose predictions hold the row")
+    p.add_argument("row_id", type=int, help="row_id of the prediction (the predictions' Parquet column)")
+    p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
+    p.add_argument("--json", action="store_true", help="print the chain as one JSON object")
+    args = p.parse_args(argv)
+    try:
+        chain = trace(paths.Layout(args.root), args.dataset_version, args.row_id)
+    except (LineageError, paths.PathError, csvparse.InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(chain, indent=2, sort_keys=True, default=str) if args.json else render(chain))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
