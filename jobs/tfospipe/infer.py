@@ -10,6 +10,9 @@ label (null when unknown), model_version, dataset_version; manifest and _SUCCESS
 node per executor, each loading the model once; Spark feeds it the serialized Examples
 (``TFCluster.inference``) and it hands back one prediction per row with ``DataFeed.batch_results``,
 as an RDD. Same output contract.
+
+A lost executor fails the run with one ``ERROR [infer]`` line (runner.main; in tfos mode also when TFoS
+ends the application itself): nothing is published, so a retry is safe.
 """
 
 import time
@@ -17,7 +20,7 @@ import time
 from pyspark.accumulators import AccumulatorParam
 
 from . import convert, fs, paths, predict, serving
-from .runner import JobError, executors, requested_executors
+from .runner import JobError, executor_loss, executor_loss_message, executors, requested_executors
 
 
 class _ListParam(AccumulatorParam):
@@ -102,6 +105,22 @@ def _tfos_predictions(spark, files, node_args, nodes):
     return cluster, cluster.inference(convert.example_rdd(sc, files), feed_timeout=600)
 
 
+def _shutdown(cluster):
+    """Stop a TFoS inference cluster; TFoS ends the application with ``sys.exit`` when a node failed,
+    which becomes a JobError saying what failed (a lost executor: which, where, why)."""
+    try:
+        cluster.shutdown(timeout=-1)
+    except SystemExit:
+        from tensorflowonspark import TFCluster
+
+        error = TFCluster.tf_status.get("error")
+        loss = executor_loss(error)
+        if loss is not None:
+            raise JobError(executor_loss_message("infer", loss)) from None
+        raise JobError(f"the TensorFlowOnSpark inference cluster failed: {' '.join(str(error).split())[:400]}. No "
+                       "predictions were published; see the executor logs, fix the cause and rerun the task") from None
+
+
 def _model(layout, requested):
     if requested:
         mv = paths.check_segment(requested, "model version")
@@ -160,7 +179,7 @@ def run(spark, args):
                                   loads, timings), schema)
         predictions.write.mode("overwrite").parquet(stage.path)
         if cluster is not None:
-            cluster.shutdown(timeout=-1)
+            _shutdown(cluster)
         rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")

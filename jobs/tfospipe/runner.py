@@ -2,10 +2,16 @@
 
 A job raises :class:`JobError` for anything a user must fix (bad input, missing upstream output, a
 failed gate); it is printed as one ``ERROR`` line that ends up at the end of the Airflow task log,
-and the process exits with status 2. Anything else is a bug and keeps its traceback (status 1).
+and the process exits with status 2. A Spark job that failed because an executor was lost (its JVM
+killed, out of memory, its host gone) is reported the same way: one ``ERROR`` line with the executor,
+its host, Spark's reason and whether a retry is safe (:data:`RETRY_AFTER_EXECUTOR_LOSS`), status 2.
+Anything else is a bug and keeps its traceback (status 1).
 """
 
+import dataclasses
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +21,76 @@ from . import jobargs
 
 class JobError(Exception):
     """A failure with a message for the user: what is wrong, where, and what to do."""
+
+
+#: Words by which Spark reports a job that failed because an executor was lost.
+EXECUTOR_LOSS_MARKERS = ("ExecutorLostFailure", "Lost executor", "exited with code")
+#: What a lost executor left behind, per job, and whether a retry is safe.
+RETRY_AFTER_EXECUTOR_LOSS = {
+    "convert": "nothing was published (the output is written to a staging directory first): Airflow's retry, "
+               "or a rerun, converts the version again from its CSV",
+    "train": "Airflow's retry, or a rerun under the same run id, resumes from the last finished epoch "
+             "(BackupAndRestore state in the run's backup/)",
+    "validate": "the gate did not finish, nothing was promoted and serving is unchanged: Airflow's retry, or a "
+                "rerun, is safe",
+    "infer": "no predictions were published (the version's previous predictions are unchanged): Airflow's retry, "
+             "or a rerun, is safe",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorLoss:
+    """A Spark job failure caused by a lost executor, as Spark reported it.
+
+    ``executor``: Spark's executor id; ``host``: where it ran; ``task``: index of the task (partition)
+    it was running, or None; ``reason``: Spark's words (``ExecutorLostFailure (...) Reason: Command
+    exited with code 137``). Fields Spark did not report are None.
+    """
+
+    executor: str | None
+    host: str | None
+    task: int | None
+    reason: str
+
+    def describe(self) -> str:
+        where = f"Spark executor {self.executor or '?'} on host {self.host or '?'}"
+        task = f" (running task {self.task})" if self.task is not None else ""
+        return f"{where}{task} was lost: {self.reason}"
+
+
+_LOST_TASK = re.compile(r"Lost task (\d+)\.\d+ in stage [\d.]+ \(TID \d+\) \((\S+) executor ([^)\s]+)\): "
+                        r"(ExecutorLostFailure[^\n]*)")
+_LOST_EXECUTOR = re.compile(r"Lost executor (\S+) on ([^:\s]+): ([^\n]*)")
+
+
+def executor_loss(error: object) -> ExecutorLoss | None:
+    """The executor loss an exception (or its text) reports, or None when it reports none.
+
+    Reads what Spark writes when a job fails because an executor was lost (py4j's Py4JJavaError and
+    PySpark's errors carry it in their message): ``Lost task 1.0 in stage 0.0 (TID 1) (HOST executor 1):
+    ExecutorLostFailure (...) Reason: ...``, or ``Lost executor 1 on HOST: ...``.
+    """
+    try:
+        text = str(error or "")
+    except Exception:  # a py4j error whose JVM is gone cannot render its Java side
+        text = repr(error)
+    if not any(marker in text for marker in EXECUTOR_LOSS_MARKERS):
+        return None
+    m = _LOST_TASK.search(text)
+    if m:
+        return ExecutorLoss(m.group(3), m.group(2), int(m.group(1)), " ".join(m.group(4).split())[:300])
+    m = _LOST_EXECUTOR.search(text)
+    if m:
+        return ExecutorLoss(m.group(1), m.group(2), None, " ".join(m.group(3).split())[:300])
+    line = next((ln for ln in text.splitlines() if any(k in ln for k in EXECUTOR_LOSS_MARKERS)), text)
+    return ExecutorLoss(None, None, None, " ".join(line.split())[:300])
+
+
+def executor_loss_message(job: str, loss: ExecutorLoss) -> str:
+    """The one-line message of a job whose Spark job failed because an executor was lost."""
+    return (f"{loss.describe()}. The {job} job failed with it; "
+            f"{RETRY_AFTER_EXECUTOR_LOSS.get(job, 'a rerun is safe')}. If executors keep dying, see their logs "
+            "(Spark UI, or the executors' stderr) for memory limits (exit code 137: killed, often out of memory)")
 
 
 def git_revision():
@@ -58,13 +134,23 @@ def main(job, run, argv=None):
     spark = SparkSession.builder.appName(f"tfos-{job}-{args.version}").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     started = time.time()
+    failure = None
     try:
         summary = run(spark, args)
     except JobError as e:
-        print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
-        return 2
+        failure = str(e)
+    except Exception as e:
+        loss = executor_loss(e)
+        if loss is None:
+            raise
+        failure = executor_loss_message(job, loss)
     finally:
         spark.stop()
+    if failure is not None:
+        # after the shutdown's own log lines, so that this line ends the task log
+        logging.getLogger("py4j").setLevel(logging.WARNING)
+        print(f"ERROR [{job}] {failure}", file=sys.stderr, flush=True)
+        return 2
     summary = dict(summary or {}, job=job, seconds=round(time.time() - started, 1))
     print(f"RESULT [{job}] " + json.dumps(summary, sort_keys=True, default=str), flush=True)
     return 0

@@ -39,6 +39,9 @@ steps it ran, and the job checks they are equal.
 A node that fails leaves ``workers/<node>.error``; the job then ends with one ``ERROR [train]`` line
 naming the node and its error, whether TFoS reported it by a failed Spark job or by ``sys.exit``, and
 cancels the cluster's Spark jobs if the other nodes have not ended ``NODE_FAILURE_GRACE_SECONDS`` later.
+A node whose executor was lost (its JVM killed, out of memory, its host gone) leaves no marker; the line
+then names the node, the executor's host, Spark's reason and the last finished epoch, from which a
+retry resumes (:func:`lost_node_error`); the other nodes' aborted collectives are not the cause.
 
 Run directory ``{root}/models/{version}/{run}/``::
 
@@ -52,11 +55,12 @@ Run directory ``{root}/models/{version}/{run}/``::
 """
 
 import math
+import re
 import threading
 import time
 
 from . import convert, fs, paths, schema
-from .runner import JobError, executors, git_revision, library_versions
+from .runner import ExecutorLoss, JobError, executor_loss, executors, git_revision, library_versions
 
 #: A progress line every N steps; all-reduce training also runs N steps per call of its train function
 #: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
@@ -578,6 +582,68 @@ def failure_error(run_dir, cause=None):
                     "rerun the task; it resumes from the last finished epoch")
 
 
+def last_finished_epoch(run_dir: str) -> tuple[int, int] | None:
+    """``(epoch, epochs)`` of the last ``epoch N/E`` line of the run's progress.log (1-based, counted
+    across resumes), or None when no epoch of this attempt finished. The chief writes the line after
+    BackupAndRestore saved the epoch, so a retry resumes after it."""
+    path = paths.join(run_dir, "progress.log")
+    try:
+        text = fs.read_bytes(path).decode("utf-8", "replace") if fs.exists(path) else ""
+    except OSError:
+        return None
+    found = re.findall(r"^epoch (\d+)/(\d+) ", text, re.M)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def node_of_task(task: int, cluster_info: list | None, num_ps: int) -> str:
+    """The node name (worker-0 chief, worker-N, ps-N) of TFoS's node task ``task`` (its executor_id: the
+    partition of TFCluster's node RDD), from the cluster's reservations, else from TFoS's template
+    (parameter servers first, then the chief, then the workers)."""
+    for node in cluster_info or []:
+        if node.get("executor_id") == task:
+            if node["job_name"] == "ps":
+                return f"ps-{node['task_index']}"
+            return "worker-0" if node["job_name"] == "chief" else f"worker-{node['task_index'] + 1}"
+    return f"ps-{task}" if task < num_ps else f"worker-{task - num_ps}"
+
+
+def lost_node_error(run_dir: str, loss: ExecutorLoss, node: str | None) -> JobError:
+    """The JobError of a TensorFlow node lost with its Spark executor: which node, which host, Spark's
+    reason, the last finished epoch (:func:`last_finished_epoch`) and where a retry resumes (one line)."""
+    who = f"TensorFlow node {node}" if node else "a TensorFlow node"
+    last = last_finished_epoch(run_dir)
+    backup = paths.join(run_dir, "backup")
+    if last:
+        epoch = (f"the last finished epoch is {last[0]} of {last[1]} ({paths.join(run_dir, 'progress.log')}); "
+                 f"Airflow's retry, or a rerun under the same run id, resumes from it at epoch {last[0] + 1} "
+                 f"(BackupAndRestore state in {backup})")
+    elif fs.glob(paths.join(backup, "*", "checkpoint")):
+        epoch = (f"no epoch of this attempt finished; Airflow's retry, or a rerun under the same run id, resumes "
+                 f"from the last epoch an earlier attempt finished (BackupAndRestore state in {backup})")
+    else:
+        epoch = ("no epoch had finished (no BackupAndRestore state yet); Airflow's retry, or a rerun, starts "
+                 "training from epoch 1")
+    return JobError(f"{who} was lost with Spark executor {loss.executor or '?'} on host {loss.host or '?'}: "
+                    f"{loss.reason}. {epoch[0].upper()}{epoch[1:]}. If executors keep dying, see their logs (Spark "
+                    "UI, or the executors' stderr): exit code 137 is a kill, often for memory")
+
+
+def cluster_loss(error, tf_status: dict, wait: float = 10.0) -> tuple[ExecutorLoss | None, bool]:
+    """``(loss, of_node_job)``: the executor loss behind a failed TFoS cluster (None when there was none),
+    and whether TFoS's node job reported it (the background thread's error in ``tf_status``), whose task
+    index names the node. A feeding job that failed first (spark input mode) names only the executor,
+    so then this waits up to ``wait`` s for the node job's error."""
+    loss = executor_loss(tf_status.get("error"))
+    if loss is None and executor_loss(error) is not None:
+        deadline = time.time() + wait
+        while loss is None and time.time() < deadline:
+            time.sleep(0.5)
+            loss = executor_loss(tf_status.get("error"))
+        if loss is None:
+            return executor_loss(error), False
+    return loss, loss is not None
+
+
 def await_nodes(run_dir, workers, timeout):
     """Block until every node left its done marker; raise as soon as one left an error."""
     deadline = time.time() + timeout
@@ -718,6 +784,7 @@ def run(spark, args):
     tail.start()
     watchdog = _Watchdog(sc, run_dir, TFCluster.tf_status)
     watchdog.start()
+    cluster = None
     try:
         if args.input_mode == "spark":
             cluster = TFCluster.run(sc, node_main, node_args, workers, num_ps=0, tensorboard=False,
@@ -732,9 +799,18 @@ def run(spark, args):
                                     input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
                                     reservation_timeout=300)
         cluster.shutdown(timeout=-1)
-    except JobError:
-        raise
     except (Exception, SystemExit) as e:
+        # A lost executor takes its node with it and leaves no marker; the other nodes' collectives are
+        # aborted (their markers are not the cause).
+        loss, of_node_job = cluster_loss(e, TFCluster.tf_status)
+        if loss is not None:
+            node = None
+            if of_node_job and loss.task is not None:
+                node = node_of_task(loss.task, getattr(cluster, "cluster_info", None),
+                                    args.num_ps if args.input_mode == "tensorflow" else 0)
+            raise lost_node_error(run_dir, loss, node) from None
+        if isinstance(e, JobError):
+            raise
         # TFoS reports a failed node by raising from its Spark job, or by stopping the SparkContext and
         # calling sys.exit(1) (TENSORFLOW input mode): either way, say which node failed and why.
         raise failure_error(run_dir, TFCluster.tf_status.get("error") or repr(e)) from None

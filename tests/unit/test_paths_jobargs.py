@@ -28,6 +28,33 @@ def test_layout_keys_outputs_by_version_and_run(tmp_path):
     assert paths.Layout("hdfs://nn:8020/data/").predictions("v1") == "hdfs://nn:8020/data/predictions/v1"
     with pytest.raises(paths.PathError):
         layout.raw("../x")
+    # the lineage index sits inside the version's TFRecords, where no shard glob ("part-*") reaches it
+    assert layout.lineage("v1") == str(tmp_path / "tfrecords" / "v1" / "_lineage")
+    assert paths.LINEAGE_DIR.startswith("_")
+
+
+#: What Spark reports when an executor JVM is killed during a job (py4j's message, trimmed).
+SPARK_LOSS = (
+    "An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n"
+    ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 1 in stage 0.0 failed 1 times, most "
+    "recent failure: Lost task 1.0 in stage 0.0 (TID 1) (192.0.2.2 executor 1): ExecutorLostFailure (executor 1 "
+    "exited caused by one of the running tasks) Reason: Command exited with code 137\nDriver stacktrace:\n"
+    "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:2935)\n")
+
+
+def test_a_lost_executor_is_read_from_sparks_failure_and_told_in_one_line():
+    from tfospipe import runner
+    loss = runner.executor_loss(Exception(SPARK_LOSS))
+    assert loss == runner.ExecutorLoss("1", "192.0.2.2", 1, "ExecutorLostFailure (executor 1 exited caused by one "
+                                       "of the running tasks) Reason: Command exited with code 137")
+    assert runner.executor_loss("ERROR TaskSchedulerImpl: Lost executor 3 on 10.0.0.7: Command exited with code 143") \
+        == runner.ExecutorLoss("3", "10.0.0.7", None, "Command exited with code 143")
+    assert runner.executor_loss(ValueError("a bug")) is None and runner.executor_loss(None) is None
+    for job in ("convert", "train", "validate", "infer"):
+        message = runner.executor_loss_message(job, loss)
+        assert "\n" not in message and "Spark executor 1 on host 192.0.2.2" in message
+        assert "code 137" in message and "retry" in message
+    assert "nothing was promoted" in runner.executor_loss_message("validate", loss)
 
 
 def test_airflow_run_ids_become_segments():
