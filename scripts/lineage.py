@@ -205,7 +205,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         chain = trace(paths.Layout(args.root), args.dataset_version, args.row_id)
-    except (LineageError, paths.PathError, csvparse.InputError) as e:
+    except (LineageError, paths.PathError, csvparse.InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(chain, indent=2, sort_keys=True, default=str) if args.json else render(chain))
