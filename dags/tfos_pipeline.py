@@ -67,8 +67,13 @@ with DAG(
     train = TFoSSparkSubmitOperator(
         task_id="train", job="train", job_args=job_args("train", run_id=RUN_ID), tfos=True, pool="tfos_training",
         execution_timeout=datetime.timedelta(hours=4))
+    # Promotions one at a time (pool tfos_serving, 1 slot); the job's compare-and-swap of the serving
+    # pointer also covers writers outside Airflow. data_date: what the promotion policy orders models by
+    # when the dataset version is not a date (the logical date, or the day a manual run was triggered for).
     validate = TFoSSparkSubmitOperator(
-        task_id="validate", job="validate", job_args=job_args("validate", run_id=RUN_ID),
+        task_id="validate", job="validate", pool="tfos_serving",
+        job_args=job_args("validate", run_id=RUN_ID,
+                          data_date="{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"),
         retries=0,  # a failed gate is deterministic: do not retry it
         execution_timeout=datetime.timedelta(hours=1))
     infer = TFoSSparkSubmitOperator(

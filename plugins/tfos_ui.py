@@ -1,7 +1,8 @@
 """Airflow UI plugin: the validation reports, served by the Airflow API server under ``/tfos``.
 
 ``GET /tfos/reports/{version}/{run}/`` renders ``{data_root}/validation/{version}/{run}/report.md``
-as HTML with its confusion-matrix PNG; the ``validate`` task's "Validation report" link points here
+as HTML with its confusion-matrix PNG, followed by the serving history of the model it judged (every
+promotion, rollback, rejection of it, from ``serving/history/``); the ``validate`` task's "Validation report" link points here
 (see ``tfos_spark.ValidationReportLink``). Only signed-in Airflow users can read it. The data root is
 the same Airflow Variable the tasks use (``tfos_data_root``), so a report on any filesystem the
 jobs write to (local, HDFS, GCS, S3 through tf.io.gfile) is readable.
@@ -13,7 +14,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from tfos_spark import DEFAULT_DATA_ROOT, TFoSSparkSubmitOperator  # noqa: F401  (also puts jobs/ on sys.path)
-from tfospipe import fs, paths
+from tfospipe import fs, paths, serving
 
 try:  # signed-in users only (the UI's session cookie or a bearer token)
     from airflow.api_fastapi.core_api.security import get_user
@@ -24,13 +25,39 @@ except ImportError:  # pragma: no cover - not in an API server
 app = FastAPI(title="TFoS pipeline reports", dependencies=_signed_in)
 
 
-def _report_dir(version, run):
+def _layout():
     from airflow.models import Variable
-    root = paths.normalize_root(Variable.get("tfos_data_root", default_var=DEFAULT_DATA_ROOT))
+    return paths.Layout(Variable.get("tfos_data_root", default_var=DEFAULT_DATA_ROOT))
+
+
+def _report_dir(version, run):
     try:
-        return paths.Layout(root).validation(version, run)  # checks both are safe path segments
+        return _layout().validation(version, run)  # checks both are safe path segments
     except paths.PathError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
+
+
+_COLUMNS = ("time", "action", "from", "to", "run_id", "dataset_version", "accuracy", "eval_data", "rule",
+            "triggered_by")
+
+
+def history_html(layout, model_version: str) -> str:
+    """HTML section: the serving history events naming ``model_version`` (oldest first), as a table."""
+    e = html.escape
+    events = serving.history(layout, model_version)
+    head = f"<h2>Serving history of <code>{e(model_version)}</code></h2>"
+    if not events:
+        return head + "<p>No serving decision recorded for this model.</p>"
+    rows = []
+    for ev in events:
+        cells = []
+        for key in _COLUMNS:
+            value = ev.get(key)
+            text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+            cells.append(f"<td>{e(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (head + "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _COLUMNS) + "</tr>"
+            + "".join(rows) + "</table>")
 
 
 def _read(path):
@@ -42,8 +69,12 @@ def _read(path):
 @app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
 def report(version: str, run: str):
     import markdown
-    text = _read(paths.join(_report_dir(version, run), "report.md"))
+    report_dir = _report_dir(version, run)
+    text = _read(paths.join(report_dir, "report.md"))
     body = markdown.markdown(text.decode("utf-8"), extensions=["tables"])
+    metrics_path = paths.join(report_dir, "metrics.json")
+    if fs.exists(metrics_path):
+        body += history_html(_layout(), fs.read_json(metrics_path)["model_version"])
     title = html.escape(f"Validation {version} / {run}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
             "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"

@@ -3,10 +3,12 @@
     python scripts/serving.py list                        promoted models, the serving one marked *
     python scripts/serving.py rollback                    back to the model that served before the current one
     python scripts/serving.py rollback --to MODEL_VERSION point at a given promoted model
+    python scripts/serving.py history [--model MV]        every decision: promote, rollback, rejected, unchanged
 
 Promoted models are never replaced or deleted, so every one of them can be rolled back to. A plain
 rollback steps back one model each time it runs (the pointer keeps the order in which models served);
-``rollback --to`` a model and a plain rollback returns to the one that served before.
+``rollback --to`` a model and a plain rollback returns to the one that served before. Every
+rollback is recorded in ``serving/history/`` with who ran it, like every promotion and rejection.
 """
 import argparse
 import os
@@ -33,6 +35,35 @@ def _describe(layout, mv):
     return "  ".join(parts)
 
 
+def _figure(value):
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def format_event(e: dict) -> str:
+    """One line per history event: time, action, from -> to, then the facts recorded with it."""
+    line = f"{e.get('time', '?')[:19]}  {e.get('action', '?'):<9}  {e.get('from') or '-'} -> {e.get('to') or '-'}"
+    if e.get("action") in ("rejected", "unchanged") or e.get("model_version") not in (None, e.get("to")):
+        line += f"  model {e.get('model_version')}"
+    facts = []
+    for key in ("run_id", "dataset_version", "data_date"):
+        if e.get(key):
+            facts.append(f"{key} {e[key]}")
+    if isinstance(e.get("accuracy"), (int, float)):
+        acc = f"accuracy {_figure(e['accuracy'])}"
+        if e.get("eval_data"):
+            acc += f" on {e['eval_data']}"
+        if "champion_accuracy" in e and e.get("compared_with"):
+            acc += f" vs {_figure(e['champion_accuracy'])} of {e['compared_with']}"
+        facts.append(acc)
+    if e.get("rounds", 1) > 1:
+        facts.append(f"after {e['rounds']} evaluation rounds")
+    if e.get("rule"):
+        facts.append(f"rule: {e['rule']}")
+    if e.get("triggered_by"):
+        facts.append(f"by {e['triggered_by']}")
+    return line + "".join(f"\n    {f}" for f in facts)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
@@ -40,6 +71,8 @@ def main(argv=None):
     sub.add_parser("list", help="promoted models (the serving one marked *) and the models rollback returns to")
     rb = sub.add_parser("rollback", help="point serving at an earlier model")
     rb.add_argument("--to", default=None, help="promoted model version (default: the one that served before)")
+    hist = sub.add_parser("history", help="every serving decision, oldest first")
+    hist.add_argument("--model", default=None, help="only the events naming this model version")
     args = p.parse_args(argv)
     layout = paths.Layout(args.root)
     if args.command == "list":
@@ -53,9 +86,18 @@ def main(argv=None):
         if now and now.get("history"):
             print("a plain rollback steps back to, in turn: " + ", ".join(now["history"]))
         return 0
+    if args.command == "history":
+        events = serving.history(layout, args.model)
+        if not events:
+            print(f"no serving history in {serving.history_dir(layout)}"
+                  + (f" for model {args.model}" if args.model else ""))
+        for e in events:
+            print(format_event(e))
+        return 0
+    by = f"scripts/serving.py rollback{' --to ' + args.to if args.to else ''} by {serving.user()}"
     try:
-        pointer = serving.rollback(layout, args.to)
-    except ValueError as e:
+        pointer = serving.rollback(layout, args.to, by=by)
+    except (ValueError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"serving {pointer['model_version']} (was {pointer['from']}; previous now {pointer['previous']})")

@@ -22,6 +22,14 @@ from . import paths, schema
 #: How all-reduce training sends gradients: "none" (float32) or "fp16" (model.HalfPrecisionAllReduceAdam).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 
+#: When validate may move serving to a model that passed the gate (validate.promotion_rule):
+#: "if_not_older" only when its data date is not older than the serving model's (a backfill of old
+#: versions judges its models but leaves a newer one serving), "auto" always, "never" not at all.
+PROMOTION_POLICIES = ("if_not_older", "auto", "never")
+
+#: The date a run's data stands for (validate --data-date): empty, or YYYY-MM-DD.
+DATA_DATE = {"type": "string", "pattern": "^(|[0-9]{4}-[0-9]{2}-[0-9]{2})$(?!\\n)"}
+
 #: JSON schema's number type admits NaN (every comparison with it is false, so minimum and maximum
 #: pass it, and Python's json reads ``NaN``); this subschema matches NaN and no other number, so
 #: number rules carry ``"not": NOT_NAN``.
@@ -150,6 +158,17 @@ IMAGE_SHAPE = {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0
 DATASET_VERSION = {"type": ["null", "string"], "pattern": "^$(?!\\n)|" + paths.SEGMENT_PATTERN}
 
 
+def _date(value):
+    """Empty or a real calendar date ``YYYY-MM-DD`` (``2026-02-30`` is refused)."""
+    if value:
+        import datetime
+        try:
+            datetime.date.fromisoformat(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a calendar date; use YYYY-MM-DD, or empty") from None
+    return value
+
+
 def _image_shape(value):
     """``auto`` -> None (the shape comes from the data), ``HxW`` -> (H, W)."""
     if value == "auto":
@@ -225,6 +244,16 @@ JOBS = {
         Arg("min_accuracy", 0.8, "the candidate's eval accuracy must reach this", number(0, 1)),
         Arg("max_regression", 0.02, "the candidate may trail the serving model's accuracy by at most this",
             number(0, 1)),
+        Arg("promotion", "if_not_older",
+            "when a model that passed the gate goes into serving: if_not_older = only if its data date (the "
+            "dataset version when it is a date, else the run's logical date) is not older than the serving "
+            "model's, so a backfill of old versions leaves a newer model serving; auto = always; never = "
+            "evaluate and report only",
+            one_of(*PROMOTION_POLICIES)),
+        # Not a DAG param: the DAG passes the run's logical date (or the day a manual run was triggered for).
+        Arg("data_date", "", "YYYY-MM-DD the run's data stands for when the dataset version is not a date "
+            "(the DAG passes the logical date); empty = today (UTC)", DATA_DATE, param=False, convert=_date,
+            hint="YYYY-MM-DD, or empty"),
     ],
     "infer": _COMMON + [
         Arg("batch_size", 256, "rows per prediction batch in each executor", integer(1, 65536),

@@ -1,6 +1,7 @@
 """Human-readable output of the validation gate: a confusion-matrix PNG and a Markdown report.
 
-Both show the candidate and the serving model (when there is one) side by side.
+Both show the candidate and the serving model (when there is one) side by side; the report also says
+which promotion rule decided (policy, data dates, the serving models compared with).
 """
 
 import io
@@ -41,7 +42,7 @@ def markdown(report):
     lines = [
         f"# Validation of model {report['model_version']}",
         "",
-        f"**{'PASSED — promoted to serving' if report['passed'] else 'REJECTED — serving unchanged'}**",
+        f"**{_verdict(report)}**",
         "",
         f"Dataset version `{report['dataset_version']}`, run `{report['run_id']}`. {report['champion_note']}.",
         "",
@@ -49,6 +50,18 @@ def markdown(report):
     if report["failed_rules"]:
         lines += ["Failed rules:", ""] + [f"- {r}" for r in report["failed_rules"]] + [""]
     t = report["thresholds"]
+    promo = report.get("promotion")
+    if promo:
+        verdict = {"promote": "promote", "held": "held back by the promotion policy", "rejected": "rejected by the gate"}
+        lines += [f"Promotion policy `{promo['policy']}`: **{verdict.get(promo['decision'], promo['decision'])}** — "
+                  f"{promo['rule']}.",
+                  "",
+                  f"Data date {promo['data_date']}; serving model "
+                  f"{'`%s`' % promo['serving_model'] if promo['serving_model'] else 'none'}"
+                  f"{' (data date %s)' % promo['serving_data_date'] if promo.get('serving_data_date') else ''}; "
+                  f"evaluation round {promo['round']}, compared with: "
+                  + ", ".join(f"`{c}`" if c else "nothing serving" for c in promo["compared_with"]) + ".",
+                  ""]
     lines += [f"Rules: accuracy ≥ {t['min_accuracy']}; accuracy ≥ serving model's − {t['max_regression']}; "
               "outputs are finite probabilities summing to 1.", ""]
     head = "| | candidate |" + (f" serving model `{report['champion_model_version']}` |" if champ else "")
@@ -61,6 +74,17 @@ def markdown(report):
         lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
     lines += ["", "![confusion matrices](confusion_matrix.png)", ""]
     return "\n".join(lines)
+
+
+def _verdict(report):
+    promo = report.get("promotion") or {}
+    if not report["passed"]:
+        return "REJECTED — serving unchanged"
+    if promo.get("decision", "promote") == "promote":
+        return "PASSED — promoted to serving"
+    if promo["decision"] == "held":
+        return "PASSED — not promoted (promotion policy), serving unchanged"
+    return "PASSED — not promoted (serving kept changing), serving unchanged"
 
 
 def _fmt(v):

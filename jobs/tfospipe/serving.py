@@ -1,4 +1,5 @@
-"""The serving area: promoted models kept by version, and the pointer saying which one serves.
+"""The serving area: promoted models kept by version, the pointer saying which one serves, and the
+history of every decision about it.
 
 A promoted model is immutable. Its model version carries the digest of its files
 (``paths.model_version``), so a retrained model, even one trained again under the same run id, gets
@@ -12,14 +13,52 @@ before, most recent first (``previous`` is its first entry). Every move of the p
 model (promote, ``rollback --to``) pushes the model that served onto ``history``; a plain rollback
 pops it, so repeated rollbacks walk back through the models in the order they served. The current
 model is never its own ``previous``. Only the validate job promotes.
+
+Concurrent writers. Every change of the pointer is a compare-and-swap made while holding the
+pointer lock (:func:`pointer_lock`): ``promote(..., expected=X)`` moves the pointer only if it
+still names ``X``, the model the candidate was compared with, and raises :class:`ChampionChanged`
+otherwise (nothing is copied, nothing changes). On a local root (or a shared mount) the lock is an
+``fcntl.flock`` on ``serving/.pointer.lock``, which the kernel releases when its holder dies, so a
+killed job never leaves serving locked. On an object store (a ``gs://``/``s3://`` root) there is no
+flock: the pointer is read again right before it is written, which narrows the window to that one
+read-write; a store with conditional writes closes it by writing ``CURRENT.json`` only if its
+generation/ETag is the one read (:func:`_swap` is the one place that writes the pointer).
+
+``serving/history/`` is the append-only record of decisions: one small JSON object per event
+(promote, rollback, rejected, unchanged), named ``<UTC time>-<random>.json``, so names sort by time
+and concurrent writers never write the same object (no file is ever appended to or rewritten,
+which object stores do not offer anyway). :func:`history` reads it back in order.
 """
 
+import contextlib
 import datetime
+import getpass
 import hashlib
+import os
+import sys
+import time
+import uuid
 
 from . import fs, paths
 
 _CHUNK = 1 << 20
+#: Actions recorded in serving/history/.
+ACTIONS = ("promote", "rollback", "rejected", "unchanged")
+#: Default for ``expected``: move the pointer whatever it names now (no compare-and-swap).
+ANY = object()
+
+
+class ChampionChanged(Exception):
+    """The pointer no longer names the model a candidate was compared with.
+
+    ``expected``: the model version the candidate was compared with (None: nothing was serving);
+    ``now``: the pointer as it is (a dict, or None when nothing serves).
+    """
+
+    def __init__(self, expected, now):
+        self.expected, self.now = expected, now
+        super().__init__(f"serving changed during evaluation: it was {expected or 'empty'}, "
+                         f"it is now {now['model_version'] if now else 'empty'}")
 
 
 def current(layout):
@@ -39,13 +78,22 @@ def model_info(layout, mv):
     return fs.read_json(paths.join(layout.serving_model(mv), fs.MANIFEST))
 
 
+def history_dir(layout) -> str:
+    """``{root}/serving/history``: one JSON object per serving decision."""
+    return paths.join(layout.serving(), "history")
+
+
 def _files(root):
     """Paths relative to ``root`` of every file under it, sorted; the commit files at its top excluded."""
-    import tensorflow as tf  # gfile walks local paths and URIs alike
-
     base = root.rstrip("/")
+    if fs._remote(base):
+        import tensorflow as tf  # gfile walks URIs
+        walk = tf.io.gfile.walk(base)
+    else:  # a local path: no TensorFlow import
+        walk = ((d, dirs, names) for d, dirs, names in os.walk(fs._local(base)))
+        base = fs._local(base).rstrip("/")
     found = []
-    for dirpath, _dirs, names in tf.io.gfile.walk(base):
+    for dirpath, _dirs, names in walk:
         rel = dirpath[len(base):].replace("\\", "/").strip("/")
         found += [f"{rel}/{n}" if rel else n for n in names if rel or n not in (fs.SUCCESS, fs.MANIFEST)]
     return sorted(found)
@@ -71,25 +119,120 @@ def model_digest(model_dir: str) -> str:
     return h.hexdigest()
 
 
-def _point(layout, mv, info, history):
-    """Swap the pointer to ``mv``; ``history``: the versions that served before, most recent first."""
-    if history and history[0] == mv:
-        raise ValueError(f"model version {mv!r} cannot be its own previous model")
-    pointer = dict(info, model_version=mv, path=layout.serving_model(mv),
-                   updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                   previous=history[0] if history else None, history=history)
+def triggered_by() -> str:
+    """Who or what acts: the Airflow task (its context variables, which Airflow exports to the
+    spark-submit it runs), else the program and the user, e.g. ``serving.py by alice``."""
+    env = os.environ
+    if env.get("AIRFLOW_CTX_DAG_RUN_ID"):
+        return (f"airflow dag {env.get('AIRFLOW_CTX_DAG_ID', '?')} run {env['AIRFLOW_CTX_DAG_RUN_ID']} "
+                f"task {env.get('AIRFLOW_CTX_TASK_ID', '?')} try {env.get('AIRFLOW_CTX_TRY_NUMBER', '?')}")
+    return f"{os.path.basename(sys.argv[0]) or 'python'} by {user()}"
+
+
+def user() -> str:
+    """The login name of this process's user (``uid N`` when it has none)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+@contextlib.contextmanager
+def pointer_lock(layout, timeout: float = 600.0):
+    """Hold the serving area's exclusive lock for the ``with`` block (waits up to ``timeout`` s).
+
+    Local roots: ``fcntl.flock`` on ``serving/.pointer.lock`` (released by the kernel if the holder
+    dies). URIs: no lock (see the module docstring); the pointer is re-read just before it is
+    written. Raises TimeoutError naming the lock file when another holder keeps it longer.
+    """
+    lock = paths.join(layout.serving(), ".pointer.lock")
+    if fs._remote(lock):
+        yield
+        return
+    import fcntl
+
+    fs.makedirs(layout.serving())
+    fd = os.open(fs._local(lock), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"the serving lock {lock} was held by another promotion or rollback for "
+                                       f"more than {timeout:.0f} s; try again when it has finished") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _event_name():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now, now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:12]
+
+
+def record(layout, action: str, event: dict, _stamp=None) -> dict:
+    """Write one event to ``serving/history/`` and return it (with ``time`` and ``id``).
+
+    ``action`` is one of :data:`ACTIONS`; ``event`` holds the facts (``from``, ``to``,
+    ``model_version``, ``run_id``, ``dataset_version``, ``accuracy``, ``triggered_by``...). The object
+    is new (time + random name), written whole (tmp + rename locally, one upload on an object
+    store): concurrent writers never collide. Raises ValueError for an unknown action.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown serving action {action!r}: use one of {', '.join(ACTIONS)}")
+    now, name = _stamp or _event_name()
+    event = dict(event, action=action, time=now.isoformat(), id=name)
+    event.setdefault("triggered_by", triggered_by())
+    fs.makedirs(history_dir(layout))
+    fs.write_json_atomic(paths.join(history_dir(layout), name + ".json"), event)
+    return event
+
+
+def history(layout, model_version: str | None = None) -> list[dict]:
+    """Events of ``serving/history/``, oldest first; with ``model_version``: those naming it
+    (as ``from``, ``to`` or ``model_version``). An empty list when nothing was recorded."""
+    base = history_dir(layout)
+    names = [n for n in fs.listdir(base) if n.endswith(".json") and not n.startswith(".")]
+    events = [fs.read_json(paths.join(base, n)) for n in sorted(names)]
+    if model_version is not None:
+        events = [e for e in events if model_version in (e.get("from"), e.get("to"), e.get("model_version"))]
+    return events
+
+
+def _swap(layout, expected, pointer):
+    """Write ``pointer`` as CURRENT.json if the pointer still names ``expected`` (a model version,
+    None for no pointer, or ANY); the caller holds :func:`pointer_lock`. Raises ChampionChanged."""
+    if expected is not ANY:
+        now = current(layout)
+        if (now["model_version"] if now else None) != expected:
+            raise ChampionChanged(expected, now)
     fs.write_json_atomic(layout.serving_pointer(), pointer)
-    return pointer
+
+
+def _pointer(layout, mv, info, history_, event_id):
+    """The pointer naming ``mv``; ``history_``: the versions that served before, most recent first."""
+    if history_ and history_[0] == mv:
+        raise ValueError(f"model version {mv!r} cannot be its own previous model")
+    return dict(info, model_version=mv, path=layout.serving_model(mv),
+                updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                previous=history_[0] if history_ else None, history=history_, event=event_id)
 
 
 def _history(now):
     """The versions that served before the pointer ``now`` (a pointer written without history: its previous)."""
     if not now:
         return []
-    history = list(now["history"]) if "history" in now else [now["previous"]] if now.get("previous") else []
-    while history and history[0] == now["model_version"]:  # never roll back onto the model that serves
-        history.pop(0)
-    return history
+    history_ = list(now["history"]) if "history" in now else [now["previous"]] if now.get("previous") else []
+    while history_ and history_[0] == now["model_version"]:  # never roll back onto the model that serves
+        history_.pop(0)
+    return history_
 
 
 def _pushed(now):
@@ -97,63 +240,98 @@ def _pushed(now):
     return ([now["model_version"]] + _history(now)) if now else []
 
 
-def promote(layout, model_dir: str, mv: str, info: dict, digest: str) -> dict:
+def _move(layout, action, expected, mv, info, history_, now, event):
+    """Swap the pointer to ``mv`` (compare-and-swap on ``expected``), then record the event."""
+    stamp = _event_name()
+    pointer = _pointer(layout, mv, dict(info, action=action), history_, stamp[1])
+    _swap(layout, expected, pointer)
+    record(layout, action, dict(event, **{"from": now["model_version"] if now else None, "to": mv}), stamp)
+    return pointer
+
+
+def promote(layout, model_dir: str, mv: str, info: dict, digest: str, expected=ANY,
+            event: dict | None = None, lock_timeout: float = 600.0) -> dict:
     """Put the model of ``model_dir`` into serving as ``mv`` and point serving at it; returns the pointer.
 
-    ``digest`` is ``model_digest(model_dir)``, from which ``mv`` was named. A model version that is
-    already committed in ``serving/models/`` is never copied again nor touched: its recorded digest
-    must equal ``digest`` (else ValueError, nothing changes). A new one is copied into a staging
-    directory, the copy's digest is checked against ``digest`` (ValueError if the files changed
-    meanwhile, nothing is published) and committed. When ``mv`` already serves, the pointer is left
-    as it is (the returned pointer has ``changed: False``); otherwise the model that served is pushed
-    onto ``history``.
+    ``digest`` is ``model_digest(model_dir)``, from which ``mv`` was named. ``expected``: the model
+    version the candidate was compared with (None: nothing served); when the pointer names another
+    model by the time the lock is held, ChampionChanged is raised and nothing is copied or changed.
+    ``event``: facts for the history event (run, dataset version, accuracy, rule...).
+
+    A model version that is already committed in ``serving/models/`` is never copied again nor
+    touched: its recorded digest must equal ``digest`` (else ValueError, nothing changes). A new one
+    is copied into a staging directory, the copy's digest is checked against ``digest`` (ValueError
+    if the files changed meanwhile, nothing is published) and committed. When ``mv`` already serves,
+    the pointer is left as it is (``changed: False``, an ``unchanged`` event); otherwise the model
+    that served is pushed onto ``history`` and a ``promote`` event records the move. TimeoutError
+    when the lock stays held longer than ``lock_timeout`` s.
     """
-    target = layout.serving_model(mv)
-    if fs.is_committed(target):
-        recorded = model_info(layout, mv).get("digest")
-        if recorded != digest:
-            raise ValueError(f"{target} already holds a promoted model with digest {recorded}, not {digest}: "
-                             "a promoted model is never replaced; promote these files under their own model version")
-    else:
-        with fs.Staging(target) as stage:
-            fs.copytree(model_dir, stage.path)
-            copied = model_digest(stage.path)
-            if copied != digest:
-                raise ValueError(f"the model at {model_dir} changed while it was being promoted (digest {copied}, "
-                                 f"expected {digest}): nothing was promoted; validate it again")
-            stage.commit(dict(info, model_version=mv, digest=digest, source=model_dir,
-                              promoted_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
+    event = {**info, "model_version": mv, **(event or {})}
+    with pointer_lock(layout, lock_timeout):
+        target = layout.serving_model(mv)
+        committed = fs.is_committed(target)
+        if committed:
+            recorded = model_info(layout, mv).get("digest")
+            if recorded != digest:
+                raise ValueError(f"{target} already holds a promoted model with digest {recorded}, not {digest}: "
+                                 "a promoted model is never replaced; promote these files under their own "
+                                 "model version")
+        now = current(layout)
+        if now and now["model_version"] == mv:
+            record(layout, "unchanged", dict(event, **{"from": mv, "to": mv}))
+            return dict(now, changed=False)
+        if expected is not ANY and (now["model_version"] if now else None) != expected:
+            raise ChampionChanged(expected, now)
+        if not committed:
+            with fs.Staging(target) as stage:
+                fs.copytree(model_dir, stage.path)
+                copied = model_digest(stage.path)
+                if copied != digest:
+                    raise ValueError(f"the model at {model_dir} changed while it was being promoted (digest "
+                                     f"{copied}, expected {digest}): nothing was promoted; validate it again")
+                stage.commit(dict(info, model_version=mv, digest=digest, source=model_dir,
+                                  promoted_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
+        pointer = _move(layout, "promote", expected, mv, info, _pushed(now), now, event)
+    return dict(pointer, changed=True)
+
+
+def reject(layout, mv: str, event: dict) -> dict:
+    """Record that ``mv`` was judged and not promoted (gate failed or the promotion policy held it);
+    ``from``/``to`` name the model serving, which stays. Returns the event."""
     now = current(layout)
-    if now and now["model_version"] == mv:
-        return dict(now, changed=False)
-    return dict(_point(layout, mv, dict(info, action="promote"), _pushed(now)), changed=True)
+    serving = now["model_version"] if now else None
+    return record(layout, "rejected", dict(event, model_version=mv, **{"from": serving, "to": serving}))
 
 
-def rollback(layout, to: str | None = None) -> dict:
+def rollback(layout, to: str | None = None, by: str | None = None, lock_timeout: float = 600.0) -> dict:
     """Point serving at an earlier model; returns the new pointer (``from``: the model that served).
 
     Without ``to``: back to ``previous``, the model that served before the current one, which leaves
     ``history`` (so a second rollback goes one further back). With ``to``: at that promoted version,
-    pushing the current one onto ``history`` (a plain rollback then returns to it). Raises ValueError
-    when nothing is recorded to roll back to, when ``to`` is not a committed model in
-    ``serving/models/`` or is the one already serving.
+    pushing the current one onto ``history`` (a plain rollback then returns to it). The move is
+    made under the pointer lock and recorded as a ``rollback`` event naming ``by`` (default:
+    :func:`triggered_by`). Raises ValueError when nothing is recorded to roll back to, when ``to``
+    is not a committed model in ``serving/models/`` or is the one already serving.
     """
-    now = current(layout)
-    history = _history(now)
-    if to is None:
-        if not history:
-            raise ValueError("nothing to roll back to: no earlier serving model is recorded in "
-                             f"{layout.serving_pointer()}; name one with --to (see the list command)")
-        to, history = history[0], history[1:]
-    else:
-        paths.check_segment(to, "model version")
-        if now and now["model_version"] == to:
-            raise ValueError(f"model version {to!r} is already serving: nothing to roll back")
-        history = _pushed(now)
-    if to not in versions(layout):
-        raise ValueError(f"model version {to!r} is not a committed model in {layout.serving()}/models "
-                         f"(have: {versions(layout)})")
-    info = {k: v for k, v in model_info(layout, to).items()
-            if k in ("accuracy", "dataset_version", "run_id", "digest", "report")}
-    return _point(layout, to, dict(info, action="rollback", **{"from": now["model_version"] if now else None}),
-                  history)
+    with pointer_lock(layout, lock_timeout):
+        now = current(layout)
+        history_ = _history(now)
+        if to is None:
+            if not history_:
+                raise ValueError("nothing to roll back to: no earlier serving model is recorded in "
+                                 f"{layout.serving_pointer()}; name one with --to (see the list command)")
+            to, history_ = history_[0], history_[1:]
+        else:
+            paths.check_segment(to, "model version")
+            if now and now["model_version"] == to:
+                raise ValueError(f"model version {to!r} is already serving: nothing to roll back")
+            history_ = _pushed(now)
+        if to not in versions(layout):
+            raise ValueError(f"model version {to!r} is not a committed model in {layout.serving()}/models "
+                             f"(have: {versions(layout)})")
+        info = {k: v for k, v in model_info(layout, to).items()
+                if k in ("accuracy", "dataset_version", "run_id", "digest", "report", "data_date", "examples")}
+        info["from"] = now["model_version"] if now else None
+        event = dict({k: v for k, v in info.items() if k != "from"}, model_version=to,
+                     triggered_by=by or triggered_by())
+        return _move(layout, "rollback", ANY, to, info, history_, now, event)
