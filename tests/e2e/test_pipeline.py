@@ -323,6 +323,10 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
 
 # -- a task killed by Airflow stops its Spark application -----------------------------------------
 
+#: This checkout's train job: the only driver a leftover check may count (other checkouts may run jobs too).
+TRAIN_JOB = os.path.join(PROJECT_DIR, "jobs", "train.py")
+
+
 def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, layout):
     version = BACKFILL[0]
     run_id = stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns",
@@ -347,7 +351,7 @@ def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, l
 
     def leftovers():
         return [p.info for p in psutil.process_iter(["pid", "cmdline"])
-                if any("jobs/train.py" in part or app["id"] in part for part in (p.info["cmdline"] or []))]
+                if any(TRAIN_JOB in part or app["id"] in part for part in (p.info["cmdline"] or []))]
 
     # once the master has ended the app, its workers stop the executors (SIGTERM, SIGKILL after 10 s)
     deadline = time.monotonic() + 30
