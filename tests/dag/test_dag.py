@@ -36,6 +36,18 @@ def test_schedule_and_training_pool(dag):
     assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 0 * * *"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.get_task("train").pool == "tfos_training"
+    assert dag.get_task("validate").pool == "tfos_serving"
+
+
+def test_every_pool_the_dag_uses_is_created_by_each_deployment(dag):
+    """Airflow never schedules a task whose pool does not exist: the local setup (demo, UI, tests)
+    and the compose deployment must both create every pool the DAG's tasks name."""
+    import re
+    project = os.path.dirname(DAGS_DIR)
+    used = {t.pool for t in dag.tasks} - {"default_pool"}
+    for path in ("scripts/airflow_setup.sh", "docker-compose.yaml"):
+        created = set(re.findall(r"airflow pools set (\w+)", open(os.path.join(project, path)).read()))
+        assert used <= created, (path, used - created)
 
 
 def test_tfos_spark_conf_is_set_on_every_task(dag):
