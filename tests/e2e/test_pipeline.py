@@ -274,8 +274,13 @@ def test_a_backfill_processes_each_dataset_version_independently(stack, backfill
         table = pq.read_table(layout.predictions(version)).to_pandas()
         assert set(table["dataset_version"]) == {version}
         assert len(table) == manifest["splits"]["eval"]
+        # the default promotion policy holds a model of an older day back: the scheduled (newer) one serves
+        report = load(os.path.join(layout.validation(version, run_slug(run)), "metrics.json"))
+        assert report["passed"] and report["promotion"]["policy"] == "if_not_older", report["promotion"]
+        assert report["promotion"]["decision"] == "held" and "is older than" in report["promotion"]["rule"]
     promoted = os.listdir(os.path.join(layout.serving(), "models"))
-    assert all(any(mv.startswith(v) for mv in promoted) for v in BACKFILL + [SCHEDULED])
+    assert promoted and all(mv.startswith(SCHEDULED) for mv in promoted), promoted
+    assert load(layout.serving_pointer())["model_version"].startswith(SCHEDULED)
 
 
 # -- a manual run from the browser: params form, validation, re-processing one version ----------
