@@ -43,6 +43,8 @@ def main(argv=None):
             champ = f", serving model before: {vm['champion']['accuracy']:.4f}" if vm["champion"] else ""
             out.append(f"validate  eval accuracy {c['accuracy']:.4f}, loss {c['loss']:.4f} on {c['examples']} "
                        f"examples{champ}: {'PASSED' if vm['passed'] else 'REJECTED ' + '; '.join(vm['failed_rules'])}")
+            if vm.get("promotion"):
+                out.append(f"          promotion {vm['promotion']['decision']}: {vm['promotion']['rule']}")
             out.append(f"          -> {report}")
     now = serving.current(layout)
     if now:
