@@ -23,8 +23,9 @@ class JobError(Exception):
     """A failure with a message for the user: what is wrong, where, and what to do."""
 
 
-#: Words by which Spark reports a job that failed because an executor was lost.
-EXECUTOR_LOSS_MARKERS = ("ExecutorLostFailure", "Lost executor", "exited with code")
+#: Words by which Spark reports a job that failed because an executor was lost (a bare "exited with code"
+#: is not one: a failing subprocess or a TensorFlow error can quote a child's exit too).
+EXECUTOR_LOSS_MARKERS = ("ExecutorLostFailure", "Lost executor")
 #: What a lost executor left behind, per job, and whether a retry is safe.
 RETRY_AFTER_EXECUTOR_LOSS = {
     "convert": "nothing was published (the output is written to a staging directory first): Airflow's retry, "

@@ -68,9 +68,11 @@ def current(layout):
 
 
 def versions(layout):
-    """Promoted, committed model versions, sorted by name."""
+    """Promoted, committed model versions, sorted by name (hidden staging directories of an unfinished
+    promotion are not versions, even when killed between their _SUCCESS and their rename)."""
     base = paths.join(layout.serving(), "models")
-    return [v.rstrip("/") for v in fs.listdir(base) if fs.is_committed(paths.join(base, v.rstrip("/")))]
+    return [v.rstrip("/") for v in fs.listdir(base)
+            if not v.startswith(".") and fs.is_committed(paths.join(base, v.rstrip("/")))]
 
 
 def model_info(layout, mv):

@@ -87,6 +87,11 @@ def test_promote_swaps_pointer_and_rollback_restores(tmp_path):
     with open(os.path.join(now["path"], "saved_model.pb")) as f:
         assert f.read() == "two"
     assert serving.versions(layout) == [mv1, mv2]
+    # a promotion killed between its staging directory's _SUCCESS and its rename is not a version
+    killed = os.path.join(layout.serving(), "models", f".{mv2}x.staging-dead")
+    os.makedirs(killed)
+    open(os.path.join(killed, "_SUCCESS"), "w").close()
+    assert serving.versions(layout) == [mv1, mv2]
     back = serving.rollback(layout)
     assert back["model_version"] == mv1 and back["from"] == mv2 and back["accuracy"] == 0.9
     serving.rollback(layout, to=mv2)

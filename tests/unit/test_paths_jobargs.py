@@ -50,6 +50,7 @@ def test_a_lost_executor_is_read_from_sparks_failure_and_told_in_one_line():
     assert runner.executor_loss("ERROR TaskSchedulerImpl: Lost executor 3 on 10.0.0.7: Command exited with code 143") \
         == runner.ExecutorLoss("3", "10.0.0.7", None, "Command exited with code 143")
     assert runner.executor_loss(ValueError("a bug")) is None and runner.executor_loss(None) is None
+    assert runner.executor_loss(RuntimeError("tool failed: Command exited with code 1")) is None  # not a lost executor
     for job in ("convert", "train", "validate", "infer"):
         message = runner.executor_loss_message(job, loss)
         assert "\n" not in message and "Spark executor 1 on host 192.0.2.2" in message
