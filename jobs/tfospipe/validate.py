@@ -235,7 +235,10 @@ def run(spark, args):
         except serving.ChampionChanged as e:
             _log(f"round {round_}: {e}; {'evaluating again against it' if round_ < MAX_ROUNDS else 'giving up'}")
             continue
-        except (ValueError, TimeoutError) as e:
+        except (ValueError, TimeoutError) as e:  # the report and the history must not say it was promoted
+            report["promotion"].update(decision="not promoted", rule=f"promotion failed: {e}")
+            _write_report(layout, out, report, results)
+            serving.reject(layout, mv, dict(event, rule=f"gate passed, promotion failed: {e}"))
             raise JobError(f"model {mv} passed the gate but was not promoted, serving unchanged: {e}") from None
         return dict(summary, promoted=mv, serving_changed=pointer["changed"], previous=pointer["previous"])
 
