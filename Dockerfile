@@ -10,6 +10,7 @@ RUN python -m venv /opt/tfos/.venv \
  && /opt/tfos/.venv/bin/pip install --no-cache-dir -r requirements.txt \
  && /opt/tfos/.venv/bin/pip check
 COPY . .
+RUN /opt/tfos/.venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation -e .
 ENV PATH=/opt/tfos/.venv/bin:$PATH \
     JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     AIRFLOW_HOME=/opt/airflow \

@@ -1,23 +1,25 @@
 # The two commands: `make demo` runs the pipeline, `make test` runs the tests. Both install first.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
-TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt pyproject.toml requirements-test.txt | cksum | cut -d' ' -f1)
 
 .PHONY: install install-test system-deps runtime-deps demo test ui tensorboard clean
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -r requirements.txt
+	# the project itself (package tfospipe), editable, built with the pinned setuptools
+	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 	$(VENV)/bin/pip check
 	rm -f $(VENV)/.installed-[0-9]*
 	touch $(STAMP)
 
 install-test: $(TEST_STAMP) system-deps
 
-$(TEST_STAMP): $(STAMP) requirements-test.txt
+$(TEST_STAMP): $(STAMP) requirements-test.txt pyproject.toml
 	$(VENV)/bin/pip install -r requirements-test.txt
 	$(VENV)/bin/pip check
 	rm -f $(VENV)/.installed-test-*

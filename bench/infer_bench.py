@@ -12,12 +12,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "jobs"), os.path.join(HERE, "..", "plugins"), HERE]
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

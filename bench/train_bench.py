@@ -21,7 +21,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "jobs"), os.path.join(HERE, "..", "plugins"), HERE]
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,12 +31,12 @@ def single_process(root, steps, batch_size):
     """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s as JSON."""
     import tensorflow as tf
 
-    from tfospipe import convert, model, paths, schema, train
+    from tfospipe import dataset, model, paths, schema, train
 
     layout = paths.Layout(root)
-    manifest = convert.read_manifest(layout, VERSION)
-    shape = schema.image_shape_of(manifest)
-    files = convert.shard_files(layout, VERSION, "train")
+    manifest = dataset.read_manifest(layout, VERSION)
+    shape = dataset.image_shape(manifest)
+    files = dataset.shard_files(layout, VERSION, "train")
     ds = (tf.data.TFRecordDataset(files).cache().shuffle(8192).repeat().batch(batch_size, drop_remainder=True)
           .map(lambda s: schema.parse_batch(s, shape)[:2]).prefetch(tf.data.AUTOTUNE))
     cnn = model.build_model(shape, manifest["pixel_max_observed"], steps_per_execution=train.PROGRESS_EVERY_STEPS)

@@ -23,13 +23,10 @@ import sys
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink
+from tfospipe import jobargs, package, paths
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS_DIR = os.path.join(PROJECT_DIR, "jobs")
-if JOBS_DIR not in sys.path:
-    sys.path.insert(0, JOBS_DIR)
-
-from tfospipe import jobargs, package, paths  # noqa: E402
 
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
 BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))

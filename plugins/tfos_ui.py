@@ -13,7 +13,7 @@ import html
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
-from tfos_spark import DEFAULT_DATA_ROOT, TFoSSparkSubmitOperator  # noqa: F401  (also puts jobs/ on sys.path)
+from tfos_spark import DEFAULT_DATA_ROOT
 from tfospipe import fs, paths, serving
 
 try:  # signed-in users only (the UI's session cookie or a bearer token)

@@ -25,11 +25,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import convert, csvparse, fs, paths, serving  # noqa: E402
-from tfospipe.runner import JobError  # noqa: E402
+from tfospipe import convert, csvparse, dataset, fs, paths, serving
+from tfospipe.runner import JobError
 
 
 class LineageError(ValueError):
@@ -126,7 +125,7 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
     run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
 
     try:
-        conversion = convert.read_manifest(layout, version)
+        conversion = dataset.read_manifest(layout, version)
     except JobError as e:
         raise LineageError(str(e)) from None
     where = lineage_rows(layout, version, row_id)

@@ -6,30 +6,8 @@ scikit-learn. Each version holds all 1,797 digits in a version-specific order.
 """
 import argparse
 import os
-import random
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
-
-from tfospipe import paths  # noqa: E402
-
-
-def write_version(root, version, limit=None):
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    rows = list(zip(digits.target.tolist(), digits.data.astype(int).tolist()))
-    random.Random(version).shuffle(rows)
-    rows = rows[:limit] if limit else rows
-    out_dir = paths.Layout(root).raw(version)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "digits.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("label," + ",".join(f"pixel{i}" for i in range(64)) + "\n")
-        for label, pixels in rows:
-            f.write(f"{label}," + ",".join(map(str, pixels)) + "\n")
-    os.replace(tmp, path)
-    return path, len(rows)
+from tfospipe.sample_data import write_version
 
 
 def main(argv=None):

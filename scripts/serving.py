@@ -14,10 +14,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import paths, serving  # noqa: E402
+from tfospipe import paths, serving
 
 
 def _describe(layout, mv):

@@ -1,12 +1,10 @@
 """Print what a pipeline run produced for a dataset version: counts, metrics, and where everything is."""
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jobs"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import fs, paths, serving  # noqa: E402
+from tfospipe import fs, paths, serving
 
 
 def _latest_run(layout, version):

@@ -1,4 +1,4 @@
-"""Shared test set-up: import paths, and running a job with spark-submit exactly as the DAG does."""
+"""Shared test set-up: the plugins import path, and running a job with spark-submit exactly as the DAG does."""
 import os
 import subprocess
 import sys
@@ -6,10 +6,12 @@ import sys
 import pytest
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("jobs", "plugins"):
-    path = os.path.join(PROJECT_DIR, sub)
-    if path not in sys.path:
-        sys.path.insert(0, path)
+# The one sys.path edit of the project: Airflow puts its plugins folder on sys.path when it loads the
+# plugins, so the DAG imports ``tfos_spark`` as a top-level module; the DAG tests import it the same way.
+# (``tfospipe`` itself is installed, editable, by `make install`.)
+PLUGINS_DIR = os.path.join(PROJECT_DIR, "plugins")
+if PLUGINS_DIR not in sys.path:
+    sys.path.insert(0, PLUGINS_DIR)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

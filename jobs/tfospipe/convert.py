@@ -574,22 +574,3 @@ def run(spark, args):
         stage.commit(manifest)
     return {"output": out, "rows_read": rows_read, "splits": per_split, "quarantined": bad_count,
             "blank_lines": not_rows["blank_lines"], "header_lines": not_rows["header_lines"]}
-
-
-def read_manifest(layout, version):
-    """The committed conversion manifest of a version, or a JobError saying to run convert first."""
-    out = layout.tfrecords(version)
-    if not fs.is_committed(out):
-        raise JobError(f"no converted data for dataset version {version} at {out} (no _SUCCESS): "
-                       "run the convert task for this version first")
-    return fs.read_json(paths.join(out, fs.MANIFEST))
-
-
-def shard_files(layout, version, split):
-    return fs.glob(paths.join(layout.split(version, split), schema.SHARD_PATTERN))
-
-
-def example_rdd(sc, files):
-    """The serialized Examples of ``files`` as an RDD with one partition per shard (the TFoS feeds)."""
-    return sc.parallelize(files, max(len(files), 1)).flatMap(
-        lambda path: schema.tfrecord_payloads(fs.read_bytes(path), compressed=schema.is_compressed(path)))

@@ -19,7 +19,7 @@ import time
 
 from pyspark.accumulators import AccumulatorParam
 
-from . import convert, fs, paths, predict, serving
+from . import dataset, fs, paths, predict, serving
 from .runner import JobError, executor_loss, executor_loss_message, executors, requested_executors
 
 
@@ -102,7 +102,7 @@ def _tfos_predictions(spark, files, node_args, nodes):
     sc = spark.sparkContext
     cluster = TFCluster.run(sc, tfos_node, node_args, nodes, num_ps=0, tensorboard=False,
                             input_mode=TFCluster.InputMode.SPARK, master_node=None, reservation_timeout=300)
-    return cluster, cluster.inference(convert.example_rdd(sc, files), feed_timeout=600)
+    return cluster, cluster.inference(dataset.example_rdd(sc, files), feed_timeout=600)
 
 
 def _shutdown(cluster):
@@ -140,11 +140,11 @@ def run(spark, args):
 
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
-    manifest = convert.read_manifest(layout, args.version)
+    manifest = dataset.read_manifest(layout, args.version)
     image_shape = tuple(manifest["image_shape"])
     split = "score" if manifest["splits"].get("score") else "eval"
     rows_in = manifest["splits"][split]
-    files = convert.shard_files(layout, args.version, split)
+    files = dataset.shard_files(layout, args.version, split)
     mv = _model(layout, args.model_version)
     model_dir = layout.serving_model(mv)
 

@@ -178,8 +178,3 @@ def parse_batch(serialized, image_shape):
     parsed = tf.io.parse_example(serialized, feature_spec(h * w))
     image = tf.reshape(tf.cast(parsed["image"], tf.float32), [-1, h, w, 1])
     return image, tf.reshape(parsed["label"], [-1]), tf.reshape(parsed["row_id"], [-1])
-
-
-def image_shape_of(manifest):
-    h, w = manifest["image_shape"]
-    return int(h), int(w)

@@ -59,7 +59,7 @@ import re
 import threading
 import time
 
-from . import convert, fs, paths, schema
+from . import dataset, fs, paths, schema
 from .runner import ExecutorLoss, JobError, executor_loss, executors, git_revision, library_versions
 
 #: A progress line every N steps; all-reduce training also runs N steps per call of its train function
@@ -215,7 +215,7 @@ def feed_rdd(sc, shares):
     every n-th record (``shares`` from :func:`plan_shares`).
     """
     if shares[0]["every"] == 1:
-        rdd = convert.example_rdd(sc, sorted(f for share in shares for f in share["files"]))
+        rdd = dataset.example_rdd(sc, sorted(f for share in shares for f in share["files"]))
     else:
         parts = [(s["files"], s["offset"], s["every"]) for s in shares]
         rdd = sc.parallelize(parts, len(parts)).flatMap(lambda p: strided_payloads(*p))
@@ -721,7 +721,7 @@ def run(spark, args):
     check_topology(args.cluster_size, args.num_ps, args.input_mode, args.gradient_compression)
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
-    manifest = convert.read_manifest(layout, args.version)
+    manifest = dataset.read_manifest(layout, args.version)
     train_rows, eval_rows = manifest["splits"]["train"], manifest["splits"]["eval"]
     nodes = args.cluster_size                # Spark executors = TensorFlow nodes
     workers = nodes - args.num_ps            # nodes that train (all-reduce) or the chief + workers (PS)
@@ -735,7 +735,7 @@ def run(spark, args):
                            f"counts for the {split} split ({paths.join(layout.tfrecords(args.version), fs.MANIFEST)}): "
                            "it was converted by an older version of the pipeline; rerun the convert task")
         split_dir = layout.split(args.version, split)
-        on_disk = set(convert.shard_files(layout, args.version, split))
+        on_disk = set(dataset.shard_files(layout, args.version, split))
         missing = [s["file"] for s in shards if paths.join(split_dir, s["file"]) not in on_disk]
         if missing:
             raise JobError(f"{split} shards {missing} listed in the conversion manifest are missing from {split_dir}; "
@@ -758,7 +758,7 @@ def run(spark, args):
         "input_mode": args.input_mode,
         "train_shares": shares["train"],
         "eval_shares": shares["eval"],
-        "image_shape": schema.image_shape_of(manifest),
+        "image_shape": dataset.image_shape(manifest),
         "pixel_max": max(int(manifest["pixel_max_observed"]), 1),
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,

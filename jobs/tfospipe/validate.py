@@ -31,7 +31,7 @@ stays as it was; validating the same files again promotes nothing new.
 import datetime
 import time
 
-from . import convert, fs, metrics, paths, predict, report as report_lib, serving
+from . import dataset, fs, metrics, paths, predict, report as report_lib, serving
 from .runner import JobError, executors, git_revision, requested_executors
 
 EVAL_BATCH = 512
@@ -159,7 +159,7 @@ def _log(line):
 def run(spark, args):
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
-    manifest = convert.read_manifest(layout, args.version)
+    manifest = dataset.read_manifest(layout, args.version)
     image_shape = tuple(manifest["image_shape"])
     run_dir = layout.model_run(args.version, args.run_id)
     if not fs.is_committed(run_dir):
@@ -172,7 +172,7 @@ def run(spark, args):
     digest = serving.model_digest(candidate_dir)  # names the model; promote checks the copy against it
     mv = paths.model_version(args.version, args.run_id, digest)
     cand_date = data_date(args.version, args.data_date)
-    eval_files = convert.shard_files(layout, args.version, "eval")
+    eval_files = dataset.shard_files(layout, args.version, "eval")
     executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
     out = layout.validation(args.version, args.run_id)
     compared = []  # the serving model of each round, in order

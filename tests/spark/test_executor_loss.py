@@ -59,11 +59,9 @@ def executor_jvms(pid):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, build_dir):
-    import sys
     from conftest import run_job
     data = tmp_path_factory.mktemp("executor-loss")
-    sys.path.insert(0, os.path.join(os.path.dirname(tfos_spark.JOBS_DIR), "scripts"))
-    from make_sample_data import write_version
+    from tfospipe.sample_data import write_version
     write_version(str(data), VERSION, limit=700)
     run = run_job("convert", {"data_root": str(data), "version": VERSION, "num_shards": 2}, build_dir, timeout=300)
     assert run.returncode == 0, run.output[-4000:]

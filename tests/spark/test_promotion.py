@@ -65,8 +65,7 @@ def serving_cli(root, *argv):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, build_dir):
     """A root with one converted version and two trained runs of it: strong and weak."""
-    sys.path.insert(0, os.path.join(PROJECT_DIR, "scripts"))
-    from make_sample_data import write_version
+    from tfospipe.sample_data import write_version
 
     root = tmp_path_factory.mktemp("promotion")
     write_version(str(root), NEW, limit=500)

@@ -38,8 +38,7 @@ def serving_cli(root, *argv):
 
 
 def test_a_rerun_under_the_same_run_id_never_overwrites_the_serving_model(tmp_path, build_dir):
-    sys.path.insert(0, os.path.join(PROJECT_DIR, "scripts"))
-    from make_sample_data import write_version
+    from tfospipe.sample_data import write_version
 
     root = tmp_path
     layout = paths.Layout(str(root))

@@ -20,10 +20,8 @@ VERSION = "2026-11-02"
 @pytest.fixture(scope="module")
 def digits_root(tmp_path_factory, build_dir):
     """Digits converted into 3 shards: with 2 workers, Spark feeds one of them twice as many rows."""
-    import sys
     root = tmp_path_factory.mktemp("train-data")
-    sys.path.insert(0, os.path.join(os.path.dirname(tfos_spark.JOBS_DIR), "scripts"))
-    from make_sample_data import write_version
+    from tfospipe.sample_data import write_version
     write_version(str(root), VERSION)
     run = run_job("convert", {"data_root": str(root), "version": VERSION, "num_shards": 3}, build_dir)
     assert run.returncode == 0, run.output[-4000:]

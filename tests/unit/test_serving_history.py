@@ -119,7 +119,6 @@ def test_threads_racing_to_promote_never_replace_a_model_they_were_not_compared_
 
 WORKER = r"""
 import os, sys, time
-sys.path.insert(0, {jobs!r})
 from tfospipe import paths, serving
 layout = paths.Layout({root!r})
 model, run, ready, go = sys.argv[1:5]
@@ -151,7 +150,7 @@ def test_processes_racing_to_promote_are_serialised_by_the_lock(tmp_path):
     first = fake_model(tmp_path / "first", "first")
     mv0, digest0 = named(first, run="r0")
     serving.promote(layout, first, mv0, {}, digest0, expected=None, event={"compared_with": None})
-    code = WORKER.format(jobs=os.path.join(PROJECT_DIR, "jobs"), root=str(root))
+    code = WORKER.format(root=str(root))
     n = 4
     procs = []
     for i in range(n):
@@ -182,8 +181,7 @@ def test_history_survives_concurrent_writers(tmp_path):
             serving.record(layout, "rejected", {"model_version": f"m{w}", "n": i})
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    code = (f"import sys; sys.path.insert(0, {os.path.join(PROJECT_DIR, 'jobs')!r})\n"
-            "from tfospipe import paths, serving\n"
+    code = ("from tfospipe import paths, serving\n"
             f"layout = paths.Layout({str(tmp_path)!r})\n"
             f"[serving.record(layout, 'rollback', {{'model_version': 'proc', 'n': i}}) for i in range({per_writer})]")
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -256,7 +254,7 @@ def test_rollbacks_are_recorded_with_who_ran_them_and_history_prints_every_decis
 def test_a_killed_lock_holder_does_not_block_serving(tmp_path):
     """The kernel drops a dead process's flock: the next promotion goes through at once."""
     layout = paths.Layout(str(tmp_path))
-    code = (f"import sys, os; sys.path.insert(0, {os.path.join(PROJECT_DIR, 'jobs')!r})\n"
+    code = ("import os\n"
             "from tfospipe import paths, serving\n"
             f"with serving.pointer_lock(paths.Layout({str(tmp_path)!r})):\n"
             "    print('held', flush=True); os._exit(9)\n")
