@@ -13,6 +13,9 @@ shards, ``_lineage/`` indexes every written row: ``row_id`` -> source file (rela
 ``raw/{version}/``), line and split (:class:`LineageWriter`), committed in the same rename.
 """
 
+from __future__ import annotations
+
+import argparse
 import bz2
 import contextlib
 import dataclasses
@@ -24,11 +27,15 @@ import math
 import time
 import zlib
 from collections import Counter
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 
 from . import csvparse, fs, paths, schema
 from .runner import JobError, library_versions, git_revision
+
+if TYPE_CHECKING:  # Spark is only needed at run time
+    from pyspark.sql import SparkSession
 
 #: Lines sniffed from the head of each file, and the head's usual size limit (bytes): it reads on
 #: past it only to complete a few whole lines (an image of 600x600 pixels is a 1.4 MB line).
@@ -48,27 +55,85 @@ _CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 LINEAGE_ROWS_PER_GROUP = 1 << 20
 
 
-def compression_of(name):
-    """The compression suffix of an input name (``.gz``, ``.bz2``, ``.xz``), or None."""
+#: A file of a version directory: ``(name relative to raw/{version}/, full path)``.
+Input = tuple[str, str]
+#: What the sniffing read of each input, by path: ``(dialect, whether the head was the whole file)``.
+Dialects = dict[str, tuple[csvparse.Dialect, bool]]
+#: One byte range of one input, as planned: ``(shard, name, path, part, parts)``.
+PlannedRange = tuple[int, str, str, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """The job flags every range task of one conversion needs (pickled to the executors with the task).
+
+    ``pixel_max``: the largest valid pixel value (``--pixel-max``; a larger value quarantines its row).
+    ``eval_fraction``: the share, 0..1, of labeled rows that a hash of their content puts into ``eval``.
+    ``compression``: shard compression, a key of ``schema.COMPRESSIONS`` (``none`` or ``gzip``).
+    ``label_column``: index of the label among a labeled row's fields (negative: from the end).
+    """
+
+    pixel_max: int
+    eval_fraction: float
+    compression: str
+    label_column: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ConvertOptions:
+        """The options of the parsed convert flags (``jobargs.parse("convert", ...)``)."""
+        return cls(pixel_max=args.pixel_max, eval_fraction=args.eval_fraction, compression=args.compression,
+                   label_column=args.label_column)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTask:
+    """One task of the convert pass: a line-aligned byte range of one input file and the shards it writes.
+
+    ``shard``: index of the output shard, per group (``part-{shard:05d}`` of each split in ``splits``).
+    ``name``: the input's name relative to ``raw/{version}/``; ``path``: where it lies. ``start``,
+    ``end``: bytes ``[start, end)`` of a plain file (the whole stored file for a compressed one, which
+    is never split). ``first_line``: 1-based line number of the line at ``start``. ``group``:
+    ``labeled`` or ``score`` (unlabeled). ``splits``: ``("train", "eval")`` or ``("score",)``.
+    ``dialect``: the file's dialect, as sniffed from its head.
+    """
+
+    shard: int
+    name: str
+    path: str
+    start: int
+    end: int
+    first_line: int
+    group: str
+    splits: tuple[str, ...]
+    dialect: csvparse.Dialect
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the range's rows carry a label (the ``labeled`` group)."""
+        return self.group == "labeled"
+
+
+def compression_of(name: str) -> str | None:
+    """The compression suffix of an input name (``.gz``, ``.bz2``, ``.xz``, any letter case), or None."""
     lower = name.lower()
     return next((c for c in COMPRESSIONS if lower.endswith(c)), None)
 
 
-def is_csv_name(name):
+def is_csv_name(name: str) -> bool:
     """Whether convert reads a file of this name: a CSV extension, optionally compressed."""
     lower = name.lower()
     comp = compression_of(lower)
     return (lower[:-len(comp)] if comp else lower).endswith(CSV_EXTENSIONS)
 
 
-def list_inputs(raw_dir):
+def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
     """The input files of a version directory: ``(labeled, unlabeled, skipped, unreadable)``.
 
     ``labeled`` and ``unlabeled`` (under ``score/``) are sorted ``(name, path)`` pairs, ``name``
     relative to ``raw_dir`` (``a.csv``, ``digits.csv/part-00000.csv``, ``score/s.csv``): it keys row
     ids and the quarantine. Directories are read recursively (Spark output, partition directories).
     ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files). ``unreadable``: every
-    other file, which the caller refuses.
+    other file, which the caller refuses. All four are sorted by name.
     """
     groups = {"labeled": [], "unlabeled": []}
     skipped, unreadable = [], []
@@ -90,8 +155,12 @@ def list_inputs(raw_dir):
 
 
 @contextlib.contextmanager
-def open_input(path):
-    """A binary reader of an input file, decompressing it by its suffix: ``(reader, raw file)``."""
+def open_input(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """A binary reader of an input file, decompressing it by its suffix: ``(reader, raw file)``.
+
+    ``raw file`` is the stored (compressed) stream, whose ``tell()`` says how far the reader got;
+    for a plain file both are the same object. Raises OSError when the file cannot be opened.
+    """
     with fs.open_read(path) as raw:
         comp = compression_of(path)
         if comp is None:
@@ -119,11 +188,12 @@ def _corrupt(name, path, error, eol=b"\n"):
                                f"{lines:,} lines ({good:,} bytes decompressed) can be read")
 
 
-def read_head(name, path):
+def read_head(name: str, path: str) -> tuple[bytes, bool]:
     """``(bytes, complete)``: the first whole lines of an input file (decompressed), up to
     :data:`HEAD_LINES` lines or :data:`HEAD_BYTES` bytes, and whether that is the whole file.
 
-    Raises csvparse.InputError when the file is corrupt or no line ends within MAX_LINE_BYTES.
+    Raises csvparse.InputError when the file is corrupt or no line ends within MAX_LINE_BYTES,
+    OSError when it cannot be read.
     """
     data = b""
     with open_input(path) as (reader, raw):
@@ -145,8 +215,11 @@ def read_head(name, path):
                 return data, False
 
 
-def sniff_inputs(files):
-    """``{path: (Dialect, complete)}`` of every ``(name, path)``; a JobError for a file that cannot be read."""
+def sniff_inputs(files: list[Input]) -> Dialects:
+    """``{path: (Dialect, complete)}`` of every ``(name, path)`` (see :func:`read_head`, csvparse.sniff).
+
+    Raises JobError for a file that cannot be read (OSError) or is not this project's CSV (InputError).
+    """
     out = {}
     for name, path in files:
         try:
@@ -159,7 +232,7 @@ def sniff_inputs(files):
     return out
 
 
-def no_rows_note(dialect, complete):
+def no_rows_note(dialect: csvparse.Dialect, complete: bool) -> str | None:
     """Why a file holds no rows ('empty', 'header only', 'blank lines only'), or None when it may.
 
     Only a file whose whole content was sniffed (``complete``) can be known to hold no rows."""
@@ -170,10 +243,12 @@ def no_rows_note(dialect, complete):
     return "blank lines only" if dialect.blank_lines else "empty"
 
 
-def infer_spec(labeled, dialects, args):
-    """(image shape, pixel count) from the data: the most common field count over the files' heads,
-    and the image shape from args or the square root of the pixel count. JobError when no file holds
-    a data row, or the columns do not fit the label column or the shape."""
+def infer_spec(labeled: list[Input], dialects: Dialects, args: argparse.Namespace) -> tuple[tuple[int, int], int]:
+    """``((H, W), pixel count)`` from the data: the most common field count over the files' heads,
+    and the image shape from ``args.image_shape`` or the square root of the pixel count.
+
+    ``args``: the parsed convert flags (``label_column``, ``image_shape``). Raises JobError when no
+    file holds a data row, or the columns do not fit ``--label-column`` or the shape."""
     counts = Counter()
     for _name, path in labeled:
         dialect = dialects[path][0]
@@ -202,12 +277,13 @@ def infer_spec(labeled, dialects, args):
     return shape, num_pixels
 
 
-def plan_ranges(files, sizes, num_shards):
+def plan_ranges(files: list[Input], sizes: dict[str, int], num_shards: int) -> list[PlannedRange]:
     """Split the inputs of one group (labeled or score) into ``max(num_shards, files)`` byte ranges.
 
-    Each range becomes one task and one output shard per split. Compressed files cannot be split (one
-    range each); plain files get the other ranges in proportion to their size. Returns
-    ``[(shard, name, path, part, parts)]``: range ``part`` of ``parts`` of the file.
+    ``sizes``: bytes of each file as stored, by path. Each range becomes one task and one output
+    shard per split. Compressed files cannot be split (one range each); plain files get the other
+    ranges in proportion to their size. Returns ``[(shard, name, path, part, parts)]``: range
+    ``part`` of ``parts`` of the file, shards numbered from 0 in file order.
     """
     parts = {path: 1 for _name, path in files}
     splittable = [path for _name, path in files if compression_of(path) is None and sizes[path] > 0]
@@ -238,10 +314,15 @@ def _line_start(f, offset, eol, size):
     return size
 
 
-def scan_file(name, path, parts, eol=b"\n"):
-    """Executor side, pass 1: size and SHA-256 of a file (as stored), and the line-aligned byte span
-    ``(start, end, first line number)`` of each of its ``parts`` ranges (a range owns the lines that
-    start inside it). Streams the file in READ_BYTES pieces: memory does not grow with its size."""
+def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
+    """Executor side, pass 1: size and SHA-256 of a file (as stored), and its ranges' line-aligned spans.
+
+    Returns ``{"name", "path", "bytes", "sha256" (64 hex digits), "spans", "span"}``: ``spans`` holds
+    ``(start, end, first line number)`` of each of the ``parts`` ranges (a range owns the lines that
+    start inside it; a compressed file has one span, its whole stored size); ``span`` is the task's
+    ``(start, end)`` wall-clock time in epoch seconds. Streams the file in READ_BYTES pieces: memory
+    does not grow with its size. Raises OSError when the file cannot be read.
+    """
     started = time.time()
     size = fs.size(path)
     compressed = compression_of(path) is not None
@@ -274,10 +355,13 @@ def scan_file(name, path, parts, eol=b"\n"):
             "span": (started, time.time())}
 
 
-def range_chunks(name, path, start, end, eol):
+def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iterator[bytes]:
     """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
-    whole decompressed stream of a compressed one. Raises csvparse.InputError when the stream is
-    corrupt or truncated, or a line is longer than MAX_LINE_BYTES."""
+    whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).
+
+    Lines end with ``eol`` (``b"\\n"``, or ``b"\\r"`` for CR-only files); the last piece may lack it.
+    Raises csvparse.InputError when the stream is corrupt or truncated, or a line is longer than
+    MAX_LINE_BYTES; OSError when the file cannot be read."""
     compressed = compression_of(path) is not None
     with open_input(path) as (reader, raw):
         if not compressed:
@@ -304,7 +388,7 @@ def range_chunks(name, path, start, end, eol):
             yield carry
 
 
-def lineage_name(group, shard):
+def lineage_name(group: str, shard: int) -> str:
     """File name of one range's part of the lineage index: ``rows-{labeled,score}-NNNNN.parquet``
     (never ``part-*``, so no shard glob matches it, and it sits under ``_lineage/``)."""
     return f"rows-{group}-{shard:05d}.parquet"
@@ -349,6 +433,7 @@ class LineageWriter:
                                           schema=self.schema))
 
     def close(self) -> None:
+        """Write the rows still buffered and close the file (closed even when the write fails)."""
         try:
             self._flush()
             self._writer.close()
@@ -356,72 +441,100 @@ class LineageWriter:
             self._sink.close()
 
 
-def convert_range(task, stage_dir, quarantine_dir, splits, num_pixels, params):
+class _RangeWriter:
+    """Executor side: what one range writes (its shard of each split and its part of the lineage
+    index) and what it counted: ``counts`` (rows per split), ``label_counts``, ``pixel_max`` (the
+    largest pixel value written)."""
+
+    def __init__(self, task: RangeTask, stage_dir: str, options: ConvertOptions):
+        self.task, self.options = task, options
+        self.counts = {split: 0 for split in task.splits}
+        self.label_counts, self.pixel_max = Counter(), 0
+        self.writers = {split: schema.shard_writer(fs.open_write(paths.join(stage_dir, split, schema.shard_name(
+            task.shard, options.compression))), options.compression) for split in task.splits}
+        self.lineage = LineageWriter(paths.join(stage_dir, paths.LINEAGE_DIR, lineage_name(task.group, task.shard)),
+                                     task.name)
+
+    def write(self, labels: np.ndarray, pixels: np.ndarray, lines: np.ndarray) -> None:
+        """Write the good rows of one parsed block: ``labels`` int64 [n] (-1 when unlabeled), ``pixels``
+        int64 [n, H*W], ``lines`` int64 [n] (1-based line numbers), n > 0."""
+        task = self.task
+        row_ids = csvparse.row_ids(task.name, lines)
+        if task.labeled:
+            row_splits = csvparse.splits_of(labels, pixels, self.options.eval_fraction)
+            self.label_counts.update(labels.tolist())
+        else:
+            row_splits = np.full(len(labels), "score")
+        self.lineage.add(row_ids, lines, row_splits)
+        self.pixel_max = max(self.pixel_max, int(pixels.max()) if pixels.size else 0)
+        for split in task.splits:
+            pick = np.flatnonzero(row_splits == split)
+            records = schema.encode_examples(pixels[pick], labels[pick] if task.labeled else None, row_ids[pick])
+            self.writers[split].write(b"".join(schema.tfrecord_frame(record) for record in records))
+            self.counts[split] += len(pick)
+
+    def close(self) -> None:
+        """Close every shard and the lineage part (a lineage part flushes its buffered rows)."""
+        for writer in self.writers.values():
+            writer.close()
+        self.lineage.close()
+
+
+def _write_quarantine_part(quarantine_dir, task, bad):
+    """``part-{group}-NNNNN.jsonl`` of a range: one JSON object per bad line (file, line, kind, reason, raw)."""
+    body = "".join(json.dumps({"file": task.name, "line": line, "kind": kind, "reason": reason, "raw": raw}) + "\n"
+                   for line, kind, reason, raw in bad)
+    fs.write_bytes(paths.join(quarantine_dir, f"part-{task.group}-{task.shard:05d}.jsonl"), body.encode("utf-8"))
+
+
+def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixels: int,
+                  options: ConvertOptions) -> dict:
     """Executor side, pass 2: parse one range, write its shard of each split and its quarantine part.
 
-    Streams the range (memory stays flat whatever its size). Every written row is indexed in the range's
-    part of the lineage index (``_lineage/``, see :class:`LineageWriter`). A corrupt input is not a bad
-    row: the range returns ``fatal`` (the file, where, and the rows read before it) and the driver fails
-    the run.
+    ``stage_dir``, ``quarantine_dir``: the staging directories of the version's TFRecords and
+    quarantine; ``num_pixels``: H*W. Streams the range (memory stays flat whatever its size). Every
+    written row is indexed in the range's part of the lineage index (``_lineage/``, see
+    :class:`LineageWriter`). A corrupt input is not a bad row and raises nothing here: the range
+    returns ``fatal`` (the file, where, and the rows read before it) and the driver fails the run.
+
+    Returns ``{"name", "fatal" (None or the message), "counts" (rows per split), "rows" (rows read:
+    written + bad), "lineage_rows", "not_rows" (blank and header lines), "bad_kinds", "bad_samples"
+    (first 5), "label_counts", "pixel_max_observed", "span" (task start, end: epoch seconds)}``.
     """
-    shard, name, path, q, r, first_line, labeled, dialect = task
-    dialect = csvparse.Dialect(**dialect)
     started = time.time()
-    spec = csvparse.Spec(num_pixels, labeled=labeled, pixel_max=params["pixel_max"],
-                         label_col=params["label_column"] if labeled else 0)
-    bad, fatal = [], None
-    counts = {split: 0 for split in splits}
-    label_counts, pixel_max, not_rows = Counter(), 0, Counter()
-    writers = {split: schema.shard_writer(fs.open_write(paths.join(stage_dir, split, schema.shard_name(
-        shard, params["compression"]))), params["compression"]) for split in splits}
-    lineage = LineageWriter(paths.join(stage_dir, paths.LINEAGE_DIR, lineage_name("labeled" if labeled else "score",
-                                                                                   shard)), name)
-    line_no, at_start = first_line, q == 0
+    spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=options.pixel_max,
+                         label_col=options.label_column if task.labeled else 0)
+    bad, fatal, not_rows = [], None, Counter()
+    out = _RangeWriter(task, stage_dir, options)
+    eol = task.dialect.eol
+    line_no, at_start = task.first_line, task.start == 0
     try:
-        for chunk in range_chunks(name, path, q, r, dialect.eol):
-            for labels, pixels, lines, chunk_bad in csvparse.iter_block(chunk, spec, line_no, at_start, dialect,
+        for chunk in range_chunks(task.name, task.path, task.start, task.end, eol):
+            for labels, pixels, lines, chunk_bad in csvparse.iter_block(chunk, spec, line_no, at_start, task.dialect,
                                                                         not_rows):
                 bad += chunk_bad
-                if not len(labels):
-                    continue
-                row_ids = csvparse.row_ids(name, lines)
-                if labeled:
-                    row_splits = csvparse.splits_of(labels, pixels, params["eval_fraction"])
-                    label_counts.update(labels.tolist())
-                else:
-                    row_splits = np.full(len(labels), "score")
-                lineage.add(row_ids, lines, row_splits)
-                pixel_max = max(pixel_max, int(pixels.max()) if pixels.size else 0)
-                for split in splits:
-                    pick = np.flatnonzero(row_splits == split)
-                    records = schema.encode_examples(pixels[pick], labels[pick] if labeled else None, row_ids[pick])
-                    writers[split].write(b"".join(schema.tfrecord_frame(record) for record in records))
-                    counts[split] += len(pick)
-            line_no += chunk.count(dialect.eol)
+                if len(labels):
+                    out.write(labels, pixels, lines)
+            line_no += chunk.count(eol)
             at_start = False
     except csvparse.InputError as e:
         fatal = (f"{e}. Replace it with a complete copy (gzip -t, bzip2 -t or xz -t checks one), or move it out "
                  "of the version directory")
     finally:
-        for writer in writers.values():
-            writer.close()
-        lineage.close()
+        out.close()
     if bad and fatal is None:
-        body = "".join(json.dumps({"file": name, "line": line, "kind": kind, "reason": reason, "raw": raw}) + "\n"
-                       for line, kind, reason, raw in bad)
-        group = "labeled" if labeled else "score"
-        fs.write_bytes(paths.join(quarantine_dir, f"part-{group}-{shard:05d}.jsonl"), body.encode("utf-8"))
+        _write_quarantine_part(quarantine_dir, task, bad)
     return {
-        "name": name,
+        "name": task.name,
         "fatal": fatal,
-        "counts": counts,
-        "rows": sum(counts.values()) + len(bad),
-        "lineage_rows": lineage.rows,
+        "counts": out.counts,
+        "rows": sum(out.counts.values()) + len(bad),
+        "lineage_rows": out.lineage.rows,
         "not_rows": dict(not_rows),
         "bad_kinds": dict(Counter(kind for _l, kind, _r, _raw in bad)),
-        "bad_samples": [f"{name}:{line}: {reason}" for line, _k, reason, _raw in bad[:5]],
-        "label_counts": dict(label_counts),
-        "pixel_max_observed": pixel_max,
+        "bad_samples": [f"{task.name}:{line}: {reason}" for line, _k, reason, _raw in bad[:5]],
+        "label_counts": dict(out.label_counts),
+        "pixel_max_observed": out.pixel_max,
         "span": (started, time.time()),
     }
 
@@ -435,142 +548,234 @@ def _refuse_unreadable(raw_dir, unreadable):
             "skipped). Convert those files to CSV, or move them out of the version directory.")
 
 
-def run(spark, args):
-    sc = spark.sparkContext
-    layout = paths.Layout(args.data_root)
-    raw_dir = layout.raw(args.version)
+def _sniffed_inputs(layout, version):
+    """``(labeled, unlabeled, skipped, dialects)`` of ``raw/{version}/``; JobError when it holds no
+    labeled input, a file convert does not read, or a file that cannot be sniffed."""
+    raw_dir = layout.raw(version)
     labeled, unlabeled, skipped, unreadable = list_inputs(raw_dir)
     if not labeled:
-        raise JobError(f"no input for dataset version {args.version}: no *.csv or *.csv.gz files in {raw_dir} "
+        raise JobError(f"no input for dataset version {version}: no *.csv or *.csv.gz files in {raw_dir} "
                        "(nor .tsv, .bz2, .xz, or directories of part files). Put the version's CSV files there "
                        "(scripts/make_sample_data.py writes sample versions).")
     _refuse_unreadable(raw_dir, unreadable)
-    dialects = sniff_inputs(labeled + unlabeled)
+    return labeled, unlabeled, skipped, sniff_inputs(labeled + unlabeled)
+
+
+def _groups(labeled, unlabeled, empty):
+    """``[(group, files, splits)]``: the labeled files (train, eval), and the unlabeled ones (score) when
+    any may hold rows; files known to hold none (``empty``: path -> note) are left out."""
+    groups = [("labeled", [(n, p) for n, p in labeled if not empty[p]], ("train", "eval"))]
+    if any(not empty[p] for _n, p in unlabeled):
+        groups.append(("score", [(n, p) for n, p in unlabeled if not empty[p]], ("score",)))
+    return groups
+
+
+def _scan_pass(sc, files, groups, plans, dialects):
+    """Pass 1: checksums and line-aligned spans of every range, one task per file (files without rows too)."""
+    per_file = {path: (name, path, 1, dialects[path][0].eol) for name, path in files}
+    for g, _files, _splits in groups:
+        for _shard, name, path, _part, parts in plans[g]:
+            per_file[path] = (name, path, parts, dialects[path][0].eol)
+    return sc.parallelize(list(per_file.values()), len(per_file)).map(lambda f: scan_file(*f)).collect()
+
+
+def _range_tasks(groups, plans, spans, dialects):
+    """The tasks of pass 2, in shard order per group; ``spans``: path -> the spans pass 1 found."""
+    tasks = []
+    for g, _files, splits in groups:
+        for shard, name, path, part, _parts in plans[g]:
+            start, end, first_line = spans[path][part]
+            tasks.append(RangeTask(shard, name, path, start, end, first_line, g, splits, dialects[path][0]))
+    return tasks
+
+
+def _convert_pass(sc, tasks, stage_dir, quarantine_dir, num_pixels, options):
+    """Pass 2: one Spark task per range (:func:`convert_range`); their results in task order."""
+    return sc.parallelize(tasks, len(tasks)).map(
+        lambda task: convert_range(task, stage_dir, quarantine_dir, num_pixels, options)).collect()
+
+
+def _refuse_fatal(version, stats):
+    fatal = [st["fatal"] for st in stats if st["fatal"]]
+    if fatal:
+        raise JobError(f"dataset version {version}: {fatal[0]}" + (
+            f" (and {len(fatal) - 1} more corrupt inputs)" if len(fatal) > 1 else "") + "; nothing was written")
+
+
+@dataclasses.dataclass
+class _Totals:
+    """What the ranges of one conversion counted, summed: rows per split, bad rows by kind, rows per
+    label, lines that are not rows (``blank_lines``, ``header_lines``), per input file, lineage rows."""
+
+    per_split: dict[str, int]
+    bad_kinds: Counter
+    label_counts: Counter
+    not_rows: Counter
+    per_input: dict[str, Counter]
+    samples: list[str]
+    lineage_rows: int
+
+    @classmethod
+    def of(cls, stats: list[dict], splits: list[str]) -> _Totals:
+        totals = cls({s: sum(st["counts"].get(s, 0) for st in stats) for s in splits}, Counter(), Counter(),
+                     Counter(), {}, [x for st in stats for x in st["bad_samples"]][:5],
+                     sum(st["lineage_rows"] for st in stats))
+        for st in stats:
+            totals.bad_kinds.update(st["bad_kinds"])
+            totals.label_counts.update({int(k): v for k, v in st["label_counts"].items()})
+            totals.not_rows.update(st["not_rows"])
+            file_counts = totals.per_input.setdefault(st["name"], Counter())
+            file_counts.update(dict(st["not_rows"], rows=st["rows"]))
+        return totals
+
+    @property
+    def bad(self) -> int:
+        return sum(self.bad_kinds.values())
+
+    @property
+    def written(self) -> int:
+        return sum(self.per_split.values())
+
+    @property
+    def read(self) -> int:
+        return self.written + self.bad
+
+
+def _check_lineage(totals):
+    if totals.lineage_rows != totals.written:
+        raise JobError(f"the lineage index holds {totals.lineage_rows} rows for {totals.written} rows written: the "
+                       "conversion is inconsistent, nothing was published; rerun the task and report this if it "
+                       "repeats")
+
+
+def _check_bad_rows(args, layout, totals, files):
+    """JobError when no row was read, or more than ``--max-bad-fraction`` of the rows are bad."""
+    if totals.read == 0:
+        raise JobError(f"the input files of dataset version {args.version} hold no rows: {[n for n, _p in files]}")
+    bad_fraction = totals.bad / totals.read
+    if bad_fraction > args.max_bad_fraction:
+        raise JobError(
+            f"{totals.bad} of {totals.read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
+            f"{args.max_bad_fraction:.1%}; by kind: {dict(totals.bad_kinds)}; first: {totals.samples}. All bad rows "
+            f"are in {layout.quarantine(args.version)}; fix the input or raise max_bad_fraction.")
+
+
+def _shards(tasks, stats, compression):
+    """The manifest's ``shards``: per split, ``[{"file", "records", "source": "name:start-end"}]`` in shard order."""
+    shards = {}
+    for task, st in zip(tasks, stats):
+        for split in task.splits:
+            shards.setdefault(split, []).append({"file": schema.shard_name(task.shard, compression),
+                                                 "records": st["counts"][split],
+                                                 "source": f"{task.name}:{task.start}-{task.end}"})
+    return shards
+
+
+def _inputs(scans, dialects, unlabeled, empty, totals):
+    """The manifest's ``inputs``: one entry per file, by name (bytes, sha256, dialect, rows, lines that are
+    not rows). A file known to hold no rows was not converted: its sniffed blank and header lines are
+    counted here, into ``totals.not_rows`` too."""
+    unlabeled_names = {n for n, _p in unlabeled}
+    inputs = []
+    for s in sorted(scans, key=lambda s: s["name"]):
+        dialect, _complete = dialects[s["path"]]
+        entry = {"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
+                 "labeled": s["name"] not in unlabeled_names, "dialect": dialect.describe(),
+                 "rows": 0, "blank_lines": 0, "header_lines": 0}
+        entry.update(totals.per_input.get(s["name"], {}))
+        if empty[s["path"]]:  # not converted: its whole content was sniffed
+            entry.update(no_rows=empty[s["path"]], blank_lines=dialect.blank_lines,
+                         header_lines=int(dialect.header is not None))
+            totals.not_rows.update({"blank_lines": dialect.blank_lines,
+                                    "header_lines": int(dialect.header is not None)})
+        inputs.append(entry)
+    return inputs
+
+
+def _manifest(args, image_shape, totals, tasks, stats, scans, inputs, skipped, started, pass_seconds):
+    """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``)."""
+    return {
+        "dataset_version": args.version,
+        "image_shape": list(image_shape),
+        "num_classes": schema.NUM_CLASSES,
+        "pixel_max": args.pixel_max,
+        "pixel_max_observed": max([st["pixel_max_observed"] for st in stats] or [0]),
+        "label_counts": {str(k): v for k, v in sorted(totals.label_counts.items())},
+        "rows_read": totals.read,
+        "rows_written": totals.written,
+        "rows_quarantined": totals.bad,
+        "quarantined_by_kind": dict(totals.bad_kinds),
+        # lines that are not rows, counted apart: rows_read = rows_written + rows_quarantined
+        "blank_lines": totals.not_rows["blank_lines"],
+        "header_lines": totals.not_rows["header_lines"],
+        "splits": totals.per_split,
+        "shards": _shards(tasks, stats, args.compression),
+        # row_id -> source file (relative to raw/<version>/), line and split of every written row
+        "lineage": {"dir": paths.LINEAGE_DIR, "rows": totals.lineage_rows, "columns": list(LineageWriter.COLUMNS),
+                    "files": sorted(lineage_name(t.group, t.shard) for t in tasks)},
+        "inputs": inputs,
+        "skipped_hidden": skipped,
+        "compression": args.compression,
+        "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
+                   "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
+                   "compression": args.compression, "label_column": args.label_column},
+        "versions": library_versions(),
+        "git_revision": git_revision(),
+        "seconds": round(time.time() - started, 1),
+        "pass_seconds": pass_seconds,
+        # time the executors spent on the data (first task start to last task end, per pass),
+        # without Spark and Python worker start-up
+        "data_seconds": {name: round(max(x["span"][1] for x in xs) - min(x["span"][0] for x in xs), 2)
+                         for name, xs in (("scan", scans), ("convert", stats))},
+    }
+
+
+def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """Convert dataset version ``args.version`` of ``args.data_root`` (the parsed convert flags, jobargs).
+
+    Steps: list and sniff the inputs, infer the image shape, plan the byte ranges
+    (:func:`plan_ranges`), pass 1 scans every file (:func:`scan_file`), pass 2 converts every range into
+    a staging directory (:func:`convert_range`); then the totals are checked, the quarantine is
+    committed (also when too many rows are bad) and the TFRecords are committed with their manifest.
+
+    Returns the RESULT summary: ``output`` (``tfrecords/{version}/``), ``rows_read``, ``splits`` (rows
+    per split), ``quarantined``, ``blank_lines``, ``header_lines``. Raises JobError, with nothing
+    published under ``tfrecords/``, when the version has no labeled input, holds a file convert does
+    not read, a file cannot be read or is corrupt, no row fits the flags' shape and label column, no
+    row was read, or more than ``--max-bad-fraction`` of the rows are bad.
+    """
+    sc = spark.sparkContext
+    layout = paths.Layout(args.data_root)
+    labeled, unlabeled, skipped, dialects = _sniffed_inputs(layout, args.version)
     image_shape, num_pixels = infer_spec(labeled, dialects, args)
     started = time.time()
     empty = {path: no_rows_note(*dialects[path]) for _name, path in labeled + unlabeled}
-    groups = [("labeled", [(n, p) for n, p in labeled if not empty[p]], ["train", "eval"])]
-    if any(not empty[p] for _n, p in unlabeled):
-        groups.append(("score", [(n, p) for n, p in unlabeled if not empty[p]], ["score"]))
+    groups = _groups(labeled, unlabeled, empty)
     sizes = {p: fs.size(p) for p in dict(labeled + unlabeled).values()}
     plans = {g: plan_ranges(files, sizes, args.num_shards) for g, files, _splits in groups}
 
-    # pass 1: checksums and line-aligned spans of every range, one task per file (files without rows too)
-    per_file = {path: (name, path, 1, dialects[path][0].eol) for name, path in labeled + unlabeled}
-    for g, files, _splits in groups:
-        for _shard, name, path, _part, parts in plans[g]:
-            per_file[path] = (name, path, parts, dialects[path][0].eol)
     t = time.time()
-    scans = sc.parallelize(list(per_file.values()), len(per_file)).map(lambda f: scan_file(*f)).collect()
+    scans = _scan_pass(sc, labeled + unlabeled, groups, plans, dialects)
     pass_seconds = {"scan": round(time.time() - t, 2)}
-    spans = {s["path"]: s["spans"] for s in scans}
+    tasks = _range_tasks(groups, plans, {s["path"]: s["spans"] for s in scans}, dialects)
 
     out = layout.tfrecords(args.version)
     all_splits = [s for _g, _f, splits in groups for s in splits]
-    params = {"pixel_max": args.pixel_max, "eval_fraction": args.eval_fraction, "compression": args.compression,
-              "label_column": args.label_column}
     with fs.Staging(out) as stage, fs.Staging(layout.quarantine(args.version)) as quarantine:
         for split in all_splits + [paths.LINEAGE_DIR]:
             fs.makedirs(stage.file(split))
-        tasks = []
-        for g, _files, splits in groups:
-            for shard, name, path, part, _parts in plans[g]:
-                q, r, first_line = spans[path][part]
-                dialect = dialects[path][0]
-                tasks.append(((shard, name, path, q, r, first_line, g == "labeled", dataclasses.asdict(dialect)),
-                              splits))
-        stage_dir, quarantine_dir = stage.path, quarantine.path
         t = time.time()
-        stats = sc.parallelize(tasks, len(tasks)).map(
-            lambda task: convert_range(task[0], stage_dir, quarantine_dir, task[1], num_pixels, params)).collect()
+        stats = _convert_pass(sc, tasks, stage.path, quarantine.path, num_pixels, ConvertOptions.from_args(args))
         pass_seconds["convert"] = round(time.time() - t, 2)
-        fatal = [st["fatal"] for st in stats if st["fatal"]]
-        if fatal:
-            raise JobError(f"dataset version {args.version}: {fatal[0]}" + (
-                f" (and {len(fatal) - 1} more corrupt inputs)" if len(fatal) > 1 else "") + "; nothing was written")
-
-        per_split = {s: sum(st["counts"].get(s, 0) for st in stats) for s in all_splits}
-        bad_kinds, label_counts, not_rows = Counter(), Counter(), Counter()
-        per_input = {}
-        for st in stats:
-            bad_kinds.update(st["bad_kinds"])
-            label_counts.update({int(k): v for k, v in st["label_counts"].items()})
-            not_rows.update(st["not_rows"])
-            file_counts = per_input.setdefault(st["name"], Counter())
-            file_counts.update(dict(st["not_rows"], rows=st["rows"]))
-        bad_count = sum(bad_kinds.values())
-        samples = [x for st in stats for x in st["bad_samples"]][:5]
-        ok_count = sum(per_split.values())
-        lineage_rows = sum(st["lineage_rows"] for st in stats)
-        if lineage_rows != ok_count:
-            raise JobError(f"the lineage index holds {lineage_rows} rows for {ok_count} rows written: the conversion "
-                           "is inconsistent, nothing was published; rerun the task and report this if it repeats")
-        rows_read = ok_count + bad_count
+        _refuse_fatal(args.version, stats)
+        totals = _Totals.of(stats, all_splits)
+        _check_lineage(totals)
         # The quarantine of every run is kept, passed or failed, so bad rows are never lost.
-        quarantine.commit({"dataset_version": args.version, "rows": bad_count, "by_kind": dict(bad_kinds),
-                           "sample": samples})
-        if rows_read == 0:
-            raise JobError(f"the input files of dataset version {args.version} hold no rows: "
-                           f"{[n for n, _p in labeled + unlabeled]}")
-        bad_fraction = bad_count / rows_read
-        if bad_fraction > args.max_bad_fraction:
-            raise JobError(
-                f"{bad_count} of {rows_read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
-                f"{args.max_bad_fraction:.1%}; by kind: {dict(bad_kinds)}; first: {samples}. All bad rows are in "
-                f"{layout.quarantine(args.version)}; fix the input or raise max_bad_fraction.")
-        shards = {}
-        for (task, splits), st in zip(tasks, stats):
-            for split in splits:
-                shards.setdefault(split, []).append({"file": schema.shard_name(task[0], args.compression),
-                                                     "records": st["counts"][split],
-                                                     "source": f"{task[1]}:{task[3]}-{task[4]}"})
-        unlabeled_names = {n for n, _p in unlabeled}
-        inputs = []
-        for s in sorted(scans, key=lambda s: s["name"]):
-            dialect, _complete = dialects[s["path"]]
-            entry = {"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
-                     "labeled": s["name"] not in unlabeled_names, "dialect": dialect.describe(),
-                     "rows": 0, "blank_lines": 0, "header_lines": 0}
-            entry.update(per_input.get(s["name"], {}))
-            if empty[s["path"]]:  # not converted: its whole content was sniffed
-                entry.update(no_rows=empty[s["path"]], blank_lines=dialect.blank_lines,
-                             header_lines=int(dialect.header is not None))
-                not_rows.update({"blank_lines": dialect.blank_lines, "header_lines": int(dialect.header is not None)})
-            inputs.append(entry)
-        manifest = {
-            "dataset_version": args.version,
-            "image_shape": list(image_shape),
-            "num_classes": schema.NUM_CLASSES,
-            "pixel_max": args.pixel_max,
-            "pixel_max_observed": max([st["pixel_max_observed"] for st in stats] or [0]),
-            "label_counts": {str(k): v for k, v in sorted(label_counts.items())},
-            "rows_read": rows_read,
-            "rows_written": ok_count,
-            "rows_quarantined": bad_count,
-            "quarantined_by_kind": dict(bad_kinds),
-            # lines that are not rows, counted apart: rows_read = rows_written + rows_quarantined
-            "blank_lines": not_rows["blank_lines"],
-            "header_lines": not_rows["header_lines"],
-            "splits": per_split,
-            "shards": shards,
-            # row_id -> source file (relative to raw/<version>/), line and split of every written row
-            "lineage": {"dir": paths.LINEAGE_DIR, "rows": lineage_rows, "columns": list(LineageWriter.COLUMNS),
-                        "files": sorted(lineage_name("labeled" if t[6] else "score", t[0]) for t, _s in tasks)},
-            "inputs": inputs,
-            "skipped_hidden": skipped,
-            "compression": args.compression,
-            "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
-                       "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
-                       "compression": args.compression, "label_column": args.label_column},
-            "versions": library_versions(),
-            "git_revision": git_revision(),
-            "seconds": round(time.time() - started, 1),
-            "pass_seconds": pass_seconds,
-            # time the executors spent on the data (first task start to last task end, per pass),
-            # without Spark and Python worker start-up
-            "data_seconds": {name: round(max(x["span"][1] for x in xs) - min(x["span"][0] for x in xs), 2)
-                             for name, xs in (("scan", scans), ("convert", stats))},
-        }
-        stage.commit(manifest)
-    return {"output": out, "rows_read": rows_read, "splits": per_split, "quarantined": bad_count,
-            "blank_lines": not_rows["blank_lines"], "header_lines": not_rows["header_lines"]}
+        quarantine.commit({"dataset_version": args.version, "rows": totals.bad, "by_kind": dict(totals.bad_kinds),
+                           "sample": totals.samples})
+        _check_bad_rows(args, layout, totals, labeled + unlabeled)
+        inputs = _inputs(scans, dialects, unlabeled, empty, totals)
+        stage.commit(_manifest(args, image_shape, totals, tasks, stats, scans, inputs, skipped, started,
+                               pass_seconds))
+    return {"output": out, "rows_read": totals.read, "splits": totals.per_split, "quarantined": totals.bad,
+            "blank_lines": totals.not_rows["blank_lines"], "header_lines": totals.not_rows["header_lines"]}
