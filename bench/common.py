@@ -32,16 +32,16 @@ def write_mnist_csv(path, n, seed=0, labeled=True):
 def run_job(job, job_args, master, cluster_size=2, env=None):
     """spark-submit a pipeline job with the DAG's conf; raise with the log tail on failure.
 
-    ``env`` overrides entries of the driver's and executors' environment (tfos_spark.TF_ENV)."""
-    import tfos_spark
+    ``env`` overrides entries of the driver's and executors' environment (launch.TF_ENV)."""
+    from tfospipe import launch
     build = os.path.join(tempfile.gettempdir(), "tfos-bench-build")
-    argv = tfos_spark.spark_submit_argv(job, job_args, master, cluster_size, build)
+    argv = launch.spark_submit_argv(job, job_args, master, cluster_size, build)
     app = next(i for i, a in enumerate(argv) if a.endswith(f"jobs/{job}.py"))
     for key, value in (env or {}).items():  # a later --conf of the same key wins
         argv[app:app] = ["--conf", f"spark.executorEnv.{key}={value}"]
         app += 2
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **tfos_spark.TF_ENV, **(env or {})})
+                          env={**os.environ, **launch.TF_ENV, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"{job} failed:\n{proc.stdout[-4000:]}")
     return proc.stdout

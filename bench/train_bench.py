@@ -6,7 +6,7 @@
 
 All three train the same model on the same data for the same number of examples at batch 64 per
 worker, with the same Keras steps_per_execution and the same memory allocator (the executors' one,
-tfos_spark.executor_malloc; --env LD_PRELOAD= compares glibc's). Steady-state examples/s exclude
+launch.executor_malloc; --env LD_PRELOAD= compares glibc's). Steady-state examples/s exclude
 start-up and the first steps (tracing); scaling efficiency = (b or c) / (2 x (a)).
 Run:  .venv/bin/python bench/train_bench.py [--rows 12000]
 """
@@ -69,8 +69,7 @@ def main():
         return single_process(args.single[0], int(args.single[1]), args.batch_size)
 
     import common
-    import tfos_spark
-    from tfospipe import paths
+    from tfospipe import launch, paths
 
     root = tempfile.mkdtemp(prefix="tfos-train-bench-")
     layout = paths.Layout(root)
@@ -84,7 +83,7 @@ def main():
         examples = steps * args.batch_size * 2
 
         overrides = dict(kv.split("=", 1) for kv in args.env)
-        malloc = tfos_spark.executor_malloc()  # the executors' allocator, for (a) too
+        malloc = launch.executor_malloc()  # the executors' allocator, for (a) too
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                **({"LD_PRELOAD": malloc} if malloc else {}), **overrides}
         t = time.time()

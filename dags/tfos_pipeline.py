@@ -1,6 +1,7 @@
 """tfos_pipeline: CSV -> TFRecords -> distributed training (TensorFlowOnSpark) -> validation gate -> batch inference.
 
-Every task is a spark-submit of a job in ``jobs/`` (see plugins/tfos_spark.py for the Spark conf).
+Every task is a spark-submit of a job in ``jobs/``, built from the job's spec (``tfospipe/jobspec.py``;
+the Spark conf in ``tfospipe/launch.py``, the operator in plugins/tfos_spark.py).
 The dataset version is the run's logical date (``ds``) for scheduled runs and backfills; a manual
 trigger may name another version with the ``dataset_version`` param.
 """
@@ -9,10 +10,8 @@ import datetime
 
 from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
-from tfos_spark import DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
-from tfospipe import jobargs
-
-JOBS = ("convert", "train", "validate", "infer")
+from tfos_spark import DATA_DATE, DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
+from tfospipe import jobargs, jobspec
 
 # The trigger form: the dataset version, then every job flag that jobargs marks as a param. Each
 # param's JSON schema is the rule its job checks the flag with (jobargs), so a value the trigger
@@ -24,22 +23,35 @@ params = {
         description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD). "
                     "1-128 letters, digits, '.', '_', '-', starting with a letter or digit, no '..'."),
 }
-for _job in JOBS:
-    for _name, _default, _help, _schema in jobargs.dag_params(_job):
-        params[_name] = Param(_default, description=f"{_job}: {_help}", **_schema)
+for _spec in jobspec.SPECS.values():
+    for _name, _default, _help, _schema in jobargs.dag_params(_spec.name):
+        params[_name] = Param(_default, description=f"{_spec.name}: {_help}", **_schema)
+
+#: The flags the DAG fills itself, whichever job has them. data_date: what the promotion policy orders
+#: models by when the dataset version is not a date (the logical date, or the day a manual run was
+#: triggered for).
+FILLED = {"data_root": DATA_ROOT, "version": VERSION, "run_id": RUN_ID, "data_date": DATA_DATE}
 
 
-def job_args(job, **extra):
-    """The job's flags: data root, version, the DAG params it reads, and ``extra`` (e.g. run_id).
+def job_args(job: str) -> dict[str, str]:
+    """The job's flag values (Jinja templates) in the order of its spec's flags: the ones the DAG fills
+    (:data:`FILLED`) and the DAG params it reads; flags with neither keep the job's default.
 
     A param renders as ``str(value)``; the job reads it back under the same JSON schema
     (jobargs.schema_type), so e.g. an epochs of 2.0 (a JSON-schema integer) reaches the job as 2.
     """
-    values = {"data_root": DATA_ROOT, "version": VERSION}
-    for arg in jobargs.JOBS[job]:
+    values = {}
+    for arg in jobspec.get(job).args:
         if arg.param:
             values[arg.name] = "{{ params.%s }}" % arg.param
-    return dict(values, **extra)
+        elif arg.name in FILLED:
+            values[arg.name] = FILLED[arg.name]
+    return values
+
+
+def job_task(job: str, **kwargs) -> TFoSSparkSubmitOperator:
+    """The task of ``job`` (task id = job name) with its spec's flags; ``kwargs``: pool, retries, timeout."""
+    return TFoSSparkSubmitOperator(task_id=job, job=job, job_args=job_args(job), **kwargs)
 
 
 with DAG(
@@ -55,29 +67,19 @@ with DAG(
     params=params,
     # A lost executor or a killed job is retried (training resumes from its last checkpoint), with
     # exponential backoff; every task also has an execution_timeout, and a killed task stops its
-    # Spark application (TFoSSparkSubmitOperator.on_kill).
+    # Spark application (TFoSSparkSubmitHook.on_kill).
     default_args={"retries": 1, "retry_delay": datetime.timedelta(minutes=1), "retry_exponential_backoff": 2.0,
                   "max_retry_delay": datetime.timedelta(minutes=15)},
     tags=["tensorflowonspark", "spark", "ml"],
     doc_md=__doc__,
 ) as dag:
-    convert = TFoSSparkSubmitOperator(
-        task_id="convert", job="convert", job_args=job_args("convert"),
-        execution_timeout=datetime.timedelta(hours=1))
-    train = TFoSSparkSubmitOperator(
-        task_id="train", job="train", job_args=job_args("train", run_id=RUN_ID), tfos=True, pool="tfos_training",
-        execution_timeout=datetime.timedelta(hours=4))
+    convert = job_task("convert", execution_timeout=datetime.timedelta(hours=1))
+    train = job_task("train", pool="tfos_training", execution_timeout=datetime.timedelta(hours=4))
     # Promotions one at a time (pool tfos_serving, 1 slot); the job's compare-and-swap of the serving
-    # pointer also covers writers outside Airflow. data_date: what the promotion policy orders models by
-    # when the dataset version is not a date (the logical date, or the day a manual run was triggered for).
-    validate = TFoSSparkSubmitOperator(
-        task_id="validate", job="validate", pool="tfos_serving",
-        job_args=job_args("validate", run_id=RUN_ID,
-                          data_date="{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"),
-        retries=0,  # a failed gate is deterministic: do not retry it
-        execution_timeout=datetime.timedelta(hours=1))
-    infer = TFoSSparkSubmitOperator(
-        task_id="infer", job="infer", job_args=job_args("infer"),
-        execution_timeout=datetime.timedelta(hours=2))
+    # pointer also covers writers outside Airflow.
+    validate = job_task("validate", pool="tfos_serving",
+                    retries=0,  # a failed gate is deterministic: do not retry it
+                    execution_timeout=datetime.timedelta(hours=1))
+    infer = job_task("infer", execution_timeout=datetime.timedelta(hours=2))
 
     convert >> train >> validate >> infer

@@ -1,223 +1,222 @@
-"""Airflow side of the pipeline: the Spark conf TensorFlowOnSpark needs, set once, and the operator.
+"""Airflow side of the pipeline: the operator, its hook, its task links and Assets, and the templates
+the DAG fills job flags with.
 
-``TFoSSparkSubmitOperator`` is a thin ``SparkSubmitOperator`` that
+``TFoSSparkSubmitOperator`` is a thin ``SparkSubmitOperator`` built from its job's spec
+(``tfospipe.jobspec``; the Spark conf, environment and ``--py-files`` zip from ``tfospipe.launch``):
 
-* points ``application`` at ``jobs/<job>.py`` and builds its ``application_args`` from
-  ``tfospipe.jobargs`` (one definition of every flag);
+* ``application`` is ``jobs/<job>.py``; ``job_args`` (the job's flag values, templated) become its
+  ``application_args`` when the task runs, from the rendered values;
 * zips ``jobs/tfospipe`` at execute time and ships it with ``--py-files``;
-* applies :func:`spark_conf`: one executor per TensorFlow node with one task slot each, dynamic
-  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors;
+* applies ``launch.spark_conf``: one executor per TensorFlow node with one task slot each, dynamic
+  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors (and no Spark
+  task retries for a job whose spec says ``tfos``);
 * declares the Asset its job produces (:data:`ASSETS`) and records the dataset version and output
   path on the asset event;
-* adds task links to the validation report and TensorBoard (``tfos_ui`` plugin serves the report);
+* adds the task links its spec names (the ``tfos_ui`` plugin serves the validation report);
 * on kill (Airflow marks the task failed, times it out, or stops the worker) stops the Spark
-  application: SIGTERM to spark-submit so its shutdown hook stops the SparkContext, then anything
-  left of its process tree.
+  application through its hook (:class:`TFoSSparkSubmitHook`): SIGTERM to spark-submit so its
+  shutdown hook stops the SparkContext, then anything left of its process tree.
 
 The Spark master comes from the Airflow connection ``spark_default``; the data root from the Airflow
 Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else names a cluster.
 """
 
-import os
-import sys
+from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink
-from tfospipe import jobargs, package, paths
+from tfospipe import jobspec, launch, paths
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOBS_DIR = os.path.join(PROJECT_DIR, "jobs")
-
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
-BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))
-#: Python of the driver and executors: this one (the project's venv; the same path in the image).
-PYTHON = os.environ.get("TFOS_PYSPARK_PYTHON", sys.executable)
 
 DATA_ROOT = "{{ var.value.get('tfos_data_root', '%s') }}" % DEFAULT_DATA_ROOT
 #: The dataset version: the dataset_version param, else the run's logical date, else (a manual run
 #: triggered without a logical date) the day it was triggered for.
 VERSION = "{{ params.dataset_version or ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
 RUN_ID = "{{ run_id }}"
+#: The date a run's data stands for (validate's --data-date): the logical date, or the day a manual
+#: run was triggered for.
+DATA_DATE = "{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
 #: Executors of a job: the cluster_size param as an integer string, which Spark's settings need. The
 #: param's schema (jobargs) admits whole numbers only, but JSON schema counts 2.0 as an integer, so a
 #: run triggered with {"cluster_size": 2.0} renders "2" here (Jinja's int filter) rather than "2.0".
 CLUSTER_SIZE = "{{ params.cluster_size | int }}"
 
-#: Environment of the spark-submit process (driver in client mode) and of every executor.
-TF_ENV = {
-    "TF_USE_LEGACY_KERAS": "1",      # tf-keras: Keras 3 fails under MultiWorkerMirroredStrategy
-    "TF_CPP_MIN_LOG_LEVEL": "2",     # keep TensorFlow's C++ INFO lines out of the task log
-    "TF_NUM_INTRAOP_THREADS": "1",   # one core per executor: no thread oversubscription
-    "TF_NUM_INTEROP_THREADS": "1",
-}
-
-#: Where Debian/Ubuntu (x86-64, arm64) and RHEL put TCMalloc (package libtcmalloc-minimal4 / gperftools-libs).
-TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
+#: What each job produces, as Airflow Assets (lineage in the UI), from the job specs. Each event's
+#: extra names the dataset version and the path written; the data root itself is a runtime Variable.
+ASSETS = {job: Asset(name=spec.asset_name, uri=spec.asset_uri) for job, spec in jobspec.SPECS.items()}
 
 
-def executor_malloc():
-    """The memory allocator preloaded into every executor (``LD_PRELOAD``), or None for glibc's.
-
-    TensorFlow under a distribution strategy allocates and frees its large tensors from short-lived
-    threads; glibc's malloc gives that memory back to the kernel each time, so every training step
-    page-faults it in again (measured here: 33,000 faults and ~100 ms of kernel time per step of the
-    seed CNN at batch 64, +60% step time). TCMalloc keeps it. ``TFOS_EXECUTOR_MALLOC`` overrides the
-    path (as the executors see it); set it empty to keep glibc's allocator.
-    """
-    path = os.environ.get("TFOS_EXECUTOR_MALLOC")
-    if path is None:
-        path = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), "")
-    return path or None
-
-
-#: What each job produces, as Airflow Assets (lineage in the UI). Each event's extra names the
-#: dataset version and the path written; the data root itself is a runtime Variable.
-ASSETS = {
-    "convert": Asset(name="tfos_tfrecords", uri="tfos://pipeline/tfrecords"),
-    "train": Asset(name="tfos_trained_model", uri="tfos://pipeline/models"),
-    "validate": Asset(name="tfos_serving_model", uri="tfos://pipeline/serving"),
-    "infer": Asset(name="tfos_predictions", uri="tfos://pipeline/predictions"),
-}
-
-
-def spark_conf(cluster_size, tfos=False):
-    """Spark conf for a pipeline job; ``cluster_size`` may be a Jinja template.
-
-    ``tfos=True`` (training) also stops Spark from retrying a failed TF node's task: a retried node
-    cannot rejoin a running TensorFlow cluster and would hang it; Airflow retries the whole job.
-    """
-    conf = {
-        "spark.executor.instances": cluster_size,   # YARN, Kubernetes
-        "spark.cores.max": cluster_size,            # standalone: cluster_size executors x 1 core
-        "spark.executor.cores": "1",
-        "spark.task.cpus": "1",                     # one task, so one TF node, per executor
-        "spark.dynamicAllocation.enabled": "false",
-        "spark.python.worker.reuse": "true",        # models stay loaded across tasks
-        "spark.pyspark.python": PYTHON,
-        "spark.pyspark.driver.python": PYTHON,
-    }
-    for key, value in TF_ENV.items():
-        conf[f"spark.executorEnv.{key}"] = value
-        conf[f"spark.yarn.appMasterEnv.{key}"] = value
-        conf[f"spark.kubernetes.driverEnv.{key}"] = value
-    malloc = executor_malloc()
-    if malloc:
-        conf["spark.executorEnv.LD_PRELOAD"] = malloc
-    if tfos:
-        conf["spark.task.maxFailures"] = "1"
-    return conf
-
-
-def _link_base():
+def _link_base() -> str:
     from airflow.configuration import conf
     return conf.get("api", "base_url", fallback="").rstrip("/")
 
 
+def _version_and_run(operator: Any) -> tuple[str, str] | None:
+    """(dataset version, run id as a path segment) of the task's rendered ``job_args``, or None when
+    it has no version or run id. Raises PathError for a run id that makes no path segment."""
+    values = getattr(operator, "job_args", None) or {}
+    version, run = values.get("version"), values.get("run_id")
+    if not (version and run):
+        return None
+    return str(version), paths.run_slug(run)
+
+
 class ValidationReportLink(BaseOperatorLink):
-    """The gate's report of this run (metrics side by side, confusion matrices), served by tfos_ui."""
+    """The gate's report of this run (metrics side by side, confusion matrices), served by tfos_ui.
 
-    name = "Validation report"
+    Airflow computes a task's links on the worker when the task ends, from the task with its
+    template fields rendered, and stores them as XComs (``xcom_key``); the UI reads those. So
+    ``operator.job_args`` holds the run's actual version and run id here.
+    """
 
-    def get_link(self, operator, *, ti_key):
-        version, run = operator.job_arg("version"), operator.job_arg("run_id")
-        if not (version and run):
+    name = jobspec.VALIDATION_REPORT
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        """``{api base_url}/tfos/reports/<version>/<run slug>/``, or "" without a version and run id."""
+        found = _version_and_run(operator)
+        if found is None:
             return ""
-        return f"{_link_base()}/tfos/reports/{version}/{paths.run_slug(run)}/"
+        version, run = found
+        return f"{_link_base()}/tfos/reports/{version}/{run}/"
 
 
 class TensorBoardLink(BaseOperatorLink):
     """TensorBoard (Variable ``tfos_tensorboard_url``, started with ``--logdir {data_root}/models``)
-    filtered to this run's event logs."""
+    filtered to this run's event logs (rendered ``job_args``, as :class:`ValidationReportLink`)."""
 
-    name = "TensorBoard"
+    name = jobspec.TENSORBOARD
 
-    def get_link(self, operator, *, ti_key):
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        """``{tfos_tensorboard_url}/?pinnedCards=&runFilter=<version>/<run slug>#timeseries``, or ""
+        without a version and run id."""
         from airflow.sdk import Variable
-        version, run = operator.job_arg("version"), operator.job_arg("run_id")
-        if not (version and run):
+        found = _version_and_run(operator)
+        if found is None:
             return ""
+        version, run = found
         url = Variable.get("tfos_tensorboard_url", default="http://127.0.0.1:6006").rstrip("/")
-        return f"{url}/?pinnedCards=&runFilter={version}/{paths.run_slug(run)}#timeseries"
+        return f"{url}/?pinnedCards=&runFilter={version}/{run}#timeseries"
+
+
+#: The link class of each link name a job spec may list.
+LINKS = {link.name: link for link in (ValidationReportLink, TensorBoardLink)}
+
+
+class TFoSSparkSubmitHook(SparkSubmitHook):
+    """The provider's hook, stopping spark-submit's whole process tree when the task is killed."""
+
+    #: Seconds between the SIGTERM and the SIGKILL of what is left. Airflow's task supervisor
+    #: escalates to SIGKILL 5 s after its own SIGTERM, so this stays short.
+    KILL_GRACE_S = 3
+
+    def on_kill(self) -> None:
+        """Stop the Spark application: :meth:`stop_submit_tree`, then the provider's own kill steps
+        (driver kill in cluster mode, Kubernetes pod deletion, post-submit commands)."""
+        self.stop_submit_tree()
+        super().on_kill()
+
+    def stop_submit_tree(self) -> None:
+        """SIGTERM to spark-submit (its shutdown hook stops the SparkContext, and the cluster ends the
+        application and its executors) and to every process under it (the Python driver), then
+        SIGKILL to whatever is left after :data:`KILL_GRACE_S` seconds. Nothing when spark-submit is
+        not running. Processes that end on their own meanwhile are skipped; nothing is raised for them."""
+        proc = self._submit_sp
+        if proc is None or proc.poll() is not None:
+            return
+        import psutil
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        self.log.info("Stopping the Spark application: SIGTERM to spark-submit (pid %s) and its children", proc.pid)
+        for p in tree:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _gone, alive = psutil.wait_procs(tree, timeout=self.KILL_GRACE_S)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 class TFoSSparkSubmitOperator(SparkSubmitOperator):
-    """spark-submit of ``jobs/<job>.py`` with the pipeline's conf, arguments and ``--py-files`` zip."""
+    """spark-submit of ``jobs/<job>.py`` with the pipeline's conf, arguments and ``--py-files`` zip.
 
-    def __init__(self, *, job, job_args, cluster_size=CLUSTER_SIZE, tfos=False, **kwargs):
-        if job not in jobargs.JOBS:
-            raise ValueError(f"unknown job {job!r}; jobs: {sorted(jobargs.JOBS)}")
+    ``job``: a job of :data:`tfospipe.jobspec.SPECS` (ValueError otherwise); ``job_args``: its flag
+    values by name (str or Jinja templates; KeyError for a name that is no flag of the job);
+    ``cluster_size``: executors, an integer string or a template rendering to one. The other keyword
+    arguments go to ``SparkSubmitOperator`` (pool, retries, timeouts, ``conn_id``...).
+
+    ``application_args`` holds the job's argv as the DAG declares it (templates, what the DAG tests
+    render); the task runs with the argv of the rendered ``job_args`` (the templated field).
+    """
+
+    template_fields = tuple(f for f in SparkSubmitOperator.template_fields if f != "application_args") + ("job_args",)
+
+    def __init__(self, *, job: str, job_args: Mapping[str, Any], cluster_size: str = CLUSTER_SIZE,
+                 **kwargs: Any) -> None:
+        spec = jobspec.get(job)
         super().__init__(
-            application=os.path.join(JOBS_DIR, f"{job}.py"),
-            application_args=jobargs.to_argv(job, job_args),
-            conf=spark_conf(cluster_size, tfos=tfos),
-            env_vars=dict(TF_ENV),
-            name=f"tfos-{job}",
+            application=spec.application,
+            application_args=spec.argv(job_args),
+            conf=launch.spark_conf(cluster_size, tfos=spec.tfos),
+            env_vars=dict(launch.TF_ENV),
+            name=spec.app_name,
             conn_id=kwargs.pop("conn_id", "spark_default"),
             outlets=[ASSETS[job]],
             **kwargs,
         )
         self.job = job
+        self.job_args = dict(job_args)
 
     @property
-    def operator_extra_links(self):
-        return {"train": (TensorBoardLink(),),
-                "validate": (ValidationReportLink(), TensorBoardLink())}.get(self.job, ())
+    def job_spec(self) -> jobspec.JobSpec:
+        """This task's job spec."""
+        return jobspec.get(self.job)
 
-    def job_arg(self, name):
-        """The (rendered) value of the job flag ``name`` in this task's application_args, or None."""
-        flags = {a.name: a.flag for a in jobargs.JOBS[self.job]}
-        argv = list(self.application_args or ())
-        if name in flags and flags[name] in argv[:-1]:
-            return argv[argv.index(flags[name]) + 1]
-        return None
+    @property
+    def operator_extra_links(self) -> tuple[BaseOperatorLink, ...]:
+        """One link per name in the job spec's ``links`` (:data:`LINKS`)."""
+        return tuple(LINKS[name]() for name in self.job_spec.links)
 
-    def execute(self, context):
-        self.py_files = package.build_zip(BUILD_DIR)
+    def _get_hook(self) -> TFoSSparkSubmitHook:
+        """The provider's hook as ``SparkSubmitOperator._get_hook`` builds it (every setting passed
+        through), as a :class:`TFoSSparkSubmitHook`; the provider's ``on_kill`` calls its ``on_kill``."""
+        return TFoSSparkSubmitHook(
+            conf=self.conf, conn_id=self._conn_id, files=self.files, py_files=self.py_files,
+            archives=self._archives, driver_class_path=self.driver_class_path, jars=self.jars,
+            java_class=self._java_class, packages=self.packages, exclude_packages=self.exclude_packages,
+            repositories=self._repositories, total_executor_cores=self._total_executor_cores,
+            executor_cores=self._executor_cores, executor_memory=self._executor_memory,
+            driver_memory=self._driver_memory, keytab=self.keytab, principal=self.principal,
+            proxy_user=self.proxy_user, name=self.name, num_executors=self._num_executors,
+            status_poll_interval=self._status_poll_interval, application_args=self.application_args,
+            env_vars=self.env_vars, verbose=self._verbose, spark_binary=self._spark_binary,
+            properties_file=self.properties_file, yarn_queue=self._yarn_queue, deploy_mode=self._deploy_mode,
+            use_krb5ccache=self._use_krb5ccache, post_submit_commands=self.post_submit_commands,
+            track_driver_via_k8s_api=self._track_driver_via_k8s_api,
+            yarn_track_via_rm_api=self._yarn_track_via_rm_api, yarn_rm_auth=self._yarn_rm_auth,
+        )
+
+    def execute(self, context: Any) -> Any:
+        """Build the argv from the rendered ``job_args`` and the ``--py-files`` zip, run spark-submit
+        (the provider raises AirflowException when it fails), then record the dataset version and the
+        path published on the job's Asset event. Returns what ``SparkSubmitOperator.execute`` returns."""
+        spec = self.job_spec
+        self.application_args = spec.argv(self.job_args)
+        self.py_files = launch.build_zip(launch.BUILD_DIR)
         result = super().execute(context)
-        version, root = self.job_arg("version"), self.job_arg("data_root")
-        layout = paths.Layout(root)
-        written = {"convert": lambda: layout.tfrecords(version),
-                   "train": lambda: layout.model_run(version, paths.run_slug(self.job_arg("run_id"))),
-                   "validate": lambda: layout.serving(),
-                   "infer": lambda: layout.predictions(version)}[self.job]()
-        context["outlet_events"][ASSETS[self.job]].extra = {"dataset_version": version, "path": written}
+        context["outlet_events"][ASSETS[self.job]].extra = {
+            "dataset_version": str(self.job_args["version"]), "path": spec.written(self.job_args)}
         return result
-
-    def on_kill(self):
-        # Airflow's task supervisor escalates to SIGKILL 5 s after its SIGTERM, so this is quick:
-        # SIGTERM to spark-submit (its shutdown hook stops the SparkContext, and the cluster ends the
-        # application and its executors) and to the Python driver it started, then SIGKILL to
-        # whatever is left after 3 s.
-        hook = getattr(self, "_hook", None)
-        proc = getattr(hook, "_submit_sp", None)
-        if proc is not None and proc.poll() is None:
-            import psutil
-            try:
-                root = psutil.Process(proc.pid)
-                tree = [root] + root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                tree = []
-            self.log.info("Stopping the Spark application: SIGTERM to spark-submit (pid %s) and its children",
-                          proc.pid)
-            for p in tree:
-                try:
-                    p.terminate()
-                except psutil.NoSuchProcess:
-                    pass
-            _gone, alive = psutil.wait_procs(tree, timeout=3)
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-        super().on_kill()
-
-
-def spark_submit_argv(job, job_args, master, cluster_size=2, build_dir=BUILD_DIR):
-    """The spark-submit command line the operator runs, for running a job outside Airflow (tests, benchmarks)."""
-    argv = [os.path.join(os.path.dirname(PYTHON), "spark-submit"), "--master", master,
-            "--py-files", package.build_zip(build_dir), "--name", f"tfos-{job}"]
-    for key, value in spark_conf(str(cluster_size), tfos=(job == "train")).items():
-        argv += ["--conf", f"{key}={value}"]
-    return argv + [os.path.join(JOBS_DIR, f"{job}.py")] + jobargs.to_argv(job, job_args)

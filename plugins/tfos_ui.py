@@ -41,8 +41,9 @@ _COLUMNS = ("time", "action", "from", "to", "run_id", "dataset_version", "accura
             "triggered_by")
 
 
-def history_html(layout, model_version: str) -> str:
-    """HTML section: the serving history events naming ``model_version`` (oldest first), as a table."""
+def history_html(layout: paths.Layout, model_version: str) -> str:
+    """HTML section: the serving history events naming ``model_version`` (oldest first, from
+    ``serving/history/`` under ``layout``), as a table; every value HTML-escaped, floats to 4 places."""
     e = html.escape
     events = serving.history(layout, model_version)
     head = f"<h2>Serving history of <code>{e(model_version)}</code></h2>"
@@ -67,7 +68,11 @@ def _read(path):
 
 
 @app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
-def report(version: str, run: str):
+def report(version: str, run: str) -> str:
+    """The validation report of dataset ``version`` and training run ``run`` (its path segment) as an
+    HTML page: ``report.md`` rendered, then the serving history of the model it judged.
+
+    HTTP 400 when ``version`` or ``run`` is no safe path segment, 404 when the run has no report."""
     import markdown
     report_dir = _report_dir(version, run)
     text = _read(paths.join(report_dir, "report.md"))
@@ -83,7 +88,8 @@ def report(version: str, run: str):
 
 
 @app.get("/reports/{version}/{run}/confusion_matrix.png")
-def confusion_matrix(version: str, run: str):
+def confusion_matrix(version: str, run: str) -> Response:
+    """The report's ``confusion_matrix.png`` (image/png); HTTP 400 / 404 as :func:`report`."""
     return Response(_read(paths.join(_report_dir(version, run), "confusion_matrix.png")), media_type="image/png")
 
 

@@ -37,11 +37,11 @@ class JobRun:
 
 
 def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600, master=TEST_MASTER):
-    """spark-submit jobs/<job>.py with the DAG's conf, env and --py-files zip (from plugins/tfos_spark.py)."""
-    import tfos_spark
+    """spark-submit jobs/<job>.py with the DAG's conf, env and --py-files zip (from tfospipe/launch.py)."""
+    from tfospipe import launch
 
-    cmd = tfos_spark.spark_submit_argv(job, job_args, master, cluster_size, str(tmp_build))
-    env = dict(os.environ, **tfos_spark.TF_ENV)
+    cmd = launch.spark_submit_argv(job, job_args, master, cluster_size, str(tmp_build))
+    env = dict(os.environ, **launch.TF_ENV)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           timeout=timeout)
     return JobRun(proc)

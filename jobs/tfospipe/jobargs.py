@@ -1,9 +1,10 @@
 """Command-line arguments of the four jobs, in one place.
 
-The jobs parse their ``argv`` with :func:`parse`; the DAG builds each task's ``application_args``
-with :func:`to_argv` and takes its params (default and JSON schema) from :data:`JOBS`, so a flag, its
-rule and its default are written once. No Spark or TensorFlow import here: the DAG processor loads
-this module.
+The jobs parse their ``argv`` with :func:`parse`; each job's spec (:mod:`.jobspec`) points at its
+list in :data:`JOBS`, and the operator and the command-line builder turn flag values into the job's
+argv with :func:`to_argv`; the DAG takes its params (default and JSON schema) from :data:`JOBS`, so
+a flag, its rule and its default are written once. No Spark or TensorFlow import here: the DAG
+processor loads this module.
 
 One rule per value: a flag that is also a DAG param has a JSON schema, and that schema is both the
 param's schema (which Airflow checks with jsonschema when a run is triggered from the UI, the REST
@@ -16,6 +17,7 @@ an integer) as 2 and 10, and refuses ``2.5``; NaN and infinities are refused eve
 
 import argparse
 import re
+from collections.abc import Callable
 
 from . import paths, schema
 
@@ -81,7 +83,7 @@ def expected(rule: dict) -> str:
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<real>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)")
 
 
-def value_of(rule: dict, text: str):
+def value_of(rule: dict, text: str) -> str | int | float:
     """The JSON value a flag's ``text`` stands for under ``rule``: the text itself for a string rule,
     else the JSON number it spells: an int for ``2``, a float for ``2.0``, ``1e1`` or ``1e-05``
     (ASCII digits; no spaces, ``+``, ``_``, ``nan`` or ``inf``, which JSON and str() never write).
@@ -97,7 +99,7 @@ def value_of(rule: dict, text: str):
     return float(text) if match["real"] else int(text)
 
 
-def check(rule: dict, value):
+def check(rule: dict, value: object) -> str | None:
     """Validate a JSON ``value`` against ``rule`` exactly as Airflow validates a param (jsonschema,
     with a format checker); return the first error's message, or None when it is valid."""
     # Imported here: the executors import this module (model.py) but never check a flag.
@@ -108,7 +110,7 @@ def check(rule: dict, value):
     return None if error is None else error.message
 
 
-def schema_type(rule: dict, what: str, convert=None, hint: str | None = None):
+def schema_type(rule: dict, what: str, convert=None, hint: str | None = None) -> Callable[[str], object]:
     """argparse type for a flag under the JSON schema ``rule``: reads the text as :func:`value_of`,
     validates it with :func:`check`, and returns it as int (integer rule), float (number rule), or
     ``convert(value)`` when given. A refused value exits with usage (exit code 2) naming the flag,
@@ -193,7 +195,8 @@ class Arg:
         self.type = schema_type(rule, self.flag, convert, hint) if rule is not None else type
 
     @property
-    def flag(self):
+    def flag(self) -> str:
+        """The command-line flag: ``--`` and the name with ``-`` for ``_`` (``num_shards`` -> ``--num-shards``)."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -267,7 +270,9 @@ JOBS = {
 }
 
 
-def parser(job):
+def parser(job: str) -> argparse.ArgumentParser:
+    """The argparse parser of ``job``'s flags (:data:`JOBS`); flags without a default are required.
+    Raises KeyError for an unknown job."""
     p = argparse.ArgumentParser(prog=f"{job}.py", description=f"{job} job of the TFoS pipeline")
     for a in JOBS[job]:
         required = a.default is None
@@ -276,24 +281,30 @@ def parser(job):
     return p
 
 
-def parse(job, argv):
+def parse(job: str, argv: list[str]) -> argparse.Namespace:
+    """``job``'s flags parsed from ``argv`` (one attribute per flag name, converted and checked by its
+    rule), with a local ``data_root`` made absolute. A missing or refused flag exits with usage
+    (SystemExit, code 2) naming it."""
     args = parser(job).parse_args(argv)
     if args.data_root:
         args.data_root = paths.normalize_root(args.data_root)
     return args
 
 
-def defaults(job):
+def defaults(job: str) -> dict:
+    """{flag name: default} of ``job``'s optional flags."""
     return {a.name: a.default for a in JOBS[job] if a.default is not None}
 
 
-def dag_params(job):
+def dag_params(job: str) -> list[tuple]:
     """(param name, default, help, JSON schema) of the flags a DAG run may set for ``job``."""
     return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.param]
 
 
-def to_argv(job, values):
-    """``application_args`` for a job: every value given, as ``--flag value`` (values may be templates)."""
+def to_argv(job: str, values) -> list[str]:
+    """A job's argv (the operator's ``application_args``): every value of the mapping ``values`` given,
+    as ``--flag str(value)``, in the mapping's order (values may be Jinja templates). Raises KeyError
+    naming the values that are no flag of ``job``."""
     known = {a.name: a for a in JOBS[job]}
     unknown = set(values) - set(known)
     if unknown:

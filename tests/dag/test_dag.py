@@ -124,8 +124,7 @@ def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
     assert names == {"convert": [], "train": ["TensorBoard"], "validate": ["TensorBoard", "Validation report"],
                      "infer": []}
     task = dag.get_task("validate")
-    task.application_args = jobargs.to_argv("validate", {"data_root": "/d", "version": "2026-11-28",
-                                                          "run_id": "scheduled__2026-11-28T00:00:00+00:00"})
+    task.job_args = {"data_root": "/d", "version": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00"}
     link = tfos_spark.ValidationReportLink().get_link(task, ti_key=None)
     assert link.endswith("/tfos/reports/2026-11-28/scheduled__2026-11-28T00_00_00_00_00/")
 
@@ -135,3 +134,71 @@ def test_retries_back_off_and_every_task_has_a_timeout(dag):
         assert task.execution_timeout is not None
         assert task.retry_exponential_backoff and task.max_retry_delay is not None
     assert dag.get_task("train").retries == 1 and dag.get_task("validate").retries == 0
+
+
+def test_tasks_run_the_argv_of_their_rendered_job_args(dag, monkeypatch):
+    """job_args is the templated field: execute builds application_args from its rendered values (the
+    same argv as the declared application_args rendered), ships the zip, and records the Asset event."""
+    import collections
+
+    import tfos_spark
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from tfospipe import launch
+    assert all("job_args" in t.template_fields and "application_args" not in t.template_fields for t in dag.tasks)
+    task = tfos_spark.TFoSSparkSubmitOperator(
+        task_id="train", job="train",
+        job_args={"data_root": "/d", "version": "{{ ds }}", "run_id": "{{ run_id }}", "epochs": "{{ params.epochs }}"})
+    context = {"ds": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00", "params": {"epochs": 3}}
+    declared = [task.render_template(a, context) for a in task.application_args]
+    task.job_args = task.render_template(task.job_args, context)
+    submitted = {}
+    monkeypatch.setattr(launch, "build_zip", lambda build_dir: "/b/tfospipe-x.zip")
+    monkeypatch.setattr(SparkSubmitOperator, "execute",
+                        lambda self, ctx: submitted.update(argv=self.application_args, py_files=self.py_files))
+    events = collections.defaultdict(types.SimpleNamespace)
+    task.execute({"outlet_events": events})
+    assert submitted == {"argv": declared, "py_files": "/b/tfospipe-x.zip"}
+    assert jobargs.parse("train", submitted["argv"]).epochs == 3
+    assert vars(events[tfos_spark.ASSETS["train"]]) == {"extra": {
+        "dataset_version": "2026-11-28", "path": "/d/models/2026-11-28/scheduled__2026-11-28T00_00_00_00_00"}}
+
+
+def test_the_operator_hook_is_the_providers_with_every_setting_passed_through(dag):
+    import tfos_spark
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    task = dag.get_task("train")
+    ours, providers = task._get_hook(), SparkSubmitOperator._get_hook(task)
+    assert type(ours) is tfos_spark.TFoSSparkSubmitHook and type(providers) is not type(ours)
+    assert vars(ours).keys() == vars(providers).keys()
+    for key, value in vars(providers).items():
+        if key != "_log":
+            assert vars(ours)[key] == value, key
+
+
+def test_a_killed_task_stops_spark_submit_and_its_children(dag):
+    """on_kill (the provider's, through the hook): SIGTERM to the tree, SIGKILL to what ignores it."""
+    import subprocess
+    import time
+
+    import psutil
+    import tfos_spark
+    task = dag.get_task("convert")
+    task._hook = task._get_hook()
+    proc = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"])
+    try:
+        for _ in range(100):
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if len(children) == 2:
+                break
+            time.sleep(0.05)
+        task._hook._submit_sp = proc
+        start = time.monotonic()
+        task.on_kill()
+        assert proc.wait(timeout=5) == -9  # ignored SIGTERM, killed after the grace period
+        assert time.monotonic() - start >= tfos_spark.TFoSSparkSubmitHook.KILL_GRACE_S - 0.5
+        psutil.wait_procs(children, timeout=5)
+        assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

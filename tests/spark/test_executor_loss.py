@@ -10,9 +10,8 @@ import time
 import psutil
 import pytest
 
-import tfos_spark
 from conftest import TEST_MASTER
-from tfospipe import paths
+from tfospipe import launch, paths
 
 pytestmark = pytest.mark.spark
 VERSION = "loss-v1"
@@ -21,10 +20,10 @@ EPOCHS = 5
 
 
 def start_train(root, build_dir, log):
-    argv = tfos_spark.spark_submit_argv("train", {"data_root": str(root), "version": VERSION, "run_id": RUN,
-                                                  "epochs": EPOCHS, "batch_size": 16}, TEST_MASTER, 2, str(build_dir))
+    argv = launch.spark_submit_argv("train", {"data_root": str(root), "version": VERSION, "run_id": RUN,
+                                              "epochs": EPOCHS, "batch_size": 16}, TEST_MASTER, 2, str(build_dir))
     return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, **tfos_spark.TF_ENV))
+                            env=dict(os.environ, **launch.TF_ENV))
 
 
 def wait_or_kill(proc, timeout):

@@ -15,15 +15,14 @@ import tempfile
 
 import pytest
 
-import tfos_spark
 from conftest import run_job
-from tfospipe import paths, serving
+from tfospipe import launch, paths, serving
 
 pytestmark = pytest.mark.spark
 NEW = "2026-11-20"
 OLD = ("2026-11-05", "2026-11-10")
 STRONG, WEAK = "manual__strong", "manual__weak"
-PROJECT_DIR = os.path.dirname(tfos_spark.JOBS_DIR)
+PROJECT_DIR = os.path.dirname(launch.JOBS_DIR)
 #: Each concurrent validate job gets one executor: two apps side by side fit a small machine.
 ONE_EXECUTOR = "local-cluster[1,1,1024]"
 
@@ -32,8 +31,8 @@ def start_validate(root, build_dir, version, run, **flags):
     """spark-submit the validate job as the DAG does, without waiting for it; its output goes to a file
     (a full pipe would stall one job while the other runs on)."""
     args = dict({"data_root": str(root), "version": version, "run_id": run}, **flags)
-    cmd = tfos_spark.spark_submit_argv("validate", args, ONE_EXECUTOR, 1, str(build_dir))
-    env = dict(os.environ, **tfos_spark.TF_ENV)
+    cmd = launch.spark_submit_argv("validate", args, ONE_EXECUTOR, 1, str(build_dir))
+    env = dict(os.environ, **launch.TF_ENV)
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     proc.log = log

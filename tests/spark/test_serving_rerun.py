@@ -11,14 +11,13 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-import tfos_spark
 from conftest import run_job
-from tfospipe import paths, serving
+from tfospipe import launch, paths, serving
 
 pytestmark = pytest.mark.spark
 VERSION = "2026-11-03"
 RUN = "manual__2026-11-03T10_00_00_00_00"
-PROJECT_DIR = os.path.dirname(tfos_spark.JOBS_DIR)
+PROJECT_DIR = os.path.dirname(launch.JOBS_DIR)
 
 
 def file_hashes(d):

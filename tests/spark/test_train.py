@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-import tfos_spark
 from conftest import TEST_MASTER, run_job
-from tfospipe import model
+from tfospipe import launch, model
 
 pytestmark = pytest.mark.spark
 VERSION = "2026-11-02"
@@ -52,7 +51,7 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
     fed = sorted(w["rows_fed"] for w in workers)
     assert 0 < fed[0] < manifest["steps_per_epoch"] * 16 and sum(fed) <= 1410
     assert max(w["rows_replayed"] for w in workers) > 0
-    if tfos_spark.executor_malloc():  # TCMalloc installed (make install-test): the TF nodes run with it
+    if launch.executor_malloc():  # TCMalloc installed (make install-test): the TF nodes run with it
         assert [w["malloc"] for w in workers] == ["tcmalloc", "tcmalloc"]
     assert manifest["final_eval_accuracy"] > 0.5
     predict = model.load_serving(str(run_dir / "model"), (8, 8))
@@ -61,10 +60,10 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
 
 def test_a_killed_training_resumes_from_its_last_epoch(digits_root, build_dir):
     args = train_args(digits_root, "resume", epochs=12)
-    argv = tfos_spark.spark_submit_argv("train", args, TEST_MASTER, 2, str(build_dir))
+    argv = launch.spark_submit_argv("train", args, TEST_MASTER, 2, str(build_dir))
     progress = digits_root / "models" / VERSION / "resume" / "progress.log"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=dict(os.environ, **tfos_spark.TF_ENV))
+                            env=dict(os.environ, **launch.TF_ENV))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (progress.exists() and "epoch 3/12" in progress.read_text()):

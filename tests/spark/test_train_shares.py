@@ -16,9 +16,8 @@ import subprocess
 import pytest
 from sklearn.datasets import load_digits
 
-import tfos_spark
 from conftest import TEST_MASTER, JobRun, run_job
-from tfospipe import csvparse
+from tfospipe import csvparse, launch
 
 pytestmark = pytest.mark.spark
 #: A job that hangs fails its test after this many seconds (the job and its executors are killed); a
@@ -30,9 +29,9 @@ TRAIN_ARGS = {"batch_size": 4, "epochs": 2, "cluster_size": 2}
 def run_bounded(job, args, build_dir, timeout=JOB_TIMEOUT):
     """run_job, but a job still running after ``timeout`` s fails the test, and its whole process group
     (spark-submit, the Python driver, the executors) is killed rather than left behind."""
-    argv = tfos_spark.spark_submit_argv(job, args, TEST_MASTER, 2, str(build_dir))
+    argv = launch.spark_submit_argv(job, args, TEST_MASTER, 2, str(build_dir))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, **tfos_spark.TF_ENV), start_new_session=True)
+                            env=dict(os.environ, **launch.TF_ENV), start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -184,12 +184,12 @@ def test_spark_mode_feeds_every_row_once_in_blocks():
 def test_executors_preload_tcmalloc_where_installed_unless_turned_off(monkeypatch, tmp_path):
     import os
 
-    import tfos_spark
+    from tfospipe import launch
     monkeypatch.delenv("TFOS_EXECUTOR_MALLOC", raising=False)
-    installed = next((p for p in tfos_spark.TCMALLOC_PATHS if os.path.exists(p)), None)
-    assert tfos_spark.spark_conf("2").get("spark.executorEnv.LD_PRELOAD") == installed
+    installed = next((p for p in launch.TCMALLOC_PATHS if os.path.exists(p)), None)
+    assert launch.spark_conf("2").get("spark.executorEnv.LD_PRELOAD") == installed
     lib = tmp_path / "libtcmalloc_minimal.so.4"
     monkeypatch.setenv("TFOS_EXECUTOR_MALLOC", str(lib))
-    assert tfos_spark.spark_conf("2")["spark.executorEnv.LD_PRELOAD"] == str(lib)
+    assert launch.spark_conf("2")["spark.executorEnv.LD_PRELOAD"] == str(lib)
     monkeypatch.setenv("TFOS_EXECUTOR_MALLOC", "")
-    assert "spark.executorEnv.LD_PRELOAD" not in tfos_spark.spark_conf("2")
+    assert "spark.executorEnv.LD_PRELOAD" not in launch.spark_conf("2")
