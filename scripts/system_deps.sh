@@ -2,7 +2,7 @@
 # Debian packages the project uses, installed with apt-get when missing (as root, or through
 # passwordless sudo).
 #   scripts/system_deps.sh runtime   libtcmalloc-minimal4: the memory allocator the Spark executors
-#                                    preload (plugins/tfos_spark.py, executor_malloc). Optional: without
+#                                    preload (jobs/tfospipe/launch.py, executor_malloc). Optional: without
 #                                    it training runs ~1.5x slower; says so and goes on.
 #   scripts/system_deps.sh test      that, and what the tests use: chromium (the browser test drives it
 #                                    with Playwright; no browser download) and docker-compose (validates
