@@ -1,0 +1,332 @@
+"""node: one TensorFlow node of the training cluster, the function TFoS runs in each Spark executor.
+
+As TFoS's ``examples/mnist`` split ``mnist_spark.py`` (the driver) from ``mnist_dist.py`` (the node), the
+driver (``train.py``) plans the run and passes :func:`node_main` and a :class:`NodeArgs` to
+``TFCluster.run``; TFoS calls ``node_main(node_args, ctx)`` in each executor with ``TF_CONFIG`` set.
+Roles (see ``train.py`` for the topologies):
+
+* all-reduce (``num_ps=0``): every node trains under ``MultiWorkerMirroredStrategy``
+  (:func:`_train`), the chief exports the SavedModel, a barrier keeps every node until it is complete;
+* parameter servers (``num_ps>0``): the chief trains as ParameterServerStrategy's coordinator
+  (:func:`_train`); parameter servers and workers are TensorFlow servers (:func:`_serve`) that return
+  once the chief's done marker appears.
+
+Every node leaves a done marker, or an error marker with its traceback (``markers.py``). TensorFlow is
+imported inside the functions, never at import: the driver imports this module for ``NodeArgs`` and
+``node_main`` (which TFoS pickles by reference).
+"""
+
+import dataclasses
+import functools
+import os
+import shutil
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import fs, markers, paths
+from .feed import Feed
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+#: A progress line every N steps; all-reduce training also runs N steps per call of its train function
+#: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
+PROGRESS_EVERY_STEPS = 10
+#: ParameterServerStrategy runs remote closures and variable reads concurrently on every node: with the
+#: executors' single inter-op thread (tfos_spark.TF_ENV) the chief waits forever for its first closure.
+PS_THREADS = {"TF_NUM_INTEROP_THREADS": "4"}
+#: Examples each node's tf.data pipeline shuffles over (records).
+SHUFFLE_BUFFER = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeArgs:
+    """What the driver passes to every node (pickled to the executors).
+
+    A share (``train_shares``/``eval_shares``, one per reading node, from ``train.plan_shares``) is a
+    dict ``{"files": [TFRecord paths], "offset": int, "every": int, "records": int}``: the node reads
+    every ``every``-th record of ``files`` from ``offset``, ``records`` in all.
+    """
+
+    run_dir: str                  # the run directory (local path or URI)
+    num_ps: int                   # parameter servers; 0: all-reduce
+    input_mode: str               # "tensorflow" (nodes read shards) or "spark" (Spark feeds the rows)
+    train_shares: list[dict[str, Any]]
+    eval_shares: list[dict[str, Any]]
+    image_shape: tuple[int, int]  # (H, W) pixels
+    pixel_max: int                # the pixel scale (inputs are divided by it)
+    batch_size: int               # examples per batch per worker
+    learning_rate: float
+    gradient_compression: str     # "none" or "fp16" (all-reduce only)
+    epochs: int
+    steps_per_epoch: int          # the train step budget of every node per epoch
+    eval_steps: int               # the evaluation step budget of every node per evaluation
+
+    def __contains__(self, name: str) -> bool:
+        """Whether a field ``name`` exists: TFoS asks ``'num_gpus' in tf_args`` of the object it passes."""
+        return any(f.name == name for f in dataclasses.fields(self))
+
+
+def node_main(node_args: NodeArgs, ctx: Any) -> None:
+    """Runs in each executor: one TensorFlow node of the cluster (``ctx``: TFoS's ``TFNodeContext``).
+
+    A failure leaves ``workers/<node>.error`` with the traceback, so the driver can report it, and is
+    raised again (TFoS then fails the node's Spark task).
+    """
+    try:
+        if node_args.num_ps and ctx.job_name in ("ps", "worker"):
+            _serve(node_args, ctx)
+        else:
+            _train(node_args, ctx)
+    except BaseException:
+        markers.write_error(node_args.run_dir, markers.node_name(ctx))
+        raise
+
+
+def _tensorflow(ps_mode: bool):
+    """TensorFlow, imported with tf-keras (and, under ParameterServerStrategy, PS_THREADS) set first."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    if ps_mode:
+        os.environ.update(PS_THREADS)
+    import tensorflow as tf
+
+    return tf
+
+
+def _serve(node_args: NodeArgs, ctx: Any) -> None:
+    """A parameter server or worker under ParameterServerStrategy: a TensorFlow server that the chief's
+    coordinator drives. Returns once the chief has left its done marker, or any node an error marker."""
+    tf = _tensorflow(ps_mode=True)
+    started = time.time()
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    tf.distribute.Server(resolver.cluster_spec(), job_name=ctx.job_name, task_index=ctx.task_index,
+                         protocol=resolver.rpc_layer or "grpc", start=True)
+    try:
+        markers.wait_done(node_args.run_dir, [markers.name_of("chief", 0)])
+    except markers.NodeFailed:
+        pass
+    done = {"node": markers.node_name(ctx), "job_name": ctx.job_name, "task_index": ctx.task_index,
+            "seconds": round(time.time() - started, 1)}
+    if ctx.job_name == "worker":
+        done["worker"] = markers.worker_index(ctx.job_name, ctx.task_index)
+    markers.write_done(node_args.run_dir, markers.node_name(ctx), done)
+
+
+# --- input pipelines ---------------------------------------------------------------------------------
+
+def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) -> "tf.data.Dataset":
+    """This input pipeline's planned share of a split (never empty), repeated: the node meets any step
+    budget, a smaller share repeating its records within the epoch. A ``tf.data.Dataset`` of serialized
+    Examples (scalar strings); shuffled with a seed per pipeline when ``shuffle``.
+
+    ``input_context``: ``tf.distribute.InputContext``. Raises RuntimeError when the strategy runs another
+    number of input pipelines than the driver planned shares for.
+    """
+    import tensorflow as tf
+
+    from . import schema
+
+    if input_context.num_input_pipelines != len(shares):
+        raise RuntimeError(f"{input_context.num_input_pipelines} input pipelines, but the driver planned "
+                           f"shares for {len(shares)} nodes")
+    share = shares[input_context.input_pipeline_id]
+    ds = tf.data.TFRecordDataset(share["files"], compression_type=schema.compression_type(share["files"]))
+    if share["every"] > 1:
+        ds = ds.shard(share["every"], share["offset"])
+    ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True)
+    return ds.repeat()
+
+
+def finish(ds: "tf.data.Dataset", batch_size: int, image_shape: tuple[int, int]) -> "tf.data.Dataset":
+    """Batches of ``(images float32 [batch_size, H, W, 1], labels int64 [batch_size])`` from a dataset of
+    serialized Examples (remainders dropped), auto-sharding off (each node reads its own share)."""
+    import tensorflow as tf
+
+    from . import schema
+
+    def parse(serialized):
+        return schema.parse_batch(serialized, image_shape)[:2]
+
+    ds = ds.batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def train_fn(node_args: NodeArgs, feed: Feed | None, input_context: Any) -> "tf.data.Dataset":
+    """The train input of ``DatasetCreator``: Spark's feed (``feed``, spark input mode) or this node's
+    train share (tensorflow input mode), batched (:func:`finish`)."""
+    import tensorflow as tf
+
+    if feed is not None:
+        blocks = tf.data.Dataset.from_generator(feed.blocks, output_signature=tf.TensorSpec([None], tf.string))
+        return finish(blocks.unbatch(), node_args.batch_size, tuple(node_args.image_shape))
+    return finish(from_share(node_args.train_shares, input_context, shuffle=True), node_args.batch_size,
+                  tuple(node_args.image_shape))
+
+
+def eval_fn(node_args: NodeArgs, input_context: Any) -> "tf.data.Dataset":
+    """The evaluation input of ``DatasetCreator``: this node's eval share, in order, batched."""
+    return finish(from_share(node_args.eval_shares, input_context, shuffle=False), node_args.batch_size,
+                  tuple(node_args.image_shape))
+
+
+# --- all-reduce node, or the chief under ParameterServerStrategy ------------------------------------------
+
+@dataclasses.dataclass
+class _Role:
+    """Where this node stands in the cluster."""
+
+    ps_mode: bool       # ParameterServerStrategy: this node is the chief, the coordinator
+    worker: int         # worker index: 0 the chief
+    step_examples: int  # examples per step: all-reduce steps take a batch on every node; PS one batch
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker == 0
+
+
+def _train(node_args: NodeArgs, ctx: Any) -> None:
+    """Train, export (chief), and leave the done marker: an all-reduce node, or the PS coordinator."""
+    ps_mode = node_args.num_ps > 0
+    tf = _tensorflow(ps_mode)
+    from tensorflowonspark import marker
+
+    from . import model as model_lib
+
+    started = time.time()
+    if ps_mode:
+        strategy = tf.distribute.ParameterServerStrategy(tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    else:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    role = _Role(ps_mode, markers.worker_index(ctx.job_name, ctx.task_index),
+                 node_args.batch_size * (1 if ps_mode else ctx.num_workers))
+    feed = None
+    if node_args.input_mode == "spark":
+        data_feed = ctx.get_data_feed(train_mode=True)
+        feed = Feed(ctx.mgr.get_queue("input"), marker.EndPartition, node_args.batch_size, role.worker)
+    with strategy.scope():
+        # ParameterServerStrategy's coordinator schedules single steps: one step per execution there
+        model = model_lib.build_model(tuple(node_args.image_shape), node_args.pixel_max, node_args.learning_rate,
+                                      steps_per_execution=1 if ps_mode else PROGRESS_EVERY_STEPS,
+                                      gradient_compression=node_args.gradient_compression)
+    if not ps_mode:
+        # Metrics are already all-reduced across workers: report one replica's value, not their sum.
+        model.distribute_reduction_method = "first"
+    callbacks, shown, counted = _callbacks(tf, node_args, role)
+    history = model.fit(tf.keras.utils.experimental.DatasetCreator(functools.partial(train_fn, node_args, feed)),
+                        epochs=node_args.epochs, steps_per_epoch=node_args.steps_per_epoch, callbacks=callbacks,
+                        verbose=0, validation_steps=node_args.eval_steps,
+                        validation_data=tf.keras.utils.experimental.DatasetCreator(
+                            functools.partial(eval_fn, node_args)))
+    if feed is not None:
+        feed.stop(data_feed.terminate)  # skip the rest of the feed: this node has run its step budget
+    export(model, node_args.run_dir, role.worker, tuple(node_args.image_shape))
+    if not ps_mode:
+        barrier(strategy)
+    done = _done_record(node_args, ctx, role, history.history, counted, feed, shown.examples_per_second, started)
+    markers.write_done(node_args.run_dir, markers.node_name(ctx), done)
+
+
+def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, Any]:
+    """``(callbacks, progress callback, step counter or None)`` of ``model.fit``: BackupAndRestore in
+    ``backup/``, progress lines (every PROGRESS_EVERY_STEPS steps and per epoch; per epoch only under
+    ParameterServerStrategy, which allows no batch-level callbacks), the step counter (all-reduce), and
+    on the chief TensorBoard logs in ``tensorboard/``."""
+    from . import progress
+
+    write = progress.log_writer(node_args.run_dir, role.is_chief)
+    examples_per_epoch = node_args.steps_per_epoch * role.step_examples
+    if role.ps_mode:
+        shown, counted = progress.EpochProgress(write, node_args.epochs, examples_per_epoch), None
+    else:
+        shown = progress.Progress(write, node_args.epochs, examples_per_epoch, role.step_examples,
+                                  PROGRESS_EVERY_STEPS)
+        counted = progress.StepCount()
+    callbacks = [tf.keras.callbacks.BackupAndRestore(paths.join(node_args.run_dir, "backup")), shown]
+    callbacks += [counted] if counted else []
+    if role.is_chief:
+        callbacks.append(tf.keras.callbacks.TensorBoard(paths.join(node_args.run_dir, "tensorboard"),
+                                                        update_freq="epoch" if role.ps_mode else 10))
+    return callbacks, shown, counted
+
+
+def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) -> None:
+    """Export the trained model as the SavedModel of the serving signature (``model.export``).
+
+    Every node takes part in the save (variables are distributed); only the chief's (``worker`` 0) copy
+    is kept: it is written to ``<run_dir>/.model.staging`` and renamed to ``<run_dir>/model`` complete
+    (the run is committed later by the driver, see ``train.commit_run``); the others write to a local
+    temporary directory and delete it. Under ParameterServerStrategy only the chief runs this.
+    """
+    import tensorflow as tf
+
+    from . import model as model_lib
+
+    if worker == 0:
+        target = paths.join(run_dir, ".model.staging")
+        fs.rmtree(target)
+    else:
+        target = tempfile.mkdtemp(prefix=f"tfos-worker{worker}-")
+    model_lib.export(model, target, image_shape)
+    if worker == 0:
+        final = paths.join(run_dir, "model")
+        fs.rmtree(final)
+        tf.io.gfile.rename(target, final)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def barrier(strategy: "tf.distribute.Strategy") -> None:
+    """All-reduce training: no node leaves the collective group before every node got here (after the
+    chief's export is complete), so no collective is left half-done."""
+    import tensorflow as tf
+
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _done_record(node_args: NodeArgs, ctx: Any, role: _Role, history: dict[str, list[float]], counted: Any,
+                 feed: Feed | None, steady_rate: float | None, started: float) -> dict[str, Any]:
+    """The done marker of a training node: what it ran, its share, its final metrics, its rates."""
+    epochs_run = len(history.get("loss", []))
+
+    def final(metric):
+        return float(history[metric][-1]) if epochs_run else None
+
+    return {
+        "node": markers.node_name(ctx),
+        "worker": role.worker,
+        "job_name": ctx.job_name,
+        "task_index": ctx.task_index,
+        "epochs_run": epochs_run,
+        # steps this node ran (all-reduce: counted); under ParameterServerStrategy the coordinator's budget
+        "steps_run": counted.train if counted else epochs_run * node_args.steps_per_epoch,
+        "eval_steps_run": counted.eval if counted else epochs_run * node_args.eval_steps,
+        # records of this node's planned share of each split (spark input mode: Spark feeds the train rows)
+        "train_share_records": (node_args.train_shares[role.worker]["records"]
+                                if not role.ps_mode and feed is None else None),
+        "eval_share_records": None if role.ps_mode else node_args.eval_shares[role.worker]["records"],
+        "final_loss": final("loss"),
+        "final_accuracy": final("accuracy"),
+        "final_eval_loss": final("val_loss"),
+        "final_eval_accuracy": final("val_accuracy"),
+        "steady_examples_per_second": round(steady_rate or 0.0, 1),
+        "rows_fed": feed.rows if feed is not None else None,
+        "rows_replayed": feed.replayed if feed is not None else None,
+        "malloc": malloc_in_use(),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def malloc_in_use() -> str:
+    """The memory allocator this process runs with: ``tcmalloc`` or ``jemalloc`` if preloaded, else
+    ``glibc`` (``unknown`` without ``/proc``)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "glibc")

@@ -1,0 +1,174 @@
+"""progress: the Keras callbacks of a training node: progress lines, the steady training rate, step counts.
+
+The chief appends its progress lines to ``<run_dir>/progress.log``, which the driver echoes into the task
+log; the driver's :func:`tfospipe.train.last_finished_epoch` reads its ``epoch N/E`` lines. The rate
+arithmetic is in plain classes (:class:`EpochSpans`, :class:`StepRate`) that the callbacks call, so it
+can be checked without training. Imports TensorFlow: only the nodes import this module (``node.py``,
+after setting ``TF_USE_LEGACY_KERAS``), never the driver.
+"""
+
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from . import paths
+
+
+def epoch_line(epoch: int, epochs: int, step: int, logs: dict) -> str:
+    """The line after epoch ``epoch`` (1-based) of ``epochs``: global ``step`` (continues after a resume),
+    train loss and accuracy, eval loss and accuracy (nan when the epoch did not evaluate)."""
+    return (f"epoch {epoch}/{epochs} step {step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+            f"eval_loss {logs.get('val_loss', float('nan')):.4f} "
+            f"eval_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
+
+
+def step_line(step: int, logs: dict, examples_per_second: float) -> str:
+    """The line every few steps: global ``step``, the batch's loss and accuracy, examples/s so far."""
+    return (f"step {step} loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+            f"examples/s {examples_per_second:.0f}")
+
+
+class EpochSpans:
+    """Training time of each epoch: from its start to the start of its evaluation (seconds)."""
+
+    def __init__(self) -> None:
+        self.spans: list[list[float | None]] = []  # [begin, end or None] per epoch
+
+    def epoch_begins(self, now: float) -> None:
+        self.spans.append([now, None])
+
+    def evaluation_begins(self, now: float) -> None:
+        """The epoch's training ended (evaluation time is not training time)."""
+        if self.spans and self.spans[-1][1] is None:
+            self.spans[-1][1] = now
+
+    def steady_rate(self, examples_per_epoch: int) -> float | None:
+        """Examples/s of the epochs after the first (the first traces and warms up), or of the first when
+        it is the only one; epochs whose evaluation never began do not count. None without any."""
+        spans = [b - a for a, b in self.spans[1:] if b] or [b - a for a, b in self.spans if b]
+        return len(spans) * examples_per_epoch / sum(spans) if spans else None
+
+
+class StepRate:
+    """Examples/s from Keras's batch callbacks, which come once per execution of ``steps_per_execution``
+    steps, with ``batch`` the epoch's last step index run (0-based).
+
+    The steady rate counts the steps and seconds between two callbacks of the same epoch after the first
+    ``first_steps`` steps (the first execution: tracing, warm-up); the seconds before an epoch's first
+    callback (its first execution, after the previous epoch's evaluation) are not counted.
+    """
+
+    def __init__(self, step_examples: int, first_steps: int, now: float) -> None:
+        self.step_examples, self.first_steps = step_examples, first_steps
+        self.t0, self.step = now, 0
+        self.steady_steps, self.steady_seconds = 0, 0.0
+        self.epoch_steps, self.previous = 0, None
+
+    def epoch_begins(self) -> None:
+        self.epoch_steps, self.previous = 0, None
+
+    def batch_ends(self, batch: int, now: float) -> None:
+        """Steps ``..batch`` (0-based, within the epoch) ran by ``now``."""
+        steps = batch + 1 - self.epoch_steps
+        self.epoch_steps, self.step = batch + 1, self.step + steps
+        if self.previous is not None and self.step > self.first_steps:
+            self.steady_steps += steps
+            self.steady_seconds += now - self.previous
+        self.previous = now
+
+    def examples_per_second(self, now: float) -> float:
+        """Examples/s since training began (warm-up and evaluations included)."""
+        return self.step * self.step_examples / max(now - self.t0, 1e-6)
+
+    def steady_rate(self) -> float | None:
+        """Steady examples/s (see the class), None before any steady step."""
+        return self.steady_steps * self.step_examples / self.steady_seconds if self.steady_steps else None
+
+
+def log_writer(run_dir: str, is_chief: bool) -> Callable[[str], None]:
+    """Appends a line to ``<run_dir>/progress.log`` on the chief; does nothing on the other nodes."""
+    def write(line: str) -> None:
+        if is_chief:
+            with tf.io.gfile.GFile(paths.join(run_dir, "progress.log"), "a") as f:
+                f.write(line + "\n")
+    return write
+
+
+class EpochProgress(tf.keras.callbacks.Callback):
+    """A progress line after each epoch, with eval metrics; the steady rate (``examples_per_second``,
+    None until training ended) from the epochs' training time (:class:`EpochSpans`).
+
+    ``write``: where lines go (:func:`log_writer`); ``examples_per_epoch``: steps per epoch x examples per
+    step. Under ParameterServerStrategy, which allows no batch-level callbacks, the only progress.
+    """
+
+    def __init__(self, write: Callable[[str], None], epochs: int, examples_per_epoch: int):
+        super().__init__()
+        self.write, self.epochs, self.examples_per_epoch = write, epochs, examples_per_epoch
+        self.spans = EpochSpans()
+        self.examples_per_second: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.spans.epoch_begins(time.time())
+
+    def on_test_begin(self, logs=None):
+        self.spans.evaluation_begins(time.time())
+
+    def on_train_end(self, logs=None):
+        if self.examples_per_second is None:
+            self.examples_per_second = self.spans.steady_rate(self.examples_per_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+        self.write(epoch_line(epoch + 1, self.epochs, step, logs))
+
+
+class Progress(EpochProgress):
+    """Also a line every ``steps_per_execution`` steps (all-reduce training); the steady rate from the
+    steps after the first execution, within epochs (evaluation excluded; :class:`StepRate`)."""
+
+    def __init__(self, write: Callable[[str], None], epochs: int, examples_per_epoch: int, step_examples: int,
+                 steps_per_execution: int):
+        super().__init__(write, epochs, examples_per_epoch)
+        self.rate = StepRate(step_examples, steps_per_execution, time.time())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.rate.epoch_begins()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        self.rate.batch_ends(batch, now)
+        global_step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+        self.write(step_line(global_step, logs, self.rate.examples_per_second(now)))
+
+    def on_train_end(self, logs=None):
+        self.examples_per_second = self.rate.steady_rate()
+
+
+class StepCount(tf.keras.callbacks.Callback):
+    """The train and evaluation steps this node ran (Keras reports the last step index of each
+    execution of ``steps_per_execution`` steps; an input that runs out of data ends the loop early)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train = self.eval = self._train = self._eval = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._train = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._train = batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.train += self._train
+
+    def on_test_begin(self, logs=None):
+        self._eval = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._eval = batch + 1
+
+    def on_test_end(self, logs=None):
+        self.eval += self._eval
