@@ -1,24 +1,109 @@
-"""File-system operations on local paths and ``tf.io.gfile`` URIs, and the atomic commit every job uses.
+"""File-system operations on local paths and remote URIs, and the atomic commit every job uses.
 
-A job is a transaction: it writes a staging directory next to its output, writes ``_manifest.json``
-and ``_SUCCESS`` into it last, and publishes it with a rename. A failed or killed run leaves only a
-hidden staging directory behind (removed by the next run); a rerun replaces the old output whole.
+One layer for every Python-side read and write of the pipeline, on the driver and the executors.
+Local paths and ``file://`` go through the OS (``os``/``shutil``, no extra import); the remote
+schemes of :data:`SCHEMES` go through fsspec (s3fs, gcsfs, adlfs; HDFS through fsspec's wrapper of
+pyarrow's ``HadoopFileSystem``). fsspec because Airflow 3's ``ObjectStoragePath`` and its
+connections are built on it, and s3fs/gcsfs/adlfs are the maintained clients of those stores. Any
+other scheme is refused (:func:`check_root`) with a message naming the supported ones.
+
+Credentials come from each client's standard environment variables (:data:`SCHEMES` names them),
+never from the URI. Missing or wrong credentials, or an unreachable store, raise
+:class:`StorageError`, whose one-line message names the path and what to set, never a secret value.
+
+A job is a transaction (:class:`Staging`): it writes a staging directory next to its output and
+publishes it on commit, with ``_manifest.json`` and then ``_SUCCESS`` (the commit marker) last.
+Local and HDFS roots publish by one directory rename; object stores (S3, GCS, Azure Blob) have no
+rename, so the staged objects are copied into place and ``_SUCCESS`` is written last. A failed or
+killed run leaves only a hidden staging directory behind (removed by the next run); a rerun
+replaces the old output whole.
 """
 
+import contextlib
 import glob as _glob
 import json
 import os
 import posixpath
+import re
 import shutil
 import uuid
+from typing import IO, Iterator, NamedTuple
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"  # "_" prefix: Spark, pyarrow and Hive readers skip it
 
 
+class StorageError(Exception):
+    """A root or path the pipeline cannot use: an unsupported scheme, a missing client package,
+    missing or refused credentials, or an unreachable store. The message is one line naming the
+    path and what to set; it never holds a secret value."""
+
+
+class Scheme(NamedTuple):
+    """How the pipeline reaches one URI scheme."""
+    protocol: str            # fsspec protocol the scheme maps to
+    package: str             # pip package that implements it (pinned in requirements.txt)
+    module: str              # its import name
+    object_store: bool       # no directory rename: publish by copy, _SUCCESS last
+    credentials: str         # what to set, said in every StorageError about this scheme
+    env: tuple = ()          # variables the client reads (a change builds a new client)
+    forward: tuple = ()      # those executors need from the driver (not paths of the driver's files)
+
+
+_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE",
+        "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+_AWS_FORWARD = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+_S3 = Scheme("s3", "s3fs", "s3fs", True,
+             "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary keys) or give "
+             "the node an IAM role; for an S3-compatible store set AWS_ENDPOINT_URL_S3 to its URL", _AWS, _AWS_FORWARD)
+_AZURE = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+          "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET",
+          "AZURE_STORAGE_TENANT_ID", "AZURE_STORAGE_ANON", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
+          "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE")
+_ABFS = Scheme("abfs", "adlfs", "adlfs", True,
+               "name the account in the URI (abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/...) or set "
+               "AZURE_STORAGE_ACCOUNT_NAME, and set one of AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, "
+               "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_CLIENT_ID/AZURE_STORAGE_CLIENT_SECRET/"
+               "AZURE_STORAGE_TENANT_ID (or give the node a managed identity)", _AZURE,
+               tuple(n for n in _AZURE if n != "AZURE_FEDERATED_TOKEN_FILE"))
+
+#: Remote schemes the pipeline accepts as a data root. ``s3a://`` (the name Spark's Hadoop S3A connector
+#: registers) is the same store as ``s3://`` so one root string serves Spark and Python alike; likewise
+#: ``abfss://`` (TLS) is ``abfs://``.
+SCHEMES = {
+    "s3": _S3,
+    "s3a": _S3,
+    "gs": Scheme("gs", "gcsfs", "gcsfs", True,
+                 "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on a node with a "
+                 "service account attached", ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+                                              "STORAGE_EMULATOR_HOST", "NO_GCE_CHECK"),
+                 ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")),
+    "hdfs": Scheme("hdfs", "pyarrow", "pyarrow", False,
+                   "set JAVA_HOME, HADOOP_HOME (libhdfs.so in $HADOOP_HOME/lib/native, or ARROW_LIBHDFS_DIR) and "
+                   "CLASSPATH=$(hadoop classpath --glob); on a Kerberos cluster run kinit (KRB5CCNAME), else set "
+                   "HADOOP_USER_NAME", ("HADOOP_USER_NAME", "KRB5CCNAME", "HADOOP_HOME", "HADOOP_CONF_DIR",
+                                        "CLASSPATH", "ARROW_LIBHDFS_DIR", "JAVA_HOME"), ("HADOOP_USER_NAME",)),
+    "abfs": _ABFS,
+    "abfss": _ABFS,
+}
+
+# Exception classes (by name, so no client library is imported to test them) that mean the client
+# could not authenticate, and those that mean the store could not be reached.
+_CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "ClientAuthenticationError", "CredentialUnavailableError", "GoogleAuthError",
+                      "DefaultCredentialsError", "RefreshError"}
+_CONNECTION_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                      "ReadTimeoutError", "ClientConnectorError", "ServiceRequestError", "ConnectionError",
+                      "TimeoutError", "gaierror"}
+_PASS_THROUGH = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
 def _remote(path):
-    """A URI (hdfs://, gs://, s3://...) goes through tf.io.gfile; a local path through the OS, without
-    importing TensorFlow (the convert job never needs it)."""
+    """A URI (s3://, gs://, hdfs://, abfs://...) goes through fsspec; a local path or ``file://`` through
+    the OS, without importing any client library (the convert job on a local root needs none)."""
     return "://" in path and not path.startswith("file://")
 
 
@@ -26,9 +111,146 @@ def _local(path):
     return path[len("file://"):] if path.startswith("file://") else path
 
 
-def _gfile():
-    import tensorflow as tf
-    return tf.io.gfile
+def _scheme(path):
+    return path.split("://", 1)[0].lower() if "://" in path else ""
+
+
+def supported_schemes() -> str:
+    """The accepted root forms, for messages: ``local paths, file://, s3://, s3a://, ...``."""
+    return "local paths, file://, " + ", ".join(f"{s}://" for s in SCHEMES)
+
+
+def check_root(root: str) -> str:
+    """Return ``root`` unchanged when the pipeline can use it as a data root, else raise StorageError.
+
+    Accepted: a local path, ``file://``, and the schemes of :data:`SCHEMES` whose client package is
+    installed. Refused, before any Spark job starts: any other scheme (the message names the supported
+    ones, with each one's package and credentials), a URI without a bucket/container/host, and a URI
+    carrying a password (it would show in argv, the task log and the Spark UI). Only the form is
+    checked: :func:`check_access` reaches the store.
+    """
+    if not _remote(root):
+        return root
+    scheme = _scheme(root)
+    spec = SCHEMES.get(scheme)
+    if spec is None:
+        needs = "; ".join(f"{s}:// needs {v.package}" for s, v in SCHEMES.items() if s not in ("s3a", "abfss"))
+        raise StorageError(f"data root {root} has the unsupported scheme {scheme}://: use one of "
+                           f"{supported_schemes()} ({needs}; s3a:// is s3://, abfss:// is abfs://)")
+    authority = root.split("://", 1)[1].split("/", 1)[0]
+    if not authority:
+        raise StorageError(f"data root {root} names no {'namenode' if scheme == 'hdfs' else 'bucket'}: "
+                           f"write it as {scheme}://NAME/path")
+    userinfo = authority.rsplit("@", 1)[0] if "@" in authority else ""
+    if ":" in userinfo:
+        raise StorageError(f"data root {scheme}://...@{authority.rsplit('@', 1)[1]} carries a password: "
+                           f"remove it from the URI and {spec.credentials}")
+    import importlib.util
+    if importlib.util.find_spec(spec.module) is None:
+        raise StorageError(f"data root {root} needs the {spec.package} package (pinned in requirements.txt): "
+                           f"install it on the driver and every executor")
+    return root
+
+
+#: ``spark.redaction.regex`` for a job that forwards credential variables to its executors. Spark 4.2's
+#: default, ``(?i)secret|password|token|access[.]?key``, leaves ``spark.executorEnv.AWS_ACCESS_KEY_ID``,
+#: ``...AZURE_STORAGE_ACCOUNT_KEY`` and ``...AZURE_STORAGE_CONNECTION_STRING`` readable in the Spark UI
+#: and the event log; this one redacts every secret variable of :data:`SCHEMES` (and the s3a keys).
+SPARK_REDACTION_REGEX = r"(?i)secret|password|token|access[._]?key|account[._]?key|connection[._]?string"
+#: Variable names whose values are secrets: never in a message.
+SECRET_NAMES = re.compile(SPARK_REDACTION_REGEX)
+
+
+def executor_env(root: str) -> dict:
+    """The variables of this process's environment that executors need to reach ``root`` (the set ones
+    of its scheme's ``forward``: credentials, endpoint, region), name -> value; ``{}`` for a local root.
+    Variables naming files (GOOGLE_APPLICATION_CREDENTIALS, KRB5CCNAME, AWS_CONFIG_FILE...) are not
+    forwarded: the driver's paths mean nothing on a node, which sets its own. Set them as
+    ``spark.executorEnv.NAME`` on the SparkSession builder, in-process (never as ``--conf`` in argv),
+    together with ``spark.redaction.regex`` = :data:`SPARK_REDACTION_REGEX`.
+    """
+    if not _remote(root):
+        return {}
+    spec = SCHEMES.get(_scheme(root))
+    return {n: os.environ[n] for n in (spec.forward if spec else ()) if n in os.environ}
+
+
+def _secrets():
+    """Values of the secret variables of :data:`SCHEMES` in the environment, kept out of any message."""
+    names = {n for s in SCHEMES.values() for n in s.env if SECRET_NAMES.search(n)}
+    return [v for n, v in os.environ.items() if n in names and len(v) >= 4]
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else type(exc).__name__
+    for secret in _secrets():
+        line = line.replace(secret, "***")
+    return line[:240] + ("..." if len(line) > 240 else "")
+
+
+def _failure(exc):
+    """'credentials', 'connection' or None (an error this layer leaves as it is)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if isinstance(exc, PermissionError) or names & _CREDENTIAL_ERRORS:
+        return "credentials"
+    if getattr(exc, "code", None) in (401, 403) or str(exc).startswith("Forbidden"):  # gcsfs HttpError / 403
+        return "credentials"
+    if names & _CONNECTION_ERRORS:
+        return "connection"
+    return None
+
+
+@contextlib.contextmanager
+def _translated(path, setup=False):
+    """Turn a credential or connection failure on ``path`` into a one-line StorageError. With
+    ``setup``, any failure counts (building a client: a missing account name, libhdfs not loadable)."""
+    try:
+        yield
+    except (StorageError, *_PASS_THROUGH):
+        raise
+    except Exception as exc:
+        kind = "setup" if setup and not isinstance(exc, ImportError) else _failure(exc)
+        if kind is None:
+            raise
+        spec = SCHEMES[_scheme(path)]
+        what = {"credentials": "access was refused", "connection": "the store could not be reached",
+                "setup": "its client could not be set up"}[kind]
+        hint = spec.credentials
+        if kind == "connection":
+            where = ("AWS_ENDPOINT_URL_S3 (an S3-compatible store's URL; unset for AWS)" if spec is _S3
+                     else "the store's address")
+            hint = f"check {where} and the network; {hint}"
+        raise StorageError(f"{path}: {what} ({type(exc).__name__}: {_one_line(exc)}); {hint}") from None
+
+
+_CLIENTS = {}
+
+
+def _client(path):
+    """The fsspec file system for ``path`` (one per process, scheme, URI options and credential
+    environment). Raises StorageError for an unsupported scheme or a client that cannot be built."""
+    check_root(path)
+    spec = SCHEMES[_scheme(path)]
+    import fsspec
+    cls = fsspec.get_filesystem_class(spec.protocol)
+    options = cls._get_kwargs_from_urls(path)  # hdfs: namenode host/port/user; abfs: the account
+    key = (os.getpid(), spec.protocol, tuple(sorted(options.items())),
+           hash(tuple(os.environ.get(n) for n in spec.env)))
+    fsys = _CLIENTS.get(key)
+    if fsys is None:
+        with _translated(path, setup=True):
+            # no listings cache: executors write files the driver lists later
+            fsys = cls(skip_instance_cache=True, use_listings_cache=False, **options)
+        _CLIENTS[key] = fsys
+    return fsys
+
+
+def _to_uri(uri_dir, fsys, names):
+    """Map fsspec's scheme-less results under ``uri_dir`` back to URIs of the caller's form."""
+    stripped = fsys._strip_protocol(uri_dir).rstrip("/")
+    head = uri_dir.rstrip("/")
+    return [head + n[len(stripped):] if n.startswith(stripped) else n for n in names]
 
 
 def _split(path):
@@ -37,145 +259,318 @@ def _split(path):
     return os.path.split(path.rstrip("/"))
 
 
-def parent(path):
+def parent(path: str) -> str:
+    """The directory holding ``path`` (URIs split on '/')."""
     return _split(path)[0]
 
 
-def basename(path):
+def basename(path: str) -> str:
+    """The last segment of ``path``, trailing '/' ignored."""
     return _split(path)[1]
 
 
-def sibling(path, name):
+def sibling(path: str, name: str) -> str:
+    """``name`` in the directory holding ``path``."""
     head = parent(path)
     return f"{head}/{name}" if "://" in path else os.path.join(head, name)
-
-
-def exists(path):
-    return _gfile().exists(path) if _remote(path) else os.path.exists(_local(path))
-
-
-def makedirs(path):
-    if _remote(path):
-        _gfile().makedirs(path)
-    else:
-        os.makedirs(_local(path), exist_ok=True)
-
-
-def rmtree(path):
-    if _remote(path):
-        g = _gfile()
-        if g.exists(path):
-            g.rmtree(path) if g.isdir(path) else g.remove(path)
-    elif os.path.isdir(_local(path)):
-        shutil.rmtree(_local(path))
-    elif os.path.lexists(_local(path)):
-        os.remove(_local(path))
-
-
-def isdir(path):
-    return _gfile().isdir(path) if _remote(path) else os.path.isdir(_local(path))
-
-
-def listdir(path):
-    if _remote(path):
-        g = _gfile()
-        return sorted(e.rstrip("/") for e in g.listdir(path)) if g.isdir(path) else []
-    return sorted(os.listdir(_local(path))) if os.path.isdir(_local(path)) else []
-
-
-def glob(pattern):
-    return sorted(_gfile().glob(pattern)) if _remote(pattern) else sorted(_glob.glob(_local(pattern)))
-
-
-def size(path):
-    return _gfile().stat(path).length if _remote(path) else os.path.getsize(_local(path))
-
-
-def mtime(path):
-    return _gfile().stat(path).mtime_nsec / 1e9 if _remote(path) else os.path.getmtime(_local(path))
-
-
-def rename(src, dst):
-    """Rename a file or directory; a file at ``dst`` is replaced."""
-    if _remote(src):
-        _gfile().rename(src, dst, overwrite=True)
-    else:
-        os.replace(_local(src), _local(dst))
-
-
-def read_bytes(path):
-    if _remote(path):
-        with _gfile().GFile(path, "rb") as f:
-            return f.read()
-    with open(_local(path), "rb") as f:
-        return f.read()
-
-
-def read_range(path, start, end):
-    """Bytes ``[start, end)`` of a file."""
-    if _remote(path):
-        with _gfile().GFile(path, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-    with open(_local(path), "rb") as f:
-        f.seek(start)
-        return f.read(end - start)
-
-
-def write_bytes(path, data):
-    if _remote(path):
-        with _gfile().GFile(path, "wb") as f:
-            f.write(data)
-    else:
-        with open(_local(path), "wb") as f:
-            f.write(data)
-
-
-def open_read(path):
-    """A binary file object for reading (local file or GFile)."""
-    return _gfile().GFile(path, "rb") if _remote(path) else open(_local(path), "rb")
-
-
-def open_write(path):
-    """A binary file object for writing (local file or GFile)."""
-    return _gfile().GFile(path, "wb") if _remote(path) else open(_local(path), "wb")
-
-
-def read_json(path):
-    return json.loads(read_bytes(path).decode("utf-8"))
-
-
-def write_json(path, obj):
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
-
-
-def write_json_atomic(path, obj):
-    """Write JSON so a reader sees the old file or the new one, never a partial one."""
-    tmp = sibling(path, f".{basename(path)}.tmp-{uuid.uuid4().hex}")
-    write_json(tmp, obj)
-    rename(tmp, path)
-
-
-def copytree(src, dst):
-    """Copy a directory tree (SavedModels are small, a few files)."""
-    if not _remote(src) and not _remote(dst):
-        shutil.copytree(_local(src), _local(dst), dirs_exist_ok=True)
-        return
-    g = _gfile()
-    for dirpath, _dirs, files in g.walk(src):
-        rel = dirpath[len(src.rstrip("/")):].lstrip("/")
-        target = _join(dst, rel) if rel else dst
-        g.makedirs(target)
-        for name in files:
-            g.copy(_join(dirpath, name), _join(target, name), overwrite=True)
 
 
 def _join(a, b):
     return f"{a.rstrip('/')}/{b}" if "://" in a else os.path.join(a, b)
 
 
-def is_committed(path):
+def _object_store(path):
+    return _remote(path) and SCHEMES[_scheme(check_root(path))].object_store
+
+
+def exists(path: str) -> bool:
+    """Whether a file or directory (on object stores: any object under the prefix) is at ``path``."""
+    if not _remote(path):
+        return os.path.exists(_local(path))
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.exists(path)
+
+
+def makedirs(path: str) -> None:
+    """Create a directory and its parents; a no-op on object stores (no directories, and a missing
+    bucket must not be created by accident)."""
+    if not _remote(path):
+        os.makedirs(_local(path), exist_ok=True)
+    elif not _object_store(path):
+        fsys = _client(path)
+        with _translated(path):
+            fsys.makedirs(path, exist_ok=True)
+
+
+def rmtree(path: str) -> None:
+    """Remove a file or a directory tree (every object under the prefix); nothing there is fine."""
+    if not _remote(path):
+        if os.path.isdir(_local(path)):
+            shutil.rmtree(_local(path))
+        elif os.path.lexists(_local(path)):
+            os.remove(_local(path))
+        return
+    fsys = _client(path)
+    with _translated(path):
+        try:
+            fsys.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def isdir(path: str) -> bool:
+    """Whether ``path`` is a directory (on object stores: a prefix with objects under it)."""
+    if not _remote(path):
+        return os.path.isdir(_local(path))
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.isdir(path)
+
+
+def listdir(path: str) -> list:
+    """Sorted names (not paths) in the directory ``path``; ``[]`` when it is missing or a file."""
+    if not _remote(path):
+        return sorted(os.listdir(_local(path))) if os.path.isdir(_local(path)) else []
+    fsys = _client(path)
+    with _translated(path):
+        try:
+            entries = fsys.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    own = fsys._strip_protocol(path).rstrip("/")
+    if len(entries) == 1 and entries[0]["type"] == "file" and entries[0]["name"].rstrip("/") == own:
+        return []
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries)
+
+
+def _visible(pattern, found):
+    """Like the local glob: a wildcard does not match a name that starts with '.'."""
+    want = pattern.rstrip("/").split("/")
+    have = found.rstrip("/").split("/")
+    return len(want) != len(have) or not any(h.startswith(".") and not w.startswith(".")
+                                             for w, h in zip(want, have))
+
+
+def glob(pattern: str) -> list:
+    """Sorted paths matching ``pattern`` (``*``, ``?``, ``[...]``), in the pattern's form (URI or local)."""
+    if not _remote(pattern):
+        return sorted(_glob.glob(_local(pattern)))
+    fsys = _client(pattern)
+    cut = min([i for i in (pattern.find(c) for c in "*?[") if i >= 0], default=len(pattern))
+    fixed = pattern[:pattern.rfind("/", 0, cut)] if cut < len(pattern) else parent(pattern)
+    with _translated(pattern):
+        found = _to_uri(fixed, fsys, fsys.glob(pattern))
+    return sorted(p for p in found if _visible(pattern, p))
+
+
+def walk(path: str) -> Iterator:
+    """``(dirpath, dirnames, filenames)`` for every directory under ``path``, like ``os.walk``; local
+    paths come back local (``file://`` removed), URIs as URIs. Nothing for a missing path."""
+    if not _remote(path):
+        yield from os.walk(_local(path))
+        return
+    fsys = _client(path)
+    with _translated(path):
+        found = list(fsys.walk(path))
+    for dirpath, dirs, files in found:
+        yield _to_uri(path, fsys, [dirpath])[0], sorted(dirs), sorted(files)
+
+
+def size(path: str) -> int:
+    """Size of the file at ``path`` in bytes."""
+    if not _remote(path):
+        return os.path.getsize(_local(path))
+    fsys = _client(path)
+    with _translated(path):
+        return int(fsys.size(path))
+
+
+def mtime(path: str) -> float:
+    """Last modification of the file at ``path``, seconds since the epoch (object stores: the
+    object's LastModified, whole seconds on S3)."""
+    if not _remote(path):
+        return os.path.getmtime(_local(path))
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.modified(path).timestamp()
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename a file or directory; a file at ``dst`` is replaced. Atomic on local paths and for an HDFS
+    directory; on object stores a copy then a delete (not atomic: :class:`Staging` does not rely on it).
+    Both paths must be on the same file system (ValueError otherwise)."""
+    if not _remote(src) and not _remote(dst):
+        os.replace(_local(src), _local(dst))
+        return
+    if _scheme(src) != _scheme(dst) or _client(src) is not _client(dst):
+        raise ValueError(f"cannot rename {src} to {dst}: not on the same file system")
+    fsys = _client(src)
+    if _object_store(src):
+        if isdir(src):
+            copytree(src, dst)
+        else:
+            with _translated(src):
+                fsys.copy(src, dst)
+        rmtree(src)
+        return
+    with _translated(src):
+        if fsys.isfile(dst):
+            fsys.rm(dst)  # HDFS renames only onto a free name
+        fsys.mv(src, dst)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file at ``path``."""
+    if not _remote(path):
+        with open(_local(path), "rb") as f:
+            return f.read()
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.cat_file(path)
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file (fewer at its end); one ranged GET on object stores."""
+    if not _remote(path):
+        with open(_local(path), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.cat_file(path, start=start, end=end)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` as the file at ``path`` (replacing it; one PUT on object stores)."""
+    if not _remote(path):
+        with open(_local(path), "wb") as f:
+            f.write(data)
+        return
+    fsys = _client(path)
+    with _translated(path):
+        fsys.pipe_file(path, data)
+
+
+def open_read(path: str) -> IO[bytes]:
+    """A binary file object for reading, streamed on remote stores. Credential and connection
+    failures are StorageError when opening; later ones come from the client as they are."""
+    if not _remote(path):
+        return open(_local(path), "rb")
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.open(path, "rb")
+
+
+def open_write(path: str) -> IO[bytes]:
+    """A binary file object for writing; on object stores the object appears when it is closed
+    (multipart upload for large ones)."""
+    if not _remote(path):
+        return open(_local(path), "wb")
+    fsys = _client(path)
+    with _translated(path):
+        return fsys.open(path, "wb")
+
+
+def read_json(path: str):
+    """The JSON document (UTF-8) at ``path``."""
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON (UTF-8, final newline)."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON so a reader sees the old file or the new one, never a partial one: a temporary file
+    renamed over it locally and on HDFS; a single PUT (atomic by itself) on object stores."""
+    if _object_store(path):
+        write_json(path, obj)
+        return
+    tmp = sibling(path, f".{basename(path)}.tmp-{uuid.uuid4().hex}")
+    write_json(tmp, obj)
+    rename(tmp, path)
+
+
+def copytree(src: str, dst: str) -> None:
+    """Copy a directory tree into ``dst`` (files there are replaced). Server-side copies within one
+    store; streamed between different ones (a local model into a remote root, or back)."""
+    if not _remote(src) and not _remote(dst):
+        shutil.copytree(_local(src), _local(dst), dirs_exist_ok=True)
+        return
+    same = _remote(src) and _remote(dst) and _client(src) is _client(dst)
+    pairs = []
+    for dirpath, _dirs, files in walk(src):
+        rel = dirpath[len(_local(src).rstrip("/")):].strip("/")
+        target = _join(dst, rel) if rel else dst
+        makedirs(target)
+        pairs += [(_join(dirpath, name), _join(target, name)) for name in files]
+    if same and pairs:
+        with _translated(src):
+            _client(src).copy([s for s, _ in pairs], [d for _, d in pairs])  # concurrent server-side copies
+        return
+    for s, d in pairs:
+        with open_read(s) as fin, open_write(d) as fout:
+            shutil.copyfileobj(fin, fout, 8 << 20)
+
+
+def is_committed(path: str) -> bool:
+    """Whether the output at ``path`` carries its commit marker ``_SUCCESS``."""
     return exists(_join(path, SUCCESS))
+
+
+def _container(root):
+    """``scheme://bucket`` of an object-store URI (``abfs://container@account...`` for Azure)."""
+    scheme, rest = root.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_access(root: str) -> None:
+    """Reach ``root`` with the credentials of this process: list it, and when it is empty check that its
+    bucket/container exists. Local roots are not checked. Call at the start of a job (driver side).
+
+    Raises StorageError (one line: the root, what failed, which variables to set) for an unsupported
+    scheme, a client that cannot be set up, refused or missing credentials, an unreachable store, or a
+    bucket that does not exist.
+    """
+    check_root(root)
+    if not _remote(root):
+        return
+    with _quiet_clients():
+        _reach(root)
+
+
+@contextlib.contextmanager
+def _quiet_clients():
+    """Silence the client libraries' own error logs (gcsfs logs a traceback per failed request): the
+    StorageError raised says what failed, in one line."""
+    import logging
+    loggers = [logging.getLogger(n) for n in ("gcsfs", "adlfs", "azure", "s3fs", "fsspec")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _reach(root):
+    fsys = _client(root)
+    with _translated(root):
+        try:
+            fsys.ls(root)
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # a new root: nothing written yet
+        if not SCHEMES[_scheme(root)].object_store:
+            return
+        top = _container(root)
+        if fsys.exists(top):  # refused credentials failed the listing above already
+            return
+    raise StorageError(f"{root}: the bucket {top} does not exist; create it or fix the data root")
 
 
 class Staging:
@@ -185,7 +580,7 @@ class Staging:
     removed when a new attempt starts, so a rerun is always clean.
     """
 
-    def __init__(self, final):
+    def __init__(self, final: str):
         self.final = final.rstrip("/")
         name = basename(self.final)
         self._prefix_staging = f".{name}.staging-"
@@ -203,12 +598,25 @@ class Staging:
         makedirs(self.path)
         return self
 
-    def file(self, *parts):
+    def file(self, *parts: str) -> str:
+        """Path of a file inside the staging directory."""
         return _join(self.path, "/".join(parts)) if "://" in self.path else os.path.join(self.path, *parts)
 
-    def commit(self, manifest):
-        """Write the manifest, then _SUCCESS, then publish by rename (replacing an older output)."""
+    def commit(self, manifest: dict) -> None:
+        """Write the manifest, then _SUCCESS, then publish by rename (replacing an older output).
+
+        Object stores have no rename: the older output loses its ``_SUCCESS`` first (readers stop
+        taking it), is removed, the staged objects (manifest included) are copied into place, and
+        ``_SUCCESS`` is written last, so a commit that fails midway leaves no committed output.
+        """
         write_json(self.file(MANIFEST), manifest)
+        if _object_store(self.final):
+            rmtree(_join(self.final, SUCCESS))
+            rmtree(self.final)
+            copytree(self.path, self.final)
+            write_bytes(_join(self.final, SUCCESS), b"")
+            rmtree(self.path)
+            return
         write_bytes(self.file(SUCCESS), b"")
         if exists(self.final):
             rename(self.final, self._trash)

@@ -1,0 +1,401 @@
+"""The file-system layer on a real S3 API: a ``moto_server`` process on loopback, with IAM authentication
+on, reached through s3fs exactly as a cluster reaches S3 (credentials and endpoint from the environment).
+"""
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from tfospipe import fs
+
+BUCKET = "tfos-test"
+#: IAM policy of the user the jobs run as, and of one that may write anything but a commit marker.
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+NO_MARKER = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+    {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/*/_SUCCESS"}]}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+def _start_moto(log):
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).read()
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not answer on {endpoint}; see {log.name}")
+            time.sleep(0.2)
+
+
+def _users(endpoint):
+    """Create the bucket and two IAM users (their key pairs returned), then turn authentication on."""
+    import boto3
+    kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+              aws_secret_access_key="setup")
+    iam = boto3.client("iam", **kw)
+    keys = {}
+    for name, policy in (("writer", ALLOW_ALL), ("no-marker", NO_MARKER)):
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
+    boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
+    _post(endpoint + "/moto-api/reset-auth", b"0")  # every request from now on is authenticated
+    return keys
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """A real S3 API server for the session: (endpoint URL, {user: (key id, secret)})."""
+    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "w")
+    proc, endpoint = _start_moto(log)
+    try:
+        yield endpoint, _users(endpoint)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _as(monkeypatch, key_id, secret, endpoint):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+
+
+@pytest.fixture(autouse=True)
+def s3_env(monkeypatch, moto, tmp_path):
+    """The writer's credentials and the server's endpoint, in the environment only (as on a node)."""
+    endpoint, keys = moto
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _as(monkeypatch, *keys["writer"], endpoint)
+    return endpoint, keys
+
+
+@pytest.fixture
+def root():
+    """A fresh prefix of the bucket for one test."""
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
+
+
+def test_bytes_json_sizes_ranges_and_listing(root):
+    fs.write_bytes(f"{root}/a/x.bin", b"0123456789")
+    fs.write_json(f"{root}/a/m.json", {"n": 1, "b": [1, 2]})
+    assert fs.read_bytes(f"{root}/a/x.bin") == b"0123456789"
+    assert fs.read_json(f"{root}/a/m.json") == {"n": 1, "b": [1, 2]}
+    assert fs.read_bytes(f"{root}/a/m.json").endswith(b"}\n")          # same bytes as the local writer
+    assert fs.size(f"{root}/a/x.bin") == 10
+    assert fs.read_range(f"{root}/a/x.bin", 2, 5) == b"234"
+    assert fs.read_range(f"{root}/a/x.bin", 8, 20) == b"89"              # fewer at the end, like a local file
+    assert abs(fs.mtime(f"{root}/a/x.bin") - time.time()) < 120
+    assert fs.listdir(root) == ["a"]
+    assert fs.listdir(f"{root}/a") == ["m.json", "x.bin"]
+    assert fs.listdir(f"{root}/a/x.bin") == [] and fs.listdir(f"{root}/missing") == []
+    assert fs.exists(f"{root}/a") and fs.exists(f"{root}/a/x.bin") and not fs.exists(f"{root}/b")
+    assert fs.isdir(f"{root}/a") and not fs.isdir(f"{root}/a/x.bin") and not fs.isdir(f"{root}/b")
+    with pytest.raises(FileNotFoundError):
+        fs.read_bytes(f"{root}/a/none")
+
+
+def test_objects_written_by_another_client_are_seen_at_once(root, s3_env):
+    """Executors write worker markers and shards the driver lists afterwards: no stale listing."""
+    import boto3
+    endpoint, keys = s3_env
+    other = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=keys["writer"][0],
+                         aws_secret_access_key=keys["writer"][1])
+    prefix = root[len(f"s3://{BUCKET}/"):]
+    fs.write_bytes(f"{root}/workers/worker-0.json", b"{}")
+    assert fs.listdir(f"{root}/workers") == ["worker-0.json"]
+    assert fs.glob(f"{root}/workers/*.json") == [f"{root}/workers/worker-0.json"]
+    other.put_object(Bucket=BUCKET, Key=f"{prefix}/workers/worker-1.json", Body=b"{}")
+    assert fs.listdir(f"{root}/workers") == ["worker-0.json", "worker-1.json"]
+    assert len(fs.glob(f"{root}/workers/*.json")) == 2 and fs.exists(f"{root}/workers/worker-1.json")
+    other.delete_object(Bucket=BUCKET, Key=f"{prefix}/workers/worker-0.json")
+    assert fs.listdir(f"{root}/workers") == ["worker-1.json"]
+
+
+def test_glob_matches_the_local_glob_and_keeps_the_uri_form(root, tmp_path):
+    names = ["s1/part-00000.tfrecord", "s1/part-00001.tfrecord", "s1/.part-00002.tfrecord", "s1/other.txt",
+             "s2/part-00000.tfrecord", ".hidden/part-00000.tfrecord"]
+    for n in names:
+        fs.write_bytes(f"{root}/{n}", b"r")
+        os.makedirs(os.path.dirname(tmp_path / n), exist_ok=True)
+        (tmp_path / n).write_bytes(b"r")
+    for pattern in ("s1/part-*.tfrecord", "*/part-*.tfrecord", "s?/*", "s1/part-0000[1]*"):
+        local = [os.path.relpath(p, tmp_path) for p in fs.glob(str(tmp_path / pattern))]
+        remote = fs.glob(f"{root}/{pattern}")
+        assert remote == [f"{root}/{p}" for p in local] and local, pattern
+    s3a = "s3a://" + root[len("s3://"):]
+    assert fs.glob(f"{s3a}/s2/*") == [f"{s3a}/s2/part-00000.tfrecord"]
+
+
+def test_rmtree_removes_one_prefix_whole_and_nothing_beside_it(root):
+    for n in ("a/x", "a/sub/y", "ab/z", "a.staging/w"):
+        fs.write_bytes(f"{root}/{n}", b"1")
+    fs.rmtree(f"{root}/a")
+    assert fs.listdir(root) == ["a.staging", "ab"]
+    fs.rmtree(f"{root}/ab/z")                                            # a single object
+    fs.rmtree(f"{root}/never-written")                                   # nothing there is fine
+    assert fs.listdir(root) == ["a.staging"]
+
+
+def test_makedirs_writes_nothing_and_creates_no_bucket(root):
+    fs.makedirs(f"{root}/d/e")
+    assert not fs.exists(root) and fs.listdir(root) == []
+    elsewhere = f"s3://tfos-not-a-bucket-{uuid.uuid4().hex[:6]}/x"
+    fs.makedirs(elsewhere)
+    with pytest.raises(fs.StorageError, match="does not exist"):
+        fs.check_access(elsewhere)
+
+
+def _tree(base):
+    return {rel: fs.read_bytes(f"{d}/{n}" if "://" in d else os.path.join(d, n))
+            for d, _dirs, files in fs.walk(base) for n in files
+            for rel in [((d[len(base):].strip("/") + "/") if d != base else "") + n]}
+
+
+def test_copytree_within_the_store_and_across_stores(root, tmp_path):
+    model = tmp_path / "model"
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"graph")
+    (model / "variables" / "variables.index").write_bytes(b"index")
+    fs.copytree(str(model), f"{root}/m1")                                # local -> S3
+    fs.copytree(f"{root}/m1", f"{root}/m2")                              # S3 -> S3 (server-side)
+    fs.copytree(f"{root}/m2", str(tmp_path / "back"))                    # S3 -> local
+    want = {"saved_model.pb": b"graph", "variables/variables.index": b"index"}
+    assert _tree(f"{root}/m1") == _tree(f"{root}/m2") == _tree(str(tmp_path / "back")) == want
+    assert list(fs.walk(f"{root}/m1"))[0] == (f"{root}/m1", ["variables"], ["saved_model.pb"])
+
+
+def test_streaming_read_and_write(root):
+    path = f"{root}/big.bin"
+    data = os.urandom(3 << 20)
+    with fs.open_write(path) as f:
+        for i in range(0, len(data), 1 << 20):
+            f.write(data[i:i + (1 << 20)])
+        assert not fs.exists(path)                                       # the object appears on close
+    assert fs.size(path) == len(data)
+    h = hashlib.sha256()
+    with fs.open_read(path) as f:
+        for chunk in iter(lambda: f.read(1 << 19), b""):
+            h.update(chunk)
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_rename_replaces_a_file_and_moves_a_tree(root):
+    fs.write_bytes(f"{root}/a.tmp", b"new")
+    fs.write_bytes(f"{root}/a", b"old")
+    fs.rename(f"{root}/a.tmp", f"{root}/a")
+    assert fs.read_bytes(f"{root}/a") == b"new" and not fs.exists(f"{root}/a.tmp")
+    fs.write_bytes(f"{root}/d/x", b"1")
+    fs.write_bytes(f"{root}/d/s/y", b"2")
+    fs.rename(f"{root}/d", f"{root}/e")
+    assert fs.listdir(root) == ["a", "e"] and fs.read_bytes(f"{root}/e/s/y") == b"2"
+
+
+def test_write_json_atomic_replaces_with_one_object(root):
+    fs.write_json_atomic(f"{root}/serving/CURRENT.json", {"v": 1})
+    fs.write_json_atomic(f"{root}/serving/CURRENT.json", {"v": 2})
+    assert fs.read_json(f"{root}/serving/CURRENT.json") == {"v": 2}
+    assert fs.listdir(f"{root}/serving") == ["CURRENT.json"]             # no temporary object left
+
+
+def test_staging_commit_publishes_whole_and_replaces_older_output(root):
+    final = f"{root}/out/v1"
+    with fs.Staging(final) as st:
+        fs.write_bytes(st.file("a.txt"), b"first")
+        fs.write_bytes(st.file("sub", "b.txt"), b"deep")
+        assert not fs.exists(final) and not fs.is_committed(final)
+        st.commit({"n": 1})
+    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "a.txt", "sub"]
+    assert fs.read_bytes(f"{final}/sub/b.txt") == b"deep" and fs.is_committed(final)
+    with fs.Staging(final) as st:
+        fs.write_bytes(st.file("c.txt"), b"second")
+        st.commit({"n": 2})
+    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "c.txt"]
+    assert fs.read_json(f"{final}/_manifest.json") == {"n": 2}
+    assert fs.listdir(f"{root}/out") == ["v1"]                           # no staging left behind
+
+
+def test_failed_job_leaves_previous_output_intact_and_nothing_partial(root):
+    final = f"{root}/v1"
+    with fs.Staging(final) as st:
+        fs.write_bytes(st.file("good.txt"), b"good")
+        st.commit({"n": 1})
+    with pytest.raises(RuntimeError):
+        with fs.Staging(final) as st:
+            fs.write_bytes(st.file("half.txt"), b"half")
+            raise RuntimeError("killed midway")
+    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "good.txt"]
+    assert fs.listdir(root) == ["v1"]
+
+
+def test_leftovers_of_a_killed_attempt_are_removed_by_the_next(root):
+    fs.write_bytes(f"{root}/.v1.staging-dead/part-0", b"x")
+    fs.write_bytes(f"{root}/.v1.trash-dead/part-0", b"x")
+    with fs.Staging(f"{root}/v1") as st:
+        st.commit({})
+    assert fs.listdir(root) == ["v1"] and fs.listdir(f"{root}/v1") == ["_SUCCESS", "_manifest.json"]
+
+
+def test_commit_writes_the_marker_last(root, monkeypatch, s3_env):
+    """A commit that cannot write _SUCCESS (refused by policy) has published the data and the manifest
+    but leaves no committed output: the older output lost its marker before anything else changed."""
+    endpoint, keys = s3_env
+    final = f"{root}/v1"
+    with fs.Staging(final) as st:
+        fs.write_bytes(st.file("old.txt"), b"old")
+        st.commit({"n": 1})
+    _as(monkeypatch, *keys["no-marker"], endpoint)
+    with pytest.raises(fs.StorageError, match="_SUCCESS: access was refused"):
+        with fs.Staging(final) as st:
+            fs.write_bytes(st.file("new.txt"), b"new")
+            st.commit({"n": 2})
+    assert not fs.is_committed(final)
+    assert fs.listdir(final) == ["_manifest.json", "new.txt"]
+    assert fs.read_json(f"{final}/_manifest.json") == {"n": 2}
+    assert fs.listdir(root) == ["v1"]                                    # the staging copy was removed
+
+
+@pytest.mark.parametrize("root_uri", ["ftp://host/data", "http://host/data", "memory://data", "gcs://b/data",
+                                      "az://c/data", "viewfs://cluster/data", "wasb://c@a.blob.core.windows.net/d"])
+def test_unsupported_schemes_are_refused_naming_the_supported_ones(root_uri):
+    with pytest.raises(fs.StorageError) as e:
+        fs.check_root(root_uri)
+    msg = str(e.value)
+    assert "\n" not in msg and root_uri in msg
+    for s in ("local paths", "file://", "s3://", "s3a://", "gs://", "hdfs://", "abfs://", "abfss://",
+              "s3fs", "gcsfs", "adlfs", "pyarrow"):
+        assert s in msg
+    with pytest.raises(fs.StorageError):                                 # and no operation reaches them
+        fs.exists(root_uri + "/x")
+
+
+def test_supported_roots_pass_the_form_check(tmp_path):
+    for ok in (str(tmp_path), f"file://{tmp_path}", "relative/dir", "s3://b/p", "s3a://b/p", "gs://b/p",
+               "hdfs://namenode:8020/p", "abfs://c@acct.dfs.core.windows.net/p",
+               "abfss://c@acct.dfs.core.windows.net/p"):
+        assert fs.check_root(ok) == ok
+
+
+def test_credentials_in_the_uri_are_refused():
+    with pytest.raises(fs.StorageError, match="carries a password") as e:
+        fs.check_root("s3://AKIAEXAMPLE:topsecretvalue@bucket/p")
+    assert "topsecretvalue" not in str(e.value) and "AWS_SECRET_ACCESS_KEY" in str(e.value)
+
+
+def _one_line_error(call, *args):
+    with pytest.raises(fs.StorageError) as e:
+        call(*args)
+    msg = str(e.value)
+    assert "\n" not in msg and e.value.__cause__ is None and e.value.__suppress_context__
+    return msg
+
+
+@pytest.mark.parametrize("which", ["wrong secret", "unknown key id"])
+def test_refused_credentials_give_one_line_naming_root_and_variables(root, monkeypatch, s3_env, which):
+    endpoint, keys = s3_env
+    fs.write_bytes(f"{root}/x", b"1")
+    key_id, secret = keys["writer"]
+    bad = ("wrongSecretValue0123456789", ) if which == "wrong secret" else ()
+    _as(monkeypatch, key_id if bad else "AKIAUNKNOWNKEYID0000", bad[0] if bad else secret, endpoint)
+    msg = _one_line_error(fs.check_access, root)
+    assert msg.startswith(f"{root}: access was refused")
+    assert "AWS_ACCESS_KEY_ID" in msg and "AWS_SECRET_ACCESS_KEY" in msg
+    assert secret not in msg and "wrongSecretValue0123456789" not in msg
+    assert _one_line_error(fs.read_bytes, f"{root}/x").startswith(f"{root}/x: access was refused")
+
+
+def test_missing_credentials_give_one_line_naming_root_and_variables(root, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    msg = _one_line_error(fs.check_access, root)
+    assert msg.startswith(f"{root}: access was refused (NoCredentialsError")
+    assert "AWS_ACCESS_KEY_ID" in msg and "AWS_SECRET_ACCESS_KEY" in msg
+
+
+def test_unreachable_endpoint_gives_one_line_naming_root_and_endpoint_variable(root, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    msg = _one_line_error(fs.check_access, root)
+    assert msg.startswith(f"{root}: the store could not be reached") and "AWS_ENDPOINT_URL_S3" in msg
+
+
+def test_check_access_accepts_a_new_root_and_a_used_one(root):
+    fs.check_access(root)                                               # nothing written yet
+    fs.write_bytes(f"{root}/tfrecords/v1/_SUCCESS", b"")
+    fs.check_access(root)
+    fs.check_access("s3a://" + root[len("s3://"):])
+
+
+def test_no_secret_value_reaches_a_message(root, s3_env):
+    """Whatever a client library puts in its error, the StorageError never repeats a secret."""
+    secret = s3_env[1]["writer"][1]
+    with pytest.raises(fs.StorageError) as e:
+        with fs._translated(root):
+            raise PermissionError(f"signature of {secret} refused")
+    assert secret not in str(e.value) and "signature of *** refused" in str(e.value)
+    assert fs.SECRET_NAMES.search("AWS_SECRET_ACCESS_KEY") and fs.SECRET_NAMES.search("AWS_ACCESS_KEY_ID")
+    assert not fs.SECRET_NAMES.search("AWS_ENDPOINT_URL_S3")
+
+
+SPARK_DEFAULT_REDACTION = r"(?i)secret|password|token|access[.]?key"  # spark-core 4.2.0, internal/config
+
+
+@pytest.mark.parametrize("name", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                  "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                                  "AZURE_STORAGE_CONNECTION_STRING",
+                                  "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET"])
+def test_the_redaction_regex_covers_every_forwarded_secret(name):
+    import re
+    assert re.search(fs.SPARK_REDACTION_REGEX, f"spark.executorEnv.{name}")
+    covered_by_default = bool(re.search(SPARK_DEFAULT_REDACTION, f"spark.executorEnv.{name}"))
+    assert covered_by_default == (name not in ("AWS_ACCESS_KEY_ID", "AZURE_STORAGE_ACCOUNT_KEY",
+                                               "AZURE_STORAGE_CONNECTION_STRING"))
+    assert name in {n for s in fs.SCHEMES.values() for n in s.forward}
+
+
+def test_executor_env_forwards_what_the_client_reads(root, s3_env, monkeypatch, tmp_path):
+    endpoint, keys = s3_env
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "not-for-s3")
+    env = fs.executor_env(root)
+    assert env["AWS_ACCESS_KEY_ID"] == keys["writer"][0] and env["AWS_SECRET_ACCESS_KEY"] == keys["writer"][1]
+    assert env["AWS_ENDPOINT_URL_S3"] == endpoint and "AZURE_STORAGE_ACCOUNT_KEY" not in env
+    assert "AWS_CONFIG_FILE" not in env                                  # a path of the driver's, not forwarded
+    assert fs.executor_env(str(tmp_path)) == {} and fs.executor_env(f"file://{tmp_path}") == {}
