@@ -15,16 +15,26 @@ A lost executor fails the run with one ``ERROR [infer]`` line (runner.main; in t
 ends the application itself): nothing is published, so a retry is safe.
 """
 
-import time
+from __future__ import annotations
 
-from pyspark.accumulators import AccumulatorParam
+import argparse
+import time
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import dataset, fs, paths, predict, serving
 from .runner import JobError, executor_loss, executor_loss_message, executors, requested_executors
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import StructType
+    from tensorflowonspark.TFSparkNode import TFNodeContext
+
 
 class _ListParam(AccumulatorParam):
-    """Accumulator collecting one timing record per partition."""
+    """Accumulator collecting one timing record (a dict) per partition into a list."""
 
     def zero(self, value):
         return []
@@ -33,8 +43,37 @@ class _ListParam(AccumulatorParam):
         return a + b
 
 
-def predict_partition(model_dir, image_shape, batch_size, model_version, dataset_version, columns, loads, timings):
+def prediction_schema() -> StructType:
+    """The Spark schema of the predictions (one row per scored input row).
+
+    ``row_id`` long, ``predicted_class`` int (0..9), ``probability`` float (of the predicted class),
+    ``probabilities`` array<float> [10] (softmax, model.OUTPUT_PROBABILITIES), ``label`` int (null
+    when the row has none), ``model_version`` and ``dataset_version`` strings.
+    """
+    from pyspark.sql import types as T
+
+    return T.StructType([
+        T.StructField("row_id", T.LongType(), False),
+        T.StructField("predicted_class", T.IntegerType(), False),
+        T.StructField("probability", T.FloatType(), False),
+        T.StructField("probabilities", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("label", T.IntegerType(), True),
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("dataset_version", T.StringType(), False),
+    ])
+
+
+def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: int, model_version: str,
+                      dataset_version: str, columns: list[str], loads: Accumulator,
+                      timings: Accumulator) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Executor side (``mapInArrow``): Arrow record batches of predictions for this partition's files.
+
+    The returned function reads the shard paths of its input batches (column ``path``), scores their
+    rows ``batch_size`` at a time with the SavedModel at ``model_dir`` (images ``(H, W)`` =
+    ``image_shape``) and yields one Arrow batch per model batch, with ``columns`` in the order of
+    :func:`prediction_schema`. ``loads`` counts the model loads (one per executor process, see
+    predict.loaded_model); ``timings`` collects one record per partition: ``partition``, ``rows``,
+    ``load_seconds``, and ``start``/``end`` of its scoring in epoch seconds.
 
     Columnar end to end: a batch of predictions becomes one Arrow batch built from numpy arrays, with
     no Python object per row, so the executor's core is spent in TensorFlow, not in serialization.
@@ -70,8 +109,13 @@ def predict_partition(model_dir, image_shape, batch_size, model_version, dataset
     return run
 
 
-def tfos_node(args, ctx):
-    """A TFoS node (InputMode.SPARK): predict the rows Spark feeds, one result row per input row."""
+def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
+    """A TFoS node (InputMode.SPARK): predict the rows Spark feeds, one result row per input row.
+
+    ``node_args``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
+    ``dataset_version`` (what :func:`run` passes to ``TFCluster.run``); ``ctx``: TFoS's node context.
+    Each result is a tuple in the column order of :func:`prediction_schema`.
+    """
     import os
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -80,18 +124,18 @@ def tfos_node(args, ctx):
     from tfospipe import predict as node_predict
     from tfospipe import schema as node_schema
 
-    image_shape = tuple(args["image_shape"])
-    fn = node_predict.loaded_model(args["model_dir"], image_shape)
+    image_shape = tuple(node_args["image_shape"])
+    fn = node_predict.loaded_model(node_args["model_dir"], image_shape)
     feed = ctx.get_data_feed(train_mode=False)
     while not feed.should_stop():
-        batch = feed.next_batch(args["batch_size"])
+        batch = feed.next_batch(node_args["batch_size"])
         if not batch:
             continue
         images, labels, row_ids = node_schema.parse_batch(tf.constant(batch), image_shape)
         probabilities, classes = fn(images.numpy())
         feed.batch_results([
-            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, args["model_version"],
-             args["dataset_version"])
+            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, node_args["model_version"],
+             node_args["dataset_version"])
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
 
 
@@ -122,6 +166,8 @@ def _shutdown(cluster):
 
 
 def _model(layout, requested):
+    """The model version to score with: ``requested`` when it was promoted, else the one serving.
+    JobError for a version never promoted, or when nothing was promoted yet."""
     if requested:
         mv = paths.check_segment(requested, "model version")
         if mv not in serving.versions(layout):
@@ -135,9 +181,35 @@ def _model(layout, requested):
     return now["model_version"]
 
 
-def run(spark, args):
-    from pyspark.sql import types as T
+def _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started):
+    """The predictions' manifest (and RESULT summary): counts, mode, model loads, per-partition timings."""
+    result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
+              "rows_out": rows_out, "partitions": slices, "files": len(files), "mode": args.mode,
+              # tfos mode: one load per TFoS node, in the node's own process (not counted here)
+              "model_loads": loads.value if args.mode == "executors" else None,
+              "tfos_nodes": nodes if args.mode == "tfos" else None,
+              "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
+              "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
+    spans = timings.value
+    if spans:  # steady state: from the first partition's first batch to the last partition's end
+        wall = max(t["end"] for t in spans) - min(t["start"] for t in spans)
+        result["predict_rows_per_second"] = round(rows_in / wall, 1) if wall > 0 else None
+    return result
 
+
+def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """Score dataset version ``args.version`` of ``args.data_root`` (the parsed infer flags, jobargs).
+
+    Scores the ``score`` split when the conversion wrote rows to it, else ``eval``, with
+    ``args.model_version`` (a promoted one) or the model serving, ``args.batch_size`` rows per model
+    call, in ``args.mode`` ``executors`` (:func:`predict_partition`) or ``tfos`` (:func:`tfos_node`).
+    Writes ``predictions/{version}/`` (Parquet, :func:`prediction_schema`) through a staging
+    directory, committed with the summary as manifest, and returns the summary with ``output``.
+
+    Raises JobError, publishing nothing, when the version was not converted, the model was never
+    promoted (or nothing serves), a TFoS node failed, or the rows written differ from the split's
+    rows in the conversion manifest.
+    """
     sc = spark.sparkContext
     layout = paths.Layout(args.data_root)
     manifest = dataset.read_manifest(layout, args.version)
@@ -148,15 +220,7 @@ def run(spark, args):
     mv = _model(layout, args.model_version)
     model_dir = layout.serving_model(mv)
 
-    schema = T.StructType([
-        T.StructField("row_id", T.LongType(), False),
-        T.StructField("predicted_class", T.IntegerType(), False),
-        T.StructField("probability", T.FloatType(), False),
-        T.StructField("probabilities", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("label", T.IntegerType(), True),
-        T.StructField("model_version", T.StringType(), False),
-        T.StructField("dataset_version", T.StringType(), False),
-    ])
+    output_schema = prediction_schema()
     loads = sc.accumulator(0)
     timings = sc.accumulator([], _ListParam())
     started = time.time()
@@ -171,28 +235,18 @@ def run(spark, args):
             node_args = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": args.batch_size,
                          "model_version": mv, "dataset_version": args.version}
             cluster, results = _tfos_predictions(spark, files, node_args, nodes)
-            predictions = spark.createDataFrame(results, schema)
+            predictions = spark.createDataFrame(results, output_schema)
         else:
             inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
             predictions = inputs.mapInArrow(
-                predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, schema.fieldNames(),
-                                  loads, timings), schema)
+                predict_partition(model_dir, image_shape, args.batch_size, mv, args.version,
+                                  output_schema.fieldNames(), loads, timings), output_schema)
         predictions.write.mode("overwrite").parquet(stage.path)
         if cluster is not None:
             _shutdown(cluster)
         rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
-        result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
-                  "rows_out": rows_out, "partitions": slices, "files": len(files), "mode": args.mode,
-                  # tfos mode: one load per TFoS node, in the node's own process (not counted here)
-                  "model_loads": loads.value if args.mode == "executors" else None,
-                  "tfos_nodes": nodes if args.mode == "tfos" else None,
-                  "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
-                  "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
-        spans = timings.value
-        if spans:  # steady state: from the first partition's first batch to the last partition's end
-            wall = max(t["end"] for t in spans) - min(t["start"] for t in spans)
-            result["predict_rows_per_second"] = round(rows_in / wall, 1) if wall > 0 else None
+        result = _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started)
         stage.commit(result)
     return dict(result, output=out)
