@@ -10,6 +10,8 @@ its head by :func:`sniff`, with ``csv.Sniffer`` choosing the delimiter. Lines th
 lines, the header) are counted apart from rows: rows read = rows written + rows quarantined.
 """
 
+from __future__ import annotations
+
 import codecs
 import csv
 import dataclasses
@@ -17,17 +19,20 @@ import functools
 import hashlib
 import math
 from collections import Counter
+from typing import Iterable, Iterator
 
 import numpy as np
 
+#: Buckets of the content hash that splits rows into train and eval (:func:`splits_of`).
 HASH_BUCKETS = 1_000_000
+#: Bytes per block parsed at once (:func:`chunks`, :func:`iter_block`).
 CHUNK_BYTES = 4 << 20
 
 
 class RowError(ValueError):
     """A row that cannot be converted: ``kind`` counts it in the manifest, the message explains it."""
 
-    def __init__(self, kind, message):
+    def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
 
@@ -80,9 +85,15 @@ class Dialect:
 
 
 class Spec:
-    """What a valid row looks like for one dataset version."""
+    """What a valid row looks like for one dataset version.
 
-    def __init__(self, num_pixels, labeled=True, pixel_max=255, num_classes=10, label_col=0):
+    ``num_pixels``: H*W pixel fields; ``labeled``: a label field comes too, at index ``label_col``
+    among the row's fields (negative: from the end), a class id in 0..``num_classes``-1; every pixel
+    value is an integer in 0..``pixel_max``.
+    """
+
+    def __init__(self, num_pixels: int, labeled: bool = True, pixel_max: int = 255, num_classes: int = 10,
+                 label_col: int = 0):
         self.num_pixels = num_pixels
         self.labeled = labeled
         self.pixel_max = pixel_max
@@ -90,11 +101,12 @@ class Spec:
         self.label_col = label_col
 
     @property
-    def num_columns(self):
+    def num_columns(self) -> int:
+        """Fields per row: the pixels, plus the label when labeled."""
         return self.num_pixels + (1 if self.labeled else 0)
 
 
-def lines(data):
+def lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(line number starting at 1, raw bytes) for each line; a final newline ends the last line."""
     parts = data.split(b"\n")
     if parts and parts[-1] == b"":
@@ -111,7 +123,7 @@ def _is_number(text):
         return False
 
 
-def looks_like_header(fields, first_line=False):
+def looks_like_header(fields: list[str], first_line: bool = False) -> bool:
     """Whether a line's fields name columns rather than hold a row.
 
     Three conventions: names only (``label,pixel0,...``, ``1x1,1x2,...``); names mixed with indices
@@ -135,13 +147,15 @@ def looks_like_header(fields, first_line=False):
     return first_line and len(ints) == len(fields) >= 2 and counts_up and ints[0] in (0, 1)
 
 
-def is_blank(raw, delimiter=b","):
+def is_blank(raw: bytes, delimiter: bytes = b",") -> bool:
     """A line with no value in it: empty, whitespace, or only delimiters and empty quotes (``,,,``)."""
     return not raw.translate(None, b' \t\r"' + delimiter)
 
 
-def split_fields(text, delimiter=","):
-    """The fields of one decoded line: RFC 4180 quoting when a quote is present (csv module)."""
+def split_fields(text: str, delimiter: str = ",") -> list[str]:
+    """The fields of one decoded line: RFC 4180 quoting when a quote is present (csv module).
+
+    Raises RowError (kind ``quote``) for malformed quoting."""
     if '"' not in text:
         return text.split(delimiter)
     try:
@@ -171,7 +185,7 @@ def _to_int(text, col):
     return int(value)
 
 
-def parse_row(raw, spec, delimiter=","):
+def parse_row(raw: bytes, spec: Spec, delimiter: str = ",") -> tuple[int | None, list[int]]:
     """(label or None, pixel list) of one raw line, or RowError naming what is wrong.
 
     Fields are split on ``delimiter``; a quoted field (``"5"``) is unquoted as RFC 4180 says.
@@ -222,14 +236,18 @@ def _name_key(file_name):
     return np.uint64(int.from_bytes(hashlib.blake2b(file_name.encode("utf-8"), digest_size=8).digest(), "big"))
 
 
-def row_ids(file_name, line_numbers):
-    """Stable 63-bit ids of source rows: the same file name and line give the same id on every run."""
+def row_ids(file_name: str, line_numbers: Iterable[int] | np.ndarray) -> np.ndarray:
+    """Stable 63-bit ids of source rows: the same file name and line give the same id on every run.
+
+    ``file_name``: relative to ``raw/{version}/``; ``line_numbers``: 1-based. Returns int64 [n], all
+    >= 0: splitmix64 of the line number added to a blake2b key of the name, mixed again."""
     lines = np.asarray(line_numbers, np.uint64)
     with np.errstate(over="ignore"):
         return (_mix(_name_key(file_name) + _mix(lines)) & _MASK63).astype(np.int64)
 
 
-def row_id(file_name, line_no):
+def row_id(file_name: str, line_no: int) -> int:
+    """:func:`row_ids` of one line."""
     return int(row_ids(file_name, [line_no])[0])
 
 
@@ -247,16 +265,20 @@ def _content_hash(labels, pixels):
         return _mix(h ^ _mix(np.asarray(labels, np.uint64)))
 
 
-def splits_of(labels, pixels, eval_fraction):
+def splits_of(labels: np.ndarray, pixels: np.ndarray, eval_fraction: float) -> np.ndarray:
     """'eval' or 'train' per row from its content alone, so reruns and backfills split identically.
 
-    Identical rows always land in the same split, so duplicates cannot leak from train into eval.
+    ``labels`` int [n], ``pixels`` int [n, P] (non-negative); ``eval_fraction`` 0..1. Returns str [n]:
+    a row is ``eval`` when a 64-bit hash of its values falls into the first ``eval_fraction`` of
+    :data:`HASH_BUCKETS` buckets. Identical rows always land in the same split, so duplicates cannot
+    leak from train into eval.
     """
     bucket = _content_hash(labels, pixels) % np.uint64(HASH_BUCKETS)
     return np.where(bucket < np.uint64(int(eval_fraction * HASH_BUCKETS)), "eval", "train")
 
 
-def split_of(label, pixels, eval_fraction):
+def split_of(label: int, pixels: list[int], eval_fraction: float) -> str:
+    """:func:`splits_of` of one row."""
     return str(splits_of([label], [pixels], eval_fraction)[0])
 
 
@@ -283,7 +305,7 @@ def _unquote(buf, delimiter):
     return buf[buf != 34]
 
 
-def parse_clean(data, num_columns, delimiter=b",", quoted=False):
+def parse_clean(data: bytes, num_columns: int, delimiter: bytes = b",", quoted: bool = False) -> np.ndarray | None:
     """int64 [rows, num_columns] of a block of clean CSV lines, or None when the block is not clean.
 
     Clean: only digits, ``delimiter`` and newlines, every line with ``num_columns`` non-empty fields
@@ -327,7 +349,7 @@ def parse_clean(data, num_columns, delimiter=b",", quoted=False):
     return values.reshape(-1, num_columns)
 
 
-def chunks(data, size=CHUNK_BYTES):
+def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
     """(offset, bytes) pieces of ``data`` that end at a newline, about ``size`` bytes each."""
     start, end = 0, len(data)
     while start < end:
@@ -337,7 +359,7 @@ def chunks(data, size=CHUNK_BYTES):
         start = stop
 
 
-def infer_num_columns(sample_lines, delimiter=","):
+def infer_num_columns(sample_lines: Iterable[bytes], delimiter: str = ",") -> int | None:
     """Most common field count among the sample's non-header data lines (None when there are none)."""
     counts = Counter()
     for raw in sample_lines:
@@ -359,7 +381,7 @@ def _foreign_encoding(head):
     return None
 
 
-def sniff(head, name, complete=True):
+def sniff(head: bytes, name: str, complete: bool = True) -> Dialect:
     """The :class:`Dialect` of a CSV file from its first lines.
 
     ``head``: the file's first bytes, whole lines (``complete``: the whole file). Raises
@@ -439,7 +461,9 @@ def _parse_lines(data, spec, first_line_no, delimiter=","):
     return labels, pixels, numbers, bad, blank
 
 
-def iter_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, counts=None):
+def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: bool = True,
+               dialect: Dialect | None = None, counts: Counter | None = None
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str, str]]]]:
     """Classify the lines of a block of a CSV file (whole lines, line numbers from ``first_line_no``).
 
     Yields, per chunk of about CHUNK_BYTES, ``(labels int64 [n] (-1 when unlabeled), pixels int64
@@ -490,7 +514,9 @@ def iter_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, c
         line_no += rows
 
 
-def parse_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, counts=None):
+def parse_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: bool = True,
+                dialect: Dialect | None = None, counts: Counter | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str, str]]]:
     """All of :func:`iter_block` at once: (labels, pixels, line numbers, bad)."""
     parts = list(iter_block(data, spec, first_line_no, header_allowed, dialect, counts))
     if not parts:

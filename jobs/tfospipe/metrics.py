@@ -1,18 +1,27 @@
-"""Classification metrics from a confusion matrix (rows: true class, columns: predicted class)."""
+"""Classification metrics from a confusion matrix (rows: true class, columns: predicted class).
+
+An accumulator (:func:`empty`) holds ``confusion`` int64 [10, 10], ``loss_sum`` (summed cross-entropy
+in nats) and ``bad_outputs`` (rows whose output is not a finite probability vector summing to 1);
+executors fill one per partition (:func:`update`), the driver merges them (:func:`merge`) and
+reports the figures (:func:`summarize`).
+"""
 
 import numpy as np
 
 from . import schema
 
 
-def empty():
-    """Accumulator of one model's evaluation: confusion matrix, summed log loss, bad outputs."""
+def empty() -> dict:
+    """Accumulator of one model's evaluation: confusion matrix, summed log loss, bad outputs (all zero)."""
     return {"confusion": np.zeros((schema.NUM_CLASSES, schema.NUM_CLASSES), np.int64), "loss_sum": 0.0,
             "bad_outputs": 0}
 
 
-def update(acc, labels, probabilities):
-    """Add a batch: ``labels`` int [N], ``probabilities`` float [N, C]."""
+def update(acc: dict, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Add a batch to ``acc`` in place and return it: ``labels`` int [N] (0..C-1), ``probabilities`` float [N, C].
+
+    A row counts as a bad output when its probabilities are not all finite or do not sum to 1 within
+    1e-3; its log loss uses the label's probability clipped to [1e-12, 1]."""
     labels = np.asarray(labels, np.int64)
     probabilities = np.asarray(probabilities, np.float64)
     finite = np.isfinite(probabilities).all(axis=1)
@@ -25,13 +34,17 @@ def update(acc, labels, probabilities):
     return acc
 
 
-def merge(a, b):
+def merge(a: dict, b: dict) -> dict:
+    """The sum of two accumulators (a new one; neither is changed)."""
     return {"confusion": a["confusion"] + b["confusion"], "loss_sum": a["loss_sum"] + b["loss_sum"],
             "bad_outputs": a["bad_outputs"] + b["bad_outputs"]}
 
 
-def summarize(acc):
-    """accuracy, loss, per-class precision/recall/F1, confusion matrix, examples."""
+def summarize(acc: dict) -> dict:
+    """The figures of an accumulator: ``examples``, ``accuracy`` (0..1), ``loss`` (mean cross-entropy,
+    nats), ``bad_outputs``, ``per_class`` (``{"0": {"precision", "recall", "f1", "support"}}``, rounded
+    to 4 digits; 0 where undefined) and ``confusion_matrix`` (lists). Accuracy and loss are 0.0 for
+    no examples."""
     cm = np.asarray(acc["confusion"], np.int64)
     n = int(cm.sum())
     tp = np.diag(cm).astype(np.float64)

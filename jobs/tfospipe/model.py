@@ -14,7 +14,12 @@ tf-keras is used (``TF_USE_LEGACY_KERAS=1``): Keras 3 cannot train under
 MultiWorkerMirroredStrategy with this stack.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Callable
+
+import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -34,7 +39,10 @@ class HalfPrecisionAllReduceAdam(tf.keras.optimizers.Adam):
     and half the CPU of the ring all-reduce, which on CPU workers is paid in compute time. The sum is
     cast back to float32 before the update; gradients below ~6e-8 round to zero on the way."""
 
-    def aggregate_gradients(self, grads_and_vars):
+    def aggregate_gradients(self, grads_and_vars: list[tuple[tf.Tensor | None, tf.Variable]]
+                            ) -> list[tuple[tf.Tensor | None, tf.Variable]]:
+        """The gradients summed over the replicas as float16, cast back to each variable's dtype
+        (None gradients stay None; outside a replica context Adam's own aggregation)."""
         pairs = [(g, v) for g, v in grads_and_vars if g is not None]
         context = tf.distribute.get_replica_context()
         if not pairs or context is None:
@@ -44,12 +52,16 @@ class HalfPrecisionAllReduceAdam(tf.keras.optimizers.Adam):
         return [(next(summed), v) if g is not None else (g, v) for g, v in grads_and_vars]
 
 
-def build_model(image_shape, pixel_max, learning_rate=1e-3, steps_per_execution=1, gradient_compression="none"):
+def build_model(image_shape: tuple[int, int], pixel_max: int, learning_rate: float = 1e-3,
+                steps_per_execution: int = 1, gradient_compression: str = "none") -> tf.keras.Model:
     """The seed's CNN, compiled for training with sparse categorical cross-entropy.
 
-    ``steps_per_execution`` > 1 runs that many steps in one call of the compiled train function:
-    fewer round trips from Python, batch callbacks every that many steps. ``gradient_compression``
-    "fp16" all-reduces the gradients as float16 (:class:`HalfPrecisionAllReduceAdam`)."""
+    ``image_shape``: ``(H, W)`` in pixels; ``pixel_max``: the dataset's pixel scale (the conversion
+    manifest's ``pixel_max``), by which the model divides its input. ``steps_per_execution`` > 1 runs
+    that many steps in one call of the compiled train function: fewer round trips from Python, batch
+    callbacks every that many steps. ``gradient_compression`` "fp16" all-reduces the gradients as
+    float16 (:class:`HalfPrecisionAllReduceAdam`). Raises ValueError for another value than those of
+    jobargs.GRADIENT_COMPRESSIONS."""
     if gradient_compression not in GRADIENT_COMPRESSIONS:
         raise ValueError(f"gradient_compression {gradient_compression!r} is not one of {GRADIENT_COMPRESSIONS}")
     keras = tf.keras
@@ -77,7 +89,9 @@ def build_model(image_shape, pixel_max, learning_rate=1e-3, steps_per_execution=
     return model
 
 
-def serving_function(model, image_shape):
+def serving_function(model: tf.keras.Model, image_shape: tuple[int, int]) -> tf.types.experimental.GenericFunction:
+    """The ``serving_default`` function of ``model``: image float32 [None, H, W, 1] ->
+    ``{"probabilities": float32 [None, 10], "class": int64 [None]}`` (the module docstring's signature)."""
     h, w = image_shape
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, 1], tf.float32, name=INPUT)])
@@ -88,17 +102,19 @@ def serving_function(model, image_shape):
     return serve
 
 
-def export(model, path, image_shape):
-    """Write ``model`` as a SavedModel with the serving signature above."""
+def export(model: tf.keras.Model, path: str, image_shape: tuple[int, int]) -> None:
+    """Write ``model`` as a SavedModel at ``path`` (a local path or a URI) with the serving signature above."""
     tf.saved_model.save(model, path, signatures={SIGNATURE: serving_function(model, image_shape)})
 
 
 class SignatureError(ValueError):
-    pass
+    """A SavedModel whose ``serving_default`` signature differs from the contract of this module."""
 
 
-def check_signature(loaded, image_shape):
-    """Raise SignatureError naming what differs from the documented signature; return the function."""
+def check_signature(loaded: object, image_shape: tuple[int, int]) -> tf.types.experimental.ConcreteFunction:
+    """Raise SignatureError naming what differs from the documented signature; return the function.
+
+    ``loaded``: what ``tf.saved_model.load`` returned; ``image_shape``: the ``(H, W)`` the input must take."""
     if SIGNATURE not in loaded.signatures:
         raise SignatureError(f"no '{SIGNATURE}' signature (found {sorted(loaded.signatures)})")
     fn = loaded.signatures[SIGNATURE]
@@ -121,8 +137,13 @@ def check_signature(loaded, image_shape):
     return fn
 
 
-def load_serving(path, image_shape):
-    """Load a SavedModel, check its signature, return ``predict(images) -> (probabilities, classes)``."""
+def load_serving(path: str,
+                 image_shape: tuple[int, int]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Load a SavedModel, check its signature, return ``predict(images) -> (probabilities, classes)``.
+
+    ``images``: float32 [n, H, W, 1] raw pixel values (anything ``tf.convert_to_tensor`` takes);
+    ``probabilities``: float32 [n, 10]; ``classes``: int64 [n]. Raises SignatureError (check_signature),
+    and OSError when ``path`` holds no SavedModel."""
     loaded = tf.saved_model.load(path)
     fn = check_signature(loaded, image_shape)
 

@@ -20,6 +20,8 @@ Versions and run ids become path segments, so they are checked here: no separato
 no ``..``, no whitespace or shell metacharacters.
 """
 
+from __future__ import annotations
+
 import os
 import re
 
@@ -40,7 +42,7 @@ class PathError(ValueError):
     """A version or run id that cannot be used as a path segment."""
 
 
-def check_segment(value, what="dataset version"):
+def check_segment(value: object, what: str = "dataset version") -> str:
     """Return ``value`` if it is a safe single path segment (:data:`SEGMENT_PATTERN`), else raise PathError."""
     if not isinstance(value, str) or not _SEGMENT.search(value):
         raise PathError(
@@ -49,13 +51,16 @@ def check_segment(value, what="dataset version"):
     return value
 
 
-def run_slug(run_id):
-    """Turn an Airflow run id (``manual__2026-11-28T10:00:00+00:00``) into a path segment."""
+def run_slug(run_id: object) -> str:
+    """Turn an Airflow run id (``manual__2026-11-28T10:00:00+00:00``) into a path segment.
+
+    Runs of characters outside :data:`SEGMENT_PATTERN` (and of dots) become ``_``, the ends are
+    stripped of ``._-``, the result is cut at 128 characters (``run`` when nothing is left)."""
     slug = re.sub(r"\.{2,}", "_", _RUN_UNSAFE.sub("_", str(run_id))).strip("._-")  # Airflow allows 'a..b'
     return check_segment(slug[:128] or "run", "run id")
 
 
-def join(*parts):
+def join(*parts: str) -> str:
     """Join a root (local path or URI) with segments, using '/' for URIs."""
     root, rest = parts[0], [p.strip("/") for p in parts[1:] if p]
     if "://" in root:
@@ -63,7 +68,7 @@ def join(*parts):
     return os.path.join(root, *rest)
 
 
-def normalize_root(root):
+def normalize_root(root: str) -> str:
     """A local root becomes absolute (executors do not share the driver's working directory)."""
     if "://" in root:
         return root.rstrip("/")
@@ -71,46 +76,61 @@ def normalize_root(root):
 
 
 class Layout:
-    """Paths of every artefact, keyed by dataset version (and run for models)."""
+    """Paths of every artefact, keyed by dataset version (and run for models).
 
-    def __init__(self, root):
+    Every method returns a path under :attr:`root` as the module docstring lays it out, and raises
+    PathError when a version, run id or model version is not a safe path segment (check_segment).
+    """
+
+    def __init__(self, root: str):
         self.root = normalize_root(root)
 
-    def raw(self, version):
+    def raw(self, version: str) -> str:
+        """``{root}/raw/{version}``: the version's input CSV files."""
         return join(self.root, "raw", check_segment(version))
 
-    def tfrecords(self, version):
+    def tfrecords(self, version: str) -> str:
+        """``{root}/tfrecords/{version}``: the converted version (splits, manifest, commit marker)."""
         return join(self.root, "tfrecords", check_segment(version))
 
-    def split(self, version, split):
+    def split(self, version: str, split: str) -> str:
+        """``{root}/tfrecords/{version}/{split}``: the shards of one split."""
         return join(self.tfrecords(version), split)
 
-    def lineage(self, version):
+    def lineage(self, version: str) -> str:
         """The row_id -> (file, line, split) index of a converted version (Parquet parts)."""
         return join(self.tfrecords(version), LINEAGE_DIR)
 
-    def quarantine(self, version):
+    def quarantine(self, version: str) -> str:
+        """``{root}/quarantine/{version}``: the rows the conversion could not convert."""
         return join(self.root, "quarantine", check_segment(version))
 
-    def model_run(self, version, run):
+    def model_run(self, version: str, run: str) -> str:
+        """``{root}/models/{version}/{run}``: one training run."""
         return join(self.root, "models", check_segment(version), check_segment(run, "run id"))
 
-    def exported_model(self, version, run):
+    def exported_model(self, version: str, run: str) -> str:
+        """The SavedModel a training run's chief exported (``model/`` of the run)."""
         return join(self.model_run(version, run), "model")
 
-    def validation(self, version, run):
+    def validation(self, version: str, run: str) -> str:
+        """``{root}/validation/{version}/{run}``: the gate's report of a training run."""
         return join(self.root, "validation", check_segment(version), check_segment(run, "run id"))
 
-    def serving(self):
+    def serving(self) -> str:
+        """``{root}/serving``: promoted models, the pointer, the history."""
         return join(self.root, "serving")
 
-    def serving_model(self, model_version):
+    def serving_model(self, model_version: str) -> str:
+        """``{root}/serving/models/{model_version}``: one promoted SavedModel."""
         return join(self.serving(), "models", check_segment(model_version, "model version"))
 
-    def serving_pointer(self):
+    def serving_pointer(self) -> str:
+        """``{root}/serving/CURRENT.json``: which model serves."""
         return join(self.serving(), "CURRENT.json")
 
-    def predictions(self, version):
+    def predictions(self, version: str) -> str:
+        """``{root}/predictions/{version}``: the version's Parquet predictions."""
         return join(self.root, "predictions", check_segment(version))
 
 

@@ -7,8 +7,11 @@ which promotion rule decided (policy, data dates, the serving models compared wi
 import io
 
 
-def confusion_png(results):
-    """PNG bytes: one confusion-matrix heat map per evaluated model (``{"candidate": summary, ...}``)."""
+def confusion_png(results: dict) -> bytes:
+    """PNG bytes: one confusion-matrix heat map per evaluated model (``{"candidate": summary, ...}``).
+
+    ``results``: ``metrics.summarize`` results by model name; ``candidate`` and, when present and not
+    None, ``champion`` are drawn side by side (100 dpi, about 520 x 460 pixels each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,8 +39,11 @@ def confusion_png(results):
     return buf.getvalue()
 
 
-def markdown(report):
-    """The gate's report as Markdown: verdict, rules, figures of both models, per-class table."""
+def markdown(report: dict) -> str:
+    """The gate's report as Markdown: verdict, rules, figures of both models, per-class table.
+
+    ``report``: the content of ``metrics.json`` (validate's report: ``candidate``, ``champion``,
+    ``thresholds``, ``failed_rules``, ``promotion``...); it links ``confusion_matrix.png`` beside it."""
     cand, champ = report["candidate"], report["champion"]
     lines = [
         f"# Validation of model {report['model_version']}",

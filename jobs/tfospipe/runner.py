@@ -8,6 +8,8 @@ its host, Spark's reason and whether a retry is safe (:data:`RETRY_AFTER_EXECUTO
 Anything else is a bug and keeps its traceback (status 1).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import logging
@@ -15,8 +17,15 @@ import re
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Callable
 
 from . import jobargs
+
+if TYPE_CHECKING:
+    import argparse
+
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
 
 
 class JobError(Exception):
@@ -54,6 +63,7 @@ class ExecutorLoss:
     reason: str
 
     def describe(self) -> str:
+        """``Spark executor E on host H (running task T) was lost: REASON`` (``?`` for what is unknown)."""
         where = f"Spark executor {self.executor or '?'} on host {self.host or '?'}"
         task = f" (running task {self.task})" if self.task is not None else ""
         return f"{where}{task} was lost: {self.reason}"
@@ -94,7 +104,7 @@ def executor_loss_message(job: str, loss: ExecutorLoss) -> str:
             "(Spark UI, or the executors' stderr) for memory limits (exit code 137: killed, often out of memory)")
 
 
-def git_revision():
+def git_revision() -> str:
     """Commit of the project source the job runs from, or 'unknown' outside a git checkout."""
     import os
     here = os.path.dirname(os.path.abspath(__file__))
@@ -105,14 +115,19 @@ def git_revision():
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def library_versions():
+def library_versions() -> dict[str, str]:
+    """Versions of Python, PySpark, TensorFlow and TensorFlowOnSpark in this process (for manifests).
+
+    Raises importlib.metadata.PackageNotFoundError when one of the packages is not installed."""
     from importlib.metadata import version
     return {"python": sys.version.split()[0], "pyspark": version("pyspark"), "tensorflow": version("tensorflow"),
             "tensorflowonspark": version("tensorflowonspark")}
 
 
-def executors(sc, wanted=0, timeout=0):
-    """Executors the app holds, after waiting up to ``timeout`` s for ``wanted`` of them to register."""
+def executors(sc: SparkContext, wanted: int = 0, timeout: float = 0) -> int:
+    """Executors the app holds, after waiting up to ``timeout`` s for ``wanted`` of them to register.
+
+    Polls every 0.5 s; returns the count it has at the deadline even when it is fewer than ``wanted``."""
     deadline = time.time() + timeout
     while True:
         have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
@@ -121,14 +136,20 @@ def executors(sc, wanted=0, timeout=0):
         time.sleep(0.5)
 
 
-def requested_executors(sc):
+def requested_executors(sc: SparkContext) -> int:
     """How many executors the job was submitted for (the pipeline's conf sets both keys)."""
     conf = sc.getConf()
     return int(conf.get("spark.executor.instances", conf.get("spark.cores.max", "1")))
 
 
-def main(job, run, argv=None):
-    """Entry point body of ``jobs/<job>.py``: returns the process exit code."""
+def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None],
+         argv: list[str] | None = None) -> int:
+    """Entry point body of ``jobs/<job>.py``: returns the process exit code.
+
+    Parses ``argv`` (default: sys.argv[1:]) with ``jobargs.parse(job, ...)``, runs ``run(spark, args)``
+    in a SparkSession named ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
+    ``ERROR [job] message`` for a JobError or a lost executor (status 2). Any other exception
+    propagates (status 1). Raises SystemExit (status 2) for invalid arguments, as argparse does."""
     args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
     from pyspark.sql import SparkSession
 

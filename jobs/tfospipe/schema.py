@@ -11,37 +11,49 @@ The image shape and the pixel scale of a dataset version are in its conversion m
 need no TensorFlow (the convert job never imports it); parsing uses ``tf.io.parse_example``.
 """
 
+from __future__ import annotations
+
 import struct
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import google_crc32c
 import numpy as np
 
+if TYPE_CHECKING:  # encoding and framing need no TensorFlow
+    import tensorflow as tf
+
+#: Classes of the label (digits 0-9): the model's output width.
 NUM_CLASSES = 10
+#: The splits a conversion writes (``score`` only when the version has unlabeled input).
 SPLITS = ("train", "eval", "score")
+#: Glob of a split's shard files (:func:`shard_name`).
 SHARD_PATTERN = "part-*.tfrecord*"
 #: Output compression (the ``compression`` job flag) -> shard file suffix. GZIP shards are ordinary
 #: TFRecord files compressed whole, as TFRecordWriter(options="GZIP") writes them.
 COMPRESSIONS = {"none": "", "gzip": ".gz"}
 
 
-def shard_name(index, compression="none"):
+def shard_name(index: int, compression: str = "none") -> str:
+    """``part-NNNNN.tfrecord`` (``.gz`` added for gzip) of shard ``index``; KeyError for an unknown compression."""
     return f"part-{index:05d}.tfrecord{COMPRESSIONS[compression]}"
 
 
-def is_compressed(path):
+def is_compressed(path: str) -> bool:
     """Whether the shard at ``path`` is GZIP-compressed (its name says so, see shard_name)."""
     return str(path).endswith(COMPRESSIONS["gzip"])
 
 
-def compression_type(files):
-    """``compression_type`` for tf.data.TFRecordDataset over ``files``: "GZIP" for *.gz shards, else ""."""
+def compression_type(files: Iterable[str]) -> str:
+    """``compression_type`` for tf.data.TFRecordDataset over ``files``: "GZIP" for *.gz shards, else "".
+
+    Raises ValueError when ``files`` mix compressed and uncompressed shards."""
     kinds = {is_compressed(f) for f in files}
     if len(kinds) > 1:
         raise ValueError(f"shards mix compressed and uncompressed files: {sorted(map(str, files))}")
     return "GZIP" if kinds == {True} else ""
 
 
-def shard_writer(raw, compression="none"):
+def shard_writer(raw: BinaryIO, compression: str = "none") -> BinaryIO:
     """The binary writer ``raw`` of a shard, gzip-compressing when ``compression`` is "gzip" (with no
     mtime or file name in the gzip header, so reruns write identical bytes). Closing it closes ``raw``."""
     if compression == "none":
@@ -110,8 +122,12 @@ class _Prefixes(dict):
         return self[length]
 
 
-def encode_examples(pixels, labels=None, row_ids=None):
+def encode_examples(pixels: np.ndarray, labels: np.ndarray | None = None,
+                    row_ids: np.ndarray | None = None) -> list[bytes]:
     """Serialized ``tf.train.Example`` of each row, in bulk from numpy arrays.
+
+    ``pixels``: non-negative ints [n, H*W] (feature ``image``); ``labels``, ``row_ids``: non-negative
+    ints [n] (features ``label``, ``row_id``; left out when None). Returns n serialized records.
 
     Byte for byte what ``SerializeToString(deterministic=True)`` gives (map entries sorted by key;
     tests/unit/test_schema_model.py proves it against the protobuf API and ``tf.io.parse_example``),
@@ -140,13 +156,13 @@ def _masked_crc(data):
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def tfrecord_frame(record):
+def tfrecord_frame(record: bytes) -> bytes:
     """One record in TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of the data."""
     length = struct.pack("<Q", len(record))
     return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
 
 
-def tfrecord_payloads(data, compressed=False):
+def tfrecord_payloads(data: bytes, compressed: bool = False) -> Iterator[bytes]:
     """The records in the bytes of a TFRecord file, GZIP-compressed when ``compressed`` (framing not re-checked)."""
     if compressed:
         import gzip
@@ -159,7 +175,9 @@ def tfrecord_payloads(data, compressed=False):
         offset = start + length + 4
 
 
-def feature_spec(num_pixels):
+def feature_spec(num_pixels: int) -> dict:
+    """``tf.io.parse_example`` spec of a record: ``image`` int64 [num_pixels], ``label`` and ``row_id``
+    int64 [1] (-1 when absent)."""
     import tensorflow as tf
     return {
         "image": tf.io.FixedLenFeature([num_pixels], tf.int64),
@@ -168,7 +186,7 @@ def feature_spec(num_pixels):
     }
 
 
-def parse_batch(serialized, image_shape):
+def parse_batch(serialized: tf.Tensor, image_shape: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Parse a batch of serialized Examples into (image float32 [N,H,W,1], label int64 [N], row_id int64 [N]).
 
     ``label`` is -1 for unlabeled rows. Pixels stay raw: the model scales them (see model.py).

@@ -30,6 +30,8 @@ and concurrent writers never write the same object (no file is ever appended to 
 which object stores do not offer anyway). :func:`history` reads it back in order.
 """
 
+from __future__ import annotations
+
 import contextlib
 import datetime
 import getpass
@@ -38,9 +40,11 @@ import os
 import sys
 import time
 import uuid
+from typing import Iterator
 
 from . import fs, paths
 
+#: Bytes read per step while hashing a model file.
 _CHUNK = 1 << 20
 #: Actions recorded in serving/history/.
 ACTIONS = ("promote", "rollback", "rejected", "unchanged")
@@ -55,19 +59,21 @@ class ChampionChanged(Exception):
     ``now``: the pointer as it is (a dict, or None when nothing serves).
     """
 
-    def __init__(self, expected, now):
+    def __init__(self, expected: str | None, now: dict | None):
         self.expected, self.now = expected, now
         super().__init__(f"serving changed during evaluation: it was {expected or 'empty'}, "
                          f"it is now {now['model_version'] if now else 'empty'}")
 
 
-def current(layout):
-    """The pointer's content (model_version, path, previous, history, ...) or None when nothing was promoted."""
+def current(layout: paths.Layout) -> dict | None:
+    """The pointer's content (model_version, path, previous, history, ...) or None when nothing was promoted.
+
+    Raises OSError or ValueError when ``serving/CURRENT.json`` exists but cannot be read as JSON."""
     pointer = layout.serving_pointer()
     return fs.read_json(pointer) if fs.exists(pointer) else None
 
 
-def versions(layout):
+def versions(layout: paths.Layout) -> list[str]:
     """Promoted, committed model versions, sorted by name (hidden staging directories of an unfinished
     promotion are not versions, even when killed between their _SUCCESS and their rename)."""
     base = paths.join(layout.serving(), "models")
@@ -75,12 +81,15 @@ def versions(layout):
             if not v.startswith(".") and fs.is_committed(paths.join(base, v.rstrip("/")))]
 
 
-def model_info(layout, mv):
-    """The manifest a promoted model was committed with (digest, accuracy, dataset_version, run_id, ...)."""
+def model_info(layout: paths.Layout, mv: str) -> dict:
+    """The manifest a promoted model was committed with (digest, accuracy, dataset_version, run_id, ...).
+
+    Raises OSError when ``mv`` has no manifest in ``serving/models/`` (never promoted, or removed),
+    ValueError when it is not JSON, PathError when ``mv`` is not a valid model version."""
     return fs.read_json(paths.join(layout.serving_model(mv), fs.MANIFEST))
 
 
-def history_dir(layout) -> str:
+def history_dir(layout: paths.Layout) -> str:
     """``{root}/serving/history``: one JSON object per serving decision."""
     return paths.join(layout.serving(), "history")
 
@@ -140,7 +149,7 @@ def user() -> str:
 
 
 @contextlib.contextmanager
-def pointer_lock(layout, timeout: float = 600.0):
+def pointer_lock(layout: paths.Layout, timeout: float = 600.0) -> Iterator[None]:
     """Hold the serving area's exclusive lock for the ``with`` block (waits up to ``timeout`` s).
 
     Local roots: ``fcntl.flock`` on ``serving/.pointer.lock`` (released by the kernel if the holder
@@ -179,7 +188,8 @@ def _event_name():
     return now, now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:12]
 
 
-def record(layout, action: str, event: dict, _stamp=None) -> dict:
+def record(layout: paths.Layout, action: str, event: dict,
+           _stamp: tuple[datetime.datetime, str] | None = None) -> dict:
     """Write one event to ``serving/history/`` and return it (with ``time`` and ``id``).
 
     ``action`` is one of :data:`ACTIONS`; ``event`` holds the facts (``from``, ``to``,
@@ -197,7 +207,7 @@ def record(layout, action: str, event: dict, _stamp=None) -> dict:
     return event
 
 
-def history(layout, model_version: str | None = None) -> list[dict]:
+def history(layout: paths.Layout, model_version: str | None = None) -> list[dict]:
     """Events of ``serving/history/``, oldest first; with ``model_version``: those naming it
     (as ``from``, ``to`` or ``model_version``). An empty list when nothing was recorded."""
     base = history_dir(layout)
@@ -251,8 +261,8 @@ def _move(layout, action, expected, mv, info, history_, now, event):
     return pointer
 
 
-def promote(layout, model_dir: str, mv: str, info: dict, digest: str, expected=ANY,
-            event: dict | None = None, lock_timeout: float = 600.0) -> dict:
+def promote(layout: paths.Layout, model_dir: str, mv: str, info: dict, digest: str,
+            expected: str | None | object = ANY, event: dict | None = None, lock_timeout: float = 600.0) -> dict:
     """Put the model of ``model_dir`` into serving as ``mv`` and point serving at it; returns the pointer.
 
     ``digest`` is ``model_digest(model_dir)``, from which ``mv`` was named. ``expected``: the model
@@ -297,7 +307,7 @@ def promote(layout, model_dir: str, mv: str, info: dict, digest: str, expected=A
     return dict(pointer, changed=True)
 
 
-def reject(layout, mv: str, event: dict) -> dict:
+def reject(layout: paths.Layout, mv: str, event: dict) -> dict:
     """Record that ``mv`` was judged and not promoted (gate failed or the promotion policy held it);
     ``from``/``to`` name the model serving, which stays. Returns the event."""
     now = current(layout)
@@ -305,7 +315,8 @@ def reject(layout, mv: str, event: dict) -> dict:
     return record(layout, "rejected", dict(event, model_version=mv, **{"from": serving, "to": serving}))
 
 
-def rollback(layout, to: str | None = None, by: str | None = None, lock_timeout: float = 600.0) -> dict:
+def rollback(layout: paths.Layout, to: str | None = None, by: str | None = None,
+             lock_timeout: float = 600.0) -> dict:
     """Point serving at an earlier model; returns the new pointer (``from``: the model that served).
 
     Without ``to``: back to ``previous``, the model that served before the current one, which leaves
