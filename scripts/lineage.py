@@ -195,7 +195,8 @@ def render(chain: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """Trace the row of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 with one ``error:`` line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset_version", help="dataset version whose predictions hold the row")
     p.add_argument("row_id", type=int, help="row_id of the prediction (the predictions' Parquet column)")

@@ -10,7 +10,8 @@ import os
 from tfospipe.sample_data import write_version
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
+    """Write the versions of ``argv`` (default: sys.argv[1:])."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("TFOS_DATA_ROOT", "data"), help="data root (default: ./data)")
     p.add_argument("--limit", type=int, default=None, help="rows per version (default: all 1,797)")

@@ -63,7 +63,8 @@ def format_event(e: dict) -> str:
     return line + "".join(f"\n    {f}" for f in facts)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 when a rollback fails."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
     sub = p.add_subparsers(dest="command", required=True)

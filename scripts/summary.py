@@ -8,6 +8,7 @@ from tfospipe import fs, paths, serving
 
 
 def _latest_run(layout, version):
+    """The committed training run of ``version`` with the newest _SUCCESS, or None."""
     base = paths.join(layout.root, "models", version)
     runs = [r.rstrip("/") for r in fs.listdir(base) if fs.is_committed(paths.join(base, r.rstrip("/")))]
     if not runs:
@@ -15,7 +16,9 @@ def _latest_run(layout, version):
     return max(runs, key=lambda r: fs.mtime(paths.join(base, r, fs.SUCCESS)))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
+    """Print what the run of the version in ``argv`` (default: sys.argv[1:]) produced; fails when the
+    version was never converted."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", required=True, help="data root")
     p.add_argument("--version", required=True, help="dataset version")
