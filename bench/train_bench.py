@@ -31,7 +31,7 @@ def single_process(root, steps, batch_size):
     """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s as JSON."""
     import tensorflow as tf
 
-    from tfospipe import dataset, model, paths, schema, train
+    from tfospipe import dataset, model, node, paths, schema
 
     layout = paths.Layout(root)
     manifest = dataset.read_manifest(layout, VERSION)
@@ -39,7 +39,7 @@ def single_process(root, steps, batch_size):
     files = dataset.shard_files(layout, VERSION, "train")
     ds = (tf.data.TFRecordDataset(files).cache().shuffle(8192).repeat().batch(batch_size, drop_remainder=True)
           .map(lambda s: schema.parse_batch(s, shape)[:2]).prefetch(tf.data.AUTOTUNE))
-    cnn = model.build_model(shape, manifest["pixel_max_observed"], steps_per_execution=train.PROGRESS_EVERY_STEPS)
+    cnn = model.build_model(shape, manifest["pixel_max_observed"], steps_per_execution=node.PROGRESS_EVERY_STEPS)
     marks = []  # (steps run, time) after each execution of steps_per_execution steps
 
     class Clock(tf.keras.callbacks.Callback):

@@ -436,19 +436,13 @@ class _Tail(threading.Thread):
 
 # --- failure reporting ---------------------------------------------------------------------------------
 
-def node_errors(run_dir: str) -> list[tuple[str, str]]:
-    """The error markers nodes left, the likely cause first: ``[(node, traceback text)]``
-    (:func:`markers.node_errors`)."""
-    return markers.node_errors(run_dir)
-
-
 def failure_error(run_dir: str, cause: object = None) -> JobError:
     """The JobError for a failed TensorFlow cluster: which node, what happened, what to do (one line).
 
     The failing node's traceback tail is printed first (to stderr), so the ERROR line ends the log.
     ``cause``: what the driver saw (TFoS's exception or exit), used when no node left a marker.
     """
-    errors = node_errors(run_dir)
+    errors = markers.node_errors(run_dir)
     where = markers.markers_dir(run_dir)
     if not errors:
         seen = " ".join(str(cause or "").split())[:400] or "no detail"
