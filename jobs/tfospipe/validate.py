@@ -28,19 +28,35 @@ that reprocesses completed runs) is promoted under a new name beside the model t
 stays as it was; validating the same files again promotes nothing new.
 """
 
+from __future__ import annotations
+
+import argparse
+import dataclasses
 import datetime
 import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import dataset, fs, metrics, paths, predict, report as report_lib, serving
 from .runner import JobError, executors, git_revision, requested_executors
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+#: Eval records per model call on an executor.
 EVAL_BATCH = 512
 #: Evaluations of one candidate against a serving model that keeps changing before the task gives up.
 MAX_ROUNDS = 3
 
 
-def evaluate_partition(models, image_shape):
-    """Executor side: one metrics accumulator per model over this partition's files."""
+def evaluate_partition(models: dict[str, str],
+                       image_shape: tuple[int, int]) -> Callable[[Iterable[str]], Iterator[dict[str, dict]]]:
+    """Executor side (``mapPartitions``): one metrics accumulator per model over this partition's files.
+
+    ``models``: SavedModel directory by name (``candidate``, ``champion``); ``image_shape``: ``(H, W)``.
+    The returned function yields one dict, ``{name: metrics.empty()-style accumulator}``, per
+    partition (empty accumulators for a partition without files); every model sees the same records,
+    :data:`EVAL_BATCH` at a time.
+    """
     def run(files):
         files = list(files)
         accs = {name: metrics.empty() for name in models}
@@ -71,7 +87,7 @@ def data_date(version: str, given: str = "") -> str:
     return version_date(version) or given or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
 
-def champion_date(layout, pointer: dict | None) -> str | None:
+def champion_date(layout: paths.Layout, pointer: dict | None) -> str | None:
     """Data date of the serving model: recorded with its promotion, else its dataset version when that
     is a date, else None (promoted before data dates were recorded, under a version that is no date)."""
     if not pointer:
@@ -113,8 +129,15 @@ def promotion_rule(policy: str, candidate_date: str, champion_mv: str | None,
                    "promote it anyway")
 
 
-def gate(candidate, champion, args):
-    """(passed, reasons): every rule that failed, in words with the figures."""
+def gate(candidate: dict, champion: dict | None, args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """(passed, reasons): every rule that failed, in words with the figures.
+
+    ``candidate``, ``champion``: ``metrics.summarize`` results on the same eval records (``champion``
+    None when nothing serves or the serving model cannot score this data). ``args``: the parsed
+    validate flags; ``min_accuracy`` and ``max_regression`` are fractions (0..1) of accuracy. The
+    rules: no output that is not a finite probability vector summing to 1; accuracy >=
+    ``min_accuracy``; accuracy >= the champion's - ``max_regression``.
+    """
     reasons = []
     if candidate["bad_outputs"]:
         reasons.append(f"{candidate['bad_outputs']} outputs are not finite probabilities summing to 1")
@@ -145,6 +168,7 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
 
 
 def _write_report(layout, out, report, results):
+    """Commit ``validation/{version}/{run}/``: metrics.json (``report``), confusion_matrix.png, report.md."""
     with fs.Staging(out) as stage:
         fs.write_json(stage.file("metrics.json"), report)
         fs.write_bytes(stage.file("confusion_matrix.png"), report_lib.confusion_png(results))
@@ -156,9 +180,24 @@ def _log(line):
     print(f"PROMOTION [validate] {line}", flush=True)
 
 
-def run(spark, args):
-    sc = spark.sparkContext
-    layout = paths.Layout(args.data_root)
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """The model this run judges: its exported directory, digest, model version and data date, and the
+    eval data it is judged on (``image_shape`` (H, W), shard files, rows the conversion wrote)."""
+
+    dir: str
+    digest: str
+    mv: str
+    data_date: str
+    image_shape: tuple[int, int]
+    eval_files: list[str]
+    eval_rows: int
+    report_dir: str
+
+
+def _candidate(layout, args):
+    """The candidate of ``args.run_id``; JobError when the version was not converted, the run did not
+    finish, or its model does not meet the serving contract (model.py)."""
     manifest = dataset.read_manifest(layout, args.version)
     image_shape = tuple(manifest["image_shape"])
     run_dir = layout.model_run(args.version, args.run_id)
@@ -170,81 +209,158 @@ def run(spark, args):
     except Exception as e:
         raise JobError(f"the model at {candidate_dir} does not meet the serving contract: {e}") from None
     digest = serving.model_digest(candidate_dir)  # names the model; promote checks the copy against it
-    mv = paths.model_version(args.version, args.run_id, digest)
-    cand_date = data_date(args.version, args.data_date)
-    eval_files = dataset.shard_files(layout, args.version, "eval")
+    return _Candidate(dir=candidate_dir, digest=digest, mv=paths.model_version(args.version, args.run_id, digest),
+                      data_date=data_date(args.version, args.data_date), image_shape=image_shape,
+                      eval_files=dataset.shard_files(layout, args.version, "eval"),
+                      eval_rows=manifest["splits"]["eval"], report_dir=layout.validation(args.version, args.run_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Round:
+    """One evaluation round: the candidate against the model serving when the round started
+    (``champ_mv``, None when nothing served), the gate's verdict and the promotion rule's."""
+
+    number: int
+    champ_mv: str | None
+    champ_date: str | None
+    results: dict
+    champion_note: str
+    passed: bool
+    reasons: list[str]
+    allowed: bool
+    rule: str
+    started: float
+
+    @property
+    def candidate(self) -> dict:
+        return self.results["candidate"]
+
+    @property
+    def champion(self) -> dict | None:
+        return self.results.get("champion")
+
+    @property
+    def decision(self) -> str:
+        return "promote" if self.passed and self.allowed else "held" if self.passed else "rejected"
+
+    @property
+    def decided_by(self) -> str:
+        return self.rule if self.passed else "gate: " + "; ".join(self.reasons)
+
+
+def _judge(sc, layout, args, cand, number):
+    """Round ``number``: evaluate the candidate and the model serving now, apply the gate and the policy."""
+    current = serving.current(layout)  # the champion this round compares with and the swap expects
+    champ_mv = current["model_version"] if current else None
+    started = time.time()
+    results, champion_note = _evaluate(sc, layout, cand.dir, cand.image_shape, cand.eval_files, current)
+    candidate, champion = results["candidate"], results.get("champion")
+    if candidate["examples"] != cand.eval_rows:
+        raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
+                       f"{cand.eval_rows} eval rows")
+    passed, reasons = gate(candidate, champion, args)
+    champ_date = champion_date(layout, current)
+    allowed, rule = promotion_rule(args.promotion, cand.data_date, champ_mv, champ_date)
+    return _Round(number, champ_mv, champ_date, results, champion_note, passed, reasons, allowed, rule, started)
+
+
+def _report(args, cand, r, compared):
+    """The gate's report of round ``r`` (metrics.json); ``compared``: the serving model of each round so far."""
+    return {
+        "dataset_version": args.version,
+        "run_id": args.run_id,
+        "model_version": cand.mv,
+        "model_digest": cand.digest,
+        "candidate": r.candidate,
+        "champion": r.champion,
+        "champion_model_version": r.champ_mv if r.champion else None,
+        "champion_note": r.champion_note,
+        "thresholds": {"min_accuracy": args.min_accuracy, "max_regression": args.max_regression},
+        "passed": r.passed,
+        "failed_rules": r.reasons,
+        "promotion": {"policy": args.promotion, "decision": r.decision, "rule": r.decided_by,
+                      "policy_rule": r.rule, "data_date": cand.data_date, "serving_model": r.champ_mv,
+                      "serving_data_date": r.champ_date, "round": r.number, "compared_with": list(compared)},
+        "eval_seconds": round(time.time() - r.started, 1),
+        "git_revision": git_revision(),
+    }
+
+
+def _event(args, cand, r):
+    """The facts of round ``r`` for the serving history (serving.reject, serving.promote)."""
+    candidate, champion = r.candidate, r.champion
+    return {"run_id": args.run_id, "dataset_version": args.version, "data_date": cand.data_date,
+            "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
+            "eval_data": f"eval split of dataset version {args.version} ({candidate['examples']} examples)",
+            "champion_accuracy": champion["accuracy"] if champion else None, "compared_with": r.champ_mv,
+            "rounds": r.number, "policy": args.promotion, "rule": r.decided_by, "gate_passed": r.passed,
+            "report": cand.report_dir}
+
+
+def _summary(cand, r, compared):
+    """The RESULT summary of round ``r`` (the caller adds what promotion did)."""
+    candidate, champion = r.candidate, r.champion
+    return {"accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
+            "champion_accuracy": champion["accuracy"] if champion else None, "report": cand.report_dir,
+            "decision": r.decision, "rule": r.decided_by, "rounds": r.number, "compared_with": list(compared)}
+
+
+def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """Judge training run ``args.run_id`` of dataset version ``args.version`` (the parsed validate flags).
+
+    Evaluates the run's exported model and the model serving on the version's eval split, writes the
+    report (``validation/{version}/{run}/``) every round, records the decision in ``serving/history/``
+    and, when the gate passes and ``args.promotion`` allows it, promotes the model (compare-and-swap
+    on the model it was compared with; up to :data:`MAX_ROUNDS` rounds when serving changes meanwhile).
+
+    Returns the RESULT summary: accuracy, loss (mean cross-entropy), examples, champion_accuracy,
+    report, decision (``promote``/``held``), rule, rounds, compared_with, and ``promoted`` (the model
+    version or None), ``serving_changed``, and ``previous`` or ``serving``. Raises JobError, leaving
+    serving unchanged, when the version was not converted, the run did not finish, its model does not
+    meet the serving contract, the evaluated examples differ from the manifest's eval rows, the gate
+    fails, the promotion fails, or serving changed during every round.
+    """
+    sc = spark.sparkContext
+    layout = paths.Layout(args.data_root)
+    cand = _candidate(layout, args)
     executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
-    out = layout.validation(args.version, args.run_id)
+    mv, out = cand.mv, cand.report_dir
     compared = []  # the serving model of each round, in order
 
     for round_ in range(1, MAX_ROUNDS + 1):
-        current = serving.current(layout)  # the champion this round compares with and the swap expects
-        champ_mv = current["model_version"] if current else None
-        compared.append(champ_mv)
-        started = time.time()
-        results, champion_note = _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current)
-        candidate, champion = results["candidate"], results.get("champion")
-        if candidate["examples"] != manifest["splits"]["eval"]:
-            raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
-                           f"{manifest['splits']['eval']} eval rows")
-        passed, reasons = gate(candidate, champion, args)
-        champ_date = champion_date(layout, current)
-        allowed, rule = promotion_rule(args.promotion, cand_date, champ_mv, champ_date)
-        decision = "promote" if passed and allowed else "held" if passed else "rejected"
-        decided_by = rule if passed else "gate: " + "; ".join(reasons)
-        report = {
-            "dataset_version": args.version,
-            "run_id": args.run_id,
-            "model_version": mv,
-            "model_digest": digest,
-            "candidate": candidate,
-            "champion": champion,
-            "champion_model_version": champ_mv if champion else None,
-            "champion_note": champion_note,
-            "thresholds": {"min_accuracy": args.min_accuracy, "max_regression": args.max_regression},
-            "passed": passed,
-            "failed_rules": reasons,
-            "promotion": {"policy": args.promotion, "decision": decision, "rule": decided_by,
-                          "policy_rule": rule, "data_date": cand_date, "serving_model": champ_mv,
-                          "serving_data_date": champ_date, "round": round_, "compared_with": list(compared)},
-            "eval_seconds": round(time.time() - started, 1),
-            "git_revision": git_revision(),
-        }
-        _write_report(layout, out, report, results)
-        _log(f"round {round_}: {mv} vs {champ_mv or 'nothing serving'}: {decision} ({decided_by})")
-        event = {"run_id": args.run_id, "dataset_version": args.version, "data_date": cand_date,
-                 "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
-                 "eval_data": f"eval split of dataset version {args.version} ({candidate['examples']} examples)",
-                 "champion_accuracy": champion["accuracy"] if champion else None, "compared_with": champ_mv,
-                 "rounds": round_, "policy": args.promotion, "rule": decided_by, "gate_passed": passed,
-                 "report": out}
-        summary = {"accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
-                   "champion_accuracy": champion["accuracy"] if champion else None, "report": out,
-                   "decision": decision, "rule": decided_by, "rounds": round_, "compared_with": list(compared)}
-        if not passed:
+        r = _judge(sc, layout, args, cand, round_)
+        compared.append(r.champ_mv)
+        report = _report(args, cand, r, compared)
+        _write_report(layout, out, report, r.results)
+        _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by})")
+        event = _event(args, cand, r)
+        summary = _summary(cand, r, compared)
+        if not r.passed:
             serving.reject(layout, mv, event)
-            raise JobError(f"model {mv} rejected, serving unchanged: {'; '.join(reasons)}. Report: {out}/metrics.json")
-        if not allowed:
+            raise JobError(f"model {mv} rejected, serving unchanged: {'; '.join(r.reasons)}. "
+                           f"Report: {out}/metrics.json")
+        if not r.allowed:
             serving.reject(layout, mv, event)
-            return dict(summary, promoted=None, serving_changed=False, serving=champ_mv)
+            return dict(summary, promoted=None, serving_changed=False, serving=r.champ_mv)
+        candidate = r.candidate
         try:
-            pointer = serving.promote(layout, candidate_dir, mv, {
+            pointer = serving.promote(layout, cand.dir, mv, {
                 "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
-                "dataset_version": args.version, "run_id": args.run_id, "data_date": cand_date, "report": out},
-                digest, expected=champ_mv, event=event)
+                "dataset_version": args.version, "run_id": args.run_id, "data_date": cand.data_date, "report": out},
+                cand.digest, expected=r.champ_mv, event=event)
         except serving.ChampionChanged as e:
             _log(f"round {round_}: {e}; {'evaluating again against it' if round_ < MAX_ROUNDS else 'giving up'}")
             continue
         except (ValueError, TimeoutError) as e:  # the report and the history must not say it was promoted
             report["promotion"].update(decision="not promoted", rule=f"promotion failed: {e}")
-            _write_report(layout, out, report, results)
+            _write_report(layout, out, report, r.results)
             serving.reject(layout, mv, dict(event, rule=f"gate passed, promotion failed: {e}"))
             raise JobError(f"model {mv} passed the gate but was not promoted, serving unchanged: {e}") from None
         return dict(summary, promoted=mv, serving_changed=pointer["changed"], previous=pointer["previous"])
 
     now = serving.current(layout)
     report["promotion"].update(decision="not promoted", rule=f"serving changed during each of {MAX_ROUNDS} rounds")
-    _write_report(layout, out, report, results)
+    _write_report(layout, out, report, r.results)
     raise JobError(f"model {mv} passed the gate but serving changed during each of its {MAX_ROUNDS} evaluations "
                    f"(compared with {', '.join(str(c) for c in compared)}; now {now['model_version'] if now else None}): "
                    "not promoted, serving unchanged by this run; run validate again when other promotions are done. "
