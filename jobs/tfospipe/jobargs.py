@@ -19,7 +19,7 @@ import argparse
 import re
 from collections.abc import Callable
 
-from . import paths, schema
+from . import fs, paths, schema
 
 #: How all-reduce training sends gradients: "none" (float32) or "fp16" (model.HalfPrecisionAllReduceAdam).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
@@ -145,6 +145,15 @@ def _segment(what):
     return check_text
 
 
+def _root(text: str) -> str:
+    """The ``--data-root`` flag: a root of a supported store (fs.check_root: scheme, bucket, no password
+    in the URI), local paths made absolute (paths.normalize_root)."""
+    try:
+        return paths.normalize_root(fs.check_root(text))
+    except fs.StorageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _run_id(text):
     try:
         return paths.run_slug(text)
@@ -201,8 +210,8 @@ class Arg:
 
 
 _COMMON = [
-    Arg("data_root", None, "root of all data: a local directory or a tf.io.gfile URI every executor can reach",
-        type=str),
+    Arg("data_root", None, "root of all data: a local directory every executor sees, or a URI of a supported "
+        "store (s3://, s3a://, gs://, hdfs://, abfs://; fs.SCHEMES)", type=_root),
     Arg("version", None, "dataset version, e.g. the run's logical date 2026-11-28", type=_segment("dataset version")),
 ]
 _RUN = [Arg("run_id", None, "Airflow run id; keys the model directory so a retry resumes it", type=_run_id)]
@@ -285,10 +294,7 @@ def parse(job: str, argv: list[str]) -> argparse.Namespace:
     """``job``'s flags parsed from ``argv`` (one attribute per flag name, converted and checked by its
     rule), with a local ``data_root`` made absolute. A missing or refused flag exits with usage
     (SystemExit, code 2) naming it."""
-    args = parser(job).parse_args(argv)
-    if args.data_root:
-        args.data_root = paths.normalize_root(args.data_root)
-    return args
+    return parser(job).parse_args(argv)
 
 
 def defaults(job: str) -> dict:

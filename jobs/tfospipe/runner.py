@@ -19,7 +19,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import jobargs
+from . import fs, jobargs
 
 if TYPE_CHECKING:
     import argparse
@@ -142,6 +142,22 @@ def requested_executors(sc: SparkContext) -> int:
     return int(conf.get("spark.executor.instances", conf.get("spark.cores.max", "1")))
 
 
+def session(name: str, root: str) -> SparkSession:
+    """The job's SparkSession. The storage credentials the executors need to reach ``root``
+    (fs.executor_env: taken from this process's environment) are set in-process as
+    ``spark.executorEnv.*``, never on spark-submit's command line, with a ``spark.redaction.regex``
+    (fs.SPARK_REDACTION_REGEX) that hides every one of them in the Spark UI and the event log."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(name)
+    env = fs.executor_env(root)
+    if env:
+        builder = builder.config("spark.redaction.regex", fs.SPARK_REDACTION_REGEX)
+        for key, value in env.items():
+            builder = builder.config(f"spark.executorEnv.{key}", value)
+    return builder.getOrCreate()
+
+
 def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None],
          argv: list[str] | None = None) -> int:
     """Entry point body of ``jobs/<job>.py``: returns the process exit code.
@@ -151,15 +167,18 @@ def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None
     ``ERROR [job] message`` for a JobError or a lost executor (status 2). Any other exception
     propagates (status 1). Raises SystemExit (status 2) for invalid arguments, as argparse does."""
     args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.appName(f"tfos-{job}-{args.version}").getOrCreate()
+    try:  # credentials and reachability of the root, before any Spark job starts
+        fs.check_access(args.data_root)
+    except fs.StorageError as e:
+        print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
+        return 2
+    spark = session(f"tfos-{job}-{args.version}", args.data_root)
     spark.sparkContext.setLogLevel("WARN")
     started = time.time()
     failure = None
     try:
         summary = run(spark, args)
-    except JobError as e:
+    except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
     except Exception as e:
         loss = executor_loss(e)

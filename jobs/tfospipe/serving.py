@@ -97,14 +97,10 @@ def history_dir(layout: paths.Layout) -> str:
 def _files(root):
     """Paths relative to ``root`` of every file under it, sorted; the commit files at its top excluded."""
     base = root.rstrip("/")
-    if fs._remote(base):
-        import tensorflow as tf  # gfile walks URIs
-        walk = tf.io.gfile.walk(base)
-    else:  # a local path: no TensorFlow import
-        walk = ((d, dirs, names) for d, dirs, names in os.walk(fs._local(base)))
+    if not fs._remote(base):
         base = fs._local(base).rstrip("/")
     found = []
-    for dirpath, _dirs, names in walk:
+    for dirpath, _dirs, names in fs.walk(base):
         rel = dirpath[len(base):].replace("\\", "/").strip("/")
         found += [f"{rel}/{n}" if rel else n for n in names if rel or n not in (fs.SUCCESS, fs.MANIFEST)]
     return sorted(found)
