@@ -27,7 +27,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import convert, csvparse, dataset, fs, paths, serving
+from tfospipe import csvparse, dataset, fs, inputs, paths, serving
 from tfospipe.runner import JobError
 
 
@@ -64,7 +64,7 @@ def raw_line(path: str, name: str, line: int, eol: bytes) -> str:
     UTF-8 byte-order mark on line 1), decompressed by its suffix. Raises LineageError when the file
     has fewer lines."""
     seen = 0
-    for chunk in convert.range_chunks(name, path, 0, fs.size(path), eol):
+    for chunk in inputs.range_chunks(name, path, 0, fs.size(path), eol):
         count = chunk.count(eol) + (0 if chunk.endswith(eol) else 1)
         if seen + count >= line:
             text = chunk.split(eol)[line - seen - 1]

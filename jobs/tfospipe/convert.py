@@ -1,7 +1,7 @@
 """convert: a dataset version's CSV files -> TFRecord shards of tf.train.Example (train / eval / score).
 
 Input, under ``{root}/raw/{version}/``: CSV files with a label column then H*W pixel columns, with or
-without a header; optional unlabeled ``score/`` files (pixels only). What is read (:func:`list_inputs`):
+without a header; optional unlabeled ``score/`` files (pixels only). What is read (inputs.list_inputs):
 ``*.csv`` and ``*.tsv`` in any letter case, plain or compressed (``.gz``, ``.bz2``, ``.xz``), and
 directories of part files as Spark and Hadoop write them (``digits.csv/part-*.csv``), where names
 starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped as Hadoop does. Any other file fails
@@ -10,53 +10,29 @@ header) is sniffed from its head (csvparse.sniff) and recorded in the manifest.
 Output: ``{root}/tfrecords/{version}/`` (see paths.py), committed atomically with a manifest;
 bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the raw line. Beside the
 shards, ``_lineage/`` indexes every written row: ``row_id`` -> source file (relative to
-``raw/{version}/``), line and split (:class:`LineageWriter`), committed in the same rename.
+``raw/{version}/``), line and split (lineage.LineageWriter), committed in the same rename.
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
-import contextlib
 import dataclasses
-import gzip
-import hashlib
 import json
-import lzma
 import math
 import time
-import zlib
 from collections import Counter
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import csvparse, fs, paths, schema
+from . import csvparse, fs, inputs, paths, schema
+from .inputs import Input, list_inputs, read_head, scan_file
+from .lineage import LineageWriter, lineage_name
 from .runner import JobError, library_versions, git_revision
 
 if TYPE_CHECKING:  # Spark is only needed at run time
     from pyspark.sql import SparkSession
 
-#: Lines sniffed from the head of each file, and the head's usual size limit (bytes): it reads on
-#: past it only to complete a few whole lines (an image of 600x600 pixels is a 1.4 MB line).
-HEAD_LINES = 200
-HEAD_BYTES = 1 << 20
-#: The longest line convert accepts (bytes); a longer one is an error rather than unbounded memory.
-MAX_LINE_BYTES = 256 << 20
-#: Bytes read per step when streaming a file (scan and convert passes).
-READ_BYTES = csvparse.CHUNK_BYTES
-#: File extensions read as CSV (any letter case; ``.tsv`` is sniffed like the rest).
-CSV_EXTENSIONS = (".csv", ".tsv")
-#: Compressed inputs and their readers (Python's standard library streams; one Spark task each).
-COMPRESSIONS = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
-#: What a truncated or damaged compressed stream raises while it is read.
-_CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
-#: Rows of the lineage index buffered per Parquet row group (about 30 bytes a row in memory).
-LINEAGE_ROWS_PER_GROUP = 1 << 20
-
-
-#: A file of a version directory: ``(name relative to raw/{version}/, full path)``.
-Input = tuple[str, str]
 #: What the sniffing read of each input, by path: ``(dialect, whether the head was the whole file)``.
 Dialects = dict[str, tuple[csvparse.Dialect, bool]]
 #: One byte range of one input, as planned: ``(shard, name, path, part, parts)``.
@@ -111,108 +87,6 @@ class RangeTask:
     def labeled(self) -> bool:
         """Whether the range's rows carry a label (the ``labeled`` group)."""
         return self.group == "labeled"
-
-
-def compression_of(name: str) -> str | None:
-    """The compression suffix of an input name (``.gz``, ``.bz2``, ``.xz``, any letter case), or None."""
-    lower = name.lower()
-    return next((c for c in COMPRESSIONS if lower.endswith(c)), None)
-
-
-def is_csv_name(name: str) -> bool:
-    """Whether convert reads a file of this name: a CSV extension, optionally compressed."""
-    lower = name.lower()
-    comp = compression_of(lower)
-    return (lower[:-len(comp)] if comp else lower).endswith(CSV_EXTENSIONS)
-
-
-def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
-    """The input files of a version directory: ``(labeled, unlabeled, skipped, unreadable)``.
-
-    ``labeled`` and ``unlabeled`` (under ``score/``) are sorted ``(name, path)`` pairs, ``name``
-    relative to ``raw_dir`` (``a.csv``, ``digits.csv/part-00000.csv``, ``score/s.csv``): it keys row
-    ids and the quarantine. Directories are read recursively (Spark output, partition directories).
-    ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files). ``unreadable``: every
-    other file, which the caller refuses. All four are sorted by name.
-    """
-    groups = {"labeled": [], "unlabeled": []}
-    skipped, unreadable = [], []
-
-    def walk(directory, prefix, group):
-        for entry in fs.listdir(directory):
-            path, name = paths.join(directory, entry), prefix + entry
-            if entry.startswith(("_", ".")):
-                skipped.append(name)
-            elif fs.isdir(path):
-                walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group)
-            elif is_csv_name(entry):
-                groups[group].append((name, path))
-            else:
-                unreadable.append(name)
-
-    walk(raw_dir, "", "labeled")
-    return sorted(groups["labeled"]), sorted(groups["unlabeled"]), sorted(skipped), sorted(unreadable)
-
-
-@contextlib.contextmanager
-def open_input(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
-    """A binary reader of an input file, decompressing it by its suffix: ``(reader, raw file)``.
-
-    ``raw file`` is the stored (compressed) stream, whose ``tell()`` says how far the reader got;
-    for a plain file both are the same object. Raises OSError when the file cannot be opened.
-    """
-    with fs.open_read(path) as raw:
-        comp = compression_of(path)
-        if comp is None:
-            yield raw, raw
-        else:
-            with COMPRESSIONS[comp](raw) as reader:
-                yield reader, raw
-
-
-def _corrupt(name, path, error, eol=b"\n"):
-    """The InputError of a corrupt compressed input: what the reader raised, the compressed byte
-    where it gave up, and how much of the file still decompresses (re-read in small pieces)."""
-    lines = good = 0
-    with open_input(path) as (reader, raw):
-        try:
-            while piece := reader.read(1 << 16):
-                lines, good = lines + piece.count(eol), good + len(piece)
-        except _CORRUPT:
-            pass
-        try:
-            where = f"at compressed byte {raw.tell():,} of {fs.size(path):,}"
-        except (OSError, ValueError):
-            where = "part-way"
-    return csvparse.InputError(f"{name} is corrupt ({type(error).__name__}: {error}) {where}: only its first "
-                               f"{lines:,} lines ({good:,} bytes decompressed) can be read")
-
-
-def read_head(name: str, path: str) -> tuple[bytes, bool]:
-    """``(bytes, complete)``: the first whole lines of an input file (decompressed), up to
-    :data:`HEAD_LINES` lines or :data:`HEAD_BYTES` bytes, and whether that is the whole file.
-
-    Raises csvparse.InputError when the file is corrupt or no line ends within MAX_LINE_BYTES,
-    OSError when it cannot be read.
-    """
-    data = b""
-    with open_input(path) as (reader, raw):
-        while True:
-            try:
-                piece = reader.read(HEAD_BYTES)
-            except _CORRUPT as e:
-                raise _corrupt(name, path, e) from None
-            if not piece:
-                return data, True
-            data += piece
-            ends = max(data.count(b"\n"), data.count(b"\r"))
-            if ends >= HEAD_LINES or (len(data) >= HEAD_BYTES and ends >= 5):
-                return data, False
-            if len(data) >= MAX_LINE_BYTES:
-                if not ends:
-                    raise csvparse.InputError(f"{name}: no line ends within its first {MAX_LINE_BYTES:,} bytes; "
-                                              "is it a CSV file with one row per line?")
-                return data, False
 
 
 def sniff_inputs(files: list[Input]) -> Dialects:
@@ -286,7 +160,7 @@ def plan_ranges(files: list[Input], sizes: dict[str, int], num_shards: int) -> l
     ``part`` of ``parts`` of the file, shards numbered from 0 in file order.
     """
     parts = {path: 1 for _name, path in files}
-    splittable = [path for _name, path in files if compression_of(path) is None and sizes[path] > 0]
+    splittable = [path for _name, path in files if inputs.compression_of(path) is None and sizes[path] > 0]
     while sum(parts.values()) < num_shards and splittable:
         widest = max(splittable, key=lambda p: sizes[p] / parts[p])
         parts[widest] += 1
@@ -295,150 +169,6 @@ def plan_ranges(files: list[Input], sizes: dict[str, int], num_shards: int) -> l
         for part in range(parts[path]):
             ranges.append((len(ranges), name, path, part, parts[path]))
     return ranges
-
-
-def _line_start(f, offset, eol, size):
-    """The first line start at or after byte ``offset`` of an open plain file."""
-    if offset <= 0:
-        return 0
-    f.seek(offset - 1)
-    pos = offset - 1
-    while pos < size:
-        piece = f.read(1 << 16)
-        if not piece:
-            break
-        i = piece.find(eol)
-        if i >= 0:
-            return pos + i + 1
-        pos += len(piece)
-    return size
-
-
-def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
-    """Executor side, pass 1: size and SHA-256 of a file (as stored), and its ranges' line-aligned spans.
-
-    Returns ``{"name", "path", "bytes", "sha256" (64 hex digits), "spans", "span"}``: ``spans`` holds
-    ``(start, end, first line number)`` of each of the ``parts`` ranges (a range owns the lines that
-    start inside it; a compressed file has one span, its whole stored size); ``span`` is the task's
-    ``(start, end)`` wall-clock time in epoch seconds. Streams the file in READ_BYTES pieces: memory
-    does not grow with its size. Raises OSError when the file cannot be read.
-    """
-    started = time.time()
-    size = fs.size(path)
-    compressed = compression_of(path) is not None
-    digest = hashlib.sha256()
-    with fs.open_read(path) as f:
-        starts = [0] if compressed else [_line_start(f, size * part // parts, eol, size) for part in range(parts)]
-        line_of = {0: 1}
-        pending = sorted(set(starts) - {0})
-        f.seek(0)
-        pos, seen = 0, 0
-        while True:
-            piece = f.read(READ_BYTES)
-            if not piece:
-                break
-            digest.update(piece)
-            end = pos + len(piece)
-            while pending and pending[0] <= end:
-                offset = pending.pop(0)
-                line_of[offset] = seen + piece.count(eol, 0, offset - pos) + 1
-            seen += piece.count(eol)
-            pos = end
-        for t in pending:  # offsets at the very end of the file
-            line_of[t] = seen + 1
-    if compressed:
-        spans = [(0, size, 1)] * parts
-    else:
-        bounds = starts + [size]
-        spans = [(bounds[i], max(bounds[i], bounds[i + 1]), line_of[bounds[i]]) for i in range(parts)]
-    return {"name": name, "path": path, "bytes": size, "sha256": digest.hexdigest(), "spans": spans,
-            "span": (started, time.time())}
-
-
-def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iterator[bytes]:
-    """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
-    whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).
-
-    Lines end with ``eol`` (``b"\\n"``, or ``b"\\r"`` for CR-only files); the last piece may lack it.
-    Raises csvparse.InputError when the stream is corrupt or truncated, or a line is longer than
-    MAX_LINE_BYTES; OSError when the file cannot be read."""
-    compressed = compression_of(path) is not None
-    with open_input(path) as (reader, raw):
-        if not compressed:
-            reader.seek(start)
-        remaining = None if compressed else end - start
-        carry = b""
-        while remaining is None or remaining > 0:
-            try:
-                piece = reader.read(READ_BYTES if remaining is None else min(READ_BYTES, remaining))
-            except _CORRUPT as e:
-                raise _corrupt(name, path, e, eol) from None
-            if not piece:
-                break
-            if remaining is not None:
-                remaining -= len(piece)
-            data = carry + piece
-            cut = data.rfind(eol) + 1
-            carry = data[cut:]
-            if cut:
-                yield data[:cut]
-            elif len(carry) > MAX_LINE_BYTES:
-                raise csvparse.InputError(f"{name}: a line longer than {MAX_LINE_BYTES:,} bytes")
-        if carry:
-            yield carry
-
-
-def lineage_name(group: str, shard: int) -> str:
-    """File name of one range's part of the lineage index: ``rows-{labeled,score}-NNNNN.parquet``
-    (never ``part-*``, so no shard glob matches it, and it sits under ``_lineage/``)."""
-    return f"rows-{group}-{shard:05d}.parquet"
-
-
-class LineageWriter:
-    """Executor side: one range's part of the lineage index, a Parquet file with columns
-    ``row_id`` int64, ``file`` string (the input's name relative to ``raw/{version}/``), ``line`` int64
-    (1-based line number in the decompressed file, as the quarantine counts them) and ``split`` string.
-
-    Rows are buffered and written as row groups of up to LINEAGE_ROWS_PER_GROUP rows, so memory stays
-    bounded whatever the range's size. ``rows``: rows written so far.
-    """
-
-    COLUMNS = ("row_id", "file", "line", "split")
-
-    def __init__(self, path: str, name: str):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa, self.name, self.rows, self._pending = pa, name, 0, []
-        self.schema = pa.schema([("row_id", pa.int64()), ("file", pa.string()), ("line", pa.int64()),
-                                 ("split", pa.string())])
-        self._sink = fs.open_write(path)
-        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
-
-    def add(self, row_ids: np.ndarray, lines: np.ndarray, splits: np.ndarray) -> None:
-        """Index rows: ``row_ids``, ``lines`` int64 [n] and ``splits`` str [n] of one parsed block."""
-        self._pending.append((np.asarray(row_ids, np.int64), np.asarray(lines, np.int64), np.asarray(splits)))
-        self.rows += len(row_ids)
-        if sum(len(p[0]) for p in self._pending) >= LINEAGE_ROWS_PER_GROUP:
-            self._flush()
-
-    def _flush(self):
-        if not self._pending:
-            return
-        pa = self._pa
-        ids, lines, splits = (np.concatenate([p[i] for p in self._pending]) for i in range(3))
-        self._pending = []
-        self._writer.write_table(pa.table([pa.array(ids), pa.array([self.name] * len(ids), pa.string()),
-                                           pa.array(lines), pa.array(splits.astype(str), pa.string())],
-                                          schema=self.schema))
-
-    def close(self) -> None:
-        """Write the rows still buffered and close the file (closed even when the write fails)."""
-        try:
-            self._flush()
-            self._writer.close()
-        finally:
-            self._sink.close()
 
 
 class _RangeWriter:
@@ -509,7 +239,7 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
     eol = task.dialect.eol
     line_no, at_start = task.first_line, task.start == 0
     try:
-        for chunk in range_chunks(task.name, task.path, task.start, task.end, eol):
+        for chunk in inputs.range_chunks(task.name, task.path, task.start, task.end, eol):
             for labels, pixels, lines, chunk_bad in csvparse.iter_block(chunk, spec, line_no, at_start, task.dialect,
                                                                         not_rows):
                 bad += chunk_bad
@@ -543,8 +273,8 @@ def _refuse_unreadable(raw_dir, unreadable):
     if unreadable:
         raise JobError(
             f"{raw_dir} holds files convert does not read: {unreadable[:10]}{' ...' if len(unreadable) > 10 else ''}. "
-            f"It reads {', '.join('*' + e for e in CSV_EXTENSIONS)} in any letter case, optionally compressed "
-            f"({', '.join(COMPRESSIONS)}), and directories of part files (names starting with '_' or '.' are "
+            f"It reads {', '.join('*' + e for e in inputs.CSV_EXTENSIONS)} in any letter case, optionally compressed "
+            f"({', '.join(inputs.COMPRESSIONS)}), and directories of part files (names starting with '_' or '.' are "
             "skipped). Convert those files to CSV, or move them out of the version directory.")
 
 

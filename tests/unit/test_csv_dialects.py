@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tfospipe import convert, csvparse
+from tfospipe import convert, csvparse, inputs
 
 SPEC = csvparse.Spec(num_pixels=4, pixel_max=16)
 ROWS = [[7, 0, 16, 3, 4], [1, 2, 3, 4, 5], [9, 9, 9, 9, 9]]
@@ -116,7 +116,7 @@ def test_inputs_read_part_directories_any_case_and_refuse_unknown_files(tmp_path
                  "digits.csv/part-00001.csv.gz", "digits.csv/_SUCCESS", "digits.csv/.part-00000.csv.crc",
                  "score/s.csv/part-0.csv", "notes.txt", "book.xlsx", ".hidden.csv", "_tmp.csv"]:
         (raw / name).write_bytes(b"")
-    labeled, unlabeled, skipped, unreadable = convert.list_inputs(str(raw))
+    labeled, unlabeled, skipped, unreadable = inputs.list_inputs(str(raw))
     assert [n for n, _p in labeled] == ["B.CSV", "a.csv", "c.Csv.GZ", "d.tsv", "digits.csv/part-00000.csv",
                                         "digits.csv/part-00001.csv.gz", "e.csv.bz2"]
     assert [n for n, _p in unlabeled] == ["score/s.csv/part-0.csv"]
@@ -129,13 +129,13 @@ def test_compressed_inputs_stream_in_whole_lines_and_a_truncated_one_says_where(
     for name, data in [("a.csv.gz", gzip.compress(body)), ("a.csv.bz2", bz2.compress(body))]:
         path = tmp_path / name
         path.write_bytes(data)
-        chunks = list(convert.range_chunks(name, str(path), 0, len(data), b"\n"))
+        chunks = list(inputs.range_chunks(name, str(path), 0, len(data), b"\n"))
         assert b"".join(chunks) == body and all(c.endswith(b"\n") for c in chunks)
         cut = len(data) * 7 // 10
         path.write_bytes(data[:cut])
         got = []
         with pytest.raises(csvparse.InputError) as e:
-            for chunk in convert.range_chunks(name, str(path), 0, cut, b"\n"):
+            for chunk in inputs.range_chunks(name, str(path), 0, cut, b"\n"):
                 got.append(chunk)
         assert name in str(e.value) and "corrupt" in str(e.value) and "compressed byte" in str(e.value)
         readable = int(str(e.value).split("only its first ")[1].split(" lines")[0].replace(",", ""))
@@ -147,7 +147,7 @@ def test_scan_spans_are_line_aligned_for_cr_only_files(tmp_path):
     lines = [b"%d,1,2,3,4" % (i % 10) for i in range(1000)]
     path = tmp_path / "a.csv"
     path.write_bytes(b"\r".join(lines) + b"\r")
-    scan = convert.scan_file("a.csv", str(path), 3, b"\r")
+    scan = inputs.scan_file("a.csv", str(path), 3, b"\r")
     data = path.read_bytes()
     assert scan["spans"][0][0] == 0 and scan["spans"][-1][1] == len(data)
     numbers = []
@@ -163,7 +163,7 @@ def test_head_reads_whole_long_lines(tmp_path):
     line = b"3," + b",".join([b"200"] * 360000)  # a 600x600 image: a 1.4 MB line
     path = tmp_path / "big.csv"
     path.write_bytes((line + b"\n") * 4)
-    head, complete = convert.read_head("big.csv", str(path))
+    head, complete = inputs.read_head("big.csv", str(path))
     dialect = csvparse.sniff(head, "big.csv", complete)
     assert complete and dialect.columns == 360001 and dialect.data_lines == 4
 
@@ -181,8 +181,8 @@ def test_shipped_producer_cases_are_sniffed_as_written():
     seen = {}
     for case in sorted(os.listdir(base)):
         if os.path.isdir(os.path.join(base, case)):
-            labeled, _u, _s, _x = convert.list_inputs(os.path.join(base, case))
-            seen[case] = [csvparse.sniff(convert.read_head(n, p)[0], n).describe() for n, p in labeled]
+            labeled, _u, _s, _x = inputs.list_inputs(os.path.join(base, case))
+            seen[case] = [csvparse.sniff(inputs.read_head(n, p)[0], n).describe() for n, p in labeled]
     assert seen["bom_noheader"][0]["encoding"] == "UTF-8 with BOM" and seen["bom_noheader"][0]["header"] is None
     assert seen["cr_only"][0]["line_terminator"] == "CR" and seen["cr_only"][0]["header"].startswith("label,")
     assert seen["numeric_header"][0]["header"].startswith("0,1,2,3,")

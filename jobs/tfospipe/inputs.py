@@ -1,0 +1,232 @@
+"""The raw side of a dataset version: which files of ``{root}/raw/{version}/`` are inputs, and
+reading them as streams of whole lines.
+
+What is read (:func:`list_inputs`): ``*.csv`` and ``*.tsv`` in any letter case, plain or compressed
+(``.gz``, ``.bz2``, ``.xz``: Python's standard library streams), and directories of part files as
+Spark and Hadoop write them, where names starting with ``_`` or ``.`` are skipped as Hadoop does.
+Every read streams in :data:`READ_BYTES` pieces through the storage layer (fs), so memory does not
+grow with a file's size. Used by the convert job (both passes) and by ``scripts/lineage.py``.
+"""
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import lzma
+import time
+import zlib
+from typing import BinaryIO, Iterator
+
+from . import csvparse, fs, paths
+
+#: Lines sniffed from the head of each file, and the head's usual size limit (bytes): it reads on
+#: past it only to complete a few whole lines (an image of 600x600 pixels is a 1.4 MB line).
+HEAD_LINES = 200
+HEAD_BYTES = 1 << 20
+#: The longest line convert accepts (bytes); a longer one is an error rather than unbounded memory.
+MAX_LINE_BYTES = 256 << 20
+#: Bytes read per step when streaming a file (scan and convert passes).
+READ_BYTES = csvparse.CHUNK_BYTES
+#: File extensions read as CSV (any letter case; ``.tsv`` is sniffed like the rest).
+CSV_EXTENSIONS = (".csv", ".tsv")
+#: Compressed inputs and their readers (Python's standard library streams; one Spark task each).
+COMPRESSIONS = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
+#: What a truncated or damaged compressed stream raises while it is read.
+_CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
+
+
+#: A file of a version directory: ``(name relative to raw/{version}/, full path)``.
+Input = tuple[str, str]
+
+
+def compression_of(name: str) -> str | None:
+    """The compression suffix of an input name (``.gz``, ``.bz2``, ``.xz``, any letter case), or None."""
+    lower = name.lower()
+    return next((c for c in COMPRESSIONS if lower.endswith(c)), None)
+
+
+def is_csv_name(name: str) -> bool:
+    """Whether convert reads a file of this name: a CSV extension, optionally compressed."""
+    lower = name.lower()
+    comp = compression_of(lower)
+    return (lower[:-len(comp)] if comp else lower).endswith(CSV_EXTENSIONS)
+
+
+def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
+    """The input files of a version directory: ``(labeled, unlabeled, skipped, unreadable)``.
+
+    ``labeled`` and ``unlabeled`` (under ``score/``) are sorted ``(name, path)`` pairs, ``name``
+    relative to ``raw_dir`` (``a.csv``, ``digits.csv/part-00000.csv``, ``score/s.csv``): it keys row
+    ids and the quarantine. Directories are read recursively (Spark output, partition directories).
+    ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files). ``unreadable``: every
+    other file, which the caller refuses. All four are sorted by name.
+    """
+    groups = {"labeled": [], "unlabeled": []}
+    skipped, unreadable = [], []
+
+    def walk(directory, prefix, group):
+        for entry in fs.listdir(directory):
+            path, name = paths.join(directory, entry), prefix + entry
+            if entry.startswith(("_", ".")):
+                skipped.append(name)
+            elif fs.isdir(path):
+                walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group)
+            elif is_csv_name(entry):
+                groups[group].append((name, path))
+            else:
+                unreadable.append(name)
+
+    walk(raw_dir, "", "labeled")
+    return sorted(groups["labeled"]), sorted(groups["unlabeled"]), sorted(skipped), sorted(unreadable)
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """A binary reader of an input file, decompressing it by its suffix: ``(reader, raw file)``.
+
+    ``raw file`` is the stored (compressed) stream, whose ``tell()`` says how far the reader got;
+    for a plain file both are the same object. Raises OSError when the file cannot be opened.
+    """
+    with fs.open_read(path) as raw:
+        comp = compression_of(path)
+        if comp is None:
+            yield raw, raw
+        else:
+            with COMPRESSIONS[comp](raw) as reader:
+                yield reader, raw
+
+
+def _corrupt(name, path, error, eol=b"\n"):
+    """The InputError of a corrupt compressed input: what the reader raised, the compressed byte
+    where it gave up, and how much of the file still decompresses (re-read in small pieces)."""
+    lines = good = 0
+    with open_input(path) as (reader, raw):
+        try:
+            while piece := reader.read(1 << 16):
+                lines, good = lines + piece.count(eol), good + len(piece)
+        except _CORRUPT:
+            pass
+        try:
+            where = f"at compressed byte {raw.tell():,} of {fs.size(path):,}"
+        except (OSError, ValueError):
+            where = "part-way"
+    return csvparse.InputError(f"{name} is corrupt ({type(error).__name__}: {error}) {where}: only its first "
+                               f"{lines:,} lines ({good:,} bytes decompressed) can be read")
+
+
+def read_head(name: str, path: str) -> tuple[bytes, bool]:
+    """``(bytes, complete)``: the first whole lines of an input file (decompressed), up to
+    :data:`HEAD_LINES` lines or :data:`HEAD_BYTES` bytes, and whether that is the whole file.
+
+    Raises csvparse.InputError when the file is corrupt or no line ends within MAX_LINE_BYTES,
+    OSError when it cannot be read.
+    """
+    data = b""
+    with open_input(path) as (reader, raw):
+        while True:
+            try:
+                piece = reader.read(HEAD_BYTES)
+            except _CORRUPT as e:
+                raise _corrupt(name, path, e) from None
+            if not piece:
+                return data, True
+            data += piece
+            ends = max(data.count(b"\n"), data.count(b"\r"))
+            if ends >= HEAD_LINES or (len(data) >= HEAD_BYTES and ends >= 5):
+                return data, False
+            if len(data) >= MAX_LINE_BYTES:
+                if not ends:
+                    raise csvparse.InputError(f"{name}: no line ends within its first {MAX_LINE_BYTES:,} bytes; "
+                                              "is it a CSV file with one row per line?")
+                return data, False
+
+
+def _line_start(f, offset, eol, size):
+    """The first line start at or after byte ``offset`` of an open plain file."""
+    if offset <= 0:
+        return 0
+    f.seek(offset - 1)
+    pos = offset - 1
+    while pos < size:
+        piece = f.read(1 << 16)
+        if not piece:
+            break
+        i = piece.find(eol)
+        if i >= 0:
+            return pos + i + 1
+        pos += len(piece)
+    return size
+
+
+def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
+    """Executor side, pass 1: size and SHA-256 of a file (as stored), and its ranges' line-aligned spans.
+
+    Returns ``{"name", "path", "bytes", "sha256" (64 hex digits), "spans", "span"}``: ``spans`` holds
+    ``(start, end, first line number)`` of each of the ``parts`` ranges (a range owns the lines that
+    start inside it; a compressed file has one span, its whole stored size); ``span`` is the task's
+    ``(start, end)`` wall-clock time in epoch seconds. Streams the file in READ_BYTES pieces: memory
+    does not grow with its size. Raises OSError when the file cannot be read.
+    """
+    started = time.time()
+    size = fs.size(path)
+    compressed = compression_of(path) is not None
+    digest = hashlib.sha256()
+    with fs.open_read(path) as f:
+        starts = [0] if compressed else [_line_start(f, size * part // parts, eol, size) for part in range(parts)]
+        line_of = {0: 1}
+        pending = sorted(set(starts) - {0})
+        f.seek(0)
+        pos, seen = 0, 0
+        while True:
+            piece = f.read(READ_BYTES)
+            if not piece:
+                break
+            digest.update(piece)
+            end = pos + len(piece)
+            while pending and pending[0] <= end:
+                offset = pending.pop(0)
+                line_of[offset] = seen + piece.count(eol, 0, offset - pos) + 1
+            seen += piece.count(eol)
+            pos = end
+        for t in pending:  # offsets at the very end of the file
+            line_of[t] = seen + 1
+    if compressed:
+        spans = [(0, size, 1)] * parts
+    else:
+        bounds = starts + [size]
+        spans = [(bounds[i], max(bounds[i], bounds[i + 1]), line_of[bounds[i]]) for i in range(parts)]
+    return {"name": name, "path": path, "bytes": size, "sha256": digest.hexdigest(), "spans": spans,
+            "span": (started, time.time())}
+
+
+def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iterator[bytes]:
+    """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
+    whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).
+
+    Lines end with ``eol`` (``b"\\n"``, or ``b"\\r"`` for CR-only files); the last piece may lack it.
+    Raises csvparse.InputError when the stream is corrupt or truncated, or a line is longer than
+    MAX_LINE_BYTES; OSError when the file cannot be read."""
+    compressed = compression_of(path) is not None
+    with open_input(path) as (reader, raw):
+        if not compressed:
+            reader.seek(start)
+        remaining = None if compressed else end - start
+        carry = b""
+        while remaining is None or remaining > 0:
+            try:
+                piece = reader.read(READ_BYTES if remaining is None else min(READ_BYTES, remaining))
+            except _CORRUPT as e:
+                raise _corrupt(name, path, e, eol) from None
+            if not piece:
+                break
+            if remaining is not None:
+                remaining -= len(piece)
+            data = carry + piece
+            cut = data.rfind(eol) + 1
+            carry = data[cut:]
+            if cut:
+                yield data[:cut]
+            elif len(carry) > MAX_LINE_BYTES:
+                raise csvparse.InputError(f"{name}: a line longer than {MAX_LINE_BYTES:,} bytes")
+        if carry:
+            yield carry
