@@ -1,7 +1,9 @@
 """Submit side of the pipeline: how a job is started with spark-submit, set once.
 
 * :func:`spark_conf`: one executor per TensorFlow node with one task slot each, dynamic allocation
-  off, :data:`TF_ENV` and :data:`PYTHON` for driver and executors, TCMalloc preloaded
+  off, :data:`TF_ENV` for driver and executors, :data:`PYTHON` for the driver, the executors' Python
+  as ``TFOS_EXECUTOR_PYTHON_ENV`` chooses (:func:`executor_python_conf`: this same venv, the packed
+  environment of ``make executor-env``, or the project's image), TCMalloc preloaded
   (:func:`executor_malloc`);
 * :func:`build_zip`: the ``--py-files`` zip of the ``tfospipe`` package, built from the source at
   submit time, without the submit-only modules (:data:`SUBMIT_ONLY`: this one and :mod:`.jobspec`);
@@ -30,6 +32,19 @@ BUILD_DIR = os.environ.get("TFOS_BUILD_DIR", os.path.join(PROJECT_DIR, "build"))
 #: Python of the driver and executors: this one (the project's venv; the same path in the image).
 PYTHON = os.environ.get("TFOS_PYSPARK_PYTHON", sys.executable)
 
+#: How the executors get their Python (``TFOS_EXECUTOR_PYTHON_ENV``; :func:`executor_python_conf`).
+EXECUTOR_PYTHON_ENVS = ("venv", "archive", "image")
+#: The packed executor environment ``make executor-env`` builds (scripts/executor_env.sh: venv-pack of
+#: requirements-executor.txt); ``TFOS_EXECUTOR_ARCHIVE`` names another path, or a URI the cluster
+#: reads (``hdfs://``, ``s3a://``, ``gs://``...).
+EXECUTOR_ARCHIVE = os.path.join(PROJECT_DIR, "build", "executor-env.tar.gz")
+#: Where Spark unpacks the archive in each executor's working directory (the ``#`` fragment of
+#: ``spark.archives``), and the Python the executors then run.
+ARCHIVE_ALIAS = "environment"
+ARCHIVE_PYTHON = f"./{ARCHIVE_ALIAS}/bin/python"
+#: The venv's Python in the project's image (Dockerfile: ``python -m venv /opt/tfos/.venv``).
+IMAGE_PYTHON = "/opt/tfos/.venv/bin/python"
+
 #: Modules of the package that run only where a job is submitted (paths relative to ``jobs/``):
 #: never imported by a job's driver or executors, so not shipped in the zip.
 SUBMIT_ONLY = ("tfospipe/jobspec.py", "tfospipe/launch.py")
@@ -55,12 +70,58 @@ def executor_malloc() -> str | None:
     page-faults it in again (measured here: 33,000 faults and ~100 ms of kernel time per step of the
     seed CNN at batch 64, +60% step time). TCMalloc keeps it. ``TFOS_EXECUTOR_MALLOC`` overrides the
     path (as the executors see it); set it empty to keep glibc's allocator. Otherwise the first of
-    :data:`TCMALLOC_PATHS` that exists on this machine, or None.
+    :data:`TCMALLOC_PATHS` that exists on this machine, or None. The same whatever
+    ``TFOS_EXECUTOR_PYTHON_ENV`` says: TCMalloc is a system library, in no archive; on nodes that keep
+    it elsewhere (or lack it: the loader then warns and goes on with glibc's), set the variable.
     """
     path = os.environ.get("TFOS_EXECUTOR_MALLOC")
     if path is None:
         path = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), "")
     return path or None
+
+
+def _archive_conf() -> dict[str, str]:
+    """``spark.archives`` and ``spark.pyspark.python`` of ``TFOS_EXECUTOR_PYTHON_ENV=archive``. Raises
+    ValueError when the archive is a local path (no ``scheme://``) that does not exist."""
+    archive = os.environ.get("TFOS_EXECUTOR_ARCHIVE") or EXECUTOR_ARCHIVE
+    if "://" not in archive:
+        archive = os.path.abspath(archive)
+        if not os.path.isfile(archive):
+            raise ValueError(f"TFOS_EXECUTOR_PYTHON_ENV=archive: the executor environment {archive} does not "
+                             "exist; build it with `make executor-env` (or set TFOS_EXECUTOR_ARCHIVE to the "
+                             "archive's path or URI)")
+    return {"spark.archives": f"{archive}#{ARCHIVE_ALIAS}", "spark.pyspark.python": ARCHIVE_PYTHON}
+
+
+def executor_python_conf() -> dict[str, str]:
+    """Spark conf that gives the executors their Python, as ``TFOS_EXECUTOR_PYTHON_ENV`` says (read at
+    each call; the Airflow operator gets it through :func:`spark_conf`):
+
+    * ``venv`` (default, also when unset or empty): :data:`PYTHON`, this machine's venv, which must
+      exist at the same path on every node (one machine; the compose deployment's shared image);
+    * ``archive``: the packed environment (:data:`EXECUTOR_ARCHIVE`, or ``TFOS_EXECUTOR_ARCHIVE``)
+      shipped with ``spark.archives=<archive>#environment`` and run as ``./environment/bin/python``
+      (Spark's Python package management; YARN, Kubernetes, standalone, EMR, Dataproc);
+    * ``image``: the project's image ``TFOS_EXECUTOR_IMAGE`` as ``spark.kubernetes.container.image``,
+      and its venv's Python (:data:`IMAGE_PYTHON`).
+
+    The driver's Python (``spark.pyspark.driver.python``) stays :data:`PYTHON` in every mode: the
+    driver runs where spark-submit runs (client mode). Raises ValueError for another value, a missing
+    local archive (naming ``make executor-env``) or ``image`` without ``TFOS_EXECUTOR_IMAGE``.
+    """
+    mode = os.environ.get("TFOS_EXECUTOR_PYTHON_ENV") or "venv"
+    if mode == "venv":
+        return {"spark.pyspark.python": PYTHON}
+    if mode == "archive":
+        return _archive_conf()
+    if mode == "image":
+        image = os.environ.get("TFOS_EXECUTOR_IMAGE")
+        if not image:
+            raise ValueError("TFOS_EXECUTOR_PYTHON_ENV=image needs TFOS_EXECUTOR_IMAGE: the project's image "
+                             "(built from its Dockerfile) as the Kubernetes executors pull it, e.g. "
+                             "registry.example.com/tfos-pipeline:1")
+        return {"spark.kubernetes.container.image": image, "spark.pyspark.python": IMAGE_PYTHON}
+    raise ValueError(f"TFOS_EXECUTOR_PYTHON_ENV={mode!r} is not one of {', '.join(EXECUTOR_PYTHON_ENVS)}")
 
 
 def spark_conf(cluster_size: str, tfos: bool = False) -> dict[str, str]:
@@ -69,7 +130,8 @@ def spark_conf(cluster_size: str, tfos: bool = False) -> dict[str, str]:
     ``cluster_size`` is the executor count as an integer string, or a Jinja template rendering to one
     (the operator's ``CLUSTER_SIZE``). ``tfos=True`` (a job whose spec has ``tfos``: training) also
     stops Spark from retrying a failed TF node's task: a retried node cannot rejoin a running
-    TensorFlow cluster and would hang it; Airflow retries the whole job.
+    TensorFlow cluster and would hang it; Airflow retries the whole job. The executors' Python comes
+    from :func:`executor_python_conf` (ValueError as it says).
     """
     conf = {
         "spark.executor.instances": cluster_size,   # YARN, Kubernetes
@@ -78,7 +140,7 @@ def spark_conf(cluster_size: str, tfos: bool = False) -> dict[str, str]:
         "spark.task.cpus": "1",                     # one task, so one TF node, per executor
         "spark.dynamicAllocation.enabled": "false",
         "spark.python.worker.reuse": "true",        # models stay loaded across tasks
-        "spark.pyspark.python": PYTHON,
+        **executor_python_conf(),
         "spark.pyspark.driver.python": PYTHON,
     }
     for key, value in TF_ENV.items():

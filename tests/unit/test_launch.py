@@ -1,7 +1,10 @@
 """The submit side: the --py-files zip ships the job code and nothing submit-only; the command line."""
 import ast
 import os
+import re
 import zipfile
+
+import pytest
 
 from tfospipe import jobspec, launch
 
@@ -62,3 +65,94 @@ def test_one_spec_per_job():
     assert jobspec.get("infer").written({"data_root": "/d", "version": "v1"}) == "/d/predictions/v1"
     for spec in jobspec.SPECS.values():
         assert os.path.isfile(spec.application)
+
+
+#: The conf keys that TFOS_EXECUTOR_PYTHON_ENV decides besides spark.pyspark.python.
+MODE_KEYS = ("spark.archives", "spark.kubernetes.container.image")
+
+
+@pytest.fixture
+def python_env(monkeypatch):
+    """A clean slate for TFOS_EXECUTOR_PYTHON_ENV and its companions; returns monkeypatch."""
+    for name in ("TFOS_EXECUTOR_PYTHON_ENV", "TFOS_EXECUTOR_ARCHIVE", "TFOS_EXECUTOR_IMAGE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("value", [None, "", "venv"])
+def test_venv_mode_is_the_default_and_runs_this_python_everywhere(python_env, value):
+    if value is not None:
+        python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", value)
+    conf = launch.spark_conf("2")
+    assert conf["spark.pyspark.python"] == conf["spark.pyspark.driver.python"] == launch.PYTHON
+    assert not set(MODE_KEYS) & set(conf)
+
+
+def test_archive_mode_ships_the_packed_environment(python_env, tmp_path):
+    archive = tmp_path / "env.tar.gz"
+    archive.write_bytes(b"")
+    python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
+    python_env.setenv("TFOS_EXECUTOR_ARCHIVE", str(archive))
+    conf = launch.spark_conf("2", tfos=True)
+    assert conf["spark.archives"] == f"{archive}#environment"
+    assert conf["spark.pyspark.python"] == "./environment/bin/python"
+    assert conf["spark.pyspark.driver.python"] == launch.PYTHON   # the driver runs here (client mode)
+    assert "spark.kubernetes.container.image" not in conf
+    assert conf["spark.task.maxFailures"] == "1" and conf["spark.executorEnv.TF_USE_LEGACY_KERAS"] == "1"
+    # a relative path is made absolute (spark-submit may run elsewhere); a URI is left to the cluster
+    python_env.chdir(tmp_path)
+    python_env.setenv("TFOS_EXECUTOR_ARCHIVE", "env.tar.gz")
+    assert launch.spark_conf("2")["spark.archives"] == f"{archive}#environment"
+    python_env.setenv("TFOS_EXECUTOR_ARCHIVE", "hdfs:///envs/executor-env.tar.gz")
+    assert launch.spark_conf("2")["spark.archives"] == "hdfs:///envs/executor-env.tar.gz#environment"
+    # the default archive is the one `make executor-env` builds
+    assert launch.EXECUTOR_ARCHIVE == os.path.join(launch.PROJECT_DIR, "build", "executor-env.tar.gz")
+    python_env.delenv("TFOS_EXECUTOR_ARCHIVE")
+    python_env.setattr(launch, "EXECUTOR_ARCHIVE", str(archive))
+    assert launch.spark_conf("2")["spark.archives"] == f"{archive}#environment"
+
+
+def test_archive_mode_refuses_a_missing_archive(python_env, tmp_path):
+    python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
+    python_env.setattr(launch, "EXECUTOR_ARCHIVE", str(tmp_path / "build" / "executor-env.tar.gz"))
+    with pytest.raises(ValueError, match=r"executor-env\.tar\.gz does not exist; build it with `make executor-env`"):
+        launch.spark_conf("2")
+    python_env.setenv("TFOS_EXECUTOR_ARCHIVE", str(tmp_path / "other.tar.gz"))
+    with pytest.raises(ValueError, match="other.tar.gz does not exist"):
+        launch.spark_submit_argv("convert", {"data_root": "/d", "version": "v1"}, "yarn", 2, str(tmp_path))
+
+
+def test_image_mode_names_the_image_and_its_python(python_env):
+    python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", "image")
+    with pytest.raises(ValueError, match="TFOS_EXECUTOR_PYTHON_ENV=image needs TFOS_EXECUTOR_IMAGE"):
+        launch.spark_conf("2")
+    python_env.setenv("TFOS_EXECUTOR_IMAGE", "registry.example.com/tfos-pipeline:1")
+    conf = launch.spark_conf("2")
+    assert conf["spark.kubernetes.container.image"] == "registry.example.com/tfos-pipeline:1"
+    assert conf["spark.pyspark.python"] == launch.IMAGE_PYTHON
+    assert conf["spark.pyspark.driver.python"] == launch.PYTHON and "spark.archives" not in conf
+    # the image's venv is where the Dockerfile creates it
+    with open(os.path.join(launch.PROJECT_DIR, "Dockerfile")) as f:
+        venv = re.search(r"python -m venv (\S+)", f.read()).group(1)
+    assert launch.IMAGE_PYTHON == f"{venv}/bin/python"
+
+
+@pytest.mark.parametrize("value", ["conda", "Archive", "docker"])
+def test_an_unknown_python_env_is_refused(python_env, value):
+    python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", value)
+    with pytest.raises(ValueError, match=f"TFOS_EXECUTOR_PYTHON_ENV='{value}' is not one of venv, archive, image"):
+        launch.spark_conf("2")
+
+
+def test_the_airflow_operator_takes_the_same_setting(python_env, tmp_path):
+    """The operator builds its conf through launch.spark_conf when the DAG is parsed."""
+    from tfos_spark import TFoSSparkSubmitOperator
+
+    archive = tmp_path / "env.tar.gz"
+    archive.write_bytes(b"")
+    python_env.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
+    python_env.setenv("TFOS_EXECUTOR_ARCHIVE", str(archive))
+    op = TFoSSparkSubmitOperator(task_id="convert", job="convert", job_args={"data_root": "/d", "version": "v1"})
+    assert op.conf == launch.spark_conf(op.conf["spark.executor.instances"])
+    assert op.conf["spark.archives"] == f"{archive}#environment"
+    assert op.conf["spark.pyspark.python"] == "./environment/bin/python"
