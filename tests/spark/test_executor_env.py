@@ -1,13 +1,14 @@
 """TFOS_EXECUTOR_PYTHON_ENV=archive on a real 2-executor cluster: the executors run the environment
 that `make executor-env` packs (shipped with spark.archives), not the Airflow host's venv.
 
+A small PySpark application, submitted with the pipeline's conf (launch.spark_conf) and --py-files
+zip, reports from each executor (one barrier task per executor) its Python, where each package comes
+from and whether every shipped tfospipe module imports there; then runs a mapInArrow, as infer does.
+
 The archive is built by the make target (minutes the first time; a no-op while requirements.txt,
 requirements-executor.txt and the venv are unchanged). Opt-in, with TFOS_TEST_EXECUTOR_ENV=1: on
 this 2-core machine the build takes ~1.6 min (683 MiB archive) and the run ~1.4 min (the driver and
-each executor unpack 2.3 GiB), together past the ~3 minutes a test may take by default. A small PySpark application, submitted with
-the pipeline's conf (launch.spark_conf) and --py-files zip, reports from each executor (one barrier
-task per executor) its Python, where each package comes from and whether every shipped tfospipe
-module imports there; then runs a mapInArrow, as infer does.
+each executor unpack 1.9 GiB), together past the ~3 minutes a test may take by default.
 """
 import json
 import os
@@ -75,7 +76,7 @@ def local_cluster_work_dir():
 
 def remove_new_environments(work, before):
     """Remove the application directories under ``work`` that are not in ``before`` and hold an
-    unpacked archive (``<executor>/environment``: 2.3 GiB each)."""
+    unpacked archive (``<executor>/environment``: 1.9 GiB each)."""
     for app in set(os.listdir(work) if os.path.isdir(work) else ()) - before:
         path = os.path.join(work, app)
         if any(os.path.isdir(os.path.join(path, e, "environment")) for e in os.listdir(path)):
