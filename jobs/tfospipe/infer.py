@@ -114,7 +114,8 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
 
     ``node_args``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
     ``dataset_version`` (what :func:`run` passes to ``TFCluster.run``); ``ctx``: TFoS's node context.
-    Each result is a tuple in the column order of :func:`prediction_schema`.
+    Each result is a tuple in the column order of :func:`prediction_schema`. On a root ``tf.io.gfile``
+    cannot reach, the model is loaded from a local copy (predict.loaded_model) removed once loaded.
     """
     import os
 
@@ -124,8 +125,13 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
     from tfospipe import predict as node_predict
     from tfospipe import schema as node_schema
 
+    from tfospipe import scratch as node_scratch
+
     image_shape = tuple(node_args["image_shape"])
-    fn = node_predict.loaded_model(node_args["model_dir"], image_shape)
+    try:
+        fn = node_predict.loaded_model(node_args["model_dir"], image_shape)
+    finally:  # TFoS runs the node in a child process that skips atexit: drop the model's local copy now
+        node_scratch.cleanup()
     feed = ctx.get_data_feed(train_mode=False)
     while not feed.should_stop():
         batch = feed.next_batch(node_args["batch_size"])
@@ -137,6 +143,58 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
             (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, node_args["model_version"],
              node_args["dataset_version"])
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
+
+
+def spark_writes(path: str) -> bool:
+    """Whether Spark's own Parquet writer (its Hadoop file systems) is used for ``path``: local paths,
+    ``file://``, ``hdfs://`` and ``gs://`` (as before); on ``s3://``, ``s3a://`` and ``abfs://`` roots the
+    executors write the Parquet parts through ``fs`` (:func:`write_parts`), needing no Hadoop connector."""
+    return "://" not in path or path.startswith(("file://", "hdfs://", "gs://"))
+
+
+def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Executor side (``mapInArrow``): write this partition's prediction batches as one Parquet file
+    ``<out_dir>/part-<partition 5 digits>-<12 hex>.parquet`` through ``fs`` (none for a partition without
+    rows) and yield one row ``(file, rows)``: the file's name ("" when none) and its rows."""
+    def run(batches):
+        import uuid
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        name = f"part-{TaskContext.get().partitionId():05d}-{uuid.uuid4().hex[:12]}.parquet"
+        rows, sink, writer = 0, None, None
+        try:
+            for batch in batches:
+                if writer is None:
+                    sink = fs.open_write(paths.join(out_dir, name))
+                    writer = pq.ParquetWriter(sink, batch.schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+                sink.close()
+        yield pa.RecordBatch.from_pydict({"file": [name if rows else ""], "rows": [rows]},
+                                         schema=pa.schema([("file", pa.string()), ("rows", pa.int64())]))
+    return run
+
+
+def _write_predictions(predictions, stage_dir):
+    """Write the predictions DataFrame as Parquet into ``stage_dir``. Spark's writer where it reaches
+    the root (:func:`spark_writes`; returns None: the caller counts the rows), else :func:`write_parts`,
+    keeping only the parts the finished tasks reported (a retried task's earlier part is removed), and
+    returns the rows written."""
+    if spark_writes(stage_dir):
+        predictions.write.mode("overwrite").parquet(stage_dir)
+        return None
+    written = predictions.mapInArrow(write_parts(stage_dir), "file string, rows long").collect()
+    keep = {r["file"] for r in written}
+    for name in fs.listdir(stage_dir):
+        if name.startswith("part-") and name not in keep:
+            fs.rmtree(paths.join(stage_dir, name))
+    return sum(r["rows"] for r in written)
 
 
 def _tfos_predictions(spark, files, node_args, nodes):
@@ -241,10 +299,11 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             predictions = inputs.mapInArrow(
                 predict_partition(model_dir, image_shape, args.batch_size, mv, args.version,
                                   output_schema.fieldNames(), loads, timings), output_schema)
-        predictions.write.mode("overwrite").parquet(stage.path)
+        rows_out = _write_predictions(predictions, stage.path)
         if cluster is not None:
             _shutdown(cluster)
-        rows_out = spark.read.parquet(stage.path).count()
+        if rows_out is None:
+            rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
         result = _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started)

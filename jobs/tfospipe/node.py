@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import fs, markers, paths
+from . import fs, markers, paths, scratch
 from .feed import Feed
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ def node_main(node_args: NodeArgs, ctx: Any) -> None:
     except BaseException:
         markers.write_error(node_args.run_dir, markers.node_name(ctx))
         raise
+    finally:  # the local copies of a root tf.io.gfile cannot reach (TFoS's node process may skip atexit)
+        scratch.cleanup()
 
 
 def _tensorflow(ps_mode: bool):
@@ -118,7 +120,9 @@ def _serve(node_args: NodeArgs, ctx: Any) -> None:
 def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) -> "tf.data.Dataset":
     """This input pipeline's planned share of a split (never empty), repeated: the node meets any step
     budget, a smaller share repeating its records within the epoch. A ``tf.data.Dataset`` of serialized
-    Examples (scalar strings); shuffled with a seed per pipeline when ``shuffle``.
+    Examples (scalar strings); shuffled with a seed per pipeline when ``shuffle``. On a root
+    ``tf.io.gfile`` cannot reach, the share's files are read from local copies (scratch.local_copy, in
+    this process's scratch directory; under ParameterServerStrategy the coordinator's, see train.py).
 
     ``input_context``: ``tf.distribute.InputContext``. Raises RuntimeError when the strategy runs another
     number of input pipelines than the driver planned shares for.
@@ -131,7 +135,8 @@ def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) 
         raise RuntimeError(f"{input_context.num_input_pipelines} input pipelines, but the driver planned "
                            f"shares for {len(shares)} nodes")
     share = shares[input_context.input_pipeline_id]
-    ds = tf.data.TFRecordDataset(share["files"], compression_type=schema.compression_type(share["files"]))
+    files = scratch.local_copies(share["files"])  # the files themselves on a root tf.io.gfile reaches
+    ds = tf.data.TFRecordDataset(files, compression_type=schema.compression_type(files))
     if share["every"] > 1:
         ds = ds.shard(share["every"], share["offset"])
     ds = ds.cache()
@@ -235,7 +240,8 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
     """``(callbacks, progress callback, step counter or None)`` of ``model.fit``: BackupAndRestore in
     ``backup/``, progress lines (every PROGRESS_EVERY_STEPS steps and per epoch; per epoch only under
     ParameterServerStrategy, which allows no batch-level callbacks), the step counter (all-reduce), and
-    on the chief TensorBoard logs in ``tensorboard/``."""
+    on the chief TensorBoard logs in ``tensorboard/``. On a root ``tf.io.gfile`` cannot reach, both are
+    written in the node's scratch directory and published by progress.BackupSync and progress.LogSync."""
     from . import progress
 
     write = progress.log_writer(node_args.run_dir, role.is_chief)
@@ -246,11 +252,17 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
         shown = progress.Progress(write, node_args.epochs, examples_per_epoch, role.step_examples,
                                   PROGRESS_EVERY_STEPS)
         counted = progress.StepCount()
-    callbacks = [tf.keras.callbacks.BackupAndRestore(paths.join(node_args.run_dir, "backup")), shown]
+    backup, logs = paths.join(node_args.run_dir, "backup"), paths.join(node_args.run_dir, "tensorboard")
+    if scratch.tf_reachable(node_args.run_dir):
+        callbacks, log_sync = [tf.keras.callbacks.BackupAndRestore(backup), shown], None
+    else:  # TensorFlow writes in scratch; the syncs publish after every epoch (see progress.BackupSync)
+        backup_sync, log_sync = progress.BackupSync(backup, role.is_chief), progress.LogSync(logs)
+        callbacks = [tf.keras.callbacks.BackupAndRestore(backup_sync.local_backup), backup_sync, shown]
+        logs = log_sync.local_logs
     callbacks += [counted] if counted else []
     if role.is_chief:
-        callbacks.append(tf.keras.callbacks.TensorBoard(paths.join(node_args.run_dir, "tensorboard"),
-                                                        update_freq="epoch" if role.ps_mode else 10))
+        callbacks.append(tf.keras.callbacks.TensorBoard(logs, update_freq="epoch" if role.ps_mode else 10))
+        callbacks += [log_sync] if log_sync else []
     return callbacks, shown, counted
 
 
@@ -261,23 +273,30 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
     is kept: it is written to ``<run_dir>/.model.staging`` and renamed to ``<run_dir>/model`` complete
     (the run is committed later by the driver, see ``train.commit_run``); the others write to a local
     temporary directory and delete it. Under ParameterServerStrategy only the chief runs this.
+
+    On a root ``tf.io.gfile`` cannot reach the chief exports into its scratch directory, uploads the
+    complete export to ``.model.staging`` and renames that to ``model`` with ``fs.rename`` (one
+    directory rename on HDFS; server-side copies then a delete on object stores, where ``model/`` is
+    trusted only once the driver has written the run's ``_SUCCESS``).
     """
     import tensorflow as tf
 
     from . import model as model_lib
 
-    if worker == 0:
-        target = paths.join(run_dir, ".model.staging")
-        fs.rmtree(target)
-    else:
+    if worker != 0:
         target = tempfile.mkdtemp(prefix=f"tfos-worker{worker}-")
-    model_lib.export(model, target, image_shape)
-    if worker == 0:
-        final = paths.join(run_dir, "model")
-        fs.rmtree(final)
-        tf.io.gfile.rename(target, final)
-    else:
+        model_lib.export(model, target, image_shape)
         shutil.rmtree(target, ignore_errors=True)
+        return
+    staging, final = paths.join(run_dir, ".model.staging"), paths.join(run_dir, "model")
+    fs.rmtree(staging)
+    with scratch.staged_dir(staging) as target:  # staging itself on a root tf.io.gfile reaches
+        model_lib.export(model, target, image_shape)
+    fs.rmtree(final)
+    if scratch.tf_reachable(run_dir):
+        tf.io.gfile.rename(staging, final)
+    else:
+        fs.rename(staging, final)
 
 
 def barrier(strategy: "tf.distribute.Strategy") -> None:

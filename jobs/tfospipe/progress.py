@@ -3,16 +3,21 @@
 The chief appends its progress lines to ``<run_dir>/progress.log``, which the driver echoes into the task
 log; the driver's :func:`tfospipe.train.last_finished_epoch` reads its ``epoch N/E`` lines. The rate
 arithmetic is in plain classes (:class:`EpochSpans`, :class:`StepRate`) that the callbacks call, so it
-can be checked without training. Imports TensorFlow: only the nodes import this module (``node.py``,
+can be checked without training. On a root ``tf.io.gfile`` cannot reach (``s3://``, ``hdfs://``,
+``abfs://``) the chief keeps its lines in memory and rewrites the whole ``progress.log`` object with each
+line (object stores have no append), and :class:`BackupSync` and :class:`LogSync` publish the
+BackupAndRestore state and TensorBoard logs that TensorFlow writes in the node's scratch directory
+(``scratch.py``). Imports TensorFlow: only the nodes import this module (``node.py``,
 after setting ``TF_USE_LEGACY_KERAS``), never the driver.
 """
 
+import os
 import time
 from collections.abc import Callable
 
 import tensorflow as tf
 
-from . import paths
+from . import fs, paths, scratch
 
 
 def epoch_line(epoch: int, epochs: int, step: int, logs: dict) -> str:
@@ -87,12 +92,73 @@ class StepRate:
 
 
 def log_writer(run_dir: str, is_chief: bool) -> Callable[[str], None]:
-    """Appends a line to ``<run_dir>/progress.log`` on the chief; does nothing on the other nodes."""
+    """Appends a line to ``<run_dir>/progress.log`` on the chief; does nothing on the other nodes.
+
+    On a root ``tf.io.gfile`` cannot reach, the lines written so far are kept and the whole file is
+    written again with each line (one PUT; the attempt's progress.log starts empty, train.prepare_run_dir).
+    """
+    path = paths.join(run_dir, "progress.log")
+    lines: list[str] = []
+
     def write(line: str) -> None:
-        if is_chief:
-            with tf.io.gfile.GFile(paths.join(run_dir, "progress.log"), "a") as f:
+        if not is_chief:
+            return
+        if scratch.tf_reachable(run_dir):
+            with tf.io.gfile.GFile(path, "a") as f:
                 f.write(line + "\n")
+        else:
+            lines.append(line + "\n")
+            fs.write_bytes(path, "".join(lines).encode("utf-8"))
     return write
+
+
+class BackupSync(tf.keras.callbacks.Callback):
+    """BackupAndRestore's state on a root ``tf.io.gfile`` cannot reach, kept in a local directory.
+
+    ``local_backup`` (in this process's scratch directory) is what BackupAndRestore is given; made here
+    from ``<remote_backup>/chief``, the chief's checkpoint from which every node restores (tf-keras
+    ``WorkerTrainingState``: the other workers write theirs to temporary directories they delete). Placed
+    right after BackupAndRestore: on the chief, after every epoch and at the end, ``<remote_backup>/chief``
+    is made to match the local one (checkpoint files first, the ``checkpoint`` index last; files the
+    checkpoint manager dropped are removed; after a finished fit BackupAndRestore has deleted its state,
+    and so is the remote copy), before the epoch's progress line, so a retried task on any executor
+    resumes from the last epoch that line reports.
+    """
+
+    def __init__(self, remote_backup: str, is_chief: bool):
+        super().__init__()
+        self.remote, self.is_chief = paths.join(remote_backup, "chief"), is_chief
+        self.local_backup = os.path.join(scratch.scratch_dir(), "backup")
+        os.makedirs(self.local_backup, exist_ok=True)
+        if fs.exists(self.remote):
+            fs.copytree(self.remote, os.path.join(self.local_backup, "chief"))
+
+    def _publish(self) -> None:
+        if self.is_chief:
+            scratch.sync(os.path.join(self.local_backup, "chief"), self.remote, last=("checkpoint",))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._publish()
+
+    def on_train_end(self, logs=None):
+        self._publish()
+
+
+class LogSync(tf.keras.callbacks.Callback):
+    """TensorBoard logs on a root ``tf.io.gfile`` cannot reach: TensorBoard writes ``local_logs`` (in the
+    scratch directory) and this callback, placed after it, uploads them to ``remote_logs`` after every
+    epoch and at the end of training (after TensorBoard closed its writers: the complete logs)."""
+
+    def __init__(self, remote_logs: str):
+        super().__init__()
+        self.remote = remote_logs
+        self.local_logs = os.path.join(scratch.scratch_dir(), "tensorboard")
+
+    def on_epoch_end(self, epoch, logs=None):
+        scratch.sync(self.local_logs, self.remote, prune=False)
+
+    def on_train_end(self, logs=None):
+        scratch.sync(self.local_logs, self.remote, prune=False)
 
 
 class EpochProgress(tf.keras.callbacks.Callback):

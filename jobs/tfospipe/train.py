@@ -67,7 +67,7 @@ import threading
 import time
 from typing import Any
 
-from . import dataset, fs, markers, node, paths
+from . import dataset, fs, markers, node, paths, scratch
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
 from .runner import ExecutorLoss, JobError, executor_loss, executors, git_revision, library_versions
 
@@ -277,6 +277,17 @@ def feed_rdd(sc: Any, shares: list[Share]) -> Any:
 
 
 # --- the run directory and its commit ------------------------------------------------------------------
+
+def check_root(data_root: str, num_ps: int) -> None:
+    """Refuse parameter servers on a root ``tf.io.gfile`` cannot reach (``s3://``, ``hdfs://``,
+    ``abfs://``): there the nodes read local copies of their shares (scratch.py), but under
+    ParameterServerStrategy the chief's coordinator builds the workers' input pipelines, whose file
+    paths would name the chief's copies, absent on other hosts. Raises JobError."""
+    if num_ps and not scratch.tf_reachable(data_root):
+        raise JobError(f"num_ps={num_ps} needs a data root TensorFlow reaches itself (a local or shared path, "
+                       f"gs://); {data_root} is reached through local copies, which parameter-server workers "
+                       "cannot share: use num_ps=0 (all-reduce) on this root")
+
 
 def prepare_run_dir(run_dir: str) -> None:
     """Start an attempt: remove what an earlier attempt left (:data:`STALE_ENTRIES`: its model, markers,
@@ -585,6 +596,7 @@ def run(spark: Any, flags: argparse.Namespace) -> dict[str, Any]:
     run the cluster, check the markers and the export, commit the run. Returns the RESULT summary
     (model_dir, steps_run, final metrics, train_seconds); raises JobError with what went wrong."""
     check_topology(flags.cluster_size, flags.num_ps, flags.input_mode, flags.gradient_compression)
+    check_root(flags.data_root, flags.num_ps)
     sc = spark.sparkContext
     layout = paths.Layout(flags.data_root)
     manifest = dataset.read_manifest(layout, flags.version)
