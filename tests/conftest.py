@@ -1,7 +1,12 @@
 """Shared test set-up: the plugins import path, and running a job with spark-submit exactly as the DAG does."""
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -69,3 +74,79 @@ def stack(tmp_path_factory):
         yield live
     finally:
         live.stop()
+
+
+# --- a real S3 API on loopback (moto_server), for the remote-root tests ---------------------------------
+
+#: The bucket the ``moto`` fixture creates.
+MOTO_BUCKET = "tfos-test"
+#: IAM policy of the user the jobs run as, and of one that may write anything but a commit marker.
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+NO_MARKER = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+    {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{MOTO_BUCKET}/*/_SUCCESS"}]}
+
+
+def free_port():
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+def _start_moto(log):
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).read()
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not answer on {endpoint}; see {log.name}")
+            time.sleep(0.2)
+
+
+def _users(endpoint):
+    """Create the bucket and two IAM users (their key pairs returned), then turn authentication on."""
+    import boto3
+    kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+              aws_secret_access_key="setup")
+    iam = boto3.client("iam", **kw)
+    keys = {}
+    for name, policy in (("writer", ALLOW_ALL), ("no-marker", NO_MARKER)):
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
+    boto3.client("s3", **kw).create_bucket(Bucket=MOTO_BUCKET)
+    _post(endpoint + "/moto-api/reset-auth", b"0")  # every request from now on is authenticated
+    return keys
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """A real S3 API server for the session: (endpoint URL, {user: (key id, secret)})."""
+    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "w")
+    proc, endpoint = _start_moto(log)
+    try:
+        yield endpoint, _users(endpoint)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
