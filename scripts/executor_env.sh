@@ -14,8 +14,9 @@
 #      of custom ops reads them), so each executor has less to unpack. The packed
 #      bin/python is a link to the base interpreter (venv-pack does not copy it), so every node needs
 #      that Python (same minor version) at that path: by default this machine's path;
-#      TFOS_EXECUTOR_PYTHON_PREFIX names the nodes' prefix instead (venv-pack --python-prefix, e.g.
-#      /usr for /usr/bin/python3.11).
+#      TFOS_EXECUTOR_PYTHON_PREFIX names the nodes' prefix instead (e.g. /usr for /usr/bin/python3.11:
+#      bin/python3.11 and pyvenv.cfg's home are pointed there before packing; venv-pack 0.2.0's own
+#      --python-prefix writes a broken link for Python 3.11, bin/python3.11 -> .../python3.113.11).
 #
 # Idempotent: the archive is rebuilt only when the checksum of requirements.txt,
 # requirements-executor.txt, this script, the .venv's freeze, the base Python or the prefix changes
@@ -31,8 +32,7 @@ KEY_FILE="$BUILD/executor-env.cksum"
 
 test -x "$VENV/bin/venv-pack" || { echo "executor_env.sh: $VENV/bin/venv-pack is missing: run make install" >&2; exit 1; }
 base="$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')"
-prefix_args=()
-[ -n "${TFOS_EXECUTOR_PYTHON_PREFIX:-}" ] && prefix_args=(--python-prefix "$TFOS_EXECUTOR_PYTHON_PREFIX")
+minor="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
 mkdir -p "$BUILD"
 # Every package of the driver's venv at its version, but editable and direct-URL installs.
@@ -53,9 +53,15 @@ rm -rf "$ENV_DIR" "$KEY_FILE"
 "$ENV_DIR/bin/pip" install --quiet --disable-pip-version-check \
   -c requirements.txt -c "$constraints" -r requirements-executor.txt
 "$ENV_DIR/bin/pip" check
+if [ -n "${TFOS_EXECUTOR_PYTHON_PREFIX:-}" ]; then
+  ln -sfn "$TFOS_EXECUTOR_PYTHON_PREFIX/bin/python$minor" "$ENV_DIR/bin/python$minor"
+  ln -sfn "python$minor" "$ENV_DIR/bin/python3"
+  ln -sfn "python$minor" "$ENV_DIR/bin/python"
+  sed -i "s#^home = .*#home = $TFOS_EXECUTOR_PYTHON_PREFIX/bin#" "$ENV_DIR/pyvenv.cfg"
+fi
 installed=$SECONDS
 "$VENV/bin/venv-pack" --quiet --prefix "$ENV_DIR" --format tar.gz --output "$ARCHIVE.tmp" --force \
-  --exclude 'lib/python*/site-packages/tensorflow/include/*' "${prefix_args[@]}"
+  --exclude 'lib/python*/site-packages/tensorflow/include/*'
 chmod a+r "$ARCHIVE.tmp"
 mv "$ARCHIVE.tmp" "$ARCHIVE"
 unpacked_mib="$(du -sm --exclude='*/site-packages/tensorflow/include' "$ENV_DIR" | cut -f1)"

@@ -49,7 +49,8 @@ def probe(_):
         pandas_found = True
     except ImportError:
         pandas_found = False
-    yield json.dumps({"executable": sys.executable, "prefix": sys.prefix, "cwd": os.getcwd(),
+    yield json.dumps({"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
+                      "cwd": os.getcwd(),
                       "version": list(sys.version_info[:3]), "files": files, "pandas": pandas_found})
 
 
@@ -125,6 +126,8 @@ def test_archive_mode_executors_run_the_packed_environment(archive, tmp_path, mo
         assert e["executable"].startswith(env_dir + "/") and e["executable"].endswith("/bin/python"), e
         assert os.path.realpath(e["prefix"]) == os.path.realpath(env_dir), e
         assert e["version"][:2] == list(sys.version_info[:2])  # PySpark: the driver's minor version
+        # the interpreter the archive links to: this machine's, or the nodes' (TFOS_EXECUTOR_PYTHON_PREFIX)
+        assert e["base_prefix"] == (os.environ.get("TFOS_EXECUTOR_PYTHON_PREFIX") or sys.base_prefix), e
         assert not e["pandas"], "the executors see the host's venv (pandas is not in the archive)"
         for name in ARCHIVE_MODULES:
             assert os.path.realpath(e["files"][name]).startswith(os.path.realpath(env_dir) + "/"), (name, e)
