@@ -104,3 +104,46 @@ def _stale(name):
         return False
     except (ProcessLookupError, ValueError):
         return True
+
+
+def test_a_killed_training_resumes_from_the_backup_in_the_bucket(pipeline, build_dir):
+    import json
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from conftest import TEST_MASTER
+    from tfospipe import launch
+
+    root, _results = pipeline
+    epochs = 40
+    args = {"data_root": root, "version": VERSION, "run_id": "resume", "epochs": epochs, "batch_size": 16}
+    log = paths.join(paths.Layout(root).model_run(VERSION, "resume"), "progress.log")
+
+    def text():
+        return fs.read_bytes(log).decode() if fs.exists(log) else ""
+
+    argv = launch.spark_submit_argv("train", args, TEST_MASTER, 2, str(build_dir))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=dict(os.environ, **launch.TF_ENV))
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and f"epoch 2/{epochs}" not in text():
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, the executors and their TF nodes
+        proc.wait()
+    epochs_before = max(int(m) for m in re.findall(rf"^epoch (\d+)/{epochs}", text(), re.M))
+    assert 2 <= epochs_before < epochs
+
+    run = run_job("train", args, build_dir, timeout=400)  # the retry, on fresh executors
+    assert run.returncode == 0, run.output[-5000:]
+    second = text()
+    resumed = [int(m) for m in re.findall(rf"^epoch (\d+)/{epochs}", second, re.M)]
+    first_step = int(re.search(r"^step (\d+) ", second, re.M).group(1))
+    run_dir = paths.Layout(root).model_run(VERSION, "resume")
+    steps_per_epoch = json.loads(fs.read_bytes(paths.join(run_dir, fs.MANIFEST)))["steps_per_epoch"]
+    assert resumed[0] > epochs_before and resumed[-1] == epochs   # no finished epoch ran again
+    assert first_step > epochs_before * steps_per_epoch           # the step counter continues
