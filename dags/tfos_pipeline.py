@@ -7,6 +7,7 @@ trigger may name another version with the ``dataset_version`` param.
 """
 
 import datetime
+from typing import Any
 
 from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
@@ -49,7 +50,7 @@ def job_args(job: str) -> dict[str, str]:
     return values
 
 
-def job_task(job: str, **kwargs) -> TFoSSparkSubmitOperator:
+def job_task(job: str, **kwargs: Any) -> TFoSSparkSubmitOperator:
     """The task of ``job`` (task id = job name) with its spec's flags; ``kwargs``: pool, retries, timeout."""
     return TFoSSparkSubmitOperator(task_id=job, job=job, job_args=job_args(job), **kwargs)
 

@@ -406,7 +406,7 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
     not rows). A file known to hold no rows was not converted: its sniffed blank and header lines are
     counted here, into ``totals.not_rows`` too."""
     unlabeled_names = {n for n, _p in unlabeled}
-    inputs = []
+    entries = []
     for s in sorted(scans, key=lambda s: s["name"]):
         dialect, _complete = dialects[s["path"]]
         entry = {"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
@@ -418,11 +418,11 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
                          header_lines=int(dialect.header is not None))
             totals.not_rows.update({"blank_lines": dialect.blank_lines,
                                     "header_lines": int(dialect.header is not None)})
-        inputs.append(entry)
-    return inputs
+        entries.append(entry)
+    return entries
 
 
-def _manifest(args, image_shape, totals, tasks, stats, scans, inputs, skipped, started, pass_seconds):
+def _manifest(args, image_shape, totals, tasks, stats, scans, input_entries, skipped, started, pass_seconds):
     """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``)."""
     return {
         "dataset_version": args.version,
@@ -443,7 +443,7 @@ def _manifest(args, image_shape, totals, tasks, stats, scans, inputs, skipped, s
         # row_id -> source file (relative to raw/<version>/), line and split of every written row
         "lineage": {"dir": paths.LINEAGE_DIR, "rows": totals.lineage_rows, "columns": list(LineageWriter.COLUMNS),
                     "files": sorted(lineage_name(t.group, t.shard) for t in tasks)},
-        "inputs": inputs,
+        "inputs": input_entries,
         "skipped_hidden": skipped,
         "compression": args.compression,
         "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
@@ -504,8 +504,8 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
         quarantine.commit({"dataset_version": args.version, "rows": totals.bad, "by_kind": dict(totals.bad_kinds),
                            "sample": totals.samples})
         _check_bad_rows(args, layout, totals, labeled + unlabeled)
-        inputs = _inputs(scans, dialects, unlabeled, empty, totals)
-        stage.commit(_manifest(args, image_shape, totals, tasks, stats, scans, inputs, skipped, started,
+        input_entries = _inputs(scans, dialects, unlabeled, empty, totals)
+        stage.commit(_manifest(args, image_shape, totals, tasks, stats, scans, input_entries, skipped, started,
                                pass_seconds))
     return {"output": out, "rows_read": totals.read, "splits": totals.per_split, "quarantined": totals.bad,
             "blank_lines": totals.not_rows["blank_lines"], "header_lines": totals.not_rows["header_lines"]}

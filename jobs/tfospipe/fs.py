@@ -27,7 +27,7 @@ import posixpath
 import re
 import shutil
 import uuid
-from typing import IO, Iterator, NamedTuple
+from typing import IO, Any, Iterator, NamedTuple
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"  # "_" prefix: Spark, pyarrow and Hive readers skip it
@@ -472,17 +472,17 @@ def open_write(path: str) -> IO[bytes]:
         return fsys.open(path, "wb")
 
 
-def read_json(path: str):
+def read_json(path: str) -> Any:
     """The JSON document (UTF-8) at ``path``."""
     return json.loads(read_bytes(path).decode("utf-8"))
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON (UTF-8, final newline)."""
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON so a reader sees the old file or the new one, never a partial one: a temporary file
     renamed over it locally and on HDFS; a single PUT (atomic by itself) on object stores."""
     if _object_store(path):

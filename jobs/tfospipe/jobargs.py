@@ -17,7 +17,7 @@ an integer) as 2 and 10, and refuses ``2.5``; NaN and infinities are refused eve
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import fs, paths, schema
 
@@ -110,7 +110,8 @@ def check(rule: dict, value: object) -> str | None:
     return None if error is None else error.message
 
 
-def schema_type(rule: dict, what: str, convert=None, hint: str | None = None) -> Callable[[str], object]:
+def schema_type(rule: dict, what: str, convert: Callable[[object], object] | None = None,
+                hint: str | None = None) -> Callable[[str], object]:
     """argparse type for a flag under the JSON schema ``rule``: reads the text as :func:`value_of`,
     validates it with :func:`check`, and returns it as int (integer rule), float (number rule), or
     ``convert(value)`` when given. A refused value exits with usage (exit code 2) naming the flag,
@@ -198,7 +199,9 @@ class Arg:
     says in words what a valid value is (default: derived from the rule).
     """
 
-    def __init__(self, name, default, help, rule=None, *, type=None, param=None, convert=None, hint=None):
+    def __init__(self, name: str, default: object, help: str, rule: dict | None = None, *,
+                 type: Callable[[str], object] | None = None, param: str | bool | None = None,
+                 convert: Callable[[object], object] | None = None, hint: str | None = None) -> None:
         self.name, self.default, self.help, self.schema = name, default, help, rule
         self.param = (param or name) if rule is not None and param is not False else None
         self.type = schema_type(rule, self.flag, convert, hint) if rule is not None else type
@@ -307,7 +310,7 @@ def dag_params(job: str) -> list[tuple]:
     return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.param]
 
 
-def to_argv(job: str, values) -> list[str]:
+def to_argv(job: str, values: Mapping[str, object]) -> list[str]:
     """A job's argv (the operator's ``application_args``): every value of the mapping ``values`` given,
     as ``--flag str(value)``, in the mapping's order (values may be Jinja templates). Raises KeyError
     naming the values that are no flag of ``job``."""

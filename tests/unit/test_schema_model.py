@@ -134,7 +134,6 @@ def test_fp16_gradient_compression_all_reduces_in_half_precision():
     import subprocess
     import sys
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(model.__file__)), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, "-c", FP16_ALL_REDUCE], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     optimizer, replicas = json.loads(run.stdout.strip().splitlines()[-1])
