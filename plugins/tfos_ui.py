@@ -5,7 +5,7 @@ as HTML with its confusion-matrix PNG, followed by the serving history of the mo
 promotion, rollback, rejection of it, from ``serving/history/``); the ``validate`` task's "Validation report" link points here
 (see ``tfos_spark.ValidationReportLink``). Only signed-in Airflow users can read it. The data root is
 the same Airflow Variable the tasks use (``tfos_data_root``), so a report on any filesystem the
-jobs write to (local, HDFS, GCS, S3 through tf.io.gfile) is readable.
+jobs write to (local, HDFS, GCS, S3, Azure: through tfospipe.fs) is readable.
 """
 
 import html

@@ -62,8 +62,13 @@ def stack(tmp_path_factory):
     """The live deployment of tests/e2e/services.py, started once and stopped at the end."""
     import signal
 
-    sys.path.insert(0, os.path.join(PROJECT_DIR, "tests", "e2e"))
-    from services import Stack
+    import importlib.util
+
+    # tests/e2e/services.py is also a script (`python tests/e2e/services.py up DIR`): load it by path
+    spec = importlib.util.spec_from_file_location("services", os.path.join(PROJECT_DIR, "tests", "e2e", "services.py"))
+    services = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(services)
+    Stack = services.Stack
 
     def interrupted(*_):  # a test run stopped with SIGTERM still stops the services (teardown runs)
         raise KeyboardInterrupt

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 #: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
 PROGRESS_EVERY_STEPS = 10
 #: ParameterServerStrategy runs remote closures and variable reads concurrently on every node: with the
-#: executors' single inter-op thread (tfos_spark.TF_ENV) the chief waits forever for its first closure.
+#: executors' single inter-op thread (launch.TF_ENV) the chief waits forever for its first closure.
 PS_THREADS = {"TF_NUM_INTEROP_THREADS": "4"}
 #: Examples each node's tf.data pipeline shuffles over (records).
 SHUFFLE_BUFFER = 8192

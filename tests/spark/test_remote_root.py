@@ -106,16 +106,6 @@ def _stale(name):
         return True
 
 
-def test_spark_input_mode_trains_from_the_bucket(pipeline, build_dir):
-    root, _results = pipeline
-    run = run_job("train", {"data_root": root, "version": VERSION, "run_id": "spark-mode", "epochs": 1,
-                            "batch_size": 16, "input_mode": "spark"}, build_dir, timeout=400)
-    assert run.returncode == 0, run.output[-5000:]
-    run_dir = paths.Layout(root).model_run(VERSION, "spark-mode")
-    assert fs.is_committed(run_dir) and fs.exists(paths.join(run_dir, "model", "saved_model.pb"))
-    assert fs.read_json(paths.join(run_dir, fs.MANIFEST))["params"]["input_mode"] == "spark"
-
-
 def test_a_killed_training_resumes_from_the_backup_in_the_bucket(pipeline, build_dir):
     import json
     import re
