@@ -160,10 +160,20 @@ def test_write_json_atomic_replaces_with_one_object(root):
     assert fs.listdir(f"{root}/serving") == ["CURRENT.json"]             # no temporary object left
 
 
-def test_staging_commit_publishes_whole_and_replaces_older_output(root):
+@pytest.fixture(params=["local", "s3"])
+def any_root(request, tmp_path):
+    """The commit tests run on a local root (published by rename) and on the S3 root (copies, _SUCCESS last)."""
+    if request.param == "local":
+        return str(tmp_path / "local-root")
+    return request.getfixturevalue("root")
+
+
+def test_staging_commit_publishes_whole_and_replaces_older_output(any_root):
+    root = any_root
     final = f"{root}/out/v1"
     with fs.Staging(final) as st:
         fs.write_bytes(st.file("a.txt"), b"first")
+        fs.makedirs(st.file("sub"))                                      # a no-op on the object store
         fs.write_bytes(st.file("sub", "b.txt"), b"deep")
         assert not fs.exists(final) and not fs.is_committed(final)
         st.commit({"n": 1})
@@ -177,7 +187,8 @@ def test_staging_commit_publishes_whole_and_replaces_older_output(root):
     assert fs.listdir(f"{root}/out") == ["v1"]                           # no staging left behind
 
 
-def test_failed_job_leaves_previous_output_intact_and_nothing_partial(root):
+def test_failed_job_leaves_previous_output_intact_and_nothing_partial(any_root):
+    root = any_root
     final = f"{root}/v1"
     with fs.Staging(final) as st:
         fs.write_bytes(st.file("good.txt"), b"good")

@@ -13,34 +13,6 @@ def listing(d):
     return sorted(os.listdir(d))
 
 
-def test_staging_commit_publishes_whole_and_replaces_older_output(tmp_path):
-    final = str(tmp_path / "out" / "v1")
-    with fs.Staging(final) as st:
-        fs.write_bytes(st.file("a.txt"), b"first")
-        assert not os.path.exists(final)           # nothing visible before the commit
-        st.commit({"n": 1})
-    assert listing(final) == ["_SUCCESS", "_manifest.json", "a.txt"]
-    with fs.Staging(final) as st:
-        fs.write_bytes(st.file("b.txt"), b"second")
-        st.commit({"n": 2})
-    assert listing(final) == ["_SUCCESS", "_manifest.json", "b.txt"]
-    assert fs.read_json(os.path.join(final, "_manifest.json")) == {"n": 2}
-    assert listing(tmp_path / "out") == ["v1"]     # no staging or trash left behind
-
-
-def test_failed_job_leaves_previous_output_intact_and_nothing_partial(tmp_path):
-    final = str(tmp_path / "v1")
-    with fs.Staging(final) as st:
-        fs.write_bytes(st.file("good.txt"), b"good")
-        st.commit({"n": 1})
-    with pytest.raises(RuntimeError):
-        with fs.Staging(final) as st:
-            fs.write_bytes(st.file("half.txt"), b"half")
-            raise RuntimeError("killed midway")
-    assert listing(final) == ["_SUCCESS", "_manifest.json", "good.txt"]
-    assert listing(tmp_path) == ["v1"]
-
-
 def test_leftovers_of_a_killed_attempt_are_removed_by_the_next(tmp_path):
     os.makedirs(tmp_path / ".v1.staging-dead")
     with fs.Staging(str(tmp_path / "v1")) as st:
