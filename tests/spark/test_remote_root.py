@@ -147,3 +147,25 @@ def test_a_killed_training_resumes_from_the_backup_in_the_bucket(pipeline, build
     steps_per_epoch = json.loads(fs.read_bytes(paths.join(run_dir, fs.MANIFEST)))["steps_per_epoch"]
     assert resumed[0] > epochs_before and resumed[-1] == epochs   # no finished epoch ran again
     assert first_step > epochs_before * steps_per_epoch           # the step counter continues
+
+
+def test_an_unsupported_scheme_is_refused_before_spark_starts_and_writes_nothing(build_dir, tmp_path):
+    run = run_job("convert", {"data_root": "ftp://files.example/tfos", "version": VERSION}, build_dir, timeout=120)
+    assert run.returncode == 2, run.output[-3000:]
+    assert "ftp://files.example/tfos" in run.output and "s3://" in run.output and "hdfs://" in run.output
+    assert "SparkContext" not in run.output and "Running Spark version" not in run.output
+
+
+def test_refused_credentials_end_with_one_line_naming_the_root_and_what_to_set(s3_root, build_dir, monkeypatch):
+    before = fs.listdir(s3_root)
+    wrong = "wrong-secret-" + uuid.uuid4().hex[:8]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    run = run_job("convert", {"data_root": s3_root, "version": "2026-11-06"}, build_dir, timeout=180)
+    monkeypatch.undo()
+    assert run.returncode == 2, run.output[-3000:]
+    error = run.error()
+    assert error and error.startswith("ERROR [convert]") and s3_root in error, run.output[-3000:]
+    assert "AWS_ACCESS_KEY_ID" in error and "AWS_SECRET_ACCESS_KEY" in error
+    assert wrong not in run.output                                       # the secret is in no line of the log
+    assert "Traceback" not in run.output
+    assert fs.listdir(s3_root) == before                                  # nothing was written
