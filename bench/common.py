@@ -1,10 +1,78 @@
-"""Shared by the benchmarks: MNIST-size sample rows and running a job exactly as the DAG does."""
+"""Shared by the benchmarks: the machine facts each prints, MNIST-size sample rows and running a job
+exactly as the DAG does."""
+
+from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
 
 import numpy as np
+
+
+#: CPU flags (``/proc/cpuinfo`` spelling) of the vector extensions TensorFlow's kernels use: the pip
+#: wheel is compiled for AVX/AVX2/FMA and oneDNN picks AVX-512 (VNNI, BF16) or AMX at run time.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                "amx_bf16")
+#: Thread settings of TensorFlow, OpenMP and the BLAS libraries, printed when set.
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "OPENBLAS_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    """(model name, flags) of the first processor in ``/proc/cpuinfo``; ("unknown", []) where there is
+    none (not Linux)."""
+    model, flags = "unknown", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value.split()
+                if model != "unknown" and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def machine_facts() -> dict[str, object]:
+    """What the figures of a benchmark depend on, read here, on the machine that runs it.
+
+    ``cpu``: model name (``/proc/cpuinfo``); ``cores``: logical CPUs this process may use
+    (``os.sched_getaffinity``); ``vector``: the :data:`VECTOR_FLAGS` the CPU has (``/proc/cpuinfo``
+    flags); ``malloc``: the allocator the executors get (launch.executor_malloc: a TCMalloc path, or
+    None for glibc's); ``threads``: launch.TF_ENV's thread settings, then :data:`THREAD_VARS` set in
+    this environment (the environment wins, as in the executors).
+    """
+    from tfospipe import launch
+
+    model, flags = _cpuinfo()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = {**launch.TF_ENV, **os.environ}
+    return {"cpu": model, "cores": cores, "vector": [f for f in VECTOR_FLAGS if f in flags],
+            "malloc": launch.executor_malloc(),
+            "threads": {k: env[k] for k in THREAD_VARS if k in env}}
+
+
+def facts_line(facts: dict[str, object] | None = None) -> str:
+    """:func:`machine_facts` as one line, e.g. ``CPU: AMD EPYC, 2 cores, vector avx2 fma avx512f ...
+    (/proc/cpuinfo) | executors' malloc: /usr/lib/.../libtcmalloc_minimal.so.4 | threads: ...``."""
+    f = facts or machine_facts()
+    threads = " ".join(f"{k}={v}" for k, v in f["threads"].items()) or "defaults"
+    return (f"CPU: {f['cpu']}, {f['cores']} cores, vector {' '.join(f['vector']) or 'none of avx2/avx512/amx'} "
+            f"(/proc/cpuinfo flags) | executors' malloc: {f['malloc'] or 'glibc'} (launch.executor_malloc) | "
+            f"threads: {threads} (launch.TF_ENV + environment)")
+
+
+def print_facts() -> str:
+    """Print :func:`facts_line` (flushed) and return it, for the top of a benchmark and beside its figures."""
+    line = facts_line()
+    print(line, flush=True)
+    return line
 
 
 def mnist_like(n, seed=0):

@@ -54,6 +54,8 @@ def main():
     import common
     from tfospipe import paths
 
+    common.print_facts()
+
     root = tempfile.mkdtemp(prefix="tfos-convert-bench-")
     layout = paths.Layout(root)
     base = 60_000
@@ -91,6 +93,7 @@ def main():
             shutil.rmtree(layout.tfrecords(version))
 
         print()
+        common.print_facts()
         for n, mb, naive_wall, naive_rate, job_wall, job_rate, m in rows_out:
             print(f"{n} rows ({mb:.0f} MB CSV):")
             print(f"  (a) naive, one process     wall {naive_wall:7.1f} s   steady {naive_rate:8.0f} rows/s")

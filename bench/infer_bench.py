@@ -32,6 +32,7 @@ def main():
     p.add_argument("--master", default="local-cluster[2,1,2048]", help="Spark master of (c)")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     args = p.parse_args()
+    common.print_facts()
 
     import tensorflow as tf
 
@@ -77,6 +78,7 @@ def main():
         loads = sum(x["load_seconds"] for x in manifest["partition_timings"])
 
         print()
+        common.print_facts()
         print(f"rows: {len(images)}  (naive: {n})   threads: (a)(b) TensorFlow default in one process, "
               f"(c) {manifest['partitions']} partitions on 2 executors x 1 intra-op thread")
         print(f"(a) naive, batches of 10, one process   {naive:10.0f} rows/s")

@@ -71,6 +71,8 @@ def main():
     import common
     from tfospipe import launch, paths
 
+    common.print_facts()
+
     root = tempfile.mkdtemp(prefix="tfos-train-bench-")
     layout = paths.Layout(root)
     try:
@@ -105,6 +107,7 @@ def main():
 
         a = single["examples_per_second"]
         print()
+        common.print_facts()
         print(f"{examples} examples each ({steps} steps x {args.batch_size} x 2 workers; (a) {steps * 2} steps x "
               f"{args.batch_size}), model: seed CNN 28x28, gradient compression {args.gradient_compression}, "
               f"allocator: {env.get('LD_PRELOAD') or 'glibc'}")
