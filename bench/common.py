@@ -108,8 +108,10 @@ def run_job(job, job_args, master, cluster_size=2, env=None):
     for key, value in (env or {}).items():  # a later --conf of the same key wins
         argv[app:app] = ["--conf", f"spark.executorEnv.{key}={value}"]
         app += 2
+    # the venv's bin first on PATH, as scripts/env.sh sets it: spark-submit finds SPARK_HOME through `python`
+    path = os.pathsep.join([os.path.dirname(launch.PYTHON), os.environ.get("PATH", "")])
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **launch.TF_ENV, **(env or {})})
+                          env={**os.environ, "PATH": path, **launch.TF_ENV, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"{job} failed:\n{proc.stdout[-4000:]}")
     return proc.stdout
