@@ -12,7 +12,7 @@ largest worker's against the goal (<= 512 MiB per worker), the executor JVMs' pe
 rows, wall time and throughput, and the machine facts.
 
 Several ``--gb`` values (e.g. ``--gb 0.5 1 2``) show whether the peak grows with the file.
-Run:  .venv/bin/python bench/memory_bench.py [--gb 2] [--gzip]     (about 1 min per GB on 2 cores)
+Run:  .venv/bin/python bench/memory_bench.py [--gb 2] [--gzip] [--env KEY=VALUE]   (about 1 min per GB on 2 cores)
 """
 
 from __future__ import annotations
@@ -122,16 +122,18 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def convert_with_sampler(root: str, version: str, master: str, interval: float) -> tuple[float, dict, list[dict]]:
-    """Run the convert job on ``root``/raw/``version`` while an :class:`RssSampler` polls: returns (wall
-    seconds, the conversion manifest, the sampler's peaks sorted by role and pid)."""
+def convert_with_sampler(root: str, version: str, master: str, interval: float,
+                         env: dict[str, str] | None = None) -> tuple[float, dict, list[dict]]:
+    """Run the convert job on ``root``/raw/``version`` (``env``: entries of the executors' environment, as
+    common.run_job takes them) while an :class:`RssSampler` polls: returns (wall seconds, the conversion
+    manifest, the sampler's peaks sorted by role and pid)."""
     from tfospipe import paths
 
     sampler = RssSampler(interval)
     sampler.start()
     t = time.time()
     try:
-        common.run_job("convert", {"data_root": root, "version": version, "num_shards": 4}, master)
+        common.run_job("convert", {"data_root": root, "version": version, "num_shards": 4}, master, env=env)
     finally:
         sampler.stop()
     wall = time.time() - t
@@ -161,10 +163,13 @@ def main() -> None:
     p.add_argument("--gzip", action="store_true", help="also convert the same bytes gzipped (one task reads it)")
     p.add_argument("--interval", type=float, default=0.2, help="seconds between RSS samples")
     p.add_argument("--master", default="local-cluster[2,1,2048]", help="Spark master")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="executors' environment, e.g. LD_PRELOAD= (glibc's malloc) or TCMALLOC_AGGRESSIVE_DECOMMIT=true")
     p.add_argument("--dir", default=None, help="where to write the data (default: a temporary directory)")
     args = p.parse_args()
     from tfospipe import paths
 
+    env = dict(kv.split("=", 1) for kv in args.env)
     common.print_facts()
     root = tempfile.mkdtemp(prefix="tfos-memory-bench-", dir=args.dir)
     layout = paths.Layout(root)
@@ -184,13 +189,15 @@ def main() -> None:
             for kind, name in kinds:
                 version = f"{gb:g}gb-{kind}"
                 path = os.path.join(dirs[kind], name)
-                wall, manifest, peaks = convert_with_sampler(root, version, args.master, args.interval)
+                wall, manifest, peaks = convert_with_sampler(root, version, args.master, args.interval, env)
                 results.append((f"{name} ({csv_bytes / 1e9:.2f} GB of CSV)", os.path.getsize(path), csv_bytes, rows,
                                 wall, manifest, peaks))
                 shutil.rmtree(layout.tfrecords(version))
                 os.remove(path)
         print()
         common.print_facts()
+        if env:
+            print(f"executors' environment set: {' '.join(args.env)}")
         ok = [report(*r) for r in results]
         print(f"all cases within {GOAL_MIB} MiB per worker: {'PASS' if all(ok) else 'FAIL'}")
     finally:
