@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ import numpy as np
 from . import csvparse, fs, inputs, paths, schema
 from .inputs import Input, list_inputs, read_head, scan_file
 from .lineage import LineageWriter, lineage_name
-from .runner import JobError, library_versions, git_revision
+from .runner import JobError, executor_python, git_revision, library_versions
 
 if TYPE_CHECKING:  # Spark is only needed at run time
     from pyspark.sql import SparkSession
@@ -229,7 +230,8 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
 
     Returns ``{"name", "fatal" (None or the message), "counts" (rows per split), "rows" (rows read:
     written + bad), "lineage_rows", "not_rows" (blank and header lines), "bad_kinds", "bad_samples"
-    (first 5), "label_counts", "pixel_max_observed", "span" (task start, end: epoch seconds)}``.
+    (first 5), "label_counts", "pixel_max_observed", "span" (task start, end: epoch seconds), "python"
+    (the executor's interpreter)}``.
     """
     started = time.time()
     spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=options.pixel_max,
@@ -266,6 +268,7 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
         "label_counts": dict(out.label_counts),
         "pixel_max_observed": out.pixel_max,
         "span": (started, time.time()),
+        "python": sys.executable,
     }
 
 
@@ -450,6 +453,7 @@ def _manifest(args, image_shape, totals, tasks, stats, scans, input_entries, ski
                    "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
                    "compression": args.compression, "label_column": args.label_column},
         "versions": library_versions(),
+        "executor_python": executor_python(st["python"] for st in stats),
         "git_revision": git_revision(),
         "seconds": round(time.time() - started, 1),
         "pass_seconds": pass_seconds,

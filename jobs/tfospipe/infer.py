@@ -18,13 +18,15 @@ ends the application itself): nothing is published, so a retry is safe.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import dataset, fs, paths, predict, serving
-from .runner import JobError, executor_loss, executor_loss_message, executors, requested_executors
+from .runner import (JobError, executor_loss, executor_loss_message, executor_python, executors,
+                     requested_executors)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -105,7 +107,8 @@ def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: 
                 pa.array([dataset_version] * n, pa.string()),
             ], names=columns)
         timings.add([{"partition": TaskContext.get().partitionId(), "rows": rows,
-                      "load_seconds": round(t1 - t0, 3), "start": t1, "end": time.time()}])
+                      "load_seconds": round(t1 - t0, 3), "start": t1, "end": time.time(),
+                      "python": sys.executable}])
     return run
 
 
@@ -247,7 +250,8 @@ def _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, ti
               "model_loads": loads.value if args.mode == "executors" else None,
               "tfos_nodes": nodes if args.mode == "tfos" else None,
               "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
-              "partition_timings": sorted(timings.value, key=lambda t: t["partition"])}
+              "partition_timings": sorted(timings.value, key=lambda t: t["partition"]),
+              "executor_python": executor_python(t["python"] for t in timings.value)}
     spans = timings.value
     if spans:  # steady state: from the first partition's first batch to the last partition's end
         wall = max(t["end"] for t in spans) - min(t["start"] for t in spans)

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -320,6 +321,7 @@ def _done_record(node_args: NodeArgs, ctx: Any, role: _Role, history: dict[str, 
         "worker": role.worker,
         "job_name": ctx.job_name,
         "task_index": ctx.task_index,
+        "python": sys.executable,  # the executor's interpreter (the manifest's executor_python)
         "epochs_run": epochs_run,
         # steps this node ran (all-reduce: counted); under ParameterServerStrategy the coordinator's budget
         "steps_run": counted.train if counted else epochs_run * node_args.steps_per_epoch,

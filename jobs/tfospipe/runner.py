@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import fs, jobargs
 
@@ -122,6 +122,14 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import version
     return {"python": sys.version.split()[0], "pyspark": version("pyspark"), "tensorflow": version("tensorflow"),
             "tensorflowonspark": version("tensorflowonspark")}
+
+
+def executor_python(pythons: Iterable[str]) -> list[str]:
+    """The distinct interpreters (``sys.executable`` of each task's Python worker) a job's executors ran,
+    sorted: recorded as ``executor_python`` in every job's manifest, so a run shows whether its executors
+    used the same-path venv, the shipped archive (``.../environment/bin/python`` in each executor's working
+    directory) or an image's Python (README, "The executors' Python")."""
+    return sorted(set(pythons))
 
 
 def executors(sc: SparkContext, wanted: int = 0, timeout: float = 0) -> int:

@@ -69,7 +69,8 @@ from typing import Any
 
 from . import dataset, fs, markers, node, paths, scratch
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
-from .runner import ExecutorLoss, JobError, executor_loss, executors, git_revision, library_versions
+from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executors, git_revision,
+                     library_versions)
 
 #: After a node failed, how long the others get to fail or finish before the driver cancels their tasks.
 NODE_FAILURE_GRACE_SECONDS = 30
@@ -587,6 +588,7 @@ def run_manifest(flags: argparse.Namespace, plan: Plan, node_args: node.NodeArgs
                                     key=lambda m: m["task_index"]),
         "train_seconds": round(time.time() - started, 1),
         "versions": library_versions(),
+        "executor_python": executor_python(m["python"] for m in done.values() if "python" in m),
         "git_revision": git_revision(),
     }
 

@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import dataset, fs, metrics, paths, predict, report as report_lib, serving
-from .runner import JobError, executors, git_revision, requested_executors
+from .runner import JobError, executor_python, executors, git_revision, requested_executors
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -53,9 +54,9 @@ def evaluate_partition(models: dict[str, str],
     """Executor side (``mapPartitions``): one metrics accumulator per model over this partition's files.
 
     ``models``: SavedModel directory by name (``candidate``, ``champion``); ``image_shape``: ``(H, W)``.
-    The returned function yields one dict, ``{name: metrics.empty()-style accumulator}``, per
-    partition (empty accumulators for a partition without files); every model sees the same records,
-    :data:`EVAL_BATCH` at a time.
+    The returned function yields one pair per partition: ``{name: metrics.empty()-style accumulator}``
+    (empty accumulators for a partition without files) and ``{sys.executable}`` (the executor's
+    interpreter, for the manifest); every model sees the same records, :data:`EVAL_BATCH` at a time.
     """
     def run(files):
         files = list(files)
@@ -66,7 +67,7 @@ def evaluate_partition(models: dict[str, str],
                 for name, fn in fns.items():
                     probabilities, _classes = fn(images)
                     metrics.update(accs[name], labels, probabilities)
-        yield accs
+        yield accs, {sys.executable}
     return run
 
 
@@ -150,7 +151,8 @@ def gate(candidate: dict, champion: dict | None, args: argparse.Namespace) -> tu
 
 
 def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
-    """(results by model name, champion note): candidate and serving model on the same records in one pass."""
+    """(results by model name, champion note, executor_python): candidate and serving model on the same
+    records in one pass."""
     models = {"candidate": candidate_dir}
     champion_note = "no model serving yet: judged on thresholds alone"
     if current is not None:
@@ -163,8 +165,9 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
             champion_note = f"serving model {current['model_version']} cannot score this data ({e}); thresholds only"
     acc = (sc.parallelize(eval_files, max(len(eval_files), 1))
            .mapPartitions(evaluate_partition(models, image_shape))
-           .reduce(lambda a, b: {k: metrics.merge(a[k], b[k]) for k in a}))
-    return {name: metrics.summarize(a) for name, a in acc.items()}, champion_note
+           .reduce(lambda a, b: ({k: metrics.merge(a[0][k], b[0][k]) for k in a[0]}, a[1] | b[1])))
+    accs, pythons = acc
+    return {name: metrics.summarize(a) for name, a in accs.items()}, champion_note, executor_python(pythons)
 
 
 def _write_report(layout, out, report, results):
@@ -173,7 +176,8 @@ def _write_report(layout, out, report, results):
         fs.write_json(stage.file("metrics.json"), report)
         fs.write_bytes(stage.file("confusion_matrix.png"), report_lib.confusion_png(results))
         fs.write_bytes(stage.file("report.md"), report_lib.markdown(report).encode("utf-8"))
-        stage.commit({k: report[k] for k in ("dataset_version", "run_id", "model_version", "passed")})
+        stage.commit({k: report[k] for k in ("dataset_version", "run_id", "model_version", "passed",
+                                             "executor_python")})
 
 
 def _log(line):
@@ -225,6 +229,7 @@ class _Round:
     champ_date: str | None
     results: dict
     champion_note: str
+    executor_python: list[str]
     passed: bool
     reasons: list[str]
     allowed: bool
@@ -253,7 +258,7 @@ def _judge(sc, layout, args, cand, number):
     current = serving.current(layout)  # the champion this round compares with and the swap expects
     champ_mv = current["model_version"] if current else None
     started = time.time()
-    results, champion_note = _evaluate(sc, layout, cand.dir, cand.image_shape, cand.eval_files, current)
+    results, champion_note, pythons = _evaluate(sc, layout, cand.dir, cand.image_shape, cand.eval_files, current)
     candidate, champion = results["candidate"], results.get("champion")
     if candidate["examples"] != cand.eval_rows:
         raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
@@ -261,7 +266,8 @@ def _judge(sc, layout, args, cand, number):
     passed, reasons = gate(candidate, champion, args)
     champ_date = champion_date(layout, current)
     allowed, rule = promotion_rule(args.promotion, cand.data_date, champ_mv, champ_date)
-    return _Round(number, champ_mv, champ_date, results, champion_note, passed, reasons, allowed, rule, started)
+    return _Round(number, champ_mv, champ_date, results, champion_note, pythons, passed, reasons, allowed, rule,
+                  started)
 
 
 def _report(args, cand, r, compared):
@@ -282,6 +288,7 @@ def _report(args, cand, r, compared):
                       "policy_rule": r.rule, "data_date": cand.data_date, "serving_model": r.champ_mv,
                       "serving_data_date": r.champ_date, "round": r.number, "compared_with": list(compared)},
         "eval_seconds": round(time.time() - r.started, 1),
+        "executor_python": r.executor_python,
         "git_revision": git_revision(),
     }
 

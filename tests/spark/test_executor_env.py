@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 #: What the executors import from the archive (requirements-executor.txt), by module name.
-ARCHIVE_MODULES = ("tensorflow", "tf_keras", "tensorflowonspark.TFCluster", "tensorflowonspark.TFNode",
+ARCHIVE_MODULES = ("tensorflow", "tensorboard", "tf_keras", "tensorflowonspark.TFCluster", "tensorflowonspark.TFNode",
                    "pkg_resources", "numpy", "pyarrow", "pyarrow.parquet", "google_crc32c", "fsspec",
                    "s3fs", "gcsfs", "adlfs")
 
