@@ -36,13 +36,15 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
 
 DATA_ROOT = "{{ var.value.get('tfos_data_root', '%s') }}" % DEFAULT_DATA_ROOT
-#: The dataset version: the dataset_version param, else the run's logical date, else (a manual run
-#: triggered without a logical date) the day it was triggered for.
-VERSION = "{{ params.dataset_version or ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+#: The run's logical date ``YYYY-MM-DD``, else (a manual run triggered without a logical date, the REST
+#: API's and the CLI's default in Airflow 3, whose context has no ``ds`` at all) the day it was triggered for.
+RUN_DATE = "((ds if ds is defined else none) or dag_run.run_after.strftime('%Y-%m-%d'))"
+#: The dataset version: the dataset_version param, else :data:`RUN_DATE`.
+VERSION = "{{ params.dataset_version or %s }}" % RUN_DATE
 RUN_ID = "{{ run_id }}"
 #: The date a run's data stands for (validate's --data-date): the logical date, or the day a manual
 #: run was triggered for.
-DATA_DATE = "{{ ds or dag_run.run_after.strftime('%Y-%m-%d') }}"
+DATA_DATE = "{{ %s }}" % RUN_DATE
 #: Executors of a job: the cluster_size param as an integer string, which Spark's settings need. The
 #: param's schema (jobargs) admits whole numbers only, but JSON schema counts 2.0 as an integer, so a
 #: run triggered with {"cluster_size": 2.0} renders "2" here (Jinja's int filter) rather than "2.0".

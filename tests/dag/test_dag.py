@@ -83,6 +83,23 @@ def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expec
             assert args.run_id == "scheduled__2026-11-28T00_00_00_00_00"
 
 
+@pytest.mark.parametrize("version_param, expected", [(None, "2026-11-29"), ("mnist-v2", "mnist-v2")])
+def test_a_run_without_a_logical_date_renders_the_day_it_was_triggered_for(dag, version_param, expected):
+    """Airflow 3 triggers from the REST API or the CLI without a logical date by default: no ``ds`` in the
+    context (StrictUndefined would fail the render), ``dag_run.run_after`` instead."""
+    import datetime
+    params = {name: p.value for name, p in dag.params.items()}
+    params["dataset_version"] = version_param
+    var = types.SimpleNamespace(value=types.SimpleNamespace(get=lambda key, default=None: default))
+    dag_run = types.SimpleNamespace(run_after=datetime.datetime(2026, 11, 29, 21, 8, tzinfo=datetime.timezone.utc))
+    context = {"params": params, "run_id": "manual__2026-11-29T21:08:06+00:00", "var": var, "dag_run": dag_run}
+    for task in dag.tasks:
+        args = jobargs.parse(task.task_id, [_render(a, context) for a in task.application_args])
+        assert args.version == expected
+        if task.task_id == "validate":
+            assert args.data_date == "2026-11-29"
+
+
 @pytest.mark.parametrize("cluster_size, rendered", [(3, "3"), (2.0, "2"), (1e1, "10"), (256, "256")])
 def test_executor_counts_render_as_integers(dag, cluster_size, rendered):
     """Spark reads spark.executor.instances / spark.cores.max as ints: a JSON-schema integer given as
