@@ -1,12 +1,23 @@
-"""Inference benchmark: the seed CNN on MNIST-size rows (28x28, 0-255), three ways, side by side.
+"""Inference benchmark: the seed CNN on MNIST-size rows (28x28, 0-255), four ways, side by side.
 
-(a) naive    one process, batches of 10 through the serving signature (the seed's loop)
-(b) batched  one process, large batches, TensorFlow using every core (the practical limit)
-(c) job      the infer Spark job: one single-node TensorFlow per executor, model loaded once each
+(a)  naive    one process, batches of 10 through the serving signature (the seed's loop)
+(b)  batched  one process, large batches of in-memory arrays, TensorFlow using every core
+(b') files    one process, TensorFlow using every core: reads the same TFRecord shards as the job
+              (predict.batches, the project's parse), predicts in batches of the same size and writes
+              the same Parquet (the job's output schema) with pyarrow: what a user would run instead
+              of Spark
+(c)  job      the infer Spark job: one single-node TensorFlow per executor, model loaded once each
+
+Then (b), (b') and (c) again with a no-op model: the seed's serving signature around trivial compute
+(a global average and a 10-way dense layer), so (c) measures the pipeline's own throughput (read,
+parse, Arrow, transfer, Parquet). Goal: no-op (c) >= 5x seed (b), i.e. the pipeline costs <= 20% of
+the model's time.
 
 Rows/s are steady state: model loading, TFRecord conversion and Spark start-up are excluded and
 the Spark start-up is reported separately. Run:  .venv/bin/python bench/infer_bench.py [--rows 50000]
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -19,75 +30,190 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
+
 import common  # noqa: E402
 
 VERSION = "bench"
+IMAGE_SHAPE = (28, 28)
+
+
+def noop_model(image_shape: tuple[int, int]):
+    """A Keras model with the seed CNN's input (``image`` float32 [None, H, W, 1]) and output
+    (softmax float32 [None, 10]) around trivial compute: the mean pixel of each image into a dense
+    layer of 10 units (H*W adds and 10 multiply-adds per row, against ~2.4 M multiply-adds per row of
+    the seed CNN at 28x28). Exported with model.export it has the serving signature of every model."""
+    import tensorflow as tf
+
+    from tfospipe import model, schema
+
+    h, w = image_shape
+    inputs = tf.keras.Input(shape=(h, w, 1), name=model.INPUT, dtype="float32")
+    x = tf.keras.layers.GlobalAveragePooling2D(name="mean")(inputs)
+    x = tf.keras.layers.Dense(schema.NUM_CLASSES, name="logits")(x)
+    return tf.keras.Model(inputs, tf.keras.layers.Softmax(name=model.OUTPUT_PROBABILITIES)(x), name="noop")
+
+
+def prepare(root: str, rows: int, master: str) -> dict[str, str]:
+    """Write ``rows`` unlabeled MNIST-size rows (and 200 labeled ones) as dataset version ``bench`` of
+    ``root``, convert them (4 shards), export and promote the seed CNN (untrained) and the no-op model.
+    Returns ``{"seed": model version, "noop": model version}`` (the no-op model ends up serving)."""
+    from tfospipe import model, paths, serving
+
+    layout = paths.Layout(root)
+    # the rows to score are unlabeled (score/): the infer job scores the score split when there is one
+    common.write_mnist_csv(os.path.join(layout.raw(VERSION), "labeled.csv"), 200)
+    common.write_mnist_csv(os.path.join(layout.raw(VERSION), "score", "rows.csv"), rows, labeled=False)
+    common.run_job("convert", {"data_root": root, "version": VERSION, "num_shards": 4}, master)
+    versions = {}
+    for name, keras_model in (("seed", model.build_model(IMAGE_SHAPE, 255)), ("noop", noop_model(IMAGE_SHAPE))):
+        path = os.path.join(root, f"{name}-model")
+        model.export(keras_model, path, IMAGE_SHAPE)
+        digest = serving.model_digest(path)
+        versions[name] = paths.model_version("bench", name, digest)
+        serving.promote(layout, path, versions[name], {"accuracy": 0.0}, digest)
+    return versions
+
+
+def shard_files(root: str) -> list[str]:
+    """The score split's TFRecord shards of version ``bench`` under ``root``, as the infer job lists them."""
+    from tfospipe import dataset, paths
+
+    return dataset.shard_files(paths.Layout(root), VERSION, "score")
+
+
+def arrow_schema():
+    """The predictions' Arrow schema: infer.prediction_schema() as Spark hands it to Arrow."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from tfospipe import infer
+
+    return to_arrow_schema(infer.prediction_schema())
+
+
+def prediction_batch(schema, row_ids: np.ndarray, classes: np.ndarray, probabilities: np.ndarray,
+                     labels: np.ndarray, model_version: str):
+    """One Arrow record batch of predictions with ``schema`` (:func:`arrow_schema`), built as
+    infer.predict_partition builds it: from numpy arrays, no Python object per row. ``row_ids``,
+    ``labels`` int64 [n] (-1 = no label), ``classes`` int64 [n], ``probabilities`` float32 [n, 10]."""
+    import pyarrow as pa
+
+    n, width = probabilities.shape
+    return pa.RecordBatch.from_arrays([
+        pa.array(row_ids, pa.int64()),
+        pa.array(classes.astype(np.int32)),
+        pa.array(probabilities[np.arange(n), classes].astype(np.float32)),
+        pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
+                                 pa.array(probabilities.astype(np.float32).ravel())),
+        pa.array(labels.astype(np.int32), mask=labels < 0),
+        pa.array([model_version] * n, pa.string()),
+        pa.array([VERSION] * n, pa.string()),
+    ], schema=schema)
+
+
+def files_to_parquet(files: list[str], predict, batch_size: int, model_version: str, out: str) -> tuple[int, float]:
+    """(b'): read ``files`` with predict.batches, score each batch with ``predict`` (model.load_serving's
+    function, already warm), write the predictions to the Parquet file ``out`` with pyarrow.
+    Returns (rows, seconds from the first read to the file's close)."""
+    import pyarrow.parquet as pq
+
+    from tfospipe import predict as predict_lib
+
+    schema, rows = arrow_schema(), 0
+    t = time.perf_counter()
+    with pq.ParquetWriter(out, schema) as writer:
+        for images, labels, row_ids in predict_lib.batches(files, IMAGE_SHAPE, batch_size):
+            probabilities, classes = predict(images)
+            writer.write_batch(prediction_batch(schema, row_ids, classes, probabilities, labels, model_version))
+            rows += len(row_ids)
+    return rows, time.perf_counter() - t
+
+
+def in_memory(predict, images: np.ndarray, batch_size: int) -> float:
+    """(a) and (b): rows/s of ``predict`` over ``images`` in batches of ``batch_size`` (warm first)."""
+    predict(images[:batch_size])
+    t = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        predict(images[i:i + batch_size])
+    return len(images) / (time.perf_counter() - t)
+
+
+def infer_job(root: str, model_version: str, batch_size: int, master: str) -> tuple[dict, float]:
+    """(c): run the infer job with ``model_version``; (its manifest, its wall seconds from spark-submit)."""
+    from tfospipe import paths
+
+    t = time.perf_counter()
+    common.run_job("infer", {"data_root": root, "version": VERSION, "batch_size": batch_size,
+                             "model_version": model_version}, master)
+    wall = time.perf_counter() - t
+    with open(os.path.join(paths.Layout(root).predictions(VERSION), "_manifest.json")) as f:
+        return json.load(f), wall
+
+
+def measure(root: str, model_version: str, args: argparse.Namespace, images: np.ndarray) -> dict:
+    """(b), (b') and (c) for the promoted ``model_version`` of ``root`` (the same rows each way)."""
+    from tfospipe import model, paths
+
+    predict = model.load_serving(paths.Layout(root).serving_model(model_version), IMAGE_SHAPE)
+    out = os.path.join(root, f"files-{model_version}.parquet")
+    batched, files = 0.0, 0.0
+    for _ in range(args.repeat):  # alternated, best of: other load on the machine hits both alike
+        batched = max(batched, in_memory(predict, images, args.batch_size))
+        rows, seconds = files_to_parquet(shard_files(root), predict, args.batch_size, model_version, out)
+        files = max(files, rows / seconds)
+    manifest, wall = infer_job(root, model_version, args.batch_size, args.master)
+    return {"predict": predict, "b": batched, "files": files, "c": manifest["predict_rows_per_second"],
+            "manifest": manifest, "wall": wall}
+
+
+def report(args, images, naive, seed, noop):
+    """Print the figures of :func:`main` beside the machine facts."""
+    m, rows = seed["manifest"], len(images)
+    loads = sum(x["load_seconds"] for x in m["partition_timings"])
+    print()
+    common.print_facts()
+    print(f"rows: {rows}  (naive: {min(args.naive_rows, rows)})   threads: (a)(b)(b') TensorFlow default in one "
+          f"process, best of {args.repeat}; (c) {m['partitions']} partitions on 2 executors x 1 intra-op thread")
+    print(f"(a)  naive, batches of 10, one process        {naive:10.0f} rows/s")
+    for label, r in (("seed CNN", seed), ("no-op model", noop)):
+        print(f"-- {label}, batches of {args.batch_size}")
+        print(f"(b)  one process, in-memory arrays           {r['b']:10.0f} rows/s   {r['b'] / naive:6.2f}x (a)")
+        print(f"(b') one process, TFRecord -> pyarrow Parquet {r['files']:10.0f} rows/s   "
+              f"{r['files'] / r['b']:6.2f}x (b)")
+        print(f"(c)  infer Spark job                          {r['c']:10.0f} rows/s   {r['c'] / r['b']:6.2f}x (b)   "
+              f"{r['c'] / r['files']:6.2f}x (b')" + ("   goal >= 0.80x (b)" if r is seed else ""))
+    print(f"no-op (c) / seed (b): {noop['c'] / seed['b']:.2f}x   goal >= 5x (the pipeline <= 20% of the model's time)")
+    print(f"seed (c): job wall {seed['wall']:.1f} s = start-up and write {seed['wall'] - rows / seed['c']:.1f} s "
+          f"+ steady scoring {rows / seed['c']:.1f} s; model loads {m['model_loads']} ({loads:.1f} s in all)")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=50_000, help="rows to score in (b) and (c)")
+    p.add_argument("--rows", type=int, default=50_000, help="rows to score in (b), (b') and (c)")
     p.add_argument("--naive-rows", type=int, default=5_000, help="rows for (a), whose rows/s is flat in N")
-    p.add_argument("--batch-size", type=int, default=1024, help="batch size of (b) and (c)")
+    p.add_argument("--batch-size", type=int, default=1024, help="batch size of (b), (b') and (c)")
     p.add_argument("--master", default="local-cluster[2,1,2048]", help="Spark master of (c)")
+    p.add_argument("--repeat", type=int, default=2, help="rounds of (b) and (b'), alternated; the best is shown")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     args = p.parse_args()
     common.print_facts()
 
     import tensorflow as tf
 
-    from tfospipe import model, paths, schema, serving
+    from tfospipe import schema
 
     root = tempfile.mkdtemp(prefix="tfos-infer-bench-")
-    layout = paths.Layout(root)
     try:
         print(f"preparing {args.rows} MNIST-size rows in {root} ...", flush=True)
-        # the rows to score are unlabeled (score/): the infer job scores the score split when there is one
-        common.write_mnist_csv(os.path.join(layout.raw(VERSION), "labeled.csv"), 200)
-        common.write_mnist_csv(os.path.join(layout.raw(VERSION), "score", "rows.csv"), args.rows, labeled=False)
-        common.run_job("convert", {"data_root": root, "version": VERSION, "num_shards": 4}, args.master)
-        cnn = model.build_model((28, 28), 255)
-        model.export(cnn, os.path.join(root, "seed-model"), (28, 28))
-        seed_model = os.path.join(root, "seed-model")
-        digest = serving.model_digest(seed_model)
-        serving.promote(layout, seed_model, paths.model_version("bench", "seed", digest), {"accuracy": 0.0}, digest)
-
-        files = sorted(tf.io.gfile.glob(os.path.join(layout.split(VERSION, "score"), "*.tfrecord")))
-        records = [r.numpy() for f in files for r in tf.data.TFRecordDataset(f)]
-        images = schema.parse_batch(tf.constant(records), (28, 28))[0].numpy()
-        predict = model.load_serving(os.path.join(root, "seed-model"), (28, 28))
-        predict(images[:10])
-        predict(images[:args.batch_size])  # warm both batch shapes
-
-        n = min(args.naive_rows, len(images))
-        t = time.perf_counter()
-        for i in range(0, n, 10):
-            predict(images[i:i + 10])
-        naive = n / (time.perf_counter() - t)
-
-        t = time.perf_counter()
-        for i in range(0, len(images), args.batch_size):
-            predict(images[i:i + args.batch_size])
-        batched = len(images) / (time.perf_counter() - t)
-
-        t = time.perf_counter()
-        common.run_job("infer", {"data_root": root, "version": VERSION, "batch_size": args.batch_size}, args.master)
-        job_wall = time.perf_counter() - t
-        manifest = json.load(open(os.path.join(layout.predictions(VERSION), "_manifest.json")))
-        job = manifest["predict_rows_per_second"]
-        loads = sum(x["load_seconds"] for x in manifest["partition_timings"])
-
-        print()
-        common.print_facts()
-        print(f"rows: {len(images)}  (naive: {n})   threads: (a)(b) TensorFlow default in one process, "
-              f"(c) {manifest['partitions']} partitions on 2 executors x 1 intra-op thread")
-        print(f"(a) naive, batches of 10, one process   {naive:10.0f} rows/s")
-        print(f"(b) one process, batches of {args.batch_size:<5}      {batched:10.0f} rows/s   {batched / naive:5.2f}x (a)")
-        print(f"(c) infer Spark job, batches of {args.batch_size:<5}  {job:10.0f} rows/s   {job / naive:5.2f}x (a)   "
-              f"{job / batched:5.2f}x (b)   goal >= 0.80x (b)")
-        print(f"    job wall {job_wall:.1f} s = start-up and write {job_wall - len(images) / job:.1f} s "
-              f"+ steady scoring {len(images) / job:.1f} s; model loads {manifest['model_loads']} "
-              f"({loads:.1f} s in all)")
+        versions = prepare(root, args.rows, args.master)
+        records = [r.numpy() for f in shard_files(root) for r in tf.data.TFRecordDataset(f)]
+        images = schema.parse_batch(tf.constant(records), IMAGE_SHAPE)[0].numpy()
+        print("seed CNN: (b), (b'), (c) ...", flush=True)
+        seed = measure(root, versions["seed"], args, images)
+        naive = in_memory(seed["predict"], images[:args.naive_rows], 10)
+        print("no-op model: (b), (b'), (c) ...", flush=True)
+        noop = measure(root, versions["noop"], args, images)
+        report(args, images, naive, seed, noop)
     finally:
         if args.keep:
             print(f"data kept in {root}")
