@@ -166,6 +166,21 @@ def measure(root: str, model_version: str, args: argparse.Namespace, images: np.
             "manifest": manifest, "wall": wall}
 
 
+def busy_rate(manifest: dict) -> float:
+    """Rows/s of the infer job over its partitions' busy time: rows x concurrency / sum of the
+    partitions' (end - start) (manifest partition_timings, epoch seconds), where concurrency is the
+    most partitions scoring at once (one per executor core). Unlike the manifest's
+    predict_rows_per_second (rows over first start to last end) it leaves out the time one executor
+    scores while another still starts (imports, model load) or has finished, and gaps between tasks."""
+    spans = manifest["partition_timings"]
+    events = sorted([(t["start"], 1) for t in spans] + [(t["end"], -1) for t in spans])
+    running = concurrency = 0
+    for _, step in events:
+        running += step
+        concurrency = max(concurrency, running)
+    return manifest["rows_in"] * concurrency / sum(t["end"] - t["start"] for t in spans)
+
+
 def report(args, images, naive, seed, noop):
     """Print the figures of :func:`main` beside the machine facts."""
     m, rows = seed["manifest"], len(images)
@@ -182,7 +197,12 @@ def report(args, images, naive, seed, noop):
               f"{r['files'] / r['b']:6.2f}x (b)")
         print(f"(c)  infer Spark job                          {r['c']:10.0f} rows/s   {r['c'] / r['b']:6.2f}x (b)   "
               f"{r['c'] / r['files']:6.2f}x (b')" + ("   goal >= 0.80x (b)" if r is seed else ""))
-    print(f"no-op (c) / seed (b): {noop['c'] / seed['b']:.2f}x   goal >= 5x (the pipeline <= 20% of the model's time)")
+        busy = busy_rate(r["manifest"])
+        print(f"     (c) over its partitions' busy time         {busy:10.0f} rows/s   {busy / r['b']:6.2f}x (b)   "
+              f"{busy / r['files']:6.2f}x (b')")
+    ratio, busy = noop["c"] / seed["b"], busy_rate(noop["manifest"]) / seed["b"]
+    print(f"no-op (c) / seed (b): {ratio:.2f}x (over busy time: {busy:.2f}x)"
+          "   goal >= 5x (the pipeline <= 20% of the model's time)")
     print(f"seed (c): job wall {seed['wall']:.1f} s = start-up and write {seed['wall'] - rows / seed['c']:.1f} s "
           f"+ steady scoring {rows / seed['c']:.1f} s; model loads {m['model_loads']} ({loads:.1f} s in all)")
 

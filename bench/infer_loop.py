@@ -7,10 +7,12 @@ in variants of how tf.data and the model share the process: wall and CPU seconds
                  eagerly in the loop, between model calls
     arrays       the model alone on the parsed arrays (the loop's floor)
 
-Wall well above CPU on an otherwise idle, pinned core means the loop waits: the model and tf.data
-hand work to each other through the one inter-op thread (TF_NUM_INTEROP_THREADS=1).
+Wall well above CPU on a pinned core means the loop waits: the model and tf.data hand work to each
+other through the one inter-op thread (TF_NUM_INTEROP_THREADS=1), and each hand-off waits for the
+core when other processes want it. ``--all-cores`` runs the same variants with TensorFlow's default
+threads on every core, as (b) and (b') of infer_bench.py do.
 Writes its own shards (schema.encode_examples, no Spark). Run:
-    .venv/bin/python bench/infer_loop.py [--rows 20000] [--model seed|noop] [--interop 1]
+    .venv/bin/python bench/infer_loop.py [--rows 20000] [--model seed|noop] [--interop 1] [--all-cores]
 """
 
 from __future__ import annotations
@@ -80,10 +82,13 @@ def main():
     p.add_argument("--model", choices=("seed", "noop"), default="seed")
     p.add_argument("--interop", default="1", help="TF_NUM_INTEROP_THREADS (the executors': 1)")
     p.add_argument("--repeat", type=int, default=2, help="rounds over the variants (best of)")
+    p.add_argument("--all-cores", action="store_true",
+                   help="TensorFlow's default threads on every core, as (b) and (b') of infer_bench.py")
     args = p.parse_args()
-    from tfospipe import launch
-    os.environ.update({**launch.TF_ENV, "TF_NUM_INTEROP_THREADS": args.interop})
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as one executor has
+    if not args.all_cores:
+        from tfospipe import launch
+        os.environ.update({**launch.TF_ENV, "TF_NUM_INTEROP_THREADS": args.interop})
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as one executor has
     import common
     import infer_bench
     from tfospipe import model
@@ -105,8 +110,9 @@ def main():
             s = me.num_ctx_switches().voluntary - s0
             if name not in best or w < best[name][0]:
                 best[name] = (w, c, s)
-    print(f"{args.rows} rows, {args.model} model, batch {args.batch_size}, one core, "
-          f"TF_NUM_INTEROP_THREADS={args.interop} (best of {args.repeat})")
+    where = "every core, TensorFlow's default threads" if args.all_cores else \
+        f"one core, TF_ENV threads, TF_NUM_INTEROP_THREADS={args.interop}"
+    print(f"{args.rows} rows, {args.model} model, batch {args.batch_size}, {where} (best of {args.repeat})")
     for name, (w, c, s) in best.items():
         print(f"  {name:<12} {w:6.2f} s wall {c:6.2f} s CPU  {args.rows / w:8.0f} rows/s  "
               f"{s / -(-args.rows // args.batch_size):7.1f} voluntary context switches per batch")
