@@ -57,28 +57,35 @@ def build_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("build")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """The live deployment of tests/e2e/services.py, started once and stopped at the end."""
-    import signal
-
+def e2e_module(name):
+    """tests/e2e/<name>.py, loaded by path (services.py is also a script: `python tests/e2e/services.py up DIR`)."""
     import importlib.util
 
-    # tests/e2e/services.py is also a script (`python tests/e2e/services.py up DIR`): load it by path
-    spec = importlib.util.spec_from_file_location("services", os.path.join(PROJECT_DIR, "tests", "e2e", "services.py"))
-    services = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(services)
-    Stack = services.Stack
+    spec = importlib.util.spec_from_file_location(name, os.path.join(PROJECT_DIR, "tests", "e2e", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def live_stack(base, env=None, cluster=None):
+    """A started tests/e2e/services.py deployment, stopped when the generator closes. Module-scoped users
+    only: each end-to-end module has its own deployment on the fixed Spark ports, one after the other."""
     def interrupted(*_):  # a test run stopped with SIGTERM still stops the services (teardown runs)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
-    live = Stack(tmp_path_factory.mktemp("stack")).start()
+    live = e2e_module("services").Stack(base, env=env, cluster=cluster)
     try:
-        yield live
+        yield live.start()
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The live deployment of tests/e2e/services.py (local data root, same-path venv, the standalone
+    cluster of scripts/spark_standalone.sh), for the module that uses it."""
+    yield from live_stack(tmp_path_factory.mktemp("stack"))
 
 
 # --- a real S3 API on loopback (moto_server), for the remote-root tests ---------------------------------

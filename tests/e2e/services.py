@@ -29,7 +29,12 @@ def free_port():
 
 
 class Stack:
-    def __init__(self, base_dir):
+    """The services, their environment (``env``: overrides of the defaults below, e.g. a remote data
+    root and its credentials) and, when given, a ``cluster`` to start instead of
+    ``scripts/spark_standalone.sh`` (an object with ``start()`` and ``stop()``, serving the master's
+    status on this stack's ``spark_ui`` port)."""
+
+    def __init__(self, base_dir, env=None, cluster=None):
         self.base = str(base_dir)
         self.home = os.path.abspath(os.path.join(self.base, "airflow"))
         self.root = os.path.join(self.base, "data")
@@ -70,6 +75,12 @@ class Stack:
             SPARK_MASTER_WEBUI_PORT=str(self.spark_ui_port),
             SPARK_WORKER_MEMORY="2g",
         )
+        self.env.update(env or {})
+        self.root = self.env["AIRFLOW_VAR_TFOS_DATA_ROOT"]
+        self.cluster = cluster
+        if cluster is not None:  # its master's UI
+            self.spark_ui_port = cluster.webui_port
+            self.spark_ui = f"http://127.0.0.1:{cluster.webui_port}"
 
     # -- processes -----------------------------------------------------------------------------
     def sh(self, command, timeout=600, check=True):
@@ -88,7 +99,10 @@ class Stack:
             stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR, start_new_session=True)
 
     def start(self):
-        self.sh("bash scripts/spark_standalone.sh start 2", timeout=180)
+        if self.cluster is None:
+            self.sh("bash scripts/spark_standalone.sh start 2", timeout=180)
+        else:
+            self.cluster.start()
         self.sh("bash scripts/airflow_setup.sh", timeout=300)
         self._daemon("api-server", f"airflow api-server --host 127.0.0.1 --port {self.api_port}")
         self._daemon("scheduler", "airflow scheduler")
@@ -109,7 +123,10 @@ class Stack:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        self.sh("bash scripts/spark_standalone.sh stop", check=False)
+        if self.cluster is None:
+            self.sh("bash scripts/spark_standalone.sh stop", check=False)
+        else:
+            self.cluster.stop()
 
     def _healthy(self):
         try:
