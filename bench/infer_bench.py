@@ -181,8 +181,9 @@ def busy_rate(manifest: dict) -> float:
     return manifest["rows_in"] * concurrency / sum(t["end"] - t["start"] for t in spans)
 
 
-def report(args, images, naive, seed, noop):
-    """Print the figures of :func:`main` beside the machine facts."""
+def report(args: argparse.Namespace, images: np.ndarray, naive: float, seed: dict, noop: dict) -> None:
+    """Print the figures of :func:`main` beside the machine facts: ``naive`` is (a) in rows/s, ``seed``
+    and ``noop`` what :func:`measure` returned for each model."""
     m, rows = seed["manifest"], len(images)
     loads = sum(x["load_seconds"] for x in m["partition_timings"])
     print()
@@ -207,7 +208,8 @@ def report(args, images, naive, seed, noop):
           f"+ steady scoring {rows / seed['c']:.1f} s; model loads {m['model_loads']} ({loads:.1f} s in all)")
 
 
-def main():
+def main() -> None:
+    """Prepare the rows and both models, measure (a), then (b), (b') and (c) per model, and report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=50_000, help="rows to score in (b), (b') and (c)")
     p.add_argument("--naive-rows", type=int, default=5_000, help="rows for (a), whose rows/s is flat in N")

@@ -75,7 +75,8 @@ def variants(files: list[str], predict, batch_size: int) -> dict:
     return {"job": job, "no-prefetch": no_prefetch, "eager-parse": eager_parse, "arrays": arrays}
 
 
-def main():
+def main() -> None:
+    """Write the shards and the model, run each variant --repeat times, print the best of each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=1024)

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import Callable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,7 +44,7 @@ import infer_bench  # noqa: E402
 import psutil  # noqa: E402
 
 
-def timed(fn) -> tuple[object, float, float]:
+def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
     """(fn(), wall seconds, CPU seconds of this process's threads) of one call."""
     w, c = time.perf_counter(), time.process_time()
     out = fn()
@@ -135,7 +136,8 @@ class Sampler(threading.Thread):
         self.interval, self.samples, self.kinds, self.stop = interval, {}, {}, threading.Event()
         self.system = []  # (epoch seconds, busy CPU seconds of the whole machine)
 
-    def run(self):
+    def run(self) -> None:
+        """Sample until :attr:`stop` is set."""
         me = psutil.Process()
         while not self.stop.is_set():
             now = time.time()
@@ -204,7 +206,8 @@ def profile_job(root: str, model_version: str, batch_size: int, master: str) -> 
         f"{k} {halves[0].get(k, 0):.2f} / {halves[1].get(k, 0):.2f}" for k in sorted(cpu) if cpu[k] > 0.05))
 
 
-def main():
+def main() -> None:
+    """Part 1 (unless --skip-replay) and part 2 (unless --skip-job) for each model of --models."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=20_000, help="rows to score")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per model batch, as the job's batch_size")
