@@ -66,28 +66,34 @@ def prediction_schema() -> StructType:
 
 
 def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: int, model_version: str,
-                      dataset_version: str, columns: list[str], loads: Accumulator,
+                      dataset_version: str, out_dir: str, loads: Accumulator,
                       timings: Accumulator) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Executor side (``mapInArrow``): Arrow record batches of predictions for this partition's files.
+    """Executor side (``mapInArrow``, output ``file string, rows long``): score this partition's shard
+    files and write their predictions as one Parquet part in ``out_dir`` (:func:`write_parts`).
 
     The returned function reads the shard paths of its input batches (column ``path``), scores their
     rows ``batch_size`` at a time with the SavedModel at ``model_dir`` (images ``(H, W)`` =
-    ``image_shape``) and yields one Arrow batch per model batch, with ``columns`` in the order of
-    :func:`prediction_schema`. ``loads`` counts the model loads (one per executor process, see
-    predict.loaded_model); ``timings`` collects one record per partition: ``partition``, ``rows``,
-    ``load_seconds``, and ``start``/``end`` of its scoring in epoch seconds.
+    ``image_shape``), builds one Arrow batch of :func:`prediction_schema` (its Arrow form, nullability
+    included) per model batch, writes them with pyarrow and yields one row: the part's name and its
+    rows. ``loads`` counts the model loads (one per executor process, see predict.loaded_model);
+    ``timings`` collects one record per partition: ``partition``, ``rows``, ``load_seconds``,
+    ``start``/``end`` of its scoring in epoch seconds and ``python`` (the executor's interpreter).
 
-    Columnar end to end: a batch of predictions becomes one Arrow batch built from numpy arrays, with
-    no Python object per row, so the executor's core is spent in TensorFlow, not in serialization.
+    Columnar end to end and in one task: a batch of predictions becomes one Arrow batch built from numpy
+    arrays, with no Python object per row, and goes to Parquet in the same process. Handing the batches
+    to Spark's Parquet writer instead made the executor's JVM convert every row back from Arrow: 33-37%
+    of the job's CPU with the seed CNN, 62-67% with a no-op model (bench/infer_profile.py).
     """
-    def run(batches):
+    def scored(batches):
         import numpy as np
         import pyarrow as pa
         from pyspark import TaskContext
+        from pyspark.sql.pandas.types import to_arrow_schema
 
         files = [p for b in batches for p in b.column("path").to_pylist()]
         if not files:
             return
+        schema = to_arrow_schema(prediction_schema())
         t0 = time.time()
         fn = predict.loaded_model(model_dir, image_shape, on_load=lambda: loads.add(1))
         t1, rows = time.time(), 0
@@ -105,10 +111,15 @@ def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: 
                 pa.array(labels.astype(np.int32), mask=labels < 0),
                 pa.array([model_version] * n, pa.string()),
                 pa.array([dataset_version] * n, pa.string()),
-            ], names=columns)
+            ], names=schema.names).cast(schema)
         timings.add([{"partition": TaskContext.get().partitionId(), "rows": rows,
                       "load_seconds": round(t1 - t0, 3), "start": t1, "end": time.time(),
                       "python": sys.executable}])
+
+    write = write_parts(out_dir)
+
+    def run(batches):
+        yield from write(scored(batches))
     return run
 
 
@@ -185,14 +196,18 @@ def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[p
 
 
 def _write_predictions(predictions, stage_dir):
-    """Write the predictions DataFrame as Parquet into ``stage_dir``. Spark's writer where it reaches
-    the root (:func:`spark_writes`; returns None: the caller counts the rows), else :func:`write_parts`,
-    keeping only the parts the finished tasks reported (a retried task's earlier part is removed), and
-    returns the rows written."""
+    """Write the predictions DataFrame (tfos mode) as Parquet into ``stage_dir``. Spark's writer where
+    it reaches the root (:func:`spark_writes`; returns None: the caller counts the rows), else
+    :func:`write_parts` (:func:`_keep_reported`), and returns the rows written."""
     if spark_writes(stage_dir):
         predictions.write.mode("overwrite").parquet(stage_dir)
         return None
-    written = predictions.mapInArrow(write_parts(stage_dir), "file string, rows long").collect()
+    return _keep_reported(stage_dir, predictions.mapInArrow(write_parts(stage_dir), "file string, rows long").collect())
+
+
+def _keep_reported(stage_dir, written):
+    """Keep in ``stage_dir`` only the parts the finished tasks reported in ``written`` (rows ``file``,
+    ``rows``: a retried task's earlier part is removed); return the rows they hold."""
     keep = {r["file"] for r in written}
     for name in fs.listdir(stage_dir):
         if name.startswith("part-") and name not in keep:
@@ -300,11 +315,12 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             predictions = spark.createDataFrame(results, output_schema)
         else:
             inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
-            predictions = inputs.mapInArrow(
-                predict_partition(model_dir, image_shape, args.batch_size, mv, args.version,
-                                  output_schema.fieldNames(), loads, timings), output_schema)
-        rows_out = _write_predictions(predictions, stage.path)
-        if cluster is not None:
+            score = predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, stage.path, loads,
+                                      timings)
+        if cluster is None:  # executors mode: each task scores and writes its part
+            rows_out = _keep_reported(stage.path, inputs.mapInArrow(score, "file string, rows long").collect())
+        else:
+            rows_out = _write_predictions(predictions, stage.path)
             _shutdown(cluster)
         if rows_out is None:
             rows_out = spark.read.parquet(stage.path).count()
