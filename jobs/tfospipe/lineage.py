@@ -7,8 +7,11 @@ import numpy as np
 
 from . import fs
 
-#: Rows of the lineage index buffered per Parquet row group (about 30 bytes a row in memory).
-LINEAGE_ROWS_PER_GROUP = 1 << 20
+#: Rows of the lineage index buffered per Parquet row group: ~36 bytes a row in memory (row id and line
+#: int64, the split as a 5-character numpy string), so ~2.4 MB per group. At 1 << 20 a range of a 2 GB
+#: CSV (860,000 rows) held its whole index and a worker's peak grew by ~110 MiB with the file
+#: (bench/memory_bench.py).
+LINEAGE_ROWS_PER_GROUP = 1 << 16
 
 
 def lineage_name(group: str, shard: int) -> str:
@@ -51,7 +54,7 @@ class LineageWriter:
         pa = self._pa
         ids, lines, splits = (np.concatenate([p[i] for p in self._pending]) for i in range(3))
         self._pending = []
-        self._writer.write_table(pa.table([pa.array(ids), pa.array([self.name] * len(ids), pa.string()),
+        self._writer.write_table(pa.table([pa.array(ids), pa.repeat(pa.scalar(self.name, pa.string()), len(ids)),
                                            pa.array(lines), pa.array(splits.astype(str), pa.string())],
                                           schema=self.schema))
 
