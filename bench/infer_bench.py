@@ -82,49 +82,22 @@ def shard_files(root: str) -> list[str]:
     return dataset.shard_files(paths.Layout(root), VERSION, "score")
 
 
-def arrow_schema():
-    """The predictions' Arrow schema: infer.prediction_schema() as Spark hands it to Arrow."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    from tfospipe import infer
-
-    return to_arrow_schema(infer.prediction_schema())
-
-
-def prediction_batch(schema, row_ids: np.ndarray, classes: np.ndarray, probabilities: np.ndarray,
-                     labels: np.ndarray, model_version: str):
-    """One Arrow record batch of predictions with ``schema`` (:func:`arrow_schema`), built as
-    infer.predict_partition builds it: from numpy arrays, no Python object per row. ``row_ids``,
-    ``labels`` int64 [n] (-1 = no label), ``classes`` int64 [n], ``probabilities`` float32 [n, 10]."""
-    import pyarrow as pa
-
-    n, width = probabilities.shape
-    return pa.RecordBatch.from_arrays([
-        pa.array(row_ids, pa.int64()),
-        pa.array(classes.astype(np.int32)),
-        pa.array(probabilities[np.arange(n), classes].astype(np.float32)),
-        pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
-                                 pa.array(probabilities.astype(np.float32).ravel())),
-        pa.array(labels.astype(np.int32), mask=labels < 0),
-        pa.array([model_version] * n, pa.string()),
-        pa.array([VERSION] * n, pa.string()),
-    ], schema=schema)
-
-
 def files_to_parquet(files: list[str], predict, batch_size: int, model_version: str, out: str) -> tuple[int, float]:
     """(b'): read ``files`` with predict.batches, score each batch with ``predict`` (model.load_serving's
     function, already warm), write the predictions to the Parquet file ``out`` with pyarrow.
     Returns (rows, seconds from the first read to the file's close)."""
     import pyarrow.parquet as pq
 
+    from tfospipe import infer
     from tfospipe import predict as predict_lib
 
-    schema, rows = arrow_schema(), 0
+    schema, rows = infer.arrow_schema(), 0
     t = time.perf_counter()
     with pq.ParquetWriter(out, schema) as writer:
         for images, labels, row_ids in predict_lib.batches(files, IMAGE_SHAPE, batch_size):
             probabilities, classes = predict(images)
-            writer.write_batch(prediction_batch(schema, row_ids, classes, probabilities, labels, model_version))
+            writer.write_batch(infer.prediction_batch(schema, row_ids, classes, probabilities, labels, model_version,
+                                                      VERSION))
             rows += len(row_ids)
     return rows, time.perf_counter() - t
 

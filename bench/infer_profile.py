@@ -6,7 +6,7 @@ shards and batch size, timing wall and CPU seconds (all threads of the process):
 
     read+parse   predict.batches: tf.data's TFRecord reader and schema.parse_batch
     model        the serving signature on the parsed batches
-    arrow        numpy -> Arrow record batch (infer_bench.prediction_batch, as the job builds it)
+    arrow        numpy -> Arrow record batch (infer.prediction_batch, the job's own)
     ipc          the batches as an Arrow IPC stream (what the Python worker sends the JVM)
     parquet      the batches as Parquet with pyarrow (what a Python-side writer would cost)
 
@@ -56,16 +56,16 @@ def replay(files: list[str], model_dir: str, model_version: str, batch_size: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tfospipe import model, predict
+    from tfospipe import infer, model, predict
 
-    shape, schema = infer_bench.IMAGE_SHAPE, infer_bench.arrow_schema()
+    shape, schema = infer_bench.IMAGE_SHAPE, infer.arrow_schema()
     fn = model.load_serving(model_dir, shape)
     fn(next(predict.batches(files, shape, batch_size))[0])  # trace and warm
     out = {}
     parsed, *out["read+parse"] = timed(lambda: list(predict.batches(files, shape, batch_size)))
     scored, *out["model"] = timed(lambda: [fn(images) for images, _, _ in parsed])
     batches, *out["arrow"] = timed(lambda: [
-        infer_bench.prediction_batch(schema, r, c, p, lab, model_version)
+        infer.prediction_batch(schema, r, c, p, lab, model_version, infer_bench.VERSION)
         for (_, lab, r), (p, c) in zip(parsed, scored)])
 
     def ipc():

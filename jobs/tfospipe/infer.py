@@ -22,6 +22,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
+
 from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import dataset, fs, paths, predict, serving
@@ -65,6 +67,33 @@ def prediction_schema() -> StructType:
     ])
 
 
+def arrow_schema() -> pa.Schema:
+    """:func:`prediction_schema` in Arrow's terms, nullability included (what Spark's writer wrote)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(prediction_schema())
+
+
+def prediction_batch(schema: pa.Schema, row_ids: np.ndarray, classes: np.ndarray, probabilities: np.ndarray,
+                     labels: np.ndarray, model_version: str, dataset_version: str) -> pa.RecordBatch:
+    """One Arrow record batch of predictions with ``schema`` (:func:`arrow_schema`), built from numpy arrays
+    with no Python object per row. ``row_ids`` int64 [n]; ``classes`` int [n] (argmax); ``probabilities``
+    float32 [n, 10] (softmax); ``labels`` int [n], -1 where the row has none (written as null)."""
+    import pyarrow as pa
+
+    n, width = probabilities.shape
+    return pa.RecordBatch.from_arrays([
+        pa.array(row_ids, pa.int64()),
+        pa.array(classes.astype(np.int32)),
+        pa.array(probabilities[np.arange(n), classes].astype(np.float32)),
+        pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
+                                 pa.array(probabilities.astype(np.float32).ravel())),
+        pa.array(labels.astype(np.int32), mask=labels < 0),
+        pa.array([model_version] * n, pa.string()),
+        pa.array([dataset_version] * n, pa.string()),
+    ], names=schema.names).cast(schema)
+
+
 def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: int, model_version: str,
                       dataset_version: str, out_dir: str, loads: Accumulator,
                       timings: Accumulator) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -85,33 +114,19 @@ def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: 
     of the job's CPU with the seed CNN, 62-67% with a no-op model (bench/infer_profile.py).
     """
     def scored(batches):
-        import numpy as np
-        import pyarrow as pa
         from pyspark import TaskContext
-        from pyspark.sql.pandas.types import to_arrow_schema
 
         files = [p for b in batches for p in b.column("path").to_pylist()]
         if not files:
             return
-        schema = to_arrow_schema(prediction_schema())
+        schema = arrow_schema()
         t0 = time.time()
         fn = predict.loaded_model(model_dir, image_shape, on_load=lambda: loads.add(1))
         t1, rows = time.time(), 0
         for images, labels, row_ids in predict.batches(files, image_shape, batch_size):
             probabilities, classes = fn(images)
-            n = len(row_ids)
-            rows += n
-            width = probabilities.shape[1]
-            yield pa.RecordBatch.from_arrays([
-                pa.array(row_ids, pa.int64()),
-                pa.array(classes.astype(np.int32)),
-                pa.array(probabilities[np.arange(n), classes].astype(np.float32)),
-                pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
-                                         pa.array(probabilities.astype(np.float32).ravel())),
-                pa.array(labels.astype(np.int32), mask=labels < 0),
-                pa.array([model_version] * n, pa.string()),
-                pa.array([dataset_version] * n, pa.string()),
-            ], names=schema.names).cast(schema)
+            rows += len(row_ids)
+            yield prediction_batch(schema, row_ids, classes, probabilities, labels, model_version, dataset_version)
         timings.add([{"partition": TaskContext.get().partitionId(), "rows": rows,
                       "load_seconds": round(t1 - t0, 3), "start": t1, "end": time.time(),
                       "python": sys.executable}])
