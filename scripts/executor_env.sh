@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds build/executor-env.tar.gz (or TFOS_EXECUTOR_ARCHIVE, below): the executors' Python environment, packed with venv-pack, for
+# Builds build/executor-env.tar.gz: the executors' Python environment, packed with venv-pack, for
 # TFOS_EXECUTOR_PYTHON_ENV=archive (jobs/tfospipe/launch.py ships it with spark.archives and runs
 # ./environment/bin/python on every executor). `make executor-env` runs it.
 #
@@ -20,26 +20,15 @@
 #
 # Idempotent: the archive is rebuilt only when the checksum of requirements.txt,
 # requirements-executor.txt, this script, the .venv's freeze, the base Python or the prefix changes
-# (kept in <archive>.cksum). Prints the archive's size and the build's seconds.
+# (kept in build/executor-env.cksum). Prints the archive's size and the build's seconds.
 set -euo pipefail
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 cd "$(dirname "$SELF")/.."
 VENV="${TFOS_VENV:-.venv}"
 BUILD=build
 ENV_DIR="$BUILD/executor-env"
-# The archive the jobs ship: TFOS_EXECUTOR_ARCHIVE when it is a local path (the same setting tells
-# launch.py what to ship), else build/executor-env.tar.gz. Its suffix is the format: .tar.gz/.tgz (704 MiB,
-# smaller to upload and store) or .tar (2.0 GiB, unpacked ~4x faster: no inflate; worth it where each job
-# unpacks it again, as on a standalone cluster, and the network is fast).
-ARCHIVE="${TFOS_EXECUTOR_ARCHIVE:-$BUILD/executor-env.tar.gz}"
-case "$ARCHIVE" in
-  *://*) echo "executor_env.sh: TFOS_EXECUTOR_ARCHIVE=$ARCHIVE is a URI: build a local archive, then upload it" >&2; exit 2 ;;
-  *.tar.gz|*.tgz) FORMAT=tar.gz ;;
-  *.tar) FORMAT=tar ;;
-  *) echo "executor_env.sh: TFOS_EXECUTOR_ARCHIVE=$ARCHIVE: name a .tar.gz, .tgz or .tar file" >&2; exit 2 ;;
-esac
-KEY_FILE="$ARCHIVE.cksum"
-mkdir -p "$(dirname "$ARCHIVE")"
+ARCHIVE="$BUILD/executor-env.tar.gz"
+KEY_FILE="$BUILD/executor-env.cksum"
 
 test -x "$VENV/bin/venv-pack" || { echo "executor_env.sh: $VENV/bin/venv-pack is missing: run make install" >&2; exit 1; }
 base="$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')"
@@ -49,7 +38,7 @@ mkdir -p "$BUILD"
 # Every package of the driver's venv at its version, but editable and direct-URL installs.
 constraints="$BUILD/executor-env.constraints.txt"
 "$VENV/bin/pip" freeze --exclude-editable | grep -v ' @ ' > "$constraints.new"
-key="$(cat requirements.txt requirements-executor.txt "$SELF" "$constraints.new" <(echo "$base ${TFOS_EXECUTOR_PYTHON_PREFIX:-} $FORMAT") \
+key="$(cat requirements.txt requirements-executor.txt "$SELF" "$constraints.new" <(echo "$base ${TFOS_EXECUTOR_PYTHON_PREFIX:-}") \
        | cksum | cut -d' ' -f1)"
 if [ -f "$ARCHIVE" ] && [ "$(cat "$KEY_FILE" 2>/dev/null)" = "$key" ]; then
   rm -f "$constraints.new"
@@ -71,7 +60,7 @@ if [ -n "${TFOS_EXECUTOR_PYTHON_PREFIX:-}" ]; then
   sed -i "s#^home = .*#home = $TFOS_EXECUTOR_PYTHON_PREFIX/bin#" "$ENV_DIR/pyvenv.cfg"
 fi
 installed=$SECONDS
-"$VENV/bin/venv-pack" --quiet --prefix "$ENV_DIR" --format "$FORMAT" --output "$ARCHIVE.tmp" --force \
+"$VENV/bin/venv-pack" --quiet --prefix "$ENV_DIR" --format tar.gz --output "$ARCHIVE.tmp" --force \
   --exclude 'lib/python*/site-packages/tensorflow/include/*'
 chmod a+r "$ARCHIVE.tmp"
 mv "$ARCHIVE.tmp" "$ARCHIVE"

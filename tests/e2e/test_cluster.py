@@ -42,21 +42,14 @@ CONF = {"dataset_version": VERSION, "epochs": EPOCHS, "batch_size": 32, "num_sha
 JOBS = ("convert", "train", "validate", "infer")
 
 
-#: The archive the executors get: uncompressed, as TFOS_EXECUTOR_ARCHIVE may name (scripts/executor_env.sh).
-#: Every job unpacks it on the driver and on each executor again (a standalone cluster caches nothing
-#: between applications): a .tar saves the ~12 s of inflating 2 GiB each time, ~2 minutes over this run.
-ARCHIVE = os.path.join(PROJECT_DIR, "build", "executor-env.tar")
-
-
 @pytest.fixture(scope="module")
 def archive():
-    """build/executor-env.tar, built (or found up to date) by `make executor-env`."""
+    """build/executor-env.tar.gz, built (or found up to date) by `make executor-env`."""
     import subprocess
     proc = subprocess.run(["make", "-s", "executor-env"], cwd=PROJECT_DIR, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=1200,
-                          env=dict(os.environ, TFOS_EXECUTOR_ARCHIVE=ARCHIVE))
-    assert proc.returncode == 0 and os.path.isfile(ARCHIVE), proc.stdout[-5000:]
-    return ARCHIVE
+                          stderr=subprocess.STDOUT, text=True, timeout=1200)
+    assert proc.returncode == 0 and os.path.isfile(launch.EXECUTOR_ARCHIVE), proc.stdout[-5000:]
+    return launch.EXECUTOR_ARCHIVE
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +78,7 @@ def deployment(tmp_path_factory, archive, store):
     """Airflow on this host, the isolated cluster, the data root in the bucket, the archive on the executors."""
     root, aws = store
     nodes = tempfile.mkdtemp(prefix="tfos-nodes-", dir="/var/tmp")  # outside /tmp, which the workers do not see
-    env = dict(aws, AIRFLOW_VAR_TFOS_DATA_ROOT=root, TFOS_EXECUTOR_PYTHON_ENV="archive", TFOS_EXECUTOR_ARCHIVE=archive)
+    env = dict(aws, AIRFLOW_VAR_TFOS_DATA_ROOT=root, TFOS_EXECUTOR_PYTHON_ENV="archive")
     hidden = [PROJECT_DIR, sys.prefix, str(tmp_path_factory.getbasetemp())]
     cluster = e2e_module("cluster").IsolatedCluster(nodes, hidden, webui_port=e2e_module("services").free_port())
     try:
@@ -262,7 +255,6 @@ def _job(deployment, job, args, build_dir, env):
     _stack, cluster = deployment
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
-        mp.setenv("TFOS_EXECUTOR_ARCHIVE", ARCHIVE)
         for k, v in env.items():
             mp.setenv(k, v)
         return run_job(job, args, build_dir, timeout=300, master=cluster.master)
