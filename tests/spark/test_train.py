@@ -1,15 +1,11 @@
-"""The train job on multi-executor clusters: Spark input mode with uneven partitions, resume after a kill,
-parameter-server training."""
+"""The train job on multi-executor clusters: Spark input mode with uneven partitions, parameter-server
+training. (Resume after a kill: test_executor_loss.py on a local root, tests/e2e/test_cluster.py on s3://
+through Airflow.)"""
 import json
-import os
-import re
-import signal
-import subprocess
-import time
 
 import pytest
 
-from conftest import TEST_MASTER, run_job
+from conftest import run_job
 from tfospipe import launch, model
 
 pytestmark = pytest.mark.spark
@@ -56,36 +52,6 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
     assert manifest["final_eval_accuracy"] > 0.5
     predict = model.load_serving(str(run_dir / "model"), (8, 8))
     assert predict(__import__("numpy").zeros((2, 8, 8, 1), "float32"))[0].shape == (2, 10)
-
-
-def test_a_killed_training_resumes_from_its_last_epoch(digits_root, build_dir):
-    args = train_args(digits_root, "resume", epochs=12)
-    argv = launch.spark_submit_argv("train", args, TEST_MASTER, 2, str(build_dir))
-    progress = digits_root / "models" / VERSION / "resume" / "progress.log"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=dict(os.environ, **launch.TF_ENV))
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (progress.exists() and "epoch 3/12" in progress.read_text()):
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.5)
-        assert "epoch 3/12" in progress.read_text()
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, the executors and their TF nodes
-        proc.wait()
-    first = progress.read_text()
-    epochs_before = max(int(m) for m in re.findall(r"^epoch (\d+)/12", first, re.M))
-    assert epochs_before < 12
-
-    run = run_job("train", args, build_dir)  # the retry, as Airflow would run it
-    assert run.returncode == 0, run.output[-6000:]
-    second = progress.read_text()
-    resumed_epochs = [int(m) for m in re.findall(r"^epoch (\d+)/12", second, re.M)]
-    first_step = int(re.search(r"^step (\d+) ", second, re.M).group(1))
-    steps_per_epoch = json.load(open(progress.parent / "_manifest.json"))["steps_per_epoch"]
-    assert resumed_epochs[0] > epochs_before >= 3            # no epoch that had finished was run again
-    assert first_step > epochs_before * steps_per_epoch      # the step counter continues
-    assert resumed_epochs[-1] == 12
 
 
 def test_parameter_server_training_on_three_executors(digits_root, build_dir):
