@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import csvparse, fs, inputs, paths, schema
-from .inputs import Input, list_inputs, read_head, scan_file
+from .inputs import Input, list_inputs, read_head
 from .lineage import LineageWriter, lineage_name
 from .runner import JobError, executor_python, git_revision, library_versions
 
@@ -201,7 +201,7 @@ class _RangeWriter:
         for split in task.splits:
             pick = np.flatnonzero(row_splits == split)
             records = schema.encode_examples(pixels[pick], labels[pick] if task.labeled else None, row_ids[pick])
-            self.writers[split].write(b"".join(schema.tfrecord_frame(record) for record in records))
+            self.writers[split].write(schema.tfrecord_frames(records))
             self.counts[split] += len(pick)
 
     def close(self) -> None:
@@ -303,13 +303,37 @@ def _groups(labeled, unlabeled, empty):
     return groups
 
 
+def _scan_task(job):
+    """Executor side of one pass-1 task: ``("digest", name, path)`` or ``("lines", path, part, parts, eol)``."""
+    kind, *task_args = job
+    return (inputs.file_digest if kind == "digest" else inputs.range_lines)(*task_args)
+
+
 def _scan_pass(sc, files, groups, plans, dialects):
-    """Pass 1: checksums and line-aligned spans of every range, one task per file (files without rows too)."""
-    per_file = {path: (name, path, 1, dialects[path][0].eol) for name, path in files}
+    """Pass 1: the SHA-256 of every file (files without rows too) and the line count of every range of
+    a split file, each a task, so the pass runs on every executor (it also starts their Python
+    workers before pass 2). Returns ``(digests, spans by path, task spans)``."""
+    parts = {path: 1 for _name, path in files}
     for g, _files, _splits in groups:
-        for _shard, name, path, _part, parts in plans[g]:
-            per_file[path] = (name, path, parts, dialects[path][0].eol)
-    return sc.parallelize(list(per_file.values()), len(per_file)).map(lambda f: scan_file(*f)).collect()
+        for _shard, _name, path, _part, n in plans[g]:
+            parts[path] = n
+    jobs = [("digest", name, path) for name, path in files]
+    jobs += [("lines", path, part, parts[path], dialects[path][0].eol)
+             for _name, path in files if parts[path] > 1 for part in range(parts[path])]
+    results = sc.parallelize(jobs, len(jobs)).map(_scan_task).collect()
+    digests = [r for r in results if "sha256" in r]
+    counted = {}
+    for r in results:
+        if "lines" in r:
+            counted.setdefault(r["path"], []).append(r)
+    spans = {}
+    for d in digests:
+        path = d["path"]
+        if parts[path] > 1:
+            spans[path] = inputs.range_spans(counted[path], d["bytes"])
+        else:
+            spans[path] = [(0, d["bytes"], 1)]
+    return digests, spans, [r["span"] for r in results]
 
 
 def _range_tasks(groups, plans, spans, dialects):
@@ -425,8 +449,9 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
     return entries
 
 
-def _manifest(args, image_shape, totals, tasks, stats, scans, input_entries, skipped, started, pass_seconds):
-    """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``)."""
+def _manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds, task_spans):
+    """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``); ``task_spans``: per pass,
+    each task's ``(start, end)`` in epoch seconds."""
     return {
         "dataset_version": args.version,
         "image_shape": list(image_shape),
@@ -459,8 +484,9 @@ def _manifest(args, image_shape, totals, tasks, stats, scans, input_entries, ski
         "pass_seconds": pass_seconds,
         # time the executors spent on the data (first task start to last task end, per pass),
         # without Spark and Python worker start-up
-        "data_seconds": {name: round(max(x["span"][1] for x in xs) - min(x["span"][0] for x in xs), 2)
-                         for name, xs in (("scan", scans), ("convert", stats))},
+        "data_seconds": {name: round(max(e for _s, e in xs) - min(b for b, _e in xs), 2) for name, xs in task_spans.items()},
+        # each task's own seconds, in task order: how evenly the executors were loaded
+        "task_seconds": {name: [round(e - b, 2) for b, e in xs] for name, xs in task_spans.items()},
     }
 
 
@@ -468,7 +494,8 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     """Convert dataset version ``args.version`` of ``args.data_root`` (the parsed convert flags, jobargs).
 
     Steps: list and sniff the inputs, infer the image shape, plan the byte ranges
-    (:func:`plan_ranges`), pass 1 scans every file (:func:`scan_file`), pass 2 converts every range into
+    (:func:`plan_ranges`), pass 1 hashes every file and counts the lines of every range
+    (inputs.file_digest, inputs.range_lines), pass 2 converts every range into
     a staging directory (:func:`convert_range`); then the totals are checked, the quarantine is
     committed (also when too many rows are bad) and the TFRecords are committed with their manifest.
 
@@ -489,9 +516,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     plans = {g: plan_ranges(files, sizes, args.num_shards) for g, files, _splits in groups}
 
     t = time.time()
-    scans = _scan_pass(sc, labeled + unlabeled, groups, plans, dialects)
+    scans, spans, scan_spans = _scan_pass(sc, labeled + unlabeled, groups, plans, dialects)
     pass_seconds = {"scan": round(time.time() - t, 2)}
-    tasks = _range_tasks(groups, plans, {s["path"]: s["spans"] for s in scans}, dialects)
+    tasks = _range_tasks(groups, plans, spans, dialects)
 
     out = layout.tfrecords(args.version)
     all_splits = [s for _g, _f, splits in groups for s in splits]
@@ -509,7 +536,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
                            "sample": totals.samples})
         _check_bad_rows(args, layout, totals, labeled + unlabeled)
         input_entries = _inputs(scans, dialects, unlabeled, empty, totals)
-        stage.commit(_manifest(args, image_shape, totals, tasks, stats, scans, input_entries, skipped, started,
-                               pass_seconds))
+        stage.commit(_manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds,
+                               {"scan": scan_spans, "convert": [st["span"] for st in stats]}))
     return {"output": out, "rows_read": totals.read, "splits": totals.per_split, "quarantined": totals.bad,
             "blank_lines": totals.not_rows["blank_lines"], "header_lines": totals.not_rows["header_lines"]}

@@ -158,45 +158,67 @@ def _line_start(f, offset, eol, size):
     return size
 
 
-def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
-    """Executor side, pass 1: size and SHA-256 of a file (as stored), and its ranges' line-aligned spans.
+def file_digest(name: str, path: str) -> dict:
+    """Executor side, pass 1: size and SHA-256 of a file as stored (compressed files compressed).
 
-    Returns ``{"name", "path", "bytes", "sha256" (64 hex digits), "spans", "span"}``: ``spans`` holds
-    ``(start, end, first line number)`` of each of the ``parts`` ranges (a range owns the lines that
-    start inside it; a compressed file has one span, its whole stored size); ``span`` is the task's
+    Returns ``{"name", "path", "bytes", "sha256" (64 hex digits), "span"}``; ``span`` is the task's
     ``(start, end)`` wall-clock time in epoch seconds. Streams the file in READ_BYTES pieces: memory
     does not grow with its size. Raises OSError when the file cannot be read.
     """
     started = time.time()
-    size = fs.size(path)
-    compressed = compression_of(path) is not None
     digest = hashlib.sha256()
     with fs.open_read(path) as f:
-        starts = [0] if compressed else [_line_start(f, size * part // parts, eol, size) for part in range(parts)]
-        line_of = {0: 1}
-        pending = sorted(set(starts) - {0})
-        f.seek(0)
-        pos, seen = 0, 0
-        while True:
-            piece = f.read(READ_BYTES)
-            if not piece:
-                break
+        while piece := f.read(READ_BYTES):
             digest.update(piece)
-            end = pos + len(piece)
-            while pending and pending[0] <= end:
-                offset = pending.pop(0)
-                line_of[offset] = seen + piece.count(eol, 0, offset - pos) + 1
-            seen += piece.count(eol)
-            pos = end
-        for t in pending:  # offsets at the very end of the file
-            line_of[t] = seen + 1
-    if compressed:
-        spans = [(0, size, 1)] * parts
-    else:
-        bounds = starts + [size]
-        spans = [(bounds[i], max(bounds[i], bounds[i + 1]), line_of[bounds[i]]) for i in range(parts)]
-    return {"name": name, "path": path, "bytes": size, "sha256": digest.hexdigest(), "spans": spans,
+    return {"name": name, "path": path, "bytes": fs.size(path), "sha256": digest.hexdigest(),
             "span": (started, time.time())}
+
+
+def range_lines(path: str, part: int, parts: int, eol: bytes = b"\n") -> dict:
+    """Executor side, pass 1: the line-aligned bytes of range ``part`` of ``parts`` of a plain file and
+    how many lines end in them.
+
+    A range owns the lines that start inside its share ``[size * part // parts, size * (part + 1) //
+    parts)`` of the bytes, so consecutive ranges tile the file. Returns ``{"path", "part", "start",
+    "end", "lines" (count of ``eol`` in [start, end)), "span"}``. Raises OSError when the file cannot
+    be read.
+    """
+    started = time.time()
+    size = fs.size(path)
+    lines = 0
+    with fs.open_read(path) as f:
+        start = _line_start(f, size * part // parts, eol, size)
+        end = max(start, _line_start(f, size * (part + 1) // parts, eol, size))
+        f.seek(start)
+        remaining = end - start
+        while remaining > 0 and (piece := f.read(min(READ_BYTES, remaining))):
+            lines += piece.count(eol)
+            remaining -= len(piece)
+    return {"path": path, "part": part, "start": start, "end": end, "lines": lines, "span": (started, time.time())}
+
+
+def range_spans(ranges: list[dict], size: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first line number)`` of each range of one file, from its :func:`range_lines`
+    results (any order); a file read as one range (``ranges`` empty: compressed or unsplit) is
+    ``[(0, size, 1)]``. The first line of a range is 1 + the lines of the ranges before it."""
+    if not ranges:
+        return [(0, size, 1)]
+    spans, first_line = [], 1
+    for r in sorted(ranges, key=lambda r: r["part"]):
+        spans.append((r["start"], r["end"], first_line))
+        first_line += r["lines"]
+    return spans
+
+
+def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
+    """:func:`file_digest` of a file and the ``spans`` (:func:`range_spans`) of its ``parts`` ranges, in
+    one process; the convert job runs the same steps as separate tasks. A compressed file has one span
+    per part, its whole stored size (it is never split)."""
+    digest = file_digest(name, path)
+    if compression_of(path) is not None:
+        return {**digest, "spans": [(0, digest["bytes"], 1)] * parts}
+    ranges = [range_lines(path, part, parts, eol) for part in range(parts)] if parts > 1 else []
+    return {**digest, "spans": range_spans(ranges, digest["bytes"])}
 
 
 def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iterator[bytes]:

@@ -4,6 +4,8 @@ shards. Written by the convert job; read by ``scripts/lineage.py``.
 """
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import fs
 
@@ -32,10 +34,7 @@ class LineageWriter:
     COLUMNS = ("row_id", "file", "line", "split")
 
     def __init__(self, path: str, name: str):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa, self.name, self.rows, self._pending = pa, name, 0, []
+        self.name, self.rows, self._pending, self._pending_rows = name, 0, [], 0
         self.schema = pa.schema([("row_id", pa.int64()), ("file", pa.string()), ("line", pa.int64()),
                                  ("split", pa.string())])
         self._sink = fs.open_write(path)
@@ -45,15 +44,15 @@ class LineageWriter:
         """Index rows: ``row_ids``, ``lines`` int64 [n] and ``splits`` str [n] of one parsed block."""
         self._pending.append((np.asarray(row_ids, np.int64), np.asarray(lines, np.int64), np.asarray(splits)))
         self.rows += len(row_ids)
-        if sum(len(p[0]) for p in self._pending) >= LINEAGE_ROWS_PER_GROUP:
+        self._pending_rows += len(row_ids)
+        if self._pending_rows >= LINEAGE_ROWS_PER_GROUP:
             self._flush()
 
     def _flush(self):
         if not self._pending:
             return
-        pa = self._pa
         ids, lines, splits = (np.concatenate([p[i] for p in self._pending]) for i in range(3))
-        self._pending = []
+        self._pending, self._pending_rows = [], 0
         self._writer.write_table(pa.table([pa.array(ids), pa.repeat(pa.scalar(self.name, pa.string()), len(ids)),
                                            pa.array(lines), pa.array(splits.astype(str), pa.string())],
                                           schema=self.schema))

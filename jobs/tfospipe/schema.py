@@ -13,11 +13,15 @@ need no TensorFlow (the convert job never imports it); parsing uses ``tf.io.pars
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import google_crc32c
 import numpy as np
+
+#: A masked CRC32C as TFRecord framing stores it (4 bytes, little-endian).
+_CRC = struct.Struct("<I")
 
 if TYPE_CHECKING:  # encoding and framing need no TensorFlow
     import tensorflow as tf
@@ -79,10 +83,34 @@ def _varint(value):
     return bytes(out)
 
 
+def _row_slices(flat, ends):
+    """``flat`` cut at the cumulative ``ends`` (int [n]): one bytes object per row."""
+    ends = ends.tolist()
+    return [flat[s:e] for s, e in zip([0] + ends[:-1], ends)]
+
+
 def _packed_varints(matrix):
-    """Each row of a non-negative int matrix as packed protobuf varints, built in bulk with numpy."""
+    """Each row of a non-negative int matrix [n, k] as packed protobuf varints, built in bulk with numpy.
+
+    Values below 2**14 (pixels, labels) take one or two bytes and have their own path over uint16
+    arrays; larger values (row ids) the general one, a byte per 7 bits."""
     m = np.asarray(matrix)
+    n, k = m.shape
     top = int(m.max()) if m.size else 0
+    if top < 1 << 7:
+        flat = m.astype(np.uint8).tobytes()
+        return [flat[i * k:(i + 1) * k] for i in range(n)]
+    if top < 1 << 14:
+        v = m.astype(np.uint16, copy=False)
+        high = v >> 7
+        big = high > 0
+        # little-endian uint16 per value: low byte = low 7 bits + continuation bit, high byte = the rest
+        word = (v + ((high + big) << 7)).astype("<u2", copy=False)
+        keep = np.empty((n, k, 2), bool)
+        keep[..., 0] = True
+        keep[..., 1] = big
+        flat = np.compress(keep.ravel(), word.view(np.uint8).ravel()).tobytes()
+        return _row_slices(flat, np.cumsum(k + np.count_nonzero(big, axis=1)))
     groups = 1
     while top >> (7 * groups):
         groups += 1
@@ -94,32 +122,27 @@ def _packed_varints(matrix):
         rest = v >> (7 * (g + 1))
         out[..., g] = part | np.where(rest > 0, 0x80, 0).astype(part.dtype)
         keep[..., g] = (v >> (7 * g)) > 0 if g else True
-    flat = out[keep].tobytes()
-    ends = np.cumsum(keep.sum(axis=(1, 2))).tolist()
-    return [flat[s:e] for s, e in zip([0] + ends[:-1], ends)]
+    return _row_slices(out[keep].tobytes(), np.cumsum(keep.sum(axis=(1, 2))))
 
 
 def _len_field(tag, payload):
     return tag + _varint(len(payload)) + payload
 
 
-def _int64_entry(key, packed):
-    """One ``Features.feature`` map entry: key -> Feature{int64_list{packed values}}."""
-    feature = _len_field(b"\x1a", _len_field(b"\x0a", packed))
-    return _len_field(b"\x0a", _len_field(b"\x0a", key) + _len_field(b"\x12", feature))
+@functools.lru_cache(maxsize=4096)
+def _entry_prefix(key, length):
+    """Bytes of one ``Features.feature`` map entry (key -> Feature{int64_list{packed values}}) that come
+    before its ``length`` bytes of packed values: a few distinct lengths per column, so cached."""
+    packed = b"\x00" * length
+    whole = _len_field(b"\x0a", _len_field(b"\x0a", key) + _len_field(b"\x12", _len_field(b"\x1a", _len_field(
+        b"\x0a", packed))))
+    return whole[:len(whole) - length]
 
 
-class _Prefixes(dict):
-    """Entry bytes before the packed values, by the packed length (a few distinct lengths per batch)."""
-
-    def __init__(self, key):
-        super().__init__()
-        self.key = key
-
-    def __missing__(self, length):
-        whole = _int64_entry(self.key, b"\x00" * length)
-        self[length] = whole[:len(whole) - length]
-        return self[length]
+@functools.lru_cache(maxsize=4096)
+def _example_prefix(length):
+    """Bytes of an Example before its ``length`` bytes of Features (field 1, length-delimited)."""
+    return b"\x0a" + _varint(length)
 
 
 def encode_examples(pixels: np.ndarray, labels: np.ndarray | None = None,
@@ -134,20 +157,16 @@ def encode_examples(pixels: np.ndarray, labels: np.ndarray | None = None,
     so the same row always gives the same bytes. Per row only a few lookups and one join are left
     in Python: values are varint-encoded in bulk, entry headers are cached by length.
     """
-    columns = [(_Prefixes(b"image"), _packed_varints(pixels))]
+    columns = [(b"image", _packed_varints(pixels))]
     if labels is not None:
-        columns.append((_Prefixes(b"label"), _packed_varints(np.asarray(labels).reshape(-1, 1))))
+        columns.append((b"label", _packed_varints(np.asarray(labels).reshape(-1, 1))))
     if row_ids is not None:
-        columns.append((_Prefixes(b"row_id"), _packed_varints(np.asarray(row_ids).reshape(-1, 1))))
+        columns.append((b"row_id", _packed_varints(np.asarray(row_ids).reshape(-1, 1))))
+    keys = [key for key, _packed in columns]
     out = []
-    example_prefix = {}
-    for values in zip(*(packed for _prefixes, packed in columns)):
-        body = b"".join([prefixes[len(v)] + v for (prefixes, _packed), v in zip(columns, values)])
-        n = len(body)
-        head = example_prefix.get(n)
-        if head is None:
-            head = example_prefix[n] = b"\x0a" + _varint(n)
-        out.append(head + body)
+    for values in zip(*(packed for _key, packed in columns)):
+        body = b"".join([_entry_prefix(key, len(v)) + v for key, v in zip(keys, values)])
+        out.append(_example_prefix(len(body)) + body)
     return out
 
 
@@ -156,10 +175,24 @@ def _masked_crc(data):
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=65536)
+def _frame_header(length):
+    """The 12 bytes before a record of ``length`` bytes: the length, then its masked CRC32C."""
+    packed = struct.pack("<Q", length)
+    return packed + struct.pack("<I", _masked_crc(packed))
+
+
 def tfrecord_frame(record: bytes) -> bytes:
     """One record in TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of the data."""
-    length = struct.pack("<Q", len(record))
-    return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
+    return _frame_header(len(record)) + record + _CRC.pack(_masked_crc(record))
+
+
+def tfrecord_frames(records: Iterable[bytes]) -> bytes:
+    """:func:`tfrecord_frame` of each record, joined: the bytes a TFRecord file holds for them."""
+    parts = []
+    for record in records:
+        parts += (_frame_header(len(record)), record, _CRC.pack(_masked_crc(record)))
+    return b"".join(parts)
 
 
 def tfrecord_payloads(data: bytes, compressed: bool = False) -> Iterator[bytes]:

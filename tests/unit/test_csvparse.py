@@ -87,6 +87,39 @@ def test_parse_clean_refuses_anything_unusual():
     assert csvparse.parse_clean(b"1,2,300\n4,5,6\n", 3).tolist() == [[1, 2, 300], [4, 5, 6]]
 
 
+def test_bulk_parser_paths_agree_with_the_line_by_line_parser_at_every_field_length():
+    """Fields of 1-3 digits take the uint16 path (three gathers per field), longer ones the int64 path;
+    both must give what parse_row gives, whatever the lengths of neighbouring fields."""
+    import numpy as np
+    rng = np.random.default_rng(7)
+    for top, dtype in ((9, np.uint16), (99, np.uint16), (999, np.uint16), (99_999, np.int64)):
+        values = rng.integers(0, top + 1, (500, 6))
+        values[0] = [0, top, 0, top, 0, top]  # shortest and longest side by side, and at the line's ends
+        text = "".join(",".join(map(str, r)) + "\n" for r in values).encode()
+        table = csvparse.parse_clean(text, 6)
+        assert table.dtype == dtype and table.tolist() == values.tolist(), top
+        spec = csvparse.Spec(num_pixels=5, pixel_max=top, num_classes=top + 1)
+        assert [[lab] + px for lab, px in (csvparse.parse_row(line, spec) for line in text.splitlines())] == \
+            values.tolist()
+
+
+def test_scan_ranges_tile_a_file_and_number_its_lines(tmp_path):
+    from tfospipe import inputs
+    lines = [b"%d,1,2" % i for i in range(1, 101)]
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    data = path.read_bytes()
+    for parts in (1, 2, 7, 150):  # more parts than lines: some ranges are empty
+        ranges = [inputs.range_lines(str(path), part, parts) for part in range(parts)] if parts > 1 else []
+        spans = inputs.range_spans(ranges[::-1], len(data))  # any order in
+        assert spans[0][0] == 0 and spans[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        for start, end, first_line in spans:
+            if end > start:
+                assert data[start:end].split(b"\n")[0] == lines[first_line - 1]
+        assert inputs.scan_file("a.csv", str(path), parts)["spans"] == spans
+
+
 def test_split_is_a_function_of_content_and_fraction():
     pixels = [1, 2, 3, 4]
     assert csvparse.split_of(3, pixels, 0.2) == csvparse.split_of(3, list(pixels), 0.2)

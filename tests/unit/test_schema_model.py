@@ -29,6 +29,25 @@ def test_bulk_encoder_is_byte_identical_to_the_protobuf_api():
     assert schema.encode_examples(np.zeros((0, 4), int)) == []
 
 
+@pytest.mark.parametrize("top, dtype", [(127, np.uint16), (255, np.uint16), (255, np.int64), (16383, np.int32),
+                                        (16384, np.int64)])
+def test_each_varint_width_path_is_byte_identical(top, dtype):
+    """Values below 2**7 take one byte, below 2**14 one or two (the uint16 paths the convert job's
+    pixels take), larger ones the general path: each against the protobuf API."""
+    rng = np.random.default_rng(top)
+    pixels = rng.integers(0, top + 1, (200, 50)).astype(dtype)
+    pixels[0] = 0
+    pixels[1] = top
+    pixels[2, :4] = [127, 128, top, 0]
+    labels = rng.integers(0, 10, 200)
+    ids = rng.integers(0, 2 ** 63 - 1, 200, dtype=np.int64)
+    expected = [reference_example(p.tolist(), int(lab), int(i)) for p, lab, i in zip(pixels, labels, ids)]
+    assert schema.encode_examples(pixels, labels, ids) == expected
+    framed = schema.tfrecord_frames(expected)
+    assert framed == b"".join(schema.tfrecord_frame(r) for r in expected)
+    assert list(schema.tfrecord_payloads(framed)) == expected
+
+
 def test_example_round_trip_through_parse_example():
     rows = [([1, 2, 3, 4], 7, 11), ([16, 0, 0, 5], 0, 12)]
     serialized = schema.encode_examples(np.array([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows])
