@@ -2,10 +2,10 @@
 
 (a)  naive    one process, batches of 10 through the serving signature (the seed's loop)
 (b)  batched  one process, large batches of in-memory arrays, TensorFlow using every core
-(b') files    one process, TensorFlow using every core: reads the same TFRecord shards as the job
-              (predict.batches, the project's parse), predicts in batches of the same size and writes
-              the same Parquet (the job's output schema) with pyarrow: what a user would run instead
-              of Spark
+(b') files    one process, TensorFlow using every core: reads the same TFRecord shards as the job with
+              tf.data (TFRecordDataset, the project's parse, prefetch), predicts in batches of the same
+              size and writes the same Parquet (the job's output schema) with pyarrow: what a user
+              would run instead of Spark
 (c)  job      the infer Spark job: one single-node TensorFlow per executor, model loaded once each
 
 Then (b), (b') and (c) again with a no-op model: the seed's serving signature around trivial compute
@@ -82,19 +82,31 @@ def shard_files(root: str) -> list[str]:
     return dataset.shard_files(paths.Layout(root), VERSION, "score")
 
 
+def tfdata_batches(files: list[str], batch_size: int):
+    """(images, labels, row_ids) numpy batches of ``files`` as one process would read them with
+    tf.data: TFRecordDataset, batch, schema.parse_batch, prefetch (reading overlaps the model on the
+    other cores). The infer job reads with predict.batches instead (no tf.data, see its docstring)."""
+    import tensorflow as tf
+
+    from tfospipe import schema
+
+    ds = tf.data.TFRecordDataset(files).batch(batch_size).map(lambda s: schema.parse_batch(s, IMAGE_SHAPE))
+    for image, label, row_id in ds.prefetch(2):
+        yield image.numpy(), label.numpy(), row_id.numpy()
+
+
 def files_to_parquet(files: list[str], predict, batch_size: int, model_version: str, out: str) -> tuple[int, float]:
-    """(b'): read ``files`` with predict.batches, score each batch with ``predict`` (model.load_serving's
+    """(b'): read ``files`` with tf.data (:func:`tfdata_batches`), score each batch with ``predict`` (model.load_serving's
     function, already warm), write the predictions to the Parquet file ``out`` with pyarrow.
     Returns (rows, seconds from the first read to the file's close)."""
     import pyarrow.parquet as pq
 
     from tfospipe import infer
-    from tfospipe import predict as predict_lib
 
     schema, rows = infer.arrow_schema(), 0
     t = time.perf_counter()
     with pq.ParquetWriter(out, schema) as writer:
-        for images, labels, row_ids in predict_lib.batches(files, IMAGE_SHAPE, batch_size):
+        for images, labels, row_ids in tfdata_batches(files, batch_size):
             probabilities, classes = predict(images)
             writer.write_batch(infer.prediction_batch(schema, row_ids, classes, probabilities, labels, model_version,
                                                       VERSION))

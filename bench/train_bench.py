@@ -8,6 +8,20 @@ All three train the same model on the same data for the same number of examples 
 worker, with the same Keras steps_per_execution and the same memory allocator (the executors' one,
 launch.executor_malloc; --env LD_PRELOAD= compares glibc's). Steady-state examples/s exclude
 start-up and the first steps (tracing); scaling efficiency = (b or c) / (2 x (a)).
+
+Then the figure explains itself, per step of one worker (all measured here, on this CPU):
+  compute       one step on one core: batch / (a)'s examples/s
+  all-reduce    the seed CNN's gradients (float32, or float16 with --gradient-compression fp16)
+                all-reduced by MultiWorkerMirroredStrategy between 2 plain TensorFlow processes on
+                loopback (no Spark), with the executors' threads and allocator: wall and CPU seconds
+                per call (the process's CPU: the ring's copies and sums, gRPC)
+  metrics       the rest of what the strategy adds to a Keras step apart from compute and the
+                gradients' size: a model with no hidden layer (7,850 weights) trained by Keras under
+                the strategy minus the same model trained without it, minus its own (small)
+                gradient all-reduce: the loss and accuracy collectives and the step's coordination
+  ceiling       compute / (compute + all-reduce CPU + metrics): with both cores computing, the
+                all-reduce's CPU cannot hide behind the other worker's compute
+  efficiency    (b) / (2 x (a)) as a fraction of that ceiling (goal >= 0.9 in tensorflow mode)
 Run:  .venv/bin/python bench/train_bench.py [--rows 12000]
 """
 
@@ -53,6 +67,87 @@ def single_process(root, steps, batch_size):
     print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0}))
 
 
+def collective_worker(index, ports, compression, batch_size, iterations=30):
+    """One of the 2 processes of the all-reduce measurement (TF_CONFIG on loopback ``ports``): prints
+    per-call seconds (wall, CPU) of the gradient all-reduce and per-step seconds of the small model
+    with and without the strategy, as JSON."""
+    import numpy as np
+    import tensorflow as tf
+
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                          "task": {"type": "worker", "index": index}})
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    from tfospipe import model, node, schema
+
+    def timed(fn, n):
+        fn()
+        fn()  # traced and warm
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+    def all_reduce_of(variables):
+        dtype = tf.float16 if compression == "fp16" else tf.float32
+        grads = [tf.ones(v.shape, dtype) for v in variables]
+
+        @tf.function
+        def reduce():
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads))
+        return lambda: [t.numpy() for t in tf.nest.flatten(reduce())][:1]
+
+    def small_model():
+        small = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Flatten(),
+                                     tf.keras.layers.Dense(schema.NUM_CLASSES, activation="softmax")])
+        small.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+                      metrics=["accuracy"], steps_per_execution=node.PROGRESS_EVERY_STEPS)
+        return small
+
+    def step_seconds(keras_model, steps=200):
+        rng = np.random.default_rng(index)
+        ds = tf.data.Dataset.from_tensors((rng.random((batch_size, 28, 28, 1), np.float32),
+                                           rng.integers(0, 10, batch_size))).repeat()
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+        keras_model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0)  # traced and warm
+        t = time.perf_counter()
+        keras_model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        return (time.perf_counter() - t) / steps
+
+    with strategy.scope():
+        cnn = model.build_model((28, 28), 255, steps_per_execution=node.PROGRESS_EVERY_STEPS,
+                                gradient_compression=compression)
+        small = small_model()
+    grads_wall, grads_cpu = timed(all_reduce_of(cnn.trainable_variables), iterations)
+    small_grads_wall, _ = timed(all_reduce_of(small.trainable_variables), iterations * 5)
+    small_step = step_seconds(small)
+    local_step = step_seconds(small_model())
+    print(json.dumps({"allreduce_wall": grads_wall, "allreduce_cpu": grads_cpu, "small_step": small_step,
+                      "small_local_step": local_step, "small_allreduce": small_grads_wall,
+                      "values": int(sum(np.prod(v.shape) for v in cnn.trainable_variables))}))
+
+
+def collectives(env, compression, batch_size):
+    """Run :func:`collective_worker` in 2 processes on loopback; the per-worker figures, averaged."""
+    import socket
+
+    socks = [socket.socket() for _ in range(2)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [str(sock.getsockname()[1]) for sock in socks]
+    for sock in socks:
+        sock.close()
+    procs = [subprocess.Popen([sys.executable, __file__, "--collective-worker", str(i), *ports,
+                               "--gradient-compression", compression, "--batch-size", str(batch_size)],
+                              env=env, stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("the all-reduce measurement failed")
+    return {k: sum(o[k] for o in outs) / len(outs) for k in outs[0]}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=12_000, help="MNIST-size rows to generate (90%% train)")
@@ -64,9 +159,13 @@ def main():
     p.add_argument("--gradient-compression", default="none", choices=["none", "fp16"],
                    help="the train job's gradient_compression for (b) and (c); (a) all-reduces nothing")
     p.add_argument("--single", nargs=2, metavar=("ROOT", "STEPS"), help=argparse.SUPPRESS)
+    p.add_argument("--collective-worker", nargs=3, metavar=("INDEX", "PORT0", "PORT1"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.single:
         return single_process(args.single[0], int(args.single[1]), args.batch_size)
+    if args.collective_worker:
+        index, *ports = args.collective_worker
+        return collective_worker(int(index), ports, args.gradient_compression, args.batch_size)
 
     import common
     from tfospipe import launch, paths
@@ -95,6 +194,8 @@ def main():
         single = json.loads(out.strip().splitlines()[-1])
         single["wall"] = time.time() - t
 
+        coll = collectives(env, args.gradient_compression, args.batch_size)
+
         results = {}
         for mode in args.modes.split(","):
             t = time.time()
@@ -121,6 +222,22 @@ def main():
             print(f"{label}  {r['rate']:8.0f} examples/s   efficiency {r['rate'] / (2 * a):4.2f} (goal >= {goal})   "
                   f"wall {r['wall']:6.1f} s = Spark/TF start-up {r['wall'] - r['train']:.1f} s + TFoS cluster "
                   f"{r['train']:.1f} s (steady training {steady_seconds:.1f} s), executors' allocator {r['malloc']}")
+        compute = args.batch_size / a * 1000
+        grads_wall, grads_cpu = coll["allreduce_wall"] * 1000, coll["allreduce_cpu"] * 1000
+        metrics = max(0.0, (coll["small_step"] - coll["small_local_step"] - coll["small_allreduce"]) * 1000)
+        ceiling = compute / (compute + grads_cpu + metrics)
+        print(f"per step of one worker at batch {args.batch_size} (ms): compute on one core {compute:.1f}; all-reduce of "
+              f"{coll['values']:,} {'float16' if args.gradient_compression == 'fp16' else 'float32'} gradients "
+              f"{grads_wall:.1f} wall, {grads_cpu:.1f} CPU; metric collectives and coordination {metrics:.1f} (small "
+              f"model {coll['small_step'] * 1000:.1f} under the strategy vs {coll['small_local_step'] * 1000:.1f} "
+              f"without, its gradients {coll['small_allreduce'] * 1000:.1f})")
+        print(f"ceiling = compute / (compute + all-reduce CPU + metrics) = {ceiling:.2f} "
+              f"(with the all-reduce's wall instead of its CPU: {compute / (compute + grads_wall + metrics):.2f})")
+        for label, mode in (("tensorflow mode", "tensorflow"), ("spark mode", "spark")):
+            if mode in results:
+                e = results[mode]["rate"] / (2 * a)
+                print(f"  {label}: efficiency {e:.2f} = {e / ceiling:.2f} of the ceiling"
+                      + ("   (goal >= 0.9 in tensorflow mode)" if mode == "tensorflow" else ""))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from queue import Empty
 from typing import Protocol
 
 from . import fs, schema
+from .dataset import read_records
 
 #: How long a node waits for its first rows, and the driver for the nodes once the feed ended (seconds).
 FEED_TIMEOUT_SECONDS = 600
@@ -50,8 +51,7 @@ def feed_blocks(rows: Iterable[bytes], size: int = FEED_BLOCK_ROWS) -> Iterator[
 def strided_payloads(files: list[str], offset: int, every: int) -> Iterator[bytes]:
     """Executor side: the serialized Examples of the TFRecord ``files`` (plain or gzip) in order, every
     ``every``-th from the ``offset``-th (0-based), as ``tf.data``'s ``shard(every, offset)`` keeps them."""
-    payloads = itertools.chain.from_iterable(
-        schema.tfrecord_payloads(fs.read_bytes(f), compressed=schema.is_compressed(f)) for f in files)
+    payloads = itertools.chain.from_iterable(read_records(f) for f in files)
     return itertools.islice(payloads, offset, None, every)
 
 

@@ -195,17 +195,50 @@ def tfrecord_frames(records: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
+#: Bytes read from a shard at once by :func:`tfrecords_in`.
+READ_BYTES = 4 << 20
+
+
+def tfrecords_in(f: BinaryIO, name: str) -> Iterator[bytes]:
+    """The records of the TFRecord stream ``f`` (a binary reader, already decompressed), streamed in
+    READ_BYTES pieces, so memory holds a piece and a record, not the file.
+
+    Each record's length and data CRC32C are checked, as TensorFlow's reader checks them. Raises
+    ValueError naming ``name`` and the byte offset when a checksum does not match or the stream ends
+    inside a record (a truncated or damaged shard): rewrite the shard by rerunning convert.
+    """
+    pending, consumed = b"", 0
+    while True:
+        piece = f.read(READ_BYTES)
+        data = pending + piece if pending else piece
+        offset, end = 0, len(data)
+        while end - offset >= 12:
+            header = data[offset:offset + 12]
+            (length,) = struct.unpack_from("<Q", header)
+            stop = offset + 12 + length + 4
+            if stop > end:
+                break
+            record = data[offset + 12:stop - 4]
+            if header[8:] != _CRC.pack(_masked_crc(header[:8])) or data[stop - 4:stop] != _CRC.pack(_masked_crc(record)):
+                raise ValueError(f"{name}: corrupt TFRecord at byte {consumed + offset:,} (checksum mismatch); "
+                                 "rerun convert for this dataset version to rewrite its shards")
+            yield record
+            offset = stop
+        consumed += offset
+        pending = data[offset:]
+        if not piece:
+            if pending:
+                raise ValueError(f"{name}: truncated TFRecord at byte {consumed:,} ({len(pending)} bytes of an "
+                                 "incomplete record at the end); rerun convert for this dataset version")
+            return
+
+
 def tfrecord_payloads(data: bytes, compressed: bool = False) -> Iterator[bytes]:
-    """The records in the bytes of a TFRecord file, GZIP-compressed when ``compressed`` (framing not re-checked)."""
-    if compressed:
-        import gzip
-        data = gzip.decompress(data)
-    offset, end = 0, len(data)
-    while offset < end:
-        (length,) = struct.unpack_from("<Q", data, offset)
-        start = offset + 12
-        yield data[start:start + length]
-        offset = start + length + 4
+    """:func:`tfrecords_in` over the bytes of a TFRecord file, GZIP-compressed when ``compressed``."""
+    import gzip
+    import io
+
+    yield from tfrecords_in(io.BytesIO(gzip.decompress(data) if compressed else data), "<bytes>")
 
 
 def feature_spec(num_pixels: int) -> dict:
