@@ -4,7 +4,7 @@ Part 1, replay: one process pinned to one core with the executors' thread settin
 one intra-op and one inter-op thread) runs each phase of infer.predict_partition alone over the same
 shards and batch size, timing wall and CPU seconds (all threads of the process):
 
-    read+parse   predict.batches: tf.data's TFRecord reader and schema.parse_batch
+    read+parse   predict.batches: the streamed shard reader and schema.parse_batch
     model        the serving signature on the parsed batches
     arrow        numpy -> Arrow record batch (infer.prediction_batch, the job's own)
     ipc          the batches as an Arrow IPC stream (what the Python worker sends the JVM)

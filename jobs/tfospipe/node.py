@@ -37,6 +37,8 @@ PROGRESS_EVERY_STEPS = 10
 #: ParameterServerStrategy runs remote closures and variable reads concurrently on every node: with the
 #: executors' single inter-op thread (launch.TF_ENV) the chief waits forever for its first closure.
 PS_THREADS = {"TF_NUM_INTEROP_THREADS": "4"}
+#: Batches each node's tf.data pipeline prepares ahead of the training step (:func:`finish`).
+PREFETCH_BATCHES = 2
 #: Examples each node's tf.data pipeline shuffles over (records).
 SHUFFLE_BUFFER = 8192
 
@@ -148,7 +150,8 @@ def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) 
 
 def finish(ds: "tf.data.Dataset", batch_size: int, image_shape: tuple[int, int]) -> "tf.data.Dataset":
     """Batches of ``(images float32 [batch_size, H, W, 1], labels int64 [batch_size])`` from a dataset of
-    serialized Examples (remainders dropped), auto-sharding off (each node reads its own share)."""
+    serialized Examples (remainders dropped), auto-sharding off (each node reads its own share), tf.data's
+    autotuning off (PREFETCH_BATCHES batches ahead)."""
     import tensorflow as tf
 
     from . import schema
@@ -156,10 +159,14 @@ def finish(ds: "tf.data.Dataset", batch_size: int, image_shape: tuple[int, int])
     def parse(serialized):
         return schema.parse_batch(serialized, image_shape)[:2]
 
-    ds = ds.batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).map(parse)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    # No autotuning: with it, two single-threaded TensorFlow processes on two cores (two executors) left
+    # the cores ~38% idle (bench/infer_bench.py's loop: 2,435 rows/s each, 3,940 without it); the
+    # node has one core, so the parse runs in sequence and two batches are prefetched.
+    options.autotune.enabled = False
+    return ds.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
 def train_fn(node_args: NodeArgs, feed: Feed | None, input_context: Any) -> "tf.data.Dataset":
