@@ -1,7 +1,7 @@
 """The infer executor's loop (read, parse, predict) on one core with the executors' thread settings,
 in variants of how tf.data and the model share the process: wall and CPU seconds of each.
 
-    job          predict.batches as the job runs it: the streamed shard reader (dataset.read_records)
+    job          predict.batches as the job runs it: the streamed shard reader (schema.shard_records)
                  and tf.io.parse_example per batch, no tf.data
     tf.data      TFRecordDataset.batch.map(parse).prefetch(2) (the job's reader before)
     tf.data-no-autotune  the same with tf.data's autotuning disabled

@@ -11,7 +11,7 @@ Shards hold ``tf.train.Example`` records under the feature spec of ``schema.feat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from . import fs, paths, schema
 from .runner import JobError
@@ -49,18 +49,4 @@ def image_shape(manifest: dict) -> tuple[int, int]:
 def example_rdd(sc: SparkContext, files: list[str]) -> RDD:
     """The serialized ``tf.train.Example`` records (bytes) of the TFRecord ``files`` as an RDD with one
     partition per shard, in file order (what the TFoS feeds of train and infer consume)."""
-    return sc.parallelize(files, max(len(files), 1)).flatMap(read_records)
-
-
-def read_records(path: str) -> Iterator[bytes]:
-    """The serialized records of one TFRecord shard (plain or gzip, schema.is_compressed) on any root,
-    streamed through ``fs`` with their checksums checked (schema.tfrecords_in: ValueError names a
-    corrupt or truncated shard; OSError when it cannot be read)."""
-    import gzip
-
-    with fs.open_read(path) as raw:
-        if schema.is_compressed(path):
-            with gzip.GzipFile(fileobj=raw) as unzipped:
-                yield from schema.tfrecords_in(unzipped, path)
-        else:
-            yield from schema.tfrecords_in(raw, path)
+    return sc.parallelize(files, max(len(files), 1)).flatMap(lambda path: schema.shard_records(path, fs.open_read))

@@ -14,7 +14,6 @@ from queue import Empty
 from typing import Protocol
 
 from . import fs, schema
-from .dataset import read_records
 
 #: How long a node waits for its first rows, and the driver for the nodes once the feed ended (seconds).
 FEED_TIMEOUT_SECONDS = 600
@@ -51,7 +50,7 @@ def feed_blocks(rows: Iterable[bytes], size: int = FEED_BLOCK_ROWS) -> Iterator[
 def strided_payloads(files: list[str], offset: int, every: int) -> Iterator[bytes]:
     """Executor side: the serialized Examples of the TFRecord ``files`` (plain or gzip) in order, every
     ``every``-th from the ``offset``-th (0-based), as ``tf.data``'s ``shard(every, offset)`` keeps them."""
-    payloads = itertools.chain.from_iterable(read_records(f) for f in files)
+    payloads = itertools.chain.from_iterable(schema.shard_records(f, fs.open_read) for f in files)
     return itertools.islice(payloads, offset, None, every)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from . import model as model_lib  # noqa: E402
-from . import schema, scratch  # noqa: E402
+from . import fs, schema, scratch  # noqa: E402
 
 #: Serving functions loaded in this process, by (SavedModel path, image shape).
 _LOADED = {}
@@ -47,7 +47,7 @@ def batches(files: Iterable[str], image_shape: tuple[int, int],
             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(images float32 [n,H,W,1], labels int64 [n] (-1 = none), row_ids int64 [n]) numpy batches.
 
-    Reads the TFRecord shard ``files`` in order, on any root (dataset.read_records: streamed through
+    Reads the TFRecord shard ``files`` in order, on any root (schema.shard_records: streamed through
     ``fs``, gzip or plain, checksums checked; a mix of both is a ValueError, as tf.data's reader),
     ``batch_size`` records per batch across file boundaries (the last may be smaller), each batch
     parsed with ``tf.io.parse_example`` (schema.parse_batch); pixel values stay raw (0..pixel_max).
@@ -59,8 +59,6 @@ def batches(files: Iterable[str], image_shape: tuple[int, int],
     """
     import tensorflow as tf
 
-    from .dataset import read_records
-
     files = list(files)
     schema.compression_type(files)  # ValueError for a mix, as tf.data's reader
 
@@ -70,7 +68,7 @@ def batches(files: Iterable[str], image_shape: tuple[int, int],
 
     chunk = []
     for path in files:
-        for record in read_records(path):
+        for record in schema.shard_records(path, fs.open_read):
             chunk.append(record)
             if len(chunk) == batch_size:
                 yield parsed(chunk)

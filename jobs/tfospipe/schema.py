@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 import google_crc32c
 import numpy as np
@@ -231,6 +231,20 @@ def tfrecords_in(f: BinaryIO, name: str) -> Iterator[bytes]:
                 raise ValueError(f"{name}: truncated TFRecord at byte {consumed:,} ({len(pending)} bytes of an "
                                  "incomplete record at the end); rerun convert for this dataset version")
             return
+
+
+def shard_records(path: str, open_read: Callable[[str], BinaryIO]) -> Iterator[bytes]:
+    """The serialized records of the TFRecord shard at ``path`` (GZIP when :func:`is_compressed`), opened
+    with ``open_read`` (``fs.open_read``: any root), streamed with their checksums checked
+    (:func:`tfrecords_in`: ValueError names a corrupt or truncated shard; OSError when it cannot be read)."""
+    import gzip
+
+    with open_read(path) as raw:
+        if is_compressed(path):
+            with gzip.GzipFile(fileobj=raw) as unzipped:
+                yield from tfrecords_in(unzipped, path)
+        else:
+            yield from tfrecords_in(raw, path)
 
 
 def tfrecord_payloads(data: bytes, compressed: bool = False) -> Iterator[bytes]:

@@ -113,23 +113,23 @@ def test_tfrecord_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
 
 
 def test_shard_reader_streams_across_pieces_and_refuses_damage(tmp_path, monkeypatch):
-    from tfospipe import dataset
+    from tfospipe import fs
     records = [b"x" * n for n in (0, 1, 11, 12, 13, 300, 5000)] * 3
     framed = schema.tfrecord_frames(records)
     monkeypatch.setattr(schema, "READ_BYTES", 7)  # records and headers cut at every place
     (tmp_path / "a.tfrecord").write_bytes(framed)
-    assert list(dataset.read_records(str(tmp_path / "a.tfrecord"))) == records
+    assert list(schema.shard_records(str(tmp_path / "a.tfrecord"), fs.open_read)) == records
     with schema.shard_writer(open(tmp_path / "a.tfrecord.gz", "wb"), "gzip") as w:
         w.write(framed)
-    assert list(dataset.read_records(str(tmp_path / "a.tfrecord.gz"))) == records
+    assert list(schema.shard_records(str(tmp_path / "a.tfrecord.gz"), fs.open_read)) == records
     damaged = bytearray(framed)
     damaged[12 + 12 + 1 + 4 + 5] ^= 1  # a byte inside the third record's data
     (tmp_path / "bad.tfrecord").write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match=r"bad.tfrecord: corrupt TFRecord at byte 33 \(checksum"):
-        list(dataset.read_records(str(tmp_path / "bad.tfrecord")))
+        list(schema.shard_records(str(tmp_path / "bad.tfrecord"), fs.open_read))
     (tmp_path / "cut.tfrecord").write_bytes(framed[:-3])
     with pytest.raises(ValueError, match="cut.tfrecord: truncated TFRecord"):
-        list(dataset.read_records(str(tmp_path / "cut.tfrecord")))
+        list(schema.shard_records(str(tmp_path / "cut.tfrecord"), fs.open_read))
 
 
 def test_gzip_shards_are_tfrecord_gzip_and_deterministic(tmp_path):
