@@ -210,17 +210,6 @@ def range_spans(ranges: list[dict], size: int) -> list[tuple[int, int, int]]:
     return spans
 
 
-def scan_file(name: str, path: str, parts: int, eol: bytes = b"\n") -> dict:
-    """:func:`file_digest` of a file and the ``spans`` (:func:`range_spans`) of its ``parts`` ranges, in
-    one process; the convert job runs the same steps as separate tasks. A compressed file has one span
-    per part, its whole stored size (it is never split)."""
-    digest = file_digest(name, path)
-    if compression_of(path) is not None:
-        return {**digest, "spans": [(0, digest["bytes"], 1)] * parts}
-    ranges = [range_lines(path, part, parts, eol) for part in range(parts)] if parts > 1 else []
-    return {**digest, "spans": range_spans(ranges, digest["bytes"])}
-
-
 def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iterator[bytes]:
     """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
     whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).

@@ -147,11 +147,11 @@ def test_scan_spans_are_line_aligned_for_cr_only_files(tmp_path):
     lines = [b"%d,1,2,3,4" % (i % 10) for i in range(1000)]
     path = tmp_path / "a.csv"
     path.write_bytes(b"\r".join(lines) + b"\r")
-    scan = inputs.scan_file("a.csv", str(path), 3, b"\r")
     data = path.read_bytes()
-    assert scan["spans"][0][0] == 0 and scan["spans"][-1][1] == len(data)
+    spans = inputs.range_spans([inputs.range_lines(str(path), part, 3, b"\r") for part in range(3)], len(data))
+    assert spans[0][0] == 0 and spans[-1][1] == len(data)
     numbers = []
-    for start, end, first_line in scan["spans"]:
+    for start, end, first_line in spans:
         part = data[start:end]
         assert start == 0 or data[start - 1:start] == b"\r"
         numbers += list(range(first_line, first_line + part.count(b"\r")))
