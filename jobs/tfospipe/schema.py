@@ -247,14 +247,6 @@ def shard_records(path: str, open_read: Callable[[str], BinaryIO]) -> Iterator[b
             yield from tfrecords_in(raw, path)
 
 
-def tfrecord_payloads(data: bytes, compressed: bool = False) -> Iterator[bytes]:
-    """:func:`tfrecords_in` over the bytes of a TFRecord file, GZIP-compressed when ``compressed``."""
-    import gzip
-    import io
-
-    yield from tfrecords_in(io.BytesIO(gzip.decompress(data) if compressed else data), "<bytes>")
-
-
 def feature_spec(num_pixels: int) -> dict:
     """``tf.io.parse_example`` spec of a record: ``image`` int64 [num_pixels], ``label`` and ``row_id``
     int64 [1] (-1 when absent)."""

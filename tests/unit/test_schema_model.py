@@ -1,8 +1,10 @@
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfospipe import model, schema
+from tfospipe import fs, model, schema
 
 
 def reference_example(pixels, label=None, row_id=None):
@@ -45,7 +47,7 @@ def test_each_varint_width_path_is_byte_identical(top, dtype):
     assert schema.encode_examples(pixels, labels, ids) == expected
     framed = schema.tfrecord_frames(expected)
     assert framed == b"".join(schema.tfrecord_frame(r) for r in expected)
-    assert list(schema.tfrecord_payloads(framed)) == expected
+    assert list(schema.tfrecords_in(io.BytesIO(framed), "framed")) == expected
 
 
 def test_example_round_trip_through_parse_example():
@@ -109,11 +111,10 @@ def test_tfrecord_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
             writer.write(r)
     ours = b"".join(schema.tfrecord_frame(r) for r in records)
     assert ours == (tmp_path / "tf.tfrecord").read_bytes()
-    assert list(schema.tfrecord_payloads(ours)) == records
+    assert list(schema.tfrecords_in(io.BytesIO(ours), "ours")) == records
 
 
 def test_shard_reader_streams_across_pieces_and_refuses_damage(tmp_path, monkeypatch):
-    from tfospipe import fs
     records = [b"x" * n for n in (0, 1, 11, 12, 13, 300, 5000)] * 3
     framed = schema.tfrecord_frames(records)
     monkeypatch.setattr(schema, "READ_BYTES", 7)  # records and headers cut at every place
@@ -143,7 +144,7 @@ def test_gzip_shards_are_tfrecord_gzip_and_deterministic(tmp_path):
     assert paths[0].name == "part-00000.tfrecord.gz"
     assert paths[0].read_bytes() == paths[1].read_bytes()  # no mtime or name in the gzip header
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(paths[0]), compression_type="GZIP")] == records
-    assert list(schema.tfrecord_payloads(paths[0].read_bytes(), compressed=True)) == records
+    assert list(schema.shard_records(str(paths[0]), fs.open_read)) == records  # read back as the jobs read shards
     assert schema.compression_type([str(p) for p in paths]) == "GZIP"
     assert schema.compression_type(["part-00000.tfrecord"]) == ""
 
