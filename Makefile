@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt pyproject.toml requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install install-test system-deps runtime-deps demo test ui tensorboard executor-env clean
+.PHONY: install install-test system-deps runtime-deps demo test test-fast ui tensorboard executor-env clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -36,6 +36,10 @@ demo: install runtime-deps
 
 test: install-test
 	bash scripts/test.sh
+
+# The edit loop (~2 min): unit, DAG-integrity and parser tests; no Spark application, no Airflow services.
+test-fast: install-test
+	bash scripts/test.sh -m "not spark and not e2e"
 
 # build/executor-env.tar.gz: the executors' Python (requirements-executor.txt, no Airflow) packed with
 # venv-pack, for TFOS_EXECUTOR_PYTHON_ENV=archive (spark.archives). Rebuilt only when its inputs change.

@@ -5,4 +5,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$TFOS_PROJECT_DIR"
 # The DAG-integrity tests parse the DAG with Airflow's DagBag, which needs a migrated metadata DB.
 bash "$TFOS_PROJECT_DIR/scripts/airflow_setup.sh"
-exec python -m pytest tests "$@"
+# Two workers (pytest-xdist): the end-to-end group on one, every other module on the other (tests/conftest.py
+# gives each test its group). TFOS_TEST_WORKERS=0 runs everything in this one process.
+workers="${TFOS_TEST_WORKERS:-2}"
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup)
+exec python -m pytest tests "${xdist[@]}" "$@"

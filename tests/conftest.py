@@ -20,6 +20,31 @@ if PLUGINS_DIR not in sys.path:
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: The suite's parts, by folder: the marker each test gets (``pytest -m "not spark"``, ``make test-fast``).
+#: ``spark`` is every test that starts a Spark application, the end-to-end ones included.
+FOLDER_MARKERS = {"unit": ("unit",), "dag": ("dag",), "spark": ("spark",), "e2e": ("e2e", "spark")}
+
+
+#: The xdist group of every end-to-end test: the deployments listen on fixed ports (the Spark master on 7077),
+#: so one runs at a time, on one worker, while the other worker runs the rest of the suite.
+E2E_GROUP = "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by its folder (:data:`FOLDER_MARKERS`), so ``-m`` selects whole parts of the suite,
+    and give it its ``xdist_group`` for ``pytest -n 2 --dist loadgroup`` (scripts/test.sh): a module's tests
+    stay on one worker, so its module-scoped set-up (a converted version, a trained model) runs once;
+    the end-to-end modules share one group (:data:`E2E_GROUP`), and run first: they are the longest part."""
+    tests_dir = os.path.join(PROJECT_DIR, "tests")
+    for item in items:
+        rel = os.path.relpath(str(item.path), tests_dir).split(os.sep)
+        for name in FOLDER_MARKERS.get(rel[0], ()):
+            item.add_marker(name)
+        item.add_marker(pytest.mark.xdist_group(E2E_GROUP if rel[0] == "e2e" else "/".join(rel)))
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: e2e first, else as collected
+
+
 #: A real multi-executor Spark cluster: 2 executor JVMs with one core each.
 TEST_MASTER = os.environ.get("TFOS_TEST_MASTER", "local-cluster[2,1,1024]")
 

@@ -331,7 +331,8 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
 
 # -- a task killed by Airflow stops its Spark application -----------------------------------------
 
-#: This checkout's train job: the only driver a leftover check may count (other checkouts may run jobs too).
+#: This checkout's train job: the only driver a leftover check may count (other checkouts may run jobs too, and
+#: the Spark tests on the other test worker run it on their own roots).
 TRAIN_JOB = os.path.join(PROJECT_DIR, "jobs", "train.py")
 
 
@@ -357,9 +358,14 @@ def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, l
     completed = stack.wait(app_gone, 90, "the killed task's Spark application to end")
     assert next(a for a in completed if a["id"] == app["id"])["state"] in ("KILLED", "FINISHED")
 
-    def leftovers():
-        return [p.info for p in psutil.process_iter(["pid", "cmdline"])
-                if any(TRAIN_JOB in part or app["id"] in part for part in (p.info["cmdline"] or []))]
+    def leftovers():  # this run's driver (this checkout's train job on this root) or its executors
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if any(app["id"] in part for part in cmd) or (
+                    any(TRAIN_JOB in part for part in cmd) and any(layout.root in part for part in cmd)):
+                found.append(p.info)
+        return found
 
     # once the master has ended the app, its workers stop the executors (SIGTERM, SIGKILL after 10 s)
     deadline = time.monotonic() + 30

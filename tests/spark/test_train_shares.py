@@ -21,8 +21,9 @@ from tfospipe import csvparse, launch
 
 pytestmark = pytest.mark.spark
 #: A job that hangs fails its test after this many seconds (the job and its executors are killed); a
-#: healthy run takes 60-120 s on a loaded 2-core machine, a hung one would wait for minutes more.
-JOB_TIMEOUT = 180
+#: healthy run takes 60-120 s on a loaded 2-core machine (the end-to-end tests run beside it on the other
+#: test worker), a hung one would wait for minutes more.
+JOB_TIMEOUT = 300
 TRAIN_ARGS = {"batch_size": 4, "epochs": 2, "cluster_size": 2}
 
 
