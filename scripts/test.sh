@@ -9,5 +9,5 @@ bash "$TFOS_PROJECT_DIR/scripts/airflow_setup.sh"
 # gives each test its group). TFOS_TEST_WORKERS=0 runs everything in this one process.
 workers="${TFOS_TEST_WORKERS:-2}"
 xdist=()
-[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup)
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
 exec python -m pytest tests "${xdist[@]}" "$@"

@@ -25,23 +25,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FOLDER_MARKERS = {"unit": ("unit",), "dag": ("dag",), "spark": ("spark",), "e2e": ("e2e", "spark")}
 
 
-#: The xdist group of every end-to-end test: the deployments listen on fixed ports (the Spark master on 7077),
-#: so one runs at a time, on one worker, while the other worker runs the rest of the suite.
-E2E_GROUP = "e2e"
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark each test by its folder (:data:`FOLDER_MARKERS`), so ``-m`` selects whole parts of the suite,
     and give it its ``xdist_group`` for ``pytest -n 2 --dist loadgroup`` (scripts/test.sh): a module's tests
-    stay on one worker, so its module-scoped set-up (a converted version, a trained model) runs once;
-    the end-to-end modules share one group (:data:`E2E_GROUP`), and run first: they are the longest part."""
+    stay on one worker, so its module-scoped set-up (a deployment, a converted version, a trained model) runs
+    once. The end-to-end modules come first: they are the longest, and each starts on its own worker (their
+    deployments take free ports), while the other modules fill the time they wait on Airflow."""
     tests_dir = os.path.join(PROJECT_DIR, "tests")
     for item in items:
         rel = os.path.relpath(str(item.path), tests_dir).split(os.sep)
         for name in FOLDER_MARKERS.get(rel[0], ()):
             item.add_marker(name)
-        item.add_marker(pytest.mark.xdist_group(E2E_GROUP if rel[0] == "e2e" else "/".join(rel)))
+        item.add_marker(pytest.mark.xdist_group("/".join(rel)))
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: e2e first, else as collected
 
 
@@ -82,6 +80,62 @@ def build_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("build")
 
 
+# --- one dataset version through all four jobs, shared by the Spark-job modules --------------------------
+
+#: The shared version: a date (the promotion policy reads it as the data date) and an Airflow-style run id.
+SERVED_VERSION = "2026-11-03"
+SERVED_RUN = "manual__2026-11-03T10_00_00_00_00"
+#: Its training: two short epochs (~20 steps) on ~320 rows: a model far better than chance, in seconds.
+SERVED_TRAIN = {"epochs": 2, "batch_size": 16}
+#: Unlabeled rows in ``raw/<version>/score/old-mac.csv.bz2`` (CR line ends), the rows infer scores.
+SERVED_SCORE_ROWS = 40
+
+
+class Served:
+    """A data root on which convert, train, validate and infer ran for :data:`SERVED_VERSION`:
+    ``labeled`` (the lines of ``raw/<version>/digits.csv``, header first) and ``score`` (the lines of the
+    score file). Read-only: a test that changes anything works on :meth:`copy`."""
+
+    def __init__(self, root, labeled, score):
+        self.root, self.labeled, self.score = root, labeled, score
+
+    def copy(self, dest):
+        """A copy of the whole root (raw data, TFRecords, the run, serving, predictions) at ``dest``."""
+        import shutil
+        shutil.copytree(self.root, dest, dirs_exist_ok=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def served_version(tmp_path_factory, build_dir):
+    """:class:`Served`: 400 labeled digits (a header, LF) and :data:`SERVED_SCORE_ROWS` unlabeled rows in a
+    CR-only ``.bz2`` file, converted into 2 shards, trained (run :data:`SERVED_RUN`), validated (promoted:
+    nothing served before) and scored, once for the test session."""
+    import bz2
+
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("served")
+    d = load_digits()
+    raw = root / "raw" / SERVED_VERSION
+    (raw / "score").mkdir(parents=True)
+    labeled = ["label," + ",".join(f"pixel{i}" for i in range(64))]
+    labeled += [f"{t}," + ",".join(map(str, px)) for t, px in zip(d.target[:400], d.data[:400].astype(int))]
+    (raw / "digits.csv").write_text("\n".join(labeled) + "\n")
+    score = [",".join(map(str, px)) for px in d.data[400:400 + SERVED_SCORE_ROWS].astype(int)]
+    (raw / "score" / "old-mac.csv.bz2").write_bytes(bz2.compress(("\r".join(score) + "\r").encode()))
+    common = {"data_root": str(root), "version": SERVED_VERSION}
+    for job, extra in (("convert", {"num_shards": 2}),
+                       ("train", dict(SERVED_TRAIN, run_id=SERVED_RUN)),
+                       ("validate", {"run_id": SERVED_RUN, "min_accuracy": 0.0, "max_regression": 1.0}),
+                       ("infer", {})):
+        run = run_job(job, dict(common, **extra), build_dir, timeout=300)
+        assert run.returncode == 0, f"{job}:\n{run.output[-4000:]}"
+        if job == "validate":
+            assert run.result()["decision"] == "promote", run.output[-4000:]
+    return Served(root, labeled, score)
+
+
 def e2e_module(name):
     """tests/e2e/<name>.py, loaded by path (services.py is also a script: `python tests/e2e/services.py up DIR`)."""
     import importlib.util
@@ -94,7 +148,7 @@ def e2e_module(name):
 
 def live_stack(base, env=None, cluster=None):
     """A started tests/e2e/services.py deployment, stopped when the generator closes. Module-scoped users
-    only: each end-to-end module has its own deployment on the fixed Spark ports, one after the other."""
+    only: each end-to-end module has its own deployment, on free ports (two may run at once)."""
     def interrupted(*_):  # a test run stopped with SIGTERM still stops the services (teardown runs)
         raise KeyboardInterrupt
 

@@ -1,6 +1,6 @@
 """A real deployment on this machine for the end-to-end tests: the docker-compose services, run natively.
 
-* Spark standalone: a master on ``spark://127.0.0.1:7077`` and two 1-core workers
+* Spark standalone: a master on ``spark://127.0.0.1:<free port>`` and two 1-core workers
   (``scripts/spark_standalone.sh``, the same ``spark-class`` commands as the compose services).
 * Airflow 3: ``api-server``, ``scheduler`` and ``dag-processor`` with the LocalExecutor, a
   project-local AIRFLOW_HOME (SQLite), the simple auth manager with one admin user.
@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SPARK_MASTER = "spark://127.0.0.1:7077"
 USER, PASSWORD = "admin", "tfos-e2e-password"
 
 
@@ -31,8 +30,9 @@ def free_port():
 class Stack:
     """The services, their environment (``env``: overrides of the defaults below, e.g. a remote data
     root and its credentials) and, when given, a ``cluster`` to start instead of
-    ``scripts/spark_standalone.sh`` (an object with ``start()`` and ``stop()``, serving the master's
-    status on this stack's ``spark_ui`` port)."""
+    ``scripts/spark_standalone.sh`` (an object with ``start()`` and ``stop()``, its master URL as
+    ``master`` and its status page's port as ``webui_port``). Every port is a free one, so two stacks can
+    run at once (the two end-to-end modules, on two test workers)."""
 
     def __init__(self, base_dir, env=None, cluster=None):
         self.base = str(base_dir)
@@ -40,6 +40,8 @@ class Stack:
         self.root = os.path.join(self.base, "data")
         self.spark_dir = os.path.join(self.base, "spark")
         self.api_port, self.spark_ui_port = free_port(), free_port()
+        self.spark_port = free_port()
+        self.spark_master = f"spark://127.0.0.1:{self.spark_port}" if cluster is None else cluster.master
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.spark_ui = f"http://127.0.0.1:{self.spark_ui_port}"
         self.user, self.password = USER, PASSWORD
@@ -56,7 +58,7 @@ class Stack:
             # for the lock (pysqlite gives up after 5 s, which a busy 2-core machine can exceed)
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{self.home}/airflow.db?timeout=60",
             AIRFLOW_VAR_TFOS_DATA_ROOT=self.root,
-            AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": SPARK_MASTER}),
+            AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": self.spark_master}),
             TFOS_BUILD_DIR=os.path.join(self.base, "build"),
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
             AIRFLOW__CORE__PARALLELISM="2",
@@ -72,6 +74,7 @@ class Stack:
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
             SPARK_STANDALONE_DIR=self.spark_dir,
+            SPARK_MASTER_PORT=str(self.spark_port),
             SPARK_MASTER_WEBUI_PORT=str(self.spark_ui_port),
             SPARK_WORKER_MEMORY="2g",
         )
@@ -206,7 +209,7 @@ if __name__ == "__main__":
         sys.exit("usage: services.py up DIR")
     stack = Stack(os.path.abspath(sys.argv[2]))
     stack.start()
-    print(f"Airflow UI {stack.url} ({USER} / {PASSWORD}), Spark master UI {stack.spark_ui}, "
+    print(f"Airflow UI {stack.url} ({USER} / {PASSWORD}), Spark master {stack.spark_master} (UI {stack.spark_ui}), "
           f"data root {stack.root}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -3,7 +3,7 @@ connection, the data root and the executors' Python setting is all a real cluste
 
 * Storage: a real S3 API on loopback (``moto_server``, IAM authentication on: the ``moto`` fixture);
   the data root is ``s3://<bucket>/<prefix>``, reached with credentials from the environment only.
-* Spark: a standalone master on ``spark://127.0.0.1:7077`` and two workers run from a copy of Spark
+* Spark: a standalone master on ``spark://127.0.0.1:<free port>`` and two workers run from a copy of Spark
   outside the project, each in its own mount namespace where the checkout, its ``.venv``, the test
   data and Airflow home, and ``/tmp`` are empty (tests/e2e/cluster.py).
 * Python on the executors: ``TFOS_EXECUTOR_PYTHON_ENV=archive``, the environment `make executor-env`
@@ -83,7 +83,8 @@ def deployment(tmp_path_factory, archive, store):
     nodes = tempfile.mkdtemp(prefix="tfos-nodes-", dir="/var/tmp")  # outside /tmp, which the workers do not see
     env = dict(aws, AIRFLOW_VAR_TFOS_DATA_ROOT=root, TFOS_EXECUTOR_PYTHON_ENV="archive")
     hidden = [PROJECT_DIR, sys.prefix, str(tmp_path_factory.getbasetemp())]
-    cluster = e2e_module("cluster").IsolatedCluster(nodes, hidden, webui_port=e2e_module("services").free_port())
+    free_port = e2e_module("services").free_port
+    cluster = e2e_module("cluster").IsolatedCluster(nodes, hidden, port=free_port(), webui_port=free_port())
     try:
         stacks = live_stack(tmp_path_factory.mktemp("cluster-stack"), env=env, cluster=cluster)
         yield next(stacks), cluster

@@ -1,6 +1,6 @@
-"""Per-prediction lineage: convert, train, validate and infer a small version for real, then follow
-predictions back with scripts/lineage.py to the raw CSV line each was made from."""
-import bz2
+"""Per-prediction lineage: a small version converted, trained, validated and scored for real (the session's
+``served_version``, tests/conftest.py), then predictions followed back with scripts/lineage.py to the raw
+CSV line each was made from."""
 import json
 import os
 import subprocess
@@ -8,15 +8,11 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from sklearn.datasets import load_digits
 
-from conftest import PROJECT_DIR, run_job
+from conftest import PROJECT_DIR, SERVED_RUN as RUN, SERVED_SCORE_ROWS as SCORE_ROWS, SERVED_VERSION as VERSION
 from tfospipe import csvparse, paths
 
 pytestmark = pytest.mark.spark
-VERSION = "lineage-v1"
-RUN = "lin"
-SCORE_ROWS = 40
 
 
 def lineage(root, *argv, timeout=120):
@@ -25,26 +21,10 @@ def lineage(root, *argv, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, build_dir):
-    """A version with a labeled CSV (header, LF) and unlabeled score rows in a CR-only .bz2 file, run
-    through all four jobs: infer scores the score split."""
-    root = tmp_path_factory.mktemp("lineage")
-    d = load_digits()
-    raw = root / "raw" / VERSION
-    (raw / "score").mkdir(parents=True)
-    labeled = ["label," + ",".join(f"pixel{i}" for i in range(64))]
-    labeled += [f"{t}," + ",".join(map(str, px)) for t, px in zip(d.target[:400], d.data[:400].astype(int))]
-    (raw / "digits.csv").write_text("\n".join(labeled) + "\n")
-    score = [",".join(map(str, px)) for px in d.data[400:400 + SCORE_ROWS].astype(int)]
-    (raw / "score" / "old-mac.csv.bz2").write_bytes(bz2.compress(("\r".join(score) + "\r").encode()))
-    common = {"data_root": str(root), "version": VERSION}
-    for job, extra in (("convert", {"num_shards": 2}),
-                       ("train", {"run_id": RUN, "epochs": 1, "batch_size": 16}),
-                       ("validate", {"run_id": RUN, "min_accuracy": 0.0}),
-                       ("infer", {})):
-        run = run_job(job, dict(common, **extra), build_dir, timeout=300)
-        assert run.returncode == 0, f"{job}:\n{run.output[-4000:]}"
-    return root, labeled, score
+def pipeline(served_version):
+    """(root, labeled lines, score lines): a version with a labeled CSV (header, LF) and unlabeled score rows
+    in a CR-only .bz2 file, run through all four jobs: infer scored the score split."""
+    return served_version.root, served_version.labeled, served_version.score
 
 
 def test_the_lineage_index_covers_every_written_row(pipeline):
@@ -116,24 +96,3 @@ def test_lineage_refuses_unknown_rows_and_versions_clearly(pipeline):
     assert proc.returncode == 2
     assert f"no predictions for dataset version never-converted ({layout.predictions('never-converted')}" in proc.stderr
     assert "run the infer task" in proc.stderr
-
-
-def test_raw_lines_are_read_as_convert_numbers_them(tmp_path):
-    """Line numbers count from the file's first line (a header or blank line included), in the
-    decompressed text; the byte-order mark and the CR of CRLF are not part of the line."""
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lineage_script", os.path.join(PROJECT_DIR, "scripts", "lineage.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    text = "\ufefflabel,p0\r\n1,2\r\n\r\n3,4\r\n5,6"
-    gz = tmp_path / "a.csv.gz"
-    gz.write_bytes(gzip.compress(text.encode("utf-8")))
-    assert [script.raw_line(str(gz), "a.csv.gz", n, b"\n") for n in (1, 2, 3, 4, 5)] == \
-        ["label,p0", "1,2", "", "3,4", "5,6"]
-    cr = tmp_path / "b.csv"
-    cr.write_bytes(b"7,8\r9,10\r")
-    assert script.raw_line(str(cr), "b.csv", 2, b"\r") == "9,10"
-    with pytest.raises(script.LineageError, match="has 2 lines, not 3"):
-        script.raw_line(str(cr), "b.csv", 3, b"\r")

@@ -1,7 +1,7 @@
 """Promotion under concurrent validate jobs and backfills, with real spark-submits on one data root.
 
-One conversion and two trainings (a strong model and a weak one, learning rate 1e-6) are shared by
-the module. Two validate jobs started at the same moment race for the serving pointer: whatever the
+One converted version and two trainings (a strong model: the session's ``served_version``; a weak one,
+learning rate 1e-6) are shared by the module. Two validate jobs started at the same moment race for the serving pointer: whatever the
 interleaving, the model left serving was compared with every model it replaced, and the history
 records both decisions. Then models of two older dataset versions are validated while the newer
 version's model serves: the default policy leaves serving as it is, ``promotion=auto`` promotes.
@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import run_job
+from conftest import SERVED_RUN, SERVED_VERSION, run_job
 from tfospipe import launch, paths, serving
 
 pytestmark = pytest.mark.spark
@@ -62,18 +62,17 @@ def serving_cli(root, *argv):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, build_dir):
-    """A root with one converted version and two trained runs of it: strong and weak."""
-    from tfospipe.sample_data import write_version
-
+def root(tmp_path_factory, build_dir, served_version):
+    """A root with one converted version and two trained runs of it, nothing serving: the strong run is the
+    session's trained model (two epochs), the weak one is trained here (one epoch at learning rate 1e-6)."""
+    src = paths.Layout(str(served_version.root))
     root = tmp_path_factory.mktemp("promotion")
-    write_version(str(root), NEW, limit=500)
-    run = run_job("convert", {"data_root": str(root), "version": NEW}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
-    base = {"data_root": str(root), "version": NEW, "batch_size": 16}
-    for run_id, extra in ((STRONG, {"epochs": 2}), (WEAK, {"epochs": 1, "learning_rate": 1e-6})):
-        run = run_job("train", dict(base, run_id=run_id, **extra), build_dir)
-        assert run.returncode == 0, run.output[-6000:]
+    layout = paths.Layout(str(root))
+    shutil.copytree(src.tfrecords(SERVED_VERSION), layout.tfrecords(NEW))  # as a backfill's copies below
+    shutil.copytree(src.model_run(SERVED_VERSION, paths.run_slug(SERVED_RUN)), layout.model_run(NEW, STRONG))
+    run = run_job("train", {"data_root": str(root), "version": NEW, "batch_size": 16, "run_id": WEAK, "epochs": 1,
+                            "learning_rate": 1e-6}, build_dir)
+    assert run.returncode == 0, run.output[-6000:]
     return root
 
 

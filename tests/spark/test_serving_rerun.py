@@ -11,12 +11,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_job
+from conftest import SERVED_RUN as RUN, SERVED_TRAIN, SERVED_VERSION as VERSION, run_job
 from tfospipe import launch, paths, serving
 
 pytestmark = pytest.mark.spark
-VERSION = "2026-11-03"
-RUN = "manual__2026-11-03T10_00_00_00_00"
 PROJECT_DIR = os.path.dirname(launch.JOBS_DIR)
 
 
@@ -36,26 +34,17 @@ def serving_cli(root, *argv):
                            *argv], capture_output=True, text=True, timeout=120)
 
 
-def test_a_rerun_under_the_same_run_id_never_overwrites_the_serving_model(tmp_path, build_dir):
-    from tfospipe.sample_data import write_version
-
-    root = tmp_path
+def test_a_rerun_under_the_same_run_id_never_overwrites_the_serving_model(served_version, tmp_path, build_dir):
+    # the session's version, converted, trained under RUN, validated and promoted (nothing served before): m1
+    root = served_version.copy(tmp_path / "root")
     layout = paths.Layout(str(root))
-    write_version(str(root), VERSION, limit=500)
-    run = run_job("convert", {"data_root": str(root), "version": VERSION}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
-    train = {"data_root": str(root), "version": VERSION, "run_id": RUN, "epochs": 1, "batch_size": 16}
+    train = dict(SERVED_TRAIN, data_root=str(root), version=VERSION, run_id=RUN)
     gate = {"data_root": str(root), "version": VERSION, "run_id": RUN, "min_accuracy": 0.0, "max_regression": 1.0}
-
-    run = run_job("train", train, build_dir)
-    assert run.returncode == 0, run.output[-6000:]
-    run = run_job("validate", gate, build_dir)
-    assert run.returncode == 0, run.output[-6000:]
-    m1 = run.result()["promoted"]
+    m1 = serving.current(layout)["model_version"]
     m1_dir = layout.serving_model(m1)
     m1_files = file_hashes(m1_dir)
     assert "saved_model.pb" in m1_files and any(p.startswith("variables/variables.data") for p in m1_files)
-    assert serving.current(layout)["model_version"] == m1 and serving.current(layout)["previous"] is None
+    assert m1.startswith(f"{VERSION}__{RUN}__") and serving.current(layout)["previous"] is None
 
     run = run_job("train", train, build_dir)  # the same run id: models/<version>/<run>/ is replaced
     assert run.returncode == 0, run.output[-6000:]
