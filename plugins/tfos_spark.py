@@ -13,6 +13,8 @@ the DAG fills job flags with.
 * declares the Asset its job produces (:data:`ASSETS`) and records the dataset version and output
   path on the asset event;
 * adds the task links its spec names (the ``tfos_ui`` plugin serves the validation report);
+* refuses a run whose conf has a key that is no DAG param (:func:`unknown_conf_keys`), before
+  spark-submit and without retries: Airflow itself accepts any key at trigger time;
 * on kill (Airflow marks the task failed, times it out, or stops the worker) stops the Spark
   application through its hook (:class:`TFoSSparkSubmitHook`): SIGTERM to spark-submit so its
   shutdown hook stops the SparkContext, then anything left of its process tree.
@@ -23,13 +25,15 @@ Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else na
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink
+from airflow.sdk.exceptions import AirflowFailException
 from tfospipe import jobspec, launch, paths
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +113,39 @@ class TensorBoardLink(BaseOperatorLink):
 
 #: The link class of each link name a job spec may list.
 LINKS = {link.name: link for link in (ValidationReportLink, TensorBoardLink)}
+
+
+def _key_form(name: str) -> str:
+    """A conf key as compared for suggestions: lower case, ``-`` as ``_`` (``Learning-Rate`` ~ ``learning_rate``)."""
+    return name.lower().replace("-", "_")
+
+
+def unknown_conf_keys(conf: Mapping[str, Any] | None, valid: Iterable[str]) -> str | None:
+    """What is wrong with a run's conf whose keys are not all in ``valid`` (the DAG's param names), in
+    one line, or None when every key is one of them (an empty or None conf included).
+
+    Each unknown key is named with the closest valid name when there is one (difflib's
+    ``get_close_matches`` on the lower-case, ``_``-for-``-`` forms), e.g. ``unknown conf key 'epoch'
+    (did you mean 'epochs'?)``, followed by every valid key and what to do. Airflow 3 accepts a conf
+    key that is no param (it adds it to the run's params), so without this check a misspelt
+    ``{"epoch": 10}`` would train silently with the default.
+    """
+    valid = sorted(valid)
+    unknown = [key for key in (conf or {}) if key not in valid]
+    if not unknown:
+        return None
+    forms = {}
+    for name in valid:
+        forms.setdefault(_key_form(name), name)
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(_key_form(str(key)), list(forms), n=1)
+        named.append(f"{str(key)!r}" + (f" (did you mean {forms[close[0]]!r}?)" if close else ""))
+    keys = "key " if len(unknown) == 1 else "keys "
+    return (f"unknown conf {keys}{', '.join(named)}: a run's conf may set only the DAG's params ({', '.join(valid)}); "
+            f"the task started no Spark job. Trigger the run again (or create the backfill again with "
+            f"--dag-run-conf) with the key{'s' if len(unknown) > 1 else ''} corrected; the trigger form lists every "
+            "param with its meaning")
 
 
 class TFoSSparkSubmitHook(SparkSubmitHook):
@@ -211,10 +248,27 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             yarn_track_via_rm_api=self._yarn_track_via_rm_api, yarn_rm_auth=self._yarn_rm_auth,
         )
 
+    def check_conf(self, context: Any) -> None:
+        """Refuse a run whose conf (``context["dag_run"].conf``) has a key that is no param of this task's
+        DAG: log ``ERROR [<job>] unknown conf key ...`` (:func:`unknown_conf_keys`) and raise
+        AirflowFailException with the same line, so the task fails at once and is not retried. Nothing
+        when the conf is empty or every key is a param, or the context has no run (a bare ``execute``)."""
+        dag_run = context.get("dag_run") if hasattr(context, "get") else None
+        conf = getattr(dag_run, "conf", None)
+        valid = set(self.params or {}) | (set(self.dag.params) if self.has_dag() else set())
+        problem = unknown_conf_keys(conf, valid)
+        if problem is not None:
+            line = f"ERROR [{self.job}] {problem}"
+            self.log.error(line)
+            raise AirflowFailException(line)
+
     def execute(self, context: Any) -> Any:
-        """Build the argv from the rendered ``job_args`` and the ``--py-files`` zip, run spark-submit
-        (the provider raises AirflowException when it fails), then record the dataset version and the
-        path published on the job's Asset event. Returns what ``SparkSubmitOperator.execute`` returns."""
+        """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
+        before anything runs), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
+        run spark-submit (the provider raises AirflowException when it fails), then record the dataset
+        version and the path published on the job's Asset event. Returns what
+        ``SparkSubmitOperator.execute`` returns."""
+        self.check_conf(context)
         spec = self.job_spec
         self.application_args = spec.argv(self.job_args)
         self.py_files = launch.build_zip(launch.BUILD_DIR)

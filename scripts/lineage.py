@@ -16,7 +16,9 @@ Prints the chain, one link a line:
 
 ``--json`` prints the same as one JSON object. ``ROOT`` defaults to $AIRFLOW_VAR_TFOS_DATA_ROOT, else ``data``.
 Exit status 0, or 2 with one ``error: ...`` line (no predictions for the version, no such row id, a
-missing link) saying what is missing and what to run.
+missing link; a root that cannot be read: an unsupported scheme, refused or missing credentials, an
+unreachable store, a bucket or root that does not exist, fs.check_access) saying what is missing and
+what to run.
 """
 import argparse
 import codecs
@@ -204,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the chain as one JSON object")
     args = p.parse_args(argv)
     try:
+        fs.check_access(args.root, must_exist=True)
         chain = trace(paths.Layout(args.root), args.dataset_version, args.row_id)
-    except (LineageError, paths.PathError, csvparse.InputError, OSError) as e:
+    except (LineageError, paths.PathError, csvparse.InputError, OSError, fs.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(chain, indent=2, sort_keys=True, default=str) if args.json else render(chain))

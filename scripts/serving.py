@@ -9,6 +9,11 @@ Promoted models are never replaced or deleted, so every one of them can be rolle
 rollback steps back one model each time it runs (the pointer keeps the order in which models served);
 ``rollback --to`` a model and a plain rollback returns to the one that served before. Every
 rollback is recorded in ``serving/history/`` with who ran it, like every promotion and rejection.
+
+``--root`` defaults to $AIRFLOW_VAR_TFOS_DATA_ROOT, else ``data``. Exit status 0, or 2 with one
+``error: ...`` line: a root that cannot be read (an unsupported scheme, refused or missing credentials,
+an unreachable store, a bucket or root that does not exist: fs.check_access), or a rollback that
+cannot be made.
 """
 import argparse
 import os
@@ -16,7 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import paths, serving
+from tfospipe import fs, paths, serving
 
 
 def _describe(layout, mv):
@@ -64,7 +69,9 @@ def format_event(e: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 when a rollback fails."""
+    """Run the command of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 with one ``error:`` line on
+    stderr when the root cannot be read (fs.StorageError, also mid-command; an OSError) or a rollback
+    cannot be made (ValueError, TimeoutError)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     hist = sub.add_parser("history", help="every serving decision, oldest first")
     hist.add_argument("--model", default=None, help="only the events naming this model version")
     args = p.parse_args(argv)
+    try:
+        fs.check_access(args.root, must_exist=True)
+        return _command(args)
+    except (fs.StorageError, ValueError, TimeoutError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _command(args: argparse.Namespace) -> int:
+    """The command of the parsed ``args`` on a root that exists; raises what :func:`main` reports."""
     layout = paths.Layout(args.root)
     if args.command == "list":
         now = serving.current(layout)
@@ -95,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_event(e))
         return 0
     by = f"scripts/serving.py rollback{' --to ' + args.to if args.to else ''} by {serving.user()}"
-    try:
-        pointer = serving.rollback(layout, args.to, by=by)
-    except (ValueError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    pointer = serving.rollback(layout, args.to, by=by)
     print(f"serving {pointer['model_version']} (was {pointer['from']}; previous now {pointer['previous']})")
     return 0
 

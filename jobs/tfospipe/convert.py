@@ -5,7 +5,8 @@ without a header; optional unlabeled ``score/`` files (pixels only). What is rea
 ``*.csv`` and ``*.tsv`` in any letter case, plain or compressed (``.gz``, ``.bz2``, ``.xz``), and
 directories of part files as Spark and Hadoop write them (``digits.csv/part-*.csv``), where names
 starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped as Hadoop does. Any other file fails
-the run, naming it. Each file's dialect (UTF-8 byte-order mark, delimiter, quoting, line terminator,
+the run, naming it, and so does a file name that is not UTF-8 (it could not be stored as it is in the
+manifest and the lineage index). Each file's dialect (UTF-8 byte-order mark, delimiter, quoting, line terminator,
 header) is sniffed from its head (csvparse.sniff) and recorded in the manifest.
 Output: ``{root}/tfrecords/{version}/`` (see paths.py), committed atomically with a manifest;
 bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the raw line. Beside the
@@ -283,9 +284,13 @@ def _refuse_unreadable(raw_dir, unreadable):
 
 def _sniffed_inputs(layout, version):
     """``(labeled, unlabeled, skipped, dialects)`` of ``raw/{version}/``; JobError when it holds no
-    labeled input, a file convert does not read, or a file that cannot be sniffed."""
+    labeled input, a file whose name is not UTF-8, a file convert does not read, or a file that cannot be
+    sniffed."""
     raw_dir = layout.raw(version)
-    labeled, unlabeled, skipped, unreadable = list_inputs(raw_dir)
+    try:
+        labeled, unlabeled, skipped, unreadable = list_inputs(raw_dir)
+    except csvparse.InputError as e:  # a file name that is not UTF-8
+        raise JobError(str(e)) from None
     if not labeled:
         raise JobError(f"no input for dataset version {version}: no *.csv or *.csv.gz files in {raw_dir} "
                        "(nor .tsv, .bz2, .xz, or directories of part files). Put the version's CSV files there "
@@ -502,7 +507,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     Returns the RESULT summary: ``output`` (``tfrecords/{version}/``), ``rows_read``, ``splits`` (rows
     per split), ``quarantined``, ``blank_lines``, ``header_lines``. Raises JobError, with nothing
     published under ``tfrecords/``, when the version has no labeled input, holds a file convert does
-    not read, a file cannot be read or is corrupt, no row fits the flags' shape and label column, no
+    not read or a file whose name is not UTF-8, a file cannot be read or is corrupt, no row fits the flags' shape and label column, no
     row was read, or more than ``--max-bad-fraction`` of the rows are bad.
     """
     sc = spark.sparkContext

@@ -526,19 +526,27 @@ def _container(root):
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
-def check_access(root: str) -> None:
+def check_access(root: str, must_exist: bool = False) -> None:
     """Reach ``root`` with the credentials of this process: list it, and when it is empty check that its
-    bucket/container exists. Local roots are not checked. Call at the start of a job (driver side).
+    bucket/container exists. Local roots are not reached. Call at the start of a job (driver side), or
+    of a script that reads a root (``must_exist``).
 
-    Raises StorageError (one line: the root, what failed, which variables to set) for an unsupported
-    scheme, a client that cannot be set up, refused or missing credentials, an unreachable store, or a
-    bucket that does not exist.
+    ``must_exist``: the root must already be there (a tool that only reads it): a local directory, or
+    on a store a prefix with something stored under it (an object store has no empty directories, so
+    an empty prefix counts as missing). A job (False) may start a new root.
+
+    Raises StorageError (one line: the root, what failed, what to set or do) for an unsupported scheme,
+    a client that cannot be set up, refused or missing credentials, an unreachable store, a bucket that
+    does not exist, or (``must_exist``) a root that does not exist.
     """
     check_root(root)
     if not _remote(root):
+        if must_exist and not os.path.isdir(_local(root)):
+            is_file = " (it is a file)" if os.path.exists(_local(root)) else ""
+            raise StorageError(f"data root {root} does not exist{is_file}: fix the data root's path") from None
         return
     with _quiet_clients():
-        _reach(root)
+        _reach(root, must_exist)
 
 
 @contextlib.contextmanager
@@ -557,7 +565,7 @@ def _quiet_clients():
             lg.setLevel(level)
 
 
-def _reach(root):
+def _reach(root, must_exist=False):
     fsys = _client(root)
     with _translated(root):
         try:
@@ -565,12 +573,14 @@ def _reach(root):
             return
         except (FileNotFoundError, NotADirectoryError):
             pass  # a new root: nothing written yet
-        if not SCHEMES[_scheme(root)].object_store:
-            return
-        top = _container(root)
-        if fsys.exists(top):  # refused credentials failed the listing above already
-            return
-    raise StorageError(f"{root}: the bucket {top} does not exist; create it or fix the data root")
+        top = _container(root) if SCHEMES[_scheme(root)].object_store else None
+        # refused credentials failed the listing above already
+        container_exists = top is None or fsys.exists(top)
+    if not container_exists:
+        raise StorageError(f"{root}: the bucket {top} does not exist; create it or fix the data root") from None
+    if must_exist:
+        raise StorageError(f"data root {root} does not exist (nothing is stored under it): fix the data root's "
+                           "path") from None
 
 
 class Staging:

@@ -52,23 +52,66 @@ def is_csv_name(name: str) -> bool:
     return (lower[:-len(comp)] if comp else lower).endswith(CSV_EXTENSIONS)
 
 
+def is_utf8_name(name: str) -> bool:
+    """Whether a file name as the OS listing gives it (``os.listdir``: bytes that are not UTF-8 come back
+    as lone surrogates, PEP 383) is UTF-8 on disk."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """A file name as text that is always UTF-8: itself when it is UTF-8, else its bytes on disk with
+    each byte that is not UTF-8 written ``\\xNN`` (``b"M\\xe4rz.csv"`` -> ``M\\xe4rz.csv``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _misnamed_error(raw_dir: str, names: list[str]) -> csvparse.InputError:
+    """The InputError of files whose names are not UTF-8: each shown with escapes, and as cp1252 (what
+    Windows tools write) when its bytes read as that, and what to do."""
+    shown = []
+    for name in names:
+        guess = ""
+        try:
+            guess = name.encode("utf-8", "surrogateescape").decode("cp1252")
+        except UnicodeDecodeError:
+            pass
+        shown.append(f"'{printable_name(name)}'" + (f" ('{guess}' if its bytes are cp1252, as Windows tools write)"
+                                                      if guess else ""))
+    many = len(names) > 1
+    return csvparse.InputError(
+        f"{raw_dir} holds {len(names)} {'files' if many else 'file'} whose name is not UTF-8: "
+        f"{', '.join(shown[:10])}{' ...' if len(names) > 10 else ''}. Convert records every input's name in the "
+        f"manifest and the lineage index, which hold UTF-8 text, so it refuses such a name rather than lose or "
+        f"alter it: rename {'them' if many else 'it'} to UTF-8 (e.g. `convmv -f cp1252 -t utf-8 -r --notest "
+        f"{raw_dir}`, or mv) and rerun; nothing was written")
+
+
 def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
     """The input files of a version directory: ``(labeled, unlabeled, skipped, unreadable)``.
 
     ``labeled`` and ``unlabeled`` (under ``score/``) are sorted ``(name, path)`` pairs, ``name``
     relative to ``raw_dir`` (``a.csv``, ``digits.csv/part-00000.csv``, ``score/s.csv``): it keys row
     ids and the quarantine. Directories are read recursively (Spark output, partition directories).
-    ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files). ``unreadable``: every
-    other file, which the caller refuses. All four are sorted by name.
+    ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files), as :func:`printable_name`
+    writes them. ``unreadable``: every other file, which the caller refuses. All four are sorted by name.
+
+    Raises csvparse.InputError naming every file or directory (other than skipped ones) whose name is
+    not UTF-8 (e.g. ``M\\xe4rz.csv``, cp1252 bytes from a Windows tool): such a name cannot be stored
+    in the manifest or the lineage index (Parquet strings are UTF-8) as it is on disk.
     """
     groups = {"labeled": [], "unlabeled": []}
-    skipped, unreadable = [], []
+    skipped, unreadable, misnamed = [], [], []
 
     def walk(directory, prefix, group):
         for entry in fs.listdir(directory):
             path, name = paths.join(directory, entry), prefix + entry
             if entry.startswith(("_", ".")):
-                skipped.append(name)
+                skipped.append(printable_name(name))
+            elif not is_utf8_name(entry):
+                misnamed.append(name)
             elif fs.isdir(path):
                 walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group)
             elif is_csv_name(entry):
@@ -77,6 +120,8 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
                 unreadable.append(name)
 
     walk(raw_dir, "", "labeled")
+    if misnamed:
+        raise _misnamed_error(raw_dir, sorted(misnamed))
     return sorted(groups["labeled"]), sorted(groups["unlabeled"]), sorted(skipped), sorted(unreadable)
 
 

@@ -5,7 +5,10 @@ failed gate); it is printed as one ``ERROR`` line that ends up at the end of the
 and the process exits with status 2. A Spark job that failed because an executor was lost (its JVM
 killed, out of memory, its host gone) is reported the same way: one ``ERROR`` line with the executor,
 its host, Spark's reason and whether a retry is safe (:data:`RETRY_AFTER_EXECUTOR_LOSS`), status 2.
-Anything else is a bug and keeps its traceback (status 1).
+So is one whose executors could not run their Python (:func:`executor_python_failure`: an interpreter
+missing on the node, or another Python minor version than the driver's): the line names both Pythons
+and what to do (:func:`executor_python_message`). Anything else is a bug and keeps its traceback
+(status 1).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import platform
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import fs, jobargs
@@ -81,10 +87,7 @@ def executor_loss(error: object) -> ExecutorLoss | None:
     PySpark's errors carry it in their message): ``Lost task 1.0 in stage 0.0 (TID 1) (HOST executor 1):
     ExecutorLostFailure (...) Reason: ...``, or ``Lost executor 1 on HOST: ...``.
     """
-    try:
-        text = str(error or "")
-    except Exception:  # a py4j error whose JVM is gone cannot render its Java side
-        text = repr(error)
+    text = _text(error)
     if not any(marker in text for marker in EXECUTOR_LOSS_MARKERS):
         return None
     m = _LOST_TASK.search(text)
@@ -102,6 +105,171 @@ def executor_loss_message(job: str, loss: ExecutorLoss) -> str:
     return (f"{loss.describe()}. The {job} job failed with it; "
             f"{RETRY_AFTER_EXECUTOR_LOSS.get(job, 'a rerun is safe')}. If executors keep dying, see their logs "
             "(Spark UI, or the executors' stderr) for memory limits (exit code 137: killed, often out of memory)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorPythonFailure:
+    """A Spark job that failed because an executor could not run its Python worker, as Spark reported it.
+
+    ``program``: the interpreter Spark could not start (``java.io.IOException: Cannot run program
+    "./environment/bin/python": error=2, No such file or directory``), or None; ``worker_version`` and
+    ``driver_version``: the minor versions of PySpark's ``[PYTHON_VERSION_MISMATCH]`` (``3.12``,
+    ``3.11``), or None; ``executor``, ``host``: where the last failed task ran, when Spark said so;
+    ``reason``: Spark's words, one line.
+    """
+
+    program: str | None
+    worker_version: str | None
+    driver_version: str | None
+    executor: str | None
+    host: str | None
+    reason: str
+
+
+_PYTHON_MISMATCH = re.compile(r"\[PYTHON_VERSION_MISMATCH\] Python in worker has different version:? (\S+?) than "
+                              r"that in driver:? (\S+?),")
+_CANNOT_RUN = re.compile(r'Cannot run program "([^"]+)"(?: \(in directory "[^"]*"\))?: (error=\d+, [^\n]+)')
+_TASK_WHERE = re.compile(r"Lost task \S+ in stage \S+ \(TID \d+\) \((\S+) executor ([^)\s]+)\)")
+
+
+def _text(error: object) -> str:
+    try:
+        return str(error or "")
+    except Exception:  # a py4j error whose JVM is gone cannot render its Java side
+        return repr(error)
+
+
+def executor_python_failure(error: object) -> ExecutorPythonFailure | None:
+    """The executor Python failure an exception (or its text) reports, or None when it reports none.
+
+    Reads what Spark writes (py4j's Py4JJavaError, PySpark's PythonException and TensorFlowOnSpark's
+    status carry it in their text) when the Python worker cannot start: PySpark's
+    ``[PYTHON_VERSION_MISMATCH] Python in worker has different version: 3.12 than that in driver: 3.11``,
+    or Java's ``Cannot run program "PATH": error=N, ...`` for a program whose name starts with
+    ``python`` (a missing interpreter, or a link to one the node lacks, as venv-pack leaves
+    ``bin/python``).
+    """
+    text = _text(error)
+    mismatch = _PYTHON_MISMATCH.search(text)
+    cannot = _CANNOT_RUN.search(text)
+    if cannot and not os.path.basename(cannot.group(1)).startswith("python"):
+        cannot = None
+    if not (mismatch or cannot):
+        return None
+    where = _TASK_WHERE.search(text)
+    if mismatch:
+        reason = f"[PYTHON_VERSION_MISMATCH] Python in worker has different version: {mismatch.group(1)} than that " \
+                 f"in driver: {mismatch.group(2)}"
+    else:
+        reason = f"java.io.IOException: Cannot run program \"{cannot.group(1)}\": {cannot.group(2).strip()}"
+    return ExecutorPythonFailure(
+        program=cannot.group(1) if cannot else None,
+        worker_version=mismatch.group(1) if mismatch else None, driver_version=mismatch.group(2) if mismatch else None,
+        executor=where.group(2) if where else None, host=where.group(1) if where else None, reason=reason[:300])
+
+
+#: Spark conf keys that say which Python the executors run (launch.executor_python_conf sets them).
+PYTHON_CONF_KEYS = ("spark.pyspark.python", "spark.archives", "spark.kubernetes.container.image")
+
+
+def archive_python(archive: str) -> tuple[str | None, str | None]:
+    """``(interpreter, version)`` of a packed environment (a local ``.tar.gz`` of ``make executor-env``):
+    what its ``bin/python`` links to (followed through the archive's own links, e.g. ``bin/python`` ->
+    ``python3.11`` -> ``/usr/bin/python3.11``), and the ``version`` its ``pyvenv.cfg`` records; None for
+    what the archive does not say, or when it cannot be read (not a local file, not a tar archive).
+    Streams the archive once, stopping as soon as both are known (a 700 MiB archive: seconds at most).
+    """
+    import tarfile
+
+    links, target, version = {}, None, None
+
+    def resolve():
+        name = "bin/python"
+        for _ in range(10):
+            if name not in links:
+                return None
+            link = links[name]
+            if link is None or link.startswith("/"):
+                return link or name
+            name = os.path.normpath(os.path.join(os.path.dirname(name), link))
+        return None
+
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if name.startswith("bin/python"):
+                    links[name] = member.linkname if member.issym() else None
+                    target = resolve() or target
+                elif name == "pyvenv.cfg" and member.isfile():
+                    for line in tar.extractfile(member).read().decode("utf-8", "replace").splitlines():
+                        key, _, value = line.partition("=")
+                        if key.strip() in ("version", "version_info") and value.strip():
+                            version = ".".join(value.strip().split(".")[:3])
+                if target and version:
+                    break
+    except (OSError, tarfile.TarError, EOFError):
+        pass
+    return target, version
+
+
+def executor_python_message(job: str, failure: ExecutorPythonFailure, conf: Mapping[str, str | None]) -> str:
+    """The one-line message of a job whose executors could not run their Python: the executors' Python
+    (the program Spark tried, the archive it comes from with what its ``bin/python`` links to, and its
+    version, as far as known), the driver's (``sys.executable`` and version), Spark's words, and what to
+    do for the way the executors get their Python (``conf``: the :data:`PYTHON_CONF_KEYS` of the job's
+    Spark conf; the archive of ``spark.archives`` is read when it is a local file, :func:`archive_python`).
+    """
+    program = failure.program or conf.get("spark.pyspark.python") or "?"
+    archive = (conf.get("spark.archives") or "").split(",")[0].split("#")[0] or None
+    if archive and archive.startswith("file:"):  # Spark's form of a local path: file:///path
+        archive = "/" + archive[len("file:"):].lstrip("/")
+    where = f" (executor {failure.executor} on host {failure.host})" if failure.executor else ""
+    executors = f"the executors' Python {program}{where}"
+    link, packed_version = archive_python(archive) if archive and ":" not in archive else (None, None)
+    if archive:
+        executors += f" from the archive {archive}"
+        if link:
+            executors += f", whose bin/python links to {link}"
+    version = failure.worker_version or packed_version
+    if version:
+        executors += f", Python {version}"
+    driver_minor = ".".join(platform.python_version().split(".")[:2])
+    driver = f"the driver's Python {sys.executable}, Python {platform.python_version()}"
+    if failure.worker_version:
+        what = f"{executors}, is not the same minor version as {driver}: PySpark runs only the same on both"
+    elif link and "error=2," in failure.reason:  # ENOENT: the link's target is not on the node
+        what = f"{executors}, could not be started on the node ({failure.reason}): {link} is missing there; {driver}"
+    else:
+        what = f"{executors} could not be started on the node ({failure.reason}); {driver}"
+    if archive:
+        todo = (f"build the archive with `make executor-env` on a machine with the nodes' Python (CPython "
+                f"{driver_minor}, the driver's minor version), or set TFOS_EXECUTOR_PYTHON_PREFIX to the prefix of the "
+                f"nodes' python{driver_minor} (e.g. /usr) when building it, so its bin/python links to a Python "
+                "every node has (README, \"The executors' Python environment\")")
+    elif conf.get("spark.kubernetes.container.image"):
+        todo = (f"the image {conf['spark.kubernetes.container.image']} must hold the project's venv with CPython "
+                f"{driver_minor} at {program}; rebuild it, or use TFOS_EXECUTOR_PYTHON_ENV=archive")
+    else:
+        todo = (f"TFOS_EXECUTOR_PYTHON_ENV=venv runs {program} on every node: install the venv (CPython "
+                f"{driver_minor}) at that path on each node, or ship it with TFOS_EXECUTOR_PYTHON_ENV=archive and "
+                "`make executor-env`")
+    return (f"the {job} job failed: {what}. A retry fails the same way until the executors' Python is fixed: "
+            f"{todo}")
+
+
+def job_failure(job: str, error: BaseException, conf: Mapping[str, str | None]) -> str | None:
+    """The one-line message of an exception the job raised that a user must act on, or None for a bug
+    (kept with its traceback): executors that could not run their Python (:func:`executor_python_message`),
+    or a lost executor (:func:`executor_loss_message`). ``conf``: :data:`PYTHON_CONF_KEYS` of the job's
+    Spark conf."""
+    python = executor_python_failure(error)
+    if python is not None:
+        return executor_python_message(job, python, conf)
+    loss = executor_loss(error)
+    if loss is not None:
+        return executor_loss_message(job, loss)
+    return None
 
 
 def git_revision() -> str:
@@ -172,8 +340,9 @@ def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None
 
     Parses ``argv`` (default: sys.argv[1:]) with ``jobargs.parse(job, ...)``, runs ``run(spark, args)``
     in a SparkSession named ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
-    ``ERROR [job] message`` for a JobError or a lost executor (status 2). Any other exception
-    propagates (status 1). Raises SystemExit (status 2) for invalid arguments, as argparse does."""
+    ``ERROR [job] message`` for a JobError, a StorageError, executors that could not run their Python
+    or a lost executor (:func:`job_failure`; status 2). Any other exception propagates (status 1).
+    Raises SystemExit (status 2) for invalid arguments, as argparse does."""
     args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
     try:  # credentials and reachability of the root, before any Spark job starts
         fs.check_access(args.data_root)
@@ -182,6 +351,8 @@ def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None
         return 2
     spark = session(f"tfos-{job}-{args.version}", args.data_root)
     spark.sparkContext.setLogLevel("WARN")
+    # read now: a failed TensorFlow cluster stops the SparkContext before the job reports it
+    python_conf = {key: spark.sparkContext.getConf().get(key) for key in PYTHON_CONF_KEYS}
     started = time.time()
     failure = None
     try:
@@ -189,10 +360,9 @@ def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None
     except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
     except Exception as e:
-        loss = executor_loss(e)
-        if loss is None:
+        failure = job_failure(job, e, python_conf)
+        if failure is None:
             raise
-        failure = executor_loss_message(job, loss)
     finally:
         spark.stop()
     if failure is not None:

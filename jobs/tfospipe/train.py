@@ -69,8 +69,8 @@ from typing import Any
 
 from . import dataset, fs, markers, node, paths, scratch
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
-from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executors, git_revision,
-                     library_versions)
+from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executor_python_failure, executors,
+                     git_revision, library_versions)
 
 #: After a node failed, how long the others get to fail or finish before the driver cancels their tasks.
 NODE_FAILURE_GRACE_SECONDS = 30
@@ -357,16 +357,21 @@ def start_cluster(sc: Any, flags: argparse.Namespace, plan: Plan, node_args: nod
 
 
 def cluster_failure(error: BaseException, run_dir: str, tf_status: dict, cluster_info: list | None,
-                    num_ps: int) -> JobError:
+                    num_ps: int) -> Exception:
     """The JobError of a failed cluster run: ``error`` is what ``TFCluster`` raised (or ``sys.exit``),
     ``tf_status`` TFoS's status dict, ``cluster_info`` the cluster's reservations (None before it ran),
     ``num_ps`` the parameter servers in TFoS's node template.
 
-    A lost executor takes its node with it and leaves no marker; the other nodes' collectives are aborted
+    Executors that could not run their Python (runner.executor_python_failure) started no node: the
+    failure's text is returned as a RuntimeError, which runner.main reports naming both Pythons. A lost
+    executor takes its node with it and leaves no marker; the other nodes' collectives are aborted
     (their markers are not the cause): :func:`lost_node_error`. A JobError of the driver's own is kept.
     Else TFoS reported a failed node by raising from its Spark job, or by stopping the SparkContext and
     calling ``sys.exit(1)`` (TENSORFLOW input mode): either way, say which node failed and why.
     """
+    for seen in (tf_status.get("error"), error):
+        if executor_python_failure(seen) is not None:
+            return RuntimeError(str(seen))
     loss, of_node_job = cluster_loss(error, tf_status)
     if loss is not None:
         node_name = None

@@ -219,3 +219,86 @@ def test_a_killed_task_stops_spark_submit_and_its_children(dag):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- conf keys that are no param: refused by the first task, before spark-submit, without retries ---------
+
+def _execute_with_conf(task, conf, monkeypatch, reached):
+    """Run ``task.execute`` for a run with ``conf`` (Airflow's context: ``dag_run.conf``), with spark-submit
+    and the zip replaced by recorders that append to ``reached``."""
+    import collections
+
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from tfospipe import launch
+    monkeypatch.setattr(launch, "build_zip", lambda build_dir: reached.append("zip") or "/b/tfospipe-x.zip")
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, ctx: reached.append("spark-submit"))
+    task = copy.copy(task)
+    filled = {"data_root": "/d", "version": "2026-11-28", "run_id": "manual__1"}
+    task.job_args = {a.name: filled[a.name] for a in task.job_spec.args if a.name in filled}
+    task.execute({"dag_run": types.SimpleNamespace(conf=conf),
+                  "outlet_events": collections.defaultdict(types.SimpleNamespace)})
+
+
+@pytest.mark.parametrize("conf, named", [
+    ({"epoch": 10}, ["'epoch' (did you mean 'epochs'?)"]),
+    ({"learning-rate": 0.01, "batchsize": 8},
+     ["'learning-rate' (did you mean 'learning_rate'?)", "'batchsize' (did you mean 'batch_size'?)"]),
+    ({"epochs": 3, "Cluster_Size": 3}, ["'Cluster_Size' (did you mean 'cluster_size'?)"]),
+    ({"zzz": 1}, ["'zzz': "]),
+])
+def test_a_conf_key_that_is_no_param_fails_the_first_task_before_spark_submit(dag, monkeypatch, conf, named):
+    """Airflow 3.3 accepts any conf key at trigger time (params.deep_merge adds it as a param without a
+    schema), so a typo would train with the defaults: convert refuses it with AirflowFailException (no
+    retries) before it builds the zip or starts spark-submit."""
+    from airflow.sdk.exceptions import AirflowFailException
+    reached = []
+    with pytest.raises(AirflowFailException) as e:
+        _execute_with_conf(dag.get_task("convert"), conf, monkeypatch, reached)
+    assert reached == []
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("ERROR [convert] unknown conf key")
+    for words in named:
+        assert words in line, line
+    assert "(" + ", ".join(sorted(dag.params)) + ")" in line  # every valid key
+    assert "Trigger the run again" in line and "--dag-run-conf" in line
+    # the same refusal from any task (a cleared downstream task of the same run)
+    with pytest.raises(AirflowFailException, match=r"^ERROR \[train\] unknown conf key"):
+        _execute_with_conf(dag.get_task("train"), conf, monkeypatch, reached)
+    assert reached == []
+
+
+@pytest.mark.parametrize("conf", [None, {}, {"epochs": 10}, {"dataset_version": "mnist-v2", "promotion": "auto"},
+                                  "every param"])
+def test_valid_confs_reach_spark_submit(dag, monkeypatch, conf):
+    if conf == "every param":
+        conf = {name: p.value for name, p in dag.params.items()}
+        assert len(conf) == 20
+    for task in dag.tasks:
+        reached = []
+        _execute_with_conf(task, conf, monkeypatch, reached)
+        assert reached == ["zip", "spark-submit"], task.task_id
+
+
+def test_the_conf_check_names_the_closest_param_of_each_typo():
+    import tfos_spark
+    valid = ["epochs", "batch_size", "learning_rate", "num_shards"]
+    assert tfos_spark.unknown_conf_keys({}, valid) is None and tfos_spark.unknown_conf_keys(None, valid) is None
+    assert tfos_spark.unknown_conf_keys({"epochs": 1, "num_shards": 2}, valid) is None
+    msg = tfos_spark.unknown_conf_keys({"Num-Shards": 2, "learningrate": 1e-3, "qqq": 1}, valid)
+    assert msg.startswith("unknown conf keys 'Num-Shards' (did you mean 'num_shards'?), 'learningrate' (did you "
+                          "mean 'learning_rate'?), 'qqq': ")
+    assert "(batch_size, epochs, learning_rate, num_shards)" in msg and "keys corrected" in msg
+
+
+def test_airflow_runs_the_refusal_without_retrying_it(tmp_path):
+    """The real path: `airflow dags test -c '{"epoch": 10}'` (the conf merged by Airflow, the task run by its
+    task runner): convert ends failed, not up for retry, with the ERROR line, and spark-submit never ran."""
+    import subprocess
+    env = dict(os.environ, AIRFLOW_VAR_TFOS_DATA_ROOT=str(tmp_path))
+    proc = subprocess.run(["airflow", "dags", "test", "tfos_pipeline", "2026-11-28", "-c", '{"epoch": 10}'],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, env=env)
+    log = proc.stdout
+    assert proc.returncode != 0, log[-3000:]
+    assert "ERROR [convert] unknown conf key 'epoch' (did you mean 'epochs'?)" in log, log[-3000:]
+    assert "new_state=failed" in log and "up_for_retry" not in log, log[-3000:]
+    assert "spark-submit" not in log.lower() and not os.listdir(tmp_path)

@@ -224,6 +224,9 @@ def _nothing_written(root, version):
     ("trailing_comma", {"a.csv": b"5,0,0,1,\n1,2,3,4,\n"}, ["a.csv", "trailing ','", "line 1"]),
     ("spreadsheet", {"a.csv": b"5,0,0,1,2\n", "digits.xlsx": b"PK\x03\x04"},
      ["digits.xlsx", "does not read", "move them out"]),
+    # a cp1252 name from a Windows tool: bytes b"M\xe4rz.csv" on disk (os.fsdecode: the str open() writes them from)
+    ("non_utf8_name", {"a.csv": b"5,0,0,1,2\n", os.fsdecode(b"M\xe4rz.csv"): b"5,0,0,1,2\n"},
+     ["whose name is not UTF-8: 'M\\xe4rz.csv' ('M\u00e4rz.csv' if its bytes are cp1252", "rename it to UTF-8"]),
 ])
 def test_unreadable_inputs_fail_with_one_clear_line_and_write_nothing(tmp_path, build_dir, case, files, words):
     if case == "truncated_gzip":  # a good file, and a gzip cut at 70% (thousands of rows still decompress)
@@ -240,4 +243,6 @@ def test_unreadable_inputs_fail_with_one_clear_line_and_write_nothing(tmp_path, 
     if case == "truncated_gzip":
         recovered = int(re.search(r"only its first ([\d,]+) lines", err).group(1).replace(",", ""))
         assert 1000 < recovered < len(rows)
+    if case == "non_utf8_name":  # refused on the driver before any Spark job: no task ran, nothing retried
+        assert "Traceback" not in run.output and "UnicodeEncodeError" not in run.output and "Lost task" not in run.output
     assert _nothing_written(tmp_path, version)

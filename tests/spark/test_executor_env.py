@@ -9,24 +9,27 @@ The archive is built by the make target (minutes the first time; a no-op while r
 requirements-executor.txt and the venv are unchanged). Opt-in, with TFOS_TEST_EXECUTOR_ENV=1: on
 this 2-core machine the build takes ~1.6 min (683 MiB archive) and the run ~1.4 min (the driver and
 each executor unpack 1.9 GiB), together past the ~3 minutes a test may take by default.
+
+Always run: an archive whose bin/python the executors cannot run (a link to a path no node has, as
+venv-pack leaves it; a link to another Python minor version) ends the convert job with one ERROR line
+naming both Pythons and what to do (a tiny archive of links: ~30 s each).
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import PROJECT_DIR, TEST_MASTER
+from conftest import PROJECT_DIR, TEST_MASTER, run_job
 from tfospipe import launch
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.skipif(os.environ.get("TFOS_TEST_EXECUTOR_ENV") != "1",
-                       reason="archive mode on a real cluster: ~3 min (builds build/executor-env.tar.gz with "
-                              "`make executor-env`, then a Spark run); set TFOS_TEST_EXECUTOR_ENV=1 to run it"),
-]
+pytestmark = pytest.mark.spark
+opt_in = pytest.mark.skipif(os.environ.get("TFOS_TEST_EXECUTOR_ENV") != "1",
+                            reason="archive mode on a real cluster: ~3 min (builds build/executor-env.tar.gz with "
+                                   "`make executor-env`, then a Spark run); set TFOS_TEST_EXECUTOR_ENV=1 to run it")
 
 #: What the executors import from the archive (requirements-executor.txt), by module name.
 ARCHIVE_MODULES = ("tensorflow", "tensorboard", "tf_keras", "tensorflowonspark.TFCluster", "tensorflowonspark.TFNode",
@@ -94,6 +97,7 @@ def archive():
     return launch.EXECUTOR_ARCHIVE
 
 
+@opt_in
 def test_archive_mode_executors_run_the_packed_environment(archive, tmp_path, monkeypatch):
     monkeypatch.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
     monkeypatch.delenv("TFOS_EXECUTOR_ARCHIVE", raising=False)
@@ -135,3 +139,64 @@ def test_archive_mode_executors_run_the_packed_environment(archive, tmp_path, mo
         assert "pyspark.zip" in e["files"]["pyspark"], e["files"]["pyspark"]
         assert all(".zip" in e["files"][m] and not e["files"][m].startswith(host_prefix)
                    for m in e["files"] if m.startswith("tfospipe")), e["files"]
+
+
+def other_minor_python():
+    """The real path of an installed CPython 3 of another minor version than this one (on PATH, in /usr,
+    /usr/local or pyenv's versions), or None."""
+    import glob
+    found = [shutil.which(f"python3.{minor}") for minor in (12, 13, 10)]
+    for pattern in ("/usr/bin/python3.*", "/usr/local/bin/python3.*", os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*")):
+        found += sorted(glob.glob(pattern))
+    found = [exe for exe in found if exe and os.path.basename(exe)[len("python3."):].isdigit()]
+    # the nearest newer minor first (an older one may not even import the cluster's PySpark)
+    found.sort(key=lambda exe: (lambda minor: (minor < sys.version_info[1], abs(minor - sys.version_info[1])))(
+        int(os.path.basename(exe)[len("python3."):])))
+    for exe in found:
+        proc = subprocess.run([exe, "-c", "import sys; print(sys.executable, sys.version_info[0], sys.version_info[1])"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30)
+        out = proc.stdout.split()
+        if proc.returncode == 0 and len(out) == 3 and out[1] == "3" and int(out[2]) != sys.version_info[1]:
+            return out[0]
+    return None
+
+
+@pytest.mark.parametrize("case", ["missing interpreter", "other minor version"])
+def test_executors_that_cannot_run_the_archives_python_fail_the_job_in_one_line(case, tmp_path, monkeypatch,
+                                                                                 build_dir):
+    """A packed environment whose bin/python is a link to a path the node lacks (what venv-pack leaves when
+    the nodes' Python is elsewhere), or to another Python minor version: the convert job ends with one
+    ERROR line naming the executors' Python, the driver's, and what to do, and no Python traceback."""
+    import tarfile
+    target = "/nonexistent/python3.11" if case == "missing interpreter" else other_minor_python()
+    if target is None:
+        pytest.skip("no CPython of another minor version on this machine")
+    env_dir = tmp_path / "env" / "bin"
+    env_dir.mkdir(parents=True)
+    os.symlink(target, env_dir / "python")
+    archive = tmp_path / "executor-env.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(env_dir, arcname="bin")
+    raw = tmp_path / "root" / "raw" / "v1"
+    raw.mkdir(parents=True)
+    (raw / "a.csv").write_text("".join(f"{i % 10},0,1,2,3\n" for i in range(40)))
+    monkeypatch.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
+    monkeypatch.setenv("TFOS_EXECUTOR_ARCHIVE", str(archive))
+    run = run_job("convert", {"data_root": str(tmp_path / "root"), "version": "v1", "num_shards": 1}, build_dir,
+                  timeout=300)
+    assert run.returncode == 2, run.output[-4000:]
+    err = run.error()
+    assert err.startswith("ERROR [convert] the convert job failed: the executors' Python ./environment/bin/python "), err
+    assert re.search(r"\./environment/bin/python (\(executor \d+ on host \S+\) )?from the archive " + re.escape(
+        f"{archive}, whose bin/python links to {target}"), err), err
+    assert f"the driver's Python {sys.executable}, Python {'.'.join(map(str, sys.version_info[:3]))}" in err
+    assert "`make executor-env`" in err and "TFOS_EXECUTOR_PYTHON_PREFIX" in err
+    if case == "missing interpreter":
+        assert f"{target} is missing there" in err and "error=2, No such file or directory" in err
+        assert "Traceback" not in run.output
+    else:
+        minor = ".".join(os.path.basename(target)[len("python"):].split(".")[:2])
+        assert f"Python {minor}, is not the same minor version as the driver's Python" in err
+        assert "Traceback (most recent call last):\n  File \"" + str(PROJECT_DIR) not in run.output  # none of the driver
+    assert run.output.rstrip().splitlines()[-1] == err  # the line ends the log
+    assert not (tmp_path / "root" / "tfrecords" / "v1").exists()

@@ -124,6 +124,39 @@ def test_inputs_read_part_directories_any_case_and_refuse_unknown_files(tmp_path
     assert unreadable == ["book.xlsx", "notes.txt"]
 
 
+def test_inputs_whose_names_are_not_utf8_are_refused_naming_each_with_escapes(tmp_path):
+    """A cp1252 name from a Windows tool (bytes b"M\\xe4rz.csv" on disk) cannot be stored as it is in the
+    manifest or the lineage index (UTF-8 text): listing the inputs refuses it, naming it with escapes and
+    as cp1252, and saying what to do. Hidden (skipped) names are only recorded, escaped."""
+    raw = tmp_path / "v1"
+    (raw / "score").mkdir(parents=True)
+    base = os.fsencode(str(raw))
+    for name in [b"a.csv", b"M\xe4rz.csv", b"score/S\xfcd.csv", b".~lock.M\xe4rz.csv#", b"notes\xff.txt"]:
+        with open(os.path.join(base, name), "wb") as f:
+            f.write(b"5,0,0,1,2\n")
+    os.mkdir(os.path.join(base, b"Gr\xf6\xdfe.csv"))
+    with open(os.path.join(base, b"Gr\xf6\xdfe.csv", b"part-0.csv"), "wb") as f:
+        f.write(b"5,0,0,1,2\n")
+    with pytest.raises(csvparse.InputError) as e:
+        inputs.list_inputs(str(raw))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{raw} holds 4 files whose name is not UTF-8: ")
+    for shown in ["'Gr\\xf6\\xdfe.csv' ('Größe.csv' if its bytes are cp1252", "'M\\xe4rz.csv' ('März.csv' if",
+                  "'notes\\xff.txt' ('notesÿ.txt' if", "'score/S\\xfcd.csv' ('score/Süd.csv' if"]:
+        assert shown in msg, msg
+    assert "rename them to UTF-8" in msg and "nothing was written" in msg
+    assert "\udce4" not in msg and msg.encode("utf-8")  # printable as it is, in a UTF-8 log
+
+    for name in [b"M\xe4rz.csv", b"score/S\xfcd.csv", b"notes\xff.txt", b"Gr\xf6\xdfe.csv/part-0.csv"]:
+        os.remove(os.path.join(base, name))
+    os.rmdir(os.path.join(base, b"Gr\xf6\xdfe.csv"))
+    labeled, unlabeled, skipped, unreadable = inputs.list_inputs(str(raw))
+    assert [n for n, _p in labeled] == ["a.csv"] and unlabeled == [] and unreadable == []
+    assert skipped == [".~lock.M\\xe4rz.csv#"]
+    assert inputs.printable_name("März.csv") == "März.csv" and inputs.is_utf8_name("März.csv")
+    assert not inputs.is_utf8_name(os.fsdecode(b"M\xe4rz.csv"))
+
+
 def test_compressed_inputs_stream_in_whole_lines_and_a_truncated_one_says_where(tmp_path):
     body = b"".join(b"%d,1,2,3,4\n" % (i % 10) for i in range(20000))
     for name, data in [("a.csv.gz", gzip.compress(body)), ("a.csv.bz2", bz2.compress(body))]:

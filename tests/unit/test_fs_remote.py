@@ -299,6 +299,22 @@ def test_check_access_accepts_a_new_root_and_a_used_one(root):
     fs.check_access("s3a://" + root[len("s3://"):])
 
 
+def test_check_access_of_a_root_that_must_exist(root, tmp_path):
+    """What the scripts that read a root ask: a new (empty) prefix, a missing local directory, a missing
+    bucket are errors; a used prefix and an existing (even empty) local directory are fine."""
+    assert _one_line_error(fs.check_access, root, True) == \
+        f"data root {root} does not exist (nothing is stored under it): fix the data root's path"
+    fs.write_bytes(f"{root}/serving/CURRENT.json", b"{}")
+    fs.check_access(root, must_exist=True)
+    assert _one_line_error(fs.check_access, str(tmp_path / "none"), True) == \
+        f"data root {tmp_path / 'none'} does not exist: fix the data root's path"
+    (tmp_path / "file").write_text("")
+    assert "(it is a file)" in _one_line_error(fs.check_access, str(tmp_path / "file"), True)
+    fs.check_access(str(tmp_path), must_exist=True)
+    assert "the bucket s3://no-such-bucket-for-this does not exist" in \
+        _one_line_error(fs.check_access, "s3://no-such-bucket-for-this/data", True)
+
+
 def test_no_secret_value_reaches_a_message(root, s3_env):
     """Whatever a client library puts in its error, the StorageError never repeats a secret."""
     secret = s3_env[1]["writer"][1]

@@ -247,6 +247,7 @@ def test_rollbacks_are_recorded_with_who_ran_them_and_history_prints_every_decis
     assert "model 2026-11-04__r__0123456789ab" in shown.stdout and "rule: gate: accuracy 0.1 < 0.8" in shown.stdout
     one = serving_cli(tmp_path / "root", "history", "--model", names[1])
     assert [h.split()[1] for h in one.stdout.splitlines() if not h.startswith(" ")] == ["promote", "promote"]
+    (tmp_path / "empty").mkdir()  # a root nothing was promoted in yet
     empty = serving_cli(tmp_path / "empty", "history")
     assert empty.returncode == 0 and "no serving history in" in empty.stdout
 
