@@ -70,14 +70,17 @@ class IsolatedCluster:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, node_dir: str) -> dict[str, str]:
-        """The clean environment of a Spark daemon: Java, the Spark copy, loopback, nothing of the host's venv."""
+        """The clean environment of a Spark daemon: Java (and the test run's ``JAVA_TOOL_OPTIONS``), the Spark
+        copy, loopback, nothing of the host's venv."""
         java_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("java"))))
         return {"PATH": f"{java_home}/bin:/usr/local/bin:/usr/bin:/bin", "JAVA_HOME": java_home,
                 "SPARK_HOME": self.spark_home, "HOME": node_dir, "LANG": "C.UTF-8",
                 "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_HOSTNAME": "127.0.0.1",
                 "SPARK_LOG_DIR": node_dir, "SPARK_PID_DIR": node_dir,
                 "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=20 "
-                                     "-Dspark.worker.cleanup.appDataTtl=5"}
+                                     "-Dspark.worker.cleanup.appDataTtl=5",
+                # the JVM settings of the test run (scripts/test.sh: C1-only compilation), as a node's own
+                **{k: os.environ[k] for k in ("JAVA_TOOL_OPTIONS",) if k in os.environ}}
 
     def _start(self, name: str, argv: list[str], isolated: bool) -> None:
         node_dir = os.path.join(self.dir, name)
