@@ -430,17 +430,6 @@ def read_bytes(path: str) -> bytes:
         return fsys.cat_file(path)
 
 
-def read_range(path: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of a file (fewer at its end); one ranged GET on object stores."""
-    if not _remote(path):
-        with open(_local(path), "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-    fsys = _client(path)
-    with _translated(path):
-        return fsys.cat_file(path, start=start, end=end)
-
-
 def write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` as the file at ``path`` (replacing it; one PUT on object stores)."""
     if not _remote(path):
