@@ -260,7 +260,7 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
         shown = progress.Progress(write, node_args.epochs, examples_per_epoch, role.step_examples,
                                   PROGRESS_EVERY_STEPS)
         counted = progress.StepCount()
-    backup, logs = paths.join(node_args.run_dir, "backup"), paths.join(node_args.run_dir, "tensorboard")
+    backup, logs = paths.join(node_args.run_dir, paths.BACKUP_DIR), paths.join(node_args.run_dir, paths.TENSORBOARD_DIR)
     if scratch.tf_reachable(node_args.run_dir):
         callbacks, log_sync = [tf.keras.callbacks.BackupAndRestore(backup), shown], None
     else:  # TensorFlow writes in scratch; the syncs publish after every epoch (see progress.BackupSync)
@@ -296,7 +296,7 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
         model_lib.export(model, target, image_shape)
         shutil.rmtree(target, ignore_errors=True)
         return
-    staging, final = paths.join(run_dir, ".model.staging"), paths.join(run_dir, "model")
+    staging, final = paths.join(run_dir, paths.MODEL_STAGING_DIR), paths.join(run_dir, paths.MODEL_DIR)
     fs.rmtree(staging)
     with scratch.staged_dir(staging) as target:  # staging itself on a root tf.io.gfile reaches
         model_lib.export(model, target, image_shape)
