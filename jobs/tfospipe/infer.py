@@ -174,13 +174,6 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
 
 
-def spark_writes(path: str) -> bool:
-    """Whether Spark's own Parquet writer (its Hadoop file systems) is used for ``path``: local paths,
-    ``file://``, ``hdfs://`` and ``gs://`` (as before); on ``s3://``, ``s3a://`` and ``abfs://`` roots the
-    executors write the Parquet parts through ``fs`` (:func:`write_parts`), needing no Hadoop connector."""
-    return "://" not in path or path.startswith(("file://", "hdfs://", "gs://"))
-
-
 def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Executor side (``mapInArrow``): write this partition's prediction batches as one Parquet file
     ``<out_dir>/part-<partition 5 digits>-<12 hex>.parquet`` through ``fs`` (none for a partition without
@@ -212,9 +205,11 @@ def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[p
 
 def _write_predictions(predictions, stage_dir):
     """Write the predictions DataFrame (tfos mode) as Parquet into ``stage_dir``. Spark's writer where
-    it reaches the root (:func:`spark_writes`; returns None: the caller counts the rows), else
-    :func:`write_parts` (:func:`_keep_reported`), and returns the rows written."""
-    if spark_writes(stage_dir):
+    it reaches the root (``fs.Scheme.spark_parquet``: local paths, ``file://``, ``hdfs://``, ``gs://``;
+    returns None: the caller counts the rows), else :func:`write_parts` (:func:`_keep_reported`: on
+    ``s3://``, ``s3a://`` and ``abfs://`` roots the executors write through ``fs``, needing no Hadoop
+    connector), and returns the rows written."""
+    if fs.scheme_of(stage_dir).spark_parquet:
         predictions.write.mode("overwrite").parquet(stage_dir)
         return None
     return _keep_reported(stage_dir, predictions.mapInArrow(write_parts(stage_dir), "file string, rows long").collect())

@@ -261,7 +261,7 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
                                   PROGRESS_EVERY_STEPS)
         counted = progress.StepCount()
     backup, logs = paths.join(node_args.run_dir, paths.BACKUP_DIR), paths.join(node_args.run_dir, paths.TENSORBOARD_DIR)
-    if scratch.tf_reachable(node_args.run_dir):
+    if fs.scheme_of(node_args.run_dir).tf_gfile:
         callbacks, log_sync = [tf.keras.callbacks.BackupAndRestore(backup), shown], None
     else:  # TensorFlow writes in scratch; the syncs publish after every epoch (see progress.BackupSync)
         backup_sync, log_sync = progress.BackupSync(backup, role.is_chief), progress.LogSync(logs)
@@ -301,7 +301,7 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
     with scratch.staged_dir(staging) as target:  # staging itself on a root tf.io.gfile reaches
         model_lib.export(model, target, image_shape)
     fs.rmtree(final)
-    if scratch.tf_reachable(run_dir):
+    if fs.scheme_of(run_dir).tf_gfile:
         tf.io.gfile.rename(staging, final)
     else:
         fs.rename(staging, final)

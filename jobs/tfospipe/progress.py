@@ -103,7 +103,7 @@ def log_writer(run_dir: str, is_chief: bool) -> Callable[[str], None]:
     def write(line: str) -> None:
         if not is_chief:
             return
-        if scratch.tf_reachable(run_dir):
+        if fs.scheme_of(run_dir).tf_gfile:
             with tf.io.gfile.GFile(path, "a") as f:
                 f.write(line + "\n")
         else:

@@ -153,7 +153,7 @@ def pointer_lock(layout: paths.Layout, timeout: float = 600.0) -> Iterator[None]
     written. Raises TimeoutError naming the lock file when another holder keeps it longer.
     """
     lock = layout.serving_lock()
-    if fs._remote(lock):
+    if fs.scheme_of(lock).remote:
         yield
         return
     import fcntl

@@ -67,7 +67,7 @@ import threading
 import time
 from typing import Any
 
-from . import dataset, fs, markers, node, paths, scratch
+from . import dataset, fs, markers, node, paths
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
 from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executors, git_revision,
                      library_versions)
@@ -285,7 +285,7 @@ def check_root(data_root: str, num_ps: int) -> None:
     ``abfs://``): there the nodes read local copies of their shares (scratch.py), but under
     ParameterServerStrategy the chief's coordinator builds the workers' input pipelines, whose file
     paths would name the chief's copies, absent on other hosts. Raises JobError."""
-    if num_ps and not scratch.tf_reachable(data_root):
+    if num_ps and not fs.scheme_of(data_root).tf_gfile:
         raise JobError(f"num_ps={num_ps} needs a data root TensorFlow reaches itself (a local or shared path, "
                        f"gs://); {data_root} is reached through local copies, which parameter-server workers "
                        "cannot share: use num_ps=0 (all-reduce) on this root")
