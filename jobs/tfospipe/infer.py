@@ -146,9 +146,9 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
     Each result is a tuple in the column order of :func:`prediction_schema`. On a root ``tf.io.gfile``
     cannot reach, the model is loaded from a local copy (predict.loaded_model) removed once loaded.
     """
-    import os
+    from tfospipe import tfenv
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    tfenv.prepare_tensorflow(force=True)
     import tensorflow as tf
 
     from tfospipe import predict as node_predict

@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import fs, markers, paths, scratch
+from . import fs, markers, paths, scratch, tfenv
 from .feed import Feed
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def node_main(node_args: NodeArgs, ctx: Any) -> None:
 
 def _tensorflow(ps_mode: bool):
     """TensorFlow, imported with tf-keras (and, under ParameterServerStrategy, PS_THREADS) set first."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    tfenv.prepare_tensorflow(force=True)
     if ps_mode:
         os.environ.update(PS_THREADS)
     import tensorflow as tf

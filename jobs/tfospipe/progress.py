@@ -8,7 +8,7 @@ can be checked without training. On a root ``tf.io.gfile`` cannot reach (``s3://
 line (object stores have no append), and :class:`BackupSync` and :class:`LogSync` publish the
 BackupAndRestore state and TensorBoard logs that TensorFlow writes in the node's scratch directory
 (``scratch.py``). Imports TensorFlow: only the nodes import this module (``node.py``,
-after setting ``TF_USE_LEGACY_KERAS``), never the driver.
+after ``tfenv.prepare_tensorflow``), never the driver.
 """
 
 import os
