@@ -17,5 +17,4 @@ ENV PATH=/opt/tfos/.venv/bin:$PATH \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/tfos/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/tfos/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
-    TF_USE_LEGACY_KERAS=1 \
     TF_CPP_MIN_LOG_LEVEL=2

@@ -104,7 +104,7 @@ def main():
         return parse_one_core(args.parse)
 
     import common
-    from tfospipe import launch, paths
+    from tfospipe import fs, launch, paths
 
     common.print_facts()
 
@@ -146,7 +146,7 @@ def main():
             t = time.time()
             common.run_job("convert", {"data_root": root, "version": version, "num_shards": 4}, args.master)
             job_wall = time.time() - t
-            m = json.load(open(os.path.join(layout.tfrecords(version), "_manifest.json")))
+            m = json.load(open(os.path.join(layout.tfrecords(version), fs.MANIFEST)))
             assert m["rows_written"] == n, m["rows_written"]
             shutil.rmtree(layout.tfrecords(version))
             results.append((n, mb, naive_wall, a, arrow, job_wall, m))

@@ -27,8 +27,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfospipe import tfenv  # noqa: E402
+
+tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 
 import numpy as np  # noqa: E402
 
@@ -129,13 +130,13 @@ def in_memory(predict, images: np.ndarray, batch_size: int) -> float:
 
 def infer_job(root: str, model_version: str, batch_size: int, master: str) -> tuple[dict, float]:
     """(c): run the infer job with ``model_version``; (its manifest, its wall seconds from spark-submit)."""
-    from tfospipe import paths
+    from tfospipe import fs, paths
 
     t = time.perf_counter()
     common.run_job("infer", {"data_root": root, "version": VERSION, "batch_size": batch_size,
                              "model_version": model_version}, master)
     wall = time.perf_counter() - t
-    with open(os.path.join(paths.Layout(root).predictions(VERSION), "_manifest.json")) as f:
+    with open(os.path.join(paths.Layout(root).predictions(VERSION), fs.MANIFEST)) as f:
         return json.load(f), wall
 
 

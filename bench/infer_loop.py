@@ -30,8 +30,9 @@ import time
 
 import psutil
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfospipe import tfenv  # noqa: E402
+
+tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 
 
 def write_shards(root: str, rows: int, shards: int = 4) -> list[str]:

@@ -32,8 +32,6 @@ import threading
 import time
 from typing import Callable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfospipe import launch  # noqa: E402  (no TensorFlow import: the thread settings apply before it)
 
 for _key, _value in launch.TF_ENV.items():

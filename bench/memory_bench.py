@@ -127,7 +127,7 @@ def convert_with_sampler(root: str, version: str, master: str, interval: float,
     """Run the convert job on ``root``/raw/``version`` (``env``: entries of the executors' environment, as
     common.run_job takes them) while an :class:`RssSampler` polls: returns (wall seconds, the conversion
     manifest, the sampler's peaks sorted by role and pid)."""
-    from tfospipe import paths
+    from tfospipe import fs, paths
 
     sampler = RssSampler(interval)
     sampler.start()
@@ -137,7 +137,7 @@ def convert_with_sampler(root: str, version: str, master: str, interval: float,
     finally:
         sampler.stop()
     wall = time.time() - t
-    manifest = json.load(open(os.path.join(paths.Layout(root).tfrecords(version), "_manifest.json")))
+    manifest = json.load(open(os.path.join(paths.Layout(root).tfrecords(version), fs.MANIFEST)))
     return wall, manifest, sorted(sampler.peaks.values(), key=lambda e: (e["role"], e["pid"]))
 
 

@@ -41,8 +41,9 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfospipe import tfenv  # noqa: E402
+
+tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 
 import common  # noqa: E402
 

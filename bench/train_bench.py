@@ -36,8 +36,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfospipe import tfenv  # noqa: E402
+
+tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 
 VERSION = "bench"
 
@@ -170,7 +171,7 @@ def main():
         return collective_worker(int(index), ports, args.gradient_compression, args.batch_size)
 
     import common
-    from tfospipe import launch, paths
+    from tfospipe import fs, launch, paths
 
     common.print_facts()
 
@@ -181,7 +182,7 @@ def main():
         common.write_mnist_csv(os.path.join(layout.raw(VERSION), "rows.csv"), args.rows)
         common.run_job("convert", {"data_root": root, "version": VERSION, "eval_fraction": 0.1, "num_shards": 4},
                        args.master)
-        train_rows = json.load(open(os.path.join(layout.tfrecords(VERSION), "_manifest.json")))["splits"]["train"]
+        train_rows = json.load(open(os.path.join(layout.tfrecords(VERSION), fs.MANIFEST)))["splits"]["train"]
         steps = train_rows // (args.batch_size * 2)  # per worker, as the train job computes it
         examples = steps * args.batch_size * 2
 
@@ -208,7 +209,7 @@ def main():
             common.run_job("train", {"data_root": root, "version": VERSION, "run_id": mode, "input_mode": mode,
                                      "epochs": 1, "batch_size": args.batch_size,
                                      "gradient_compression": args.gradient_compression}, args.master, env=overrides)
-            m = json.load(open(os.path.join(layout.model_run(VERSION, mode), "_manifest.json")))
+            m = json.load(open(os.path.join(layout.model_run(VERSION, mode), fs.MANIFEST)))
             results[mode] = {"rate": m["steady_examples_per_second"], "train": m["train_seconds"],
                              "wall": time.time() - t, "steps": m["steps_run"], "malloc": m["workers"][0]["malloc"]}
 

@@ -8,8 +8,8 @@ the DAG fills job flags with.
   ``application_args`` when the task runs, from the rendered values;
 * zips ``jobs/tfospipe`` at execute time and ships it with ``--py-files``;
 * applies ``launch.spark_conf``: one executor per TensorFlow node with one task slot each, dynamic
-  allocation off, ``TF_USE_LEGACY_KERAS=1`` and this Python for driver and executors (and no Spark
-  task retries for a job whose spec says ``tfos``);
+  allocation off, ``launch.TF_ENV`` (tf-keras, thread counts: tfospipe.tfenv) and this Python for
+  driver and executors (and no Spark task retries for a job whose spec says ``tfos``);
 * declares the Asset its job produces (:data:`ASSETS`) and records the dataset version and output
   path on the asset event;
 * adds the task links its spec names (the ``tfos_ui`` plugin serves the validation report);

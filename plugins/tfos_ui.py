@@ -75,9 +75,9 @@ def report(version: str, run: str) -> str:
     HTTP 400 when ``version`` or ``run`` is no safe path segment, 404 when the run has no report."""
     import markdown
     report_dir = _report_dir(version, run)
-    text = _read(paths.join(report_dir, "report.md"))
+    text = _read(paths.join(report_dir, paths.REPORT_FILE))
     body = markdown.markdown(text.decode("utf-8"), extensions=["tables"])
-    metrics_path = paths.join(report_dir, "metrics.json")
+    metrics_path = paths.join(report_dir, paths.METRICS_FILE)
     if fs.exists(metrics_path):
         body += history_html(_layout(), fs.read_json(metrics_path)["model_version"])
     title = html.escape(f"Validation {version} / {run}")
@@ -90,7 +90,7 @@ def report(version: str, run: str) -> str:
 @app.get("/reports/{version}/{run}/confusion_matrix.png")
 def confusion_matrix(version: str, run: str) -> Response:
     """The report's ``confusion_matrix.png`` (image/png); HTTP 400 / 404 as :func:`report`."""
-    return Response(_read(paths.join(_report_dir(version, run), "confusion_matrix.png")), media_type="image/png")
+    return Response(_read(paths.join(_report_dir(version, run), paths.CONFUSION_FILE)), media_type="image/png")
 
 
 class TFoSUIPlugin(AirflowPlugin):

@@ -9,11 +9,12 @@ from tfospipe import fs, paths, serving
 
 def _latest_run(layout, version):
     """The committed training run of ``version`` with the newest _SUCCESS, or None."""
-    base = paths.join(layout.root, "models", version)
-    runs = [r.rstrip("/") for r in fs.listdir(base) if fs.is_committed(paths.join(base, r.rstrip("/")))]
+    names = [r.rstrip("/") for r in fs.listdir(layout.model_runs(version))]
+    # hidden entries (a run's .staging-/.trash- leftovers) are no run ids
+    runs = [r for r in names if not r.startswith(".") and fs.is_committed(layout.model_run(version, r))]
     if not runs:
         return None
-    return max(runs, key=lambda r: fs.mtime(paths.join(base, r, fs.SUCCESS)))
+    return max(runs, key=lambda r: fs.mtime(paths.join(layout.model_run(version, r), fs.SUCCESS)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         out.append(f"train     {tm['params']['cluster_size']} TFoS nodes, {tm['steps_run']} steps, final loss "
                    f"{tm['final_loss']:.4f}, train accuracy {tm['final_accuracy']:.4f}, {tm['train_seconds']} s")
         out.append(f"          -> SavedModel {tm['model_dir']}")
-        report = paths.join(layout.validation(args.version, run), "metrics.json")
+        report = layout.validation_metrics(args.version, run)
         if fs.exists(report):
             vm = fs.read_json(report)
             c = vm["candidate"]

@@ -17,7 +17,7 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS_DIR = os.path.join(PROJECT_DIR, "plugins")
 if PLUGINS_DIR not in sys.path:
     sys.path.insert(0, PLUGINS_DIR)
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+__import__("tfospipe.tfenv").tfenv.prepare_tensorflow()  # tf-keras for any test that imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: The suite's parts, by folder: the marker each test gets (``pytest -m "not spark"``, ``make test-fast``).

@@ -282,11 +282,6 @@ def splits_of(labels: np.ndarray, pixels: np.ndarray, eval_fraction: float) -> n
     return np.where(bucket < np.uint64(int(eval_fraction * HASH_BUCKETS)), "eval", "train")
 
 
-def split_of(label: int, pixels: list[int], eval_fraction: float) -> str:
-    """:func:`splits_of` of one row."""
-    return str(splits_of([label], [pixels], eval_fraction)[0])
-
-
 def _unquote(buf, delimiter):
     """``buf`` without the quotes of fields that are wholly quoted (``"5","0"`` -> ``5,0``), or None.
 
@@ -308,11 +303,6 @@ def _unquote(buf, delimiter):
     if (seps[closes] != seps[opens]).any():  # a delimiter or newline inside the quotes
         return None
     return buf[buf != 34]
-
-
-#: Masks of the digits that belong to a field, by its length (1..3), over the little-endian word of
-#: the 3 bytes before the field's separator (:func:`_small_fields`).
-_DIGIT_MASKS = np.array([0, 0xFF0000, 0xFFFF00, 0xFFFFFF], np.uint32)
 
 
 def _small_fields(padded, sep_pos, lengths):
@@ -391,19 +381,6 @@ def chunks(data: bytes, size: int = PARSE_BYTES) -> Iterator[tuple[int, bytes]]:
         stop = end if stop < 0 else stop + 1
         yield start, data[start:stop]
         start = stop
-
-
-def infer_num_columns(sample_lines: Iterable[bytes], delimiter: str = ",") -> int | None:
-    """Most common field count among the sample's non-header data lines (None when there are none)."""
-    counts = Counter()
-    for raw in sample_lines:
-        try:
-            fields = split_fields(raw.decode("utf-8"), delimiter)
-        except (UnicodeDecodeError, RowError):
-            continue
-        if len(fields) > 1 and not looks_like_header(fields):
-            counts[len(fields)] += 1
-    return counts.most_common(1)[0][0] if counts else None
 
 
 def _foreign_encoding(head):
@@ -547,13 +524,3 @@ def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: 
                np.asarray(numbers, np.int64), bad)
         line_no += rows
 
-
-def parse_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: bool = True,
-                dialect: Dialect | None = None, counts: Counter | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str, str]]]:
-    """All of :func:`iter_block` at once: (labels, pixels, line numbers, bad)."""
-    parts = list(iter_block(data, spec, first_line_no, header_allowed, dialect, counts))
-    if not parts:
-        return np.empty(0, np.int64), np.empty((0, spec.num_pixels), np.int64), np.empty(0, np.int64), []
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]), [b for p in parts for b in p[3]])

@@ -1,12 +1,17 @@
 """The read side of a dataset version: what the convert job committed, as its readers use it.
 
-Train, validate, infer, the scripts and the benchmarks read a converted dataset version through
-this module only; ``convert.py`` is the stage that writes it. Layout (paths.Layout)::
+Train, validate and infer (and ``scripts/lineage.py`` and the benchmarks) read a converted dataset
+version through this module; ``convert.py`` writes it. Layout (``paths.Layout.tfrecords``)::
 
-    {root}/tfrecords/{version}/_manifest.json, _SUCCESS   the conversion manifest, then its commit marker
-    {root}/tfrecords/{version}/{train,eval,score}/part-NNNNN-of-MMMMM.tfrecord[.gz]   the shards
+    {root}/tfrecords/{version}/{train,eval,score}/part-NNNNN.tfrecord[.gz]   the shards (schema.shard_name;
+                                                                            score only for unlabeled input)
+    {root}/tfrecords/{version}/_lineage/                                    the lineage index (lineage.py)
+    {root}/tfrecords/{version}/_manifest.json, _SUCCESS                     the manifest, then the commit marker
 
-Shards hold ``tf.train.Example`` records under the feature spec of ``schema.feature_spec``.
+A shard is a TFRecord file (GZIP when its name ends in ``.gz``) of serialized ``tf.train.Example``
+records under ``schema.feature_spec``: ``image`` int64 [H*W], ``label`` and ``row_id`` int64 [1]
+(``label`` -1 for unlabeled rows). Records are read in Python (``schema.shard_records``), with their
+CRC32C checksums checked, on any root ``fs`` reaches.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ if TYPE_CHECKING:  # Spark is only needed by example_rdd, at run time
 def read_manifest(layout: paths.Layout, version: str) -> dict:
     """The committed conversion manifest (``_manifest.json``) of ``version``, as a dict.
 
-    Keys the readers use: ``splits`` (rows per split), ``shards`` (per split: ``[{"file", "records"}]``),
-    ``image_shape`` ([H, W]), ``pixel_max_observed``. Raises JobError when the version has no commit
-    marker (``_SUCCESS``): it was never converted, or its conversion did not finish.
+    Keys the readers use: ``splits`` (rows per split name), ``shards`` (per split, in shard order:
+    ``[{"file": shard file name, "records": int, "source": "input name:start-end" byte range}]``),
+    ``image_shape`` ([H, W] pixels), ``pixel_max_observed`` (largest pixel value written), ``lineage``.
+    Raises JobError when the version has no commit marker (``_SUCCESS``): it was never converted, or
+    its conversion did not finish; OSError or fs.StorageError when the manifest cannot be read.
     """
     out = layout.tfrecords(version)
     if not fs.is_committed(out):
@@ -35,8 +42,10 @@ def read_manifest(layout: paths.Layout, version: str) -> dict:
 
 
 def shard_files(layout: paths.Layout, version: str, split: str) -> list[str]:
-    """Paths of the TFRecord shards of one split (``train``, ``eval`` or ``score``) of ``version``,
-    as the storage lists them (``schema.SHARD_PATTERN``); empty when the split has none."""
+    """Paths (sorted, in the root's form: local or URI) of the TFRecord shards of one split (``train``,
+    ``eval`` or ``score``) of ``version``, as the storage lists them (``schema.SHARD_PATTERN``); empty
+    when the split has none or was never written. The commit marker is not checked here
+    (:func:`read_manifest` does)."""
     return fs.glob(paths.join(layout.split(version, split), schema.SHARD_PATTERN))
 
 
@@ -48,5 +57,7 @@ def image_shape(manifest: dict) -> tuple[int, int]:
 
 def example_rdd(sc: SparkContext, files: list[str]) -> RDD:
     """The serialized ``tf.train.Example`` records (bytes) of the TFRecord ``files`` as an RDD with one
-    partition per shard, in file order (what the TFoS feeds of train and infer consume)."""
+    partition per shard (one partition when ``files`` is empty), in file order (what the TFoS feeds of
+    train and infer consume). Lazy: a corrupt or truncated shard raises ValueError in the task that
+    reads it (``schema.tfrecords_in``)."""
     return sc.parallelize(files, max(len(files), 1)).flatMap(lambda path: schema.shard_records(path, fs.open_read))

@@ -1,6 +1,7 @@
 """File-system operations on local paths and remote URIs, and the atomic commit every job uses.
 
 One layer for every Python-side read and write of the pipeline, on the driver and the executors.
+What each store can do is said once, by its :class:`Scheme` (:func:`scheme_of`).
 Local paths and ``file://`` go through the OS (``os``/``shutil``, no extra import); the remote
 schemes of :data:`SCHEMES` go through fsspec (s3fs, gcsfs, adlfs; HDFS through fsspec's wrapper of
 pyarrow's ``HadoopFileSystem``). fsspec because Airflow 3's ``ObjectStoragePath`` and its
@@ -13,8 +14,9 @@ never from the URI. Missing or wrong credentials, or an unreachable store, raise
 
 A job is a transaction (:class:`Staging`): it writes a staging directory next to its output and
 publishes it on commit, with ``_manifest.json`` and then ``_SUCCESS`` (the commit marker) last.
-Local and HDFS roots publish by one directory rename; object stores (S3, GCS, Azure Blob) have no
-rename, so the staged objects are copied into place and ``_SUCCESS`` is written last. A failed or
+Stores whose rename is atomic (``Scheme.atomic_rename``: local, HDFS) publish by one directory rename;
+object stores (S3, GCS, Azure Blob) have none, so the staged objects are copied into place and
+``_SUCCESS`` is written last. A failed or
 killed run leaves only a hidden staging directory behind (removed by the next run); a rerun
 replaces the old output whole.
 """
@@ -27,7 +29,8 @@ import posixpath
 import re
 import shutil
 import uuid
-from typing import IO, Any, Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"  # "_" prefix: Spark, pyarrow and Hive readers skip it
@@ -39,56 +42,110 @@ class StorageError(Exception):
     path and what to set; it never holds a secret value."""
 
 
-class Scheme(NamedTuple):
-    """How the pipeline reaches one URI scheme."""
-    protocol: str            # fsspec protocol the scheme maps to
-    package: str             # pip package that implements it (pinned in requirements.txt)
-    module: str              # its import name
-    object_store: bool       # no directory rename: publish by copy, _SUCCESS last
-    credentials: str         # what to set, said in every StorageError about this scheme
-    env: tuple = ()          # variables the client reads (a change builds a new client)
-    forward: tuple = ()      # those executors need from the driver (not paths of the driver's files)
+@dataclass(frozen=True)
+class Scheme:
+    """What one storage scheme can do and how each side of the pipeline reaches it: the one place
+    that says so. Every question about a store (publish by rename or by copies, make directories or
+    not, TensorFlow directly or through scratch copies, Spark's Parquet writer or ``fs``) asks the
+    :class:`Scheme` of its path (:func:`scheme_of`).
+
+    Where the facts come from:
+
+    * ``atomic_rename``: POSIX ``rename(2)`` (local), the HDFS NameNode's ``rename`` (one metadata
+      operation); S3, GCS and Azure Blob (through adlfs's blob API) have no rename, fsspec's ``mv`` is a
+      copy and a delete.
+    * ``conditional_write``: a create-only write the store offers: ``O_CREAT|O_EXCL`` (local), HDFS
+      ``create`` without overwrite, S3 ``PutObject`` with ``If-None-Match: *`` (since August 2024), GCS
+      ``ifGenerationMatch=0``, Azure Blob ``If-None-Match: *``. Not used yet: the serving pointer's
+      compare-and-swap would use it (``serving._swap``).
+    * ``consistent_listing``: a listing shows every write that finished before it: local and HDFS
+      (NameNode), S3 (strong read-after-write and list consistency since December 2020), GCS and Azure
+      Blob (strong). The clients are built without fsspec's listings cache (:func:`_client`), so the
+      driver sees at once what the executors wrote.
+    * ``tf_gfile``: TensorFlow 2.21's ``tf.io.gfile`` (tf.data, SavedModel, checkpoints, TensorBoard)
+      reaches local paths, ``file://`` and ``gs://`` only; S3 and HDFS were left to ``tensorflow-io``,
+      which has no release for TF >= 2.17. Elsewhere TensorFlow works on executor-local copies
+      (``scratch``).
+    * ``spark_parquet``: Spark's own Parquet writer reaches the store through the Hadoop file systems
+      every Spark distribution ships (local, ``hdfs://``) or the GCS connector (Dataproc); S3A and ABFS
+      need Hadoop connector jars the executors' environment does not carry, so there the executors
+      write their Parquet parts through ``fs``.
+    """
+    name: str                  # canonical scheme ("local" for paths and file://; s3a:// is "s3", abfss:// "abfs")
+    protocol: str | None       # fsspec protocol; None: the OS (os/shutil), no client library
+    package: str               # pip package that implements it (pinned in requirements.txt)
+    module: str                # its import name
+    atomic_rename: bool        # a directory rename is atomic: Staging publishes by one rename
+    conditional_write: bool    # the store offers a create-only write
+    consistent_listing: bool   # listings show every finished write
+    tf_gfile: bool             # tf.io.gfile reaches it; else TensorFlow goes through scratch copies
+    spark_parquet: bool        # Spark's Parquet writer reaches it; else executors write through fs
+    credentials: str           # what to set, said in every StorageError about this scheme
+    env: tuple = ()            # variables the client reads (a change builds a new client)
+    forward: tuple = ()        # those executors need from the driver (not paths of the driver's files)
+
+    @property
+    def remote(self) -> bool:
+        """Reached through an fsspec client (not the OS)."""
+        return self.protocol is not None
+
+    @property
+    def object_store(self) -> bool:
+        """No directories and no rename: ``makedirs`` does nothing, a commit copies the staged objects
+        into place with ``_SUCCESS`` last, a small document flips by one PUT."""
+        return self.remote and not self.atomic_rename
 
 
+LOCAL = Scheme("local", None, "", "", atomic_rename=True, conditional_write=True, consistent_listing=True,
+               tf_gfile=True, spark_parquet=True,
+               credentials="check the path's file permissions; every executor must see the same path")
 _AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
         "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE",
         "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
 _AWS_FORWARD = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                 "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
-_S3 = Scheme("s3", "s3fs", "s3fs", True,
-             "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary keys) or give "
-             "the node an IAM role; for an S3-compatible store set AWS_ENDPOINT_URL_S3 to its URL", _AWS, _AWS_FORWARD)
+_S3 = Scheme("s3", "s3", "s3fs", "s3fs", atomic_rename=False, conditional_write=True, consistent_listing=True,
+             tf_gfile=False, spark_parquet=False,
+             credentials="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary "
+             "keys) or give the node an IAM role; for an S3-compatible store set AWS_ENDPOINT_URL_S3 to its URL",
+             env=_AWS, forward=_AWS_FORWARD)
 _AZURE = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
           "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET",
           "AZURE_STORAGE_TENANT_ID", "AZURE_STORAGE_ANON", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
           "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE")
-_ABFS = Scheme("abfs", "adlfs", "adlfs", True,
-               "name the account in the URI (abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/...) or set "
+_ABFS = Scheme("abfs", "abfs", "adlfs", "adlfs", atomic_rename=False, conditional_write=True, consistent_listing=True,
+               tf_gfile=False, spark_parquet=False,
+               credentials="name the account in the URI (abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/...) or set "
                "AZURE_STORAGE_ACCOUNT_NAME, and set one of AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, "
                "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_CLIENT_ID/AZURE_STORAGE_CLIENT_SECRET/"
-               "AZURE_STORAGE_TENANT_ID (or give the node a managed identity)", _AZURE,
-               tuple(n for n in _AZURE if n != "AZURE_FEDERATED_TOKEN_FILE"))
+               "AZURE_STORAGE_TENANT_ID (or give the node a managed identity)", env=_AZURE,
+               forward=tuple(n for n in _AZURE if n != "AZURE_FEDERATED_TOKEN_FILE"))
 
-#: Remote schemes the pipeline accepts as a data root. ``s3a://`` (the name Spark's Hadoop S3A connector
-#: registers) is the same store as ``s3://`` so one root string serves Spark and Python alike; likewise
-#: ``abfss://`` (TLS) is ``abfs://``.
+#: Every scheme the pipeline accepts in a data root, by the name before ``://`` (a path without one is
+#: :data:`LOCAL`). ``s3a://`` (the name Spark's Hadoop S3A connector registers) is the same store as
+#: ``s3://`` so one root string serves Spark and Python alike; likewise ``abfss://`` (TLS) is ``abfs://``.
 SCHEMES = {
+    "file": LOCAL,
     "s3": _S3,
     "s3a": _S3,
-    "gs": Scheme("gs", "gcsfs", "gcsfs", True,
-                 "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on a node with a "
-                 "service account attached", ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
-                                              "STORAGE_EMULATOR_HOST", "NO_GCE_CHECK"),
-                 ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")),
-    "hdfs": Scheme("hdfs", "pyarrow", "pyarrow", False,
-                   "set JAVA_HOME, HADOOP_HOME (libhdfs.so in $HADOOP_HOME/lib/native, or ARROW_LIBHDFS_DIR) and "
-                   "CLASSPATH=$(hadoop classpath --glob); on a Kerberos cluster run kinit (KRB5CCNAME), else set "
-                   "HADOOP_USER_NAME", ("HADOOP_USER_NAME", "KRB5CCNAME", "HADOOP_HOME", "HADOOP_CONF_DIR",
-                                        "CLASSPATH", "ARROW_LIBHDFS_DIR", "JAVA_HOME"), ("HADOOP_USER_NAME",)),
+    "gs": Scheme("gs", "gs", "gcsfs", "gcsfs", atomic_rename=False, conditional_write=True, consistent_listing=True,
+                 tf_gfile=True, spark_parquet=True,
+                 credentials="set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on a node "
+                 "with a service account attached",
+                 env=("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "NO_GCE_CHECK"),
+                 forward=("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")),
+    "hdfs": Scheme("hdfs", "hdfs", "pyarrow", "pyarrow", atomic_rename=True, conditional_write=True,
+                   consistent_listing=True, tf_gfile=False, spark_parquet=True,
+                   credentials="set JAVA_HOME, HADOOP_HOME (libhdfs.so in $HADOOP_HOME/lib/native, or "
+                   "ARROW_LIBHDFS_DIR) and CLASSPATH=$(hadoop classpath --glob); on a Kerberos cluster run kinit "
+                   "(KRB5CCNAME), else set HADOOP_USER_NAME",
+                   env=("HADOOP_USER_NAME", "KRB5CCNAME", "HADOOP_HOME", "HADOOP_CONF_DIR", "CLASSPATH",
+                        "ARROW_LIBHDFS_DIR", "JAVA_HOME"), forward=("HADOOP_USER_NAME",)),
     "abfs": _ABFS,
     "abfss": _ABFS,
 }
+
 
 # Exception classes (by name, so no client library is imported to test them) that mean the client
 # could not authenticate, and those that mean the store could not be reached.
@@ -117,7 +174,22 @@ def _scheme(path):
 
 def supported_schemes() -> str:
     """The accepted root forms, for messages: ``local paths, file://, s3://, s3a://, ...``."""
-    return "local paths, file://, " + ", ".join(f"{s}://" for s in SCHEMES)
+    return "local paths, " + ", ".join(f"{s}://" for s in SCHEMES)
+
+
+def scheme_of(path: str) -> Scheme:
+    """The :class:`Scheme` of ``path``: :data:`LOCAL` for a local path or ``file://``, else the entry of
+    :data:`SCHEMES` named before ``://`` (any case). Raises StorageError, naming the supported schemes
+    with each one's package, for any other scheme."""
+    if not _remote(path):
+        return LOCAL
+    scheme = _scheme(path)
+    spec = SCHEMES.get(scheme)
+    if spec is None or not spec.remote:
+        needs = "; ".join(f"{s}:// needs {v.package}" for s, v in SCHEMES.items() if v.remote and s == v.name)
+        raise StorageError(f"data root {path} has the unsupported scheme {scheme}://: use one of "
+                           f"{supported_schemes()} ({needs}; s3a:// is s3://, abfss:// is abfs://)")
+    return spec
 
 
 def check_root(root: str) -> str:
@@ -129,14 +201,10 @@ def check_root(root: str) -> str:
     carrying a password (it would show in argv, the task log and the Spark UI). Only the form is
     checked: :func:`check_access` reaches the store.
     """
-    if not _remote(root):
+    spec = scheme_of(root)
+    if not spec.remote:
         return root
     scheme = _scheme(root)
-    spec = SCHEMES.get(scheme)
-    if spec is None:
-        needs = "; ".join(f"{s}:// needs {v.package}" for s, v in SCHEMES.items() if s not in ("s3a", "abfss"))
-        raise StorageError(f"data root {root} has the unsupported scheme {scheme}://: use one of "
-                           f"{supported_schemes()} ({needs}; s3a:// is s3://, abfss:// is abfs://)")
     authority = root.split("://", 1)[1].split("/", 1)[0]
     if not authority:
         raise StorageError(f"data root {root} names no {'namenode' if scheme == 'hdfs' else 'bucket'}: "
@@ -213,7 +281,7 @@ def _translated(path, setup=False):
         kind = "setup" if setup and not isinstance(exc, ImportError) else _failure(exc)
         if kind is None:
             raise
-        spec = SCHEMES[_scheme(path)]
+        spec = scheme_of(path)
         what = {"credentials": "access was refused", "connection": "the store could not be reached",
                 "setup": "its client could not be set up"}[kind]
         hint = spec.credentials
@@ -230,8 +298,7 @@ _CLIENTS = {}
 def _client(path):
     """The fsspec file system for ``path`` (one per process, scheme, URI options and credential
     environment). Raises StorageError for an unsupported scheme or a client that cannot be built."""
-    check_root(path)
-    spec = SCHEMES[_scheme(path)]
+    spec = scheme_of(check_root(path))
     import fsspec
     cls = fsspec.get_filesystem_class(spec.protocol)
     options = cls._get_kwargs_from_urls(path)  # hdfs: namenode host/port/user; abfs: the account
@@ -279,10 +346,6 @@ def _join(a, b):
     return f"{a.rstrip('/')}/{b}" if "://" in a else os.path.join(a, b)
 
 
-def _object_store(path):
-    return _remote(path) and SCHEMES[_scheme(check_root(path))].object_store
-
-
 def exists(path: str) -> bool:
     """Whether a file or directory (on object stores: any object under the prefix) is at ``path``."""
     if not _remote(path):
@@ -297,7 +360,7 @@ def makedirs(path: str) -> None:
     bucket must not be created by accident)."""
     if not _remote(path):
         os.makedirs(_local(path), exist_ok=True)
-    elif not _object_store(path):
+    elif not scheme_of(check_root(path)).object_store:
         fsys = _client(path)
         with _translated(path):
             fsys.makedirs(path, exist_ok=True)
@@ -406,7 +469,7 @@ def rename(src: str, dst: str) -> None:
     if _scheme(src) != _scheme(dst) or _client(src) is not _client(dst):
         raise ValueError(f"cannot rename {src} to {dst}: not on the same file system")
     fsys = _client(src)
-    if _object_store(src):
+    if scheme_of(src).object_store:
         if isdir(src):
             copytree(src, dst)
         else:
@@ -428,17 +491,6 @@ def read_bytes(path: str) -> bytes:
     fsys = _client(path)
     with _translated(path):
         return fsys.cat_file(path)
-
-
-def read_range(path: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of a file (fewer at its end); one ranged GET on object stores."""
-    if not _remote(path):
-        with open(_local(path), "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-    fsys = _client(path)
-    with _translated(path):
-        return fsys.cat_file(path, start=start, end=end)
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -485,7 +537,7 @@ def write_json(path: str, obj: Any) -> None:
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON so a reader sees the old file or the new one, never a partial one: a temporary file
     renamed over it locally and on HDFS; a single PUT (atomic by itself) on object stores."""
-    if _object_store(path):
+    if scheme_of(check_root(path)).object_store:
         write_json(path, obj)
         return
     tmp = sibling(path, f".{basename(path)}.tmp-{uuid.uuid4().hex}")
@@ -573,7 +625,7 @@ def _reach(root, must_exist=False):
             return
         except (FileNotFoundError, NotADirectoryError):
             pass  # a new root: nothing written yet
-        top = _container(root) if SCHEMES[_scheme(root)].object_store else None
+        top = _container(root) if scheme_of(root).object_store else None
         # refused credentials failed the listing above already
         container_exists = top is None or fsys.exists(top)
     if not container_exists:
@@ -620,7 +672,7 @@ class Staging:
         ``_SUCCESS`` is written last, so a commit that fails midway leaves no committed output.
         """
         write_json(self.file(MANIFEST), manifest)
-        if _object_store(self.final):
+        if scheme_of(check_root(self.final)).object_store:
             rmtree(_join(self.final, SUCCESS))
             rmtree(self.final)
             copytree(self.path, self.final)

@@ -146,9 +146,9 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
     Each result is a tuple in the column order of :func:`prediction_schema`. On a root ``tf.io.gfile``
     cannot reach, the model is loaded from a local copy (predict.loaded_model) removed once loaded.
     """
-    import os
+    from tfospipe import tfenv
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    tfenv.prepare_tensorflow(force=True)
     import tensorflow as tf
 
     from tfospipe import predict as node_predict
@@ -172,13 +172,6 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
             (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, node_args["model_version"],
              node_args["dataset_version"])
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
-
-
-def spark_writes(path: str) -> bool:
-    """Whether Spark's own Parquet writer (its Hadoop file systems) is used for ``path``: local paths,
-    ``file://``, ``hdfs://`` and ``gs://`` (as before); on ``s3://``, ``s3a://`` and ``abfs://`` roots the
-    executors write the Parquet parts through ``fs`` (:func:`write_parts`), needing no Hadoop connector."""
-    return "://" not in path or path.startswith(("file://", "hdfs://", "gs://"))
 
 
 def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -212,9 +205,11 @@ def write_parts(out_dir: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[p
 
 def _write_predictions(predictions, stage_dir):
     """Write the predictions DataFrame (tfos mode) as Parquet into ``stage_dir``. Spark's writer where
-    it reaches the root (:func:`spark_writes`; returns None: the caller counts the rows), else
-    :func:`write_parts` (:func:`_keep_reported`), and returns the rows written."""
-    if spark_writes(stage_dir):
+    it reaches the root (``fs.Scheme.spark_parquet``: local paths, ``file://``, ``hdfs://``, ``gs://``;
+    returns None: the caller counts the rows), else :func:`write_parts` (:func:`_keep_reported`: on
+    ``s3://``, ``s3a://`` and ``abfs://`` roots the executors write through ``fs``, needing no Hadoop
+    connector), and returns the rows written."""
+    if fs.scheme_of(stage_dir).spark_parquet:
         predictions.write.mode("overwrite").parquet(stage_dir)
         return None
     return _keep_reported(stage_dir, predictions.mapInArrow(write_parts(stage_dir), "file string, rows long").collect())

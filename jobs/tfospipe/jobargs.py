@@ -214,7 +214,7 @@ class Arg:
 
 _COMMON = [
     Arg("data_root", None, "root of all data: a local directory every executor sees, or a URI of a supported "
-        "store (s3://, s3a://, gs://, hdfs://, abfs://; fs.SCHEMES)", type=_root),
+        f"store ({fs.supported_schemes()})", type=_root),
     Arg("version", None, "dataset version, e.g. the run's logical date 2026-11-28", type=_segment("dataset version")),
 ]
 _RUN = [Arg("run_id", None, "Airflow run id; keys the model directory so a retry resumes it", type=_run_id)]

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from . import jobspec
+from . import jobspec, tfenv
 
 #: The ``tfospipe`` package directory; the zip holds its modules as ``tfospipe/...``.
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -49,13 +49,9 @@ IMAGE_PYTHON = "/opt/tfos/.venv/bin/python"
 #: never imported by a job's driver or executors, so not shipped in the zip.
 SUBMIT_ONLY = ("tfospipe/jobspec.py", "tfospipe/launch.py")
 
-#: Environment of the spark-submit process (driver in client mode) and of every executor.
-TF_ENV = {
-    "TF_USE_LEGACY_KERAS": "1",      # tf-keras: Keras 3 fails under MultiWorkerMirroredStrategy
-    "TF_CPP_MIN_LOG_LEVEL": "2",     # keep TensorFlow's C++ INFO lines out of the task log
-    "TF_NUM_INTRAOP_THREADS": "1",   # one core per executor: no thread oversubscription
-    "TF_NUM_INTEROP_THREADS": "1",
-}
+#: Environment of the spark-submit process (driver in client mode) and of every executor (tf-keras, quiet
+#: C++ logs, one TensorFlow thread pool thread per executor core); defined in :mod:`.tfenv`.
+TF_ENV = tfenv.TF_ENV
 
 #: Where Debian/Ubuntu (x86-64, arm64) and RHEL put TCMalloc (package libtcmalloc-minimal4 / gperftools-libs).
 TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from . import fs, paths
 
 #: The directory of the markers inside a run directory.
-MARKERS_DIR = "workers"
+MARKERS_DIR = paths.MARKERS_DIR
 DONE_SUFFIX = ".json"
 ERROR_SUFFIX = ".error"
 #: Errors a node raises because another node failed first (its collectives were aborted): not the cause.

@@ -10,18 +10,19 @@ Serving signature ``serving_default`` of every exported SavedModel:
     output  probabilities   float32 [None, 10]        softmax over the 10 classes
     output  class           int64   [None]            argmax of probabilities
 
-tf-keras is used (``TF_USE_LEGACY_KERAS=1``): Keras 3 cannot train under
-MultiWorkerMirroredStrategy with this stack.
+tf-keras is used (``tfenv.prepare_tensorflow`` before TensorFlow is imported): Keras 3 cannot train
+under MultiWorkerMirroredStrategy with this stack.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from . import tfenv
+
+tfenv.prepare_tensorflow()
 
 import tensorflow as tf  # noqa: E402
 

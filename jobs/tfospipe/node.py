@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import fs, markers, paths, scratch
+from . import fs, markers, paths, scratch, tfenv
 from .feed import Feed
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def node_main(node_args: NodeArgs, ctx: Any) -> None:
 
 def _tensorflow(ps_mode: bool):
     """TensorFlow, imported with tf-keras (and, under ParameterServerStrategy, PS_THREADS) set first."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    tfenv.prepare_tensorflow(force=True)
     if ps_mode:
         os.environ.update(PS_THREADS)
     import tensorflow as tf
@@ -260,8 +260,8 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
         shown = progress.Progress(write, node_args.epochs, examples_per_epoch, role.step_examples,
                                   PROGRESS_EVERY_STEPS)
         counted = progress.StepCount()
-    backup, logs = paths.join(node_args.run_dir, "backup"), paths.join(node_args.run_dir, "tensorboard")
-    if scratch.tf_reachable(node_args.run_dir):
+    backup, logs = paths.join(node_args.run_dir, paths.BACKUP_DIR), paths.join(node_args.run_dir, paths.TENSORBOARD_DIR)
+    if fs.scheme_of(node_args.run_dir).tf_gfile:
         callbacks, log_sync = [tf.keras.callbacks.BackupAndRestore(backup), shown], None
     else:  # TensorFlow writes in scratch; the syncs publish after every epoch (see progress.BackupSync)
         backup_sync, log_sync = progress.BackupSync(backup, role.is_chief), progress.LogSync(logs)
@@ -296,12 +296,12 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
         model_lib.export(model, target, image_shape)
         shutil.rmtree(target, ignore_errors=True)
         return
-    staging, final = paths.join(run_dir, ".model.staging"), paths.join(run_dir, "model")
+    staging, final = paths.join(run_dir, paths.MODEL_STAGING_DIR), paths.join(run_dir, paths.MODEL_DIR)
     fs.rmtree(staging)
     with scratch.staged_dir(staging) as target:  # staging itself on a root tf.io.gfile reaches
         model_lib.export(model, target, image_shape)
     fs.rmtree(final)
-    if scratch.tf_reachable(run_dir):
+    if fs.scheme_of(run_dir).tf_gfile:
         tf.io.gfile.rename(staging, final)
     else:
         fs.rename(staging, final)

@@ -1,23 +1,31 @@
-"""The one path layout of the pipeline, shared by the DAG, the jobs and the scripts.
+"""The one path layout of the pipeline, shared by the DAG, the jobs, the scripts and the benchmarks.
 
-Everything lives under a data root, which is a local directory or any URI that
-``tf.io.gfile`` understands and every executor can reach::
+Everything lives under a data root: a local directory (made absolute, :func:`normalize_root`) or a URI
+of a scheme the storage layer accepts (``fs.SCHEMES``: s3, s3a, gs, hdfs, abfs, abfss) that every
+executor can reach. Local paths are joined with ``os.path``, URIs with ``/`` (:func:`join`)::
 
-    {root}/raw/{version}/*.csv[.gz]                 input CSV of a dataset version
-    {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards, _manifest.json, _SUCCESS
+    {root}/raw/{version}/                           input CSV files of a dataset version (plain or
+                                                    compressed; unlabeled ones under score/)
+    {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards part-NNNNN.tfrecord[.gz]
     {root}/tfrecords/{version}/_lineage/            row_id -> source file and line (Parquet), committed
-                                                    with the shards
+                                                    with the shards, then _manifest.json and _SUCCESS
     {root}/quarantine/{version}/                    rows that could not be converted (JSON lines), kept
                                                     for passed and failed conversions alike
-    {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/,
-                                                    workers/ (done markers), _manifest.json, _SUCCESS
-    {root}/validation/{version}/{run}/              metrics.json of the gate for that run
+    {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/
+                                                    (BackupAndRestore state), tensorboard/, workers/ (the
+                                                    nodes' done/error markers), progress.log,
+                                                    _manifest.json, _SUCCESS
+    {root}/validation/{version}/{run}/              the gate's report of that run: metrics.json,
+                                                    confusion_matrix.png, report.md, _manifest.json, _SUCCESS
     {root}/serving/models/{model_version}/          promoted SavedModels, kept for rollback
     {root}/serving/CURRENT.json                     pointer to the model now serving
+    {root}/serving/history/                         one JSON object per serving decision
     {root}/predictions/{version}/                   Parquet predictions, _manifest.json, _SUCCESS
 
-Versions and run ids become path segments, so they are checked here: no separators,
-no ``..``, no whitespace or shell metacharacters.
+The names of the entries inside a directory (a run's ``model/``, ``progress.log``...) are the constants
+below; :class:`Layout` builds the paths that start at the root. Versions, run ids and model versions
+become path segments, so they are checked here (:func:`check_segment`): no separators, no ``..``, no
+whitespace or shell metacharacters; a bad one raises :class:`PathError`.
 """
 
 from __future__ import annotations
@@ -36,6 +44,28 @@ _RUN_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: Directory of the lineage index inside a version's TFRecords ('_': no shard glob or Parquet reader
 #: of the version's directory sees it).
 LINEAGE_DIR = "_lineage"
+
+# Entries of a training run's directory ({root}/models/{version}/{run}/).
+#: The SavedModel the chief exports.
+MODEL_DIR = "model"
+#: Where the chief uploads its SavedModel before renaming it to :data:`MODEL_DIR` (roots reached
+#: through scratch copies).
+MODEL_STAGING_DIR = ".model.staging"
+#: BackupAndRestore state, one subdirectory per node whose checkpoint is kept (:data:`CHIEF_BACKUP`).
+BACKUP_DIR = "backup"
+#: The subdirectory of :data:`BACKUP_DIR` every node restores from: the chief's checkpoint.
+CHIEF_BACKUP = "chief"
+#: The chief's TensorBoard logs.
+TENSORBOARD_DIR = "tensorboard"
+#: The nodes' done and error markers (``markers``).
+MARKERS_DIR = "workers"
+#: One line per finished epoch (and the start), written by the chief; the driver tails it.
+PROGRESS_LOG = "progress.log"
+
+# Files of a validation report directory ({root}/validation/{version}/{run}/).
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.png"
+REPORT_FILE = "report.md"
 
 
 class PathError(ValueError):
@@ -76,10 +106,12 @@ def normalize_root(root: str) -> str:
 
 
 class Layout:
-    """Paths of every artefact, keyed by dataset version (and run for models).
+    """Paths of every artefact under one data root, keyed by dataset version (and run id for a
+    training run and its report, model version for a promoted model).
 
-    Every method returns a path under :attr:`root` as the module docstring lays it out, and raises
-    PathError when a version, run id or model version is not a safe path segment (check_segment).
+    Every method returns a path (a string: local and absolute, or a URI) under :attr:`root` as the
+    module docstring lays it out, without touching the storage, and raises PathError when a version,
+    run id or model version is not a safe path segment (:func:`check_segment`).
     """
 
     def __init__(self, root: str):
@@ -105,29 +137,49 @@ class Layout:
         """``{root}/quarantine/{version}``: the rows the conversion could not convert."""
         return join(self.root, "quarantine", check_segment(version))
 
+    def model_runs(self, version: str) -> str:
+        """``{root}/models/{version}``: the training runs of a version, one directory each."""
+        return join(self.root, "models", check_segment(version))
+
     def model_run(self, version: str, run: str) -> str:
         """``{root}/models/{version}/{run}``: one training run."""
-        return join(self.root, "models", check_segment(version), check_segment(run, "run id"))
+        return join(self.model_runs(version), check_segment(run, "run id"))
 
     def exported_model(self, version: str, run: str) -> str:
-        """The SavedModel a training run's chief exported (``model/`` of the run)."""
-        return join(self.model_run(version, run), "model")
+        """The SavedModel a training run's chief exported (:data:`MODEL_DIR` of the run)."""
+        return join(self.model_run(version, run), MODEL_DIR)
 
     def validation(self, version: str, run: str) -> str:
         """``{root}/validation/{version}/{run}``: the gate's report of a training run."""
         return join(self.root, "validation", check_segment(version), check_segment(run, "run id"))
 
+    def validation_metrics(self, version: str, run: str) -> str:
+        """``{root}/validation/{version}/{run}/metrics.json``: the gate's figures and decision."""
+        return join(self.validation(version, run), METRICS_FILE)
+
     def serving(self) -> str:
         """``{root}/serving``: promoted models, the pointer, the history."""
         return join(self.root, "serving")
 
+    def serving_models(self) -> str:
+        """``{root}/serving/models``: every promoted SavedModel, one directory each."""
+        return join(self.serving(), "models")
+
     def serving_model(self, model_version: str) -> str:
         """``{root}/serving/models/{model_version}``: one promoted SavedModel."""
-        return join(self.serving(), "models", check_segment(model_version, "model version"))
+        return join(self.serving_models(), check_segment(model_version, "model version"))
 
     def serving_pointer(self) -> str:
         """``{root}/serving/CURRENT.json``: which model serves."""
         return join(self.serving(), "CURRENT.json")
+
+    def serving_lock(self) -> str:
+        """``{root}/serving/.pointer.lock``: the file a local root's promotions lock (``serving.pointer_lock``)."""
+        return join(self.serving(), ".pointer.lock")
+
+    def serving_history(self) -> str:
+        """``{root}/serving/history``: one JSON object per serving decision."""
+        return join(self.serving(), "history")
 
     def predictions(self, version: str) -> str:
         """``{root}/predictions/{version}``: the version's Parquet predictions."""

@@ -10,15 +10,15 @@ at its exit). The TFRecord shards are read through ``fs`` on every root and pars
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from . import fs, schema, scratch, tfenv
 
-from . import model as model_lib  # noqa: E402
-from . import fs, schema, scratch  # noqa: E402
+tfenv.prepare_tensorflow()
+
+from . import model as model_lib  # noqa: E402  (imports TensorFlow)
 
 #: Serving functions loaded in this process, by (SavedModel path, image shape).
 _LOADED = {}

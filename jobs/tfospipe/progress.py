@@ -8,7 +8,7 @@ can be checked without training. On a root ``tf.io.gfile`` cannot reach (``s3://
 line (object stores have no append), and :class:`BackupSync` and :class:`LogSync` publish the
 BackupAndRestore state and TensorBoard logs that TensorFlow writes in the node's scratch directory
 (``scratch.py``). Imports TensorFlow: only the nodes import this module (``node.py``,
-after setting ``TF_USE_LEGACY_KERAS``), never the driver.
+after ``tfenv.prepare_tensorflow``), never the driver.
 """
 
 import os
@@ -97,13 +97,13 @@ def log_writer(run_dir: str, is_chief: bool) -> Callable[[str], None]:
     On a root ``tf.io.gfile`` cannot reach, the lines written so far are kept and the whole file is
     written again with each line (one PUT; the attempt's progress.log starts empty, train.prepare_run_dir).
     """
-    path = paths.join(run_dir, "progress.log")
+    path = paths.join(run_dir, paths.PROGRESS_LOG)
     lines: list[str] = []
 
     def write(line: str) -> None:
         if not is_chief:
             return
-        if scratch.tf_reachable(run_dir):
+        if fs.scheme_of(run_dir).tf_gfile:
             with tf.io.gfile.GFile(path, "a") as f:
                 f.write(line + "\n")
         else:
@@ -127,15 +127,15 @@ class BackupSync(tf.keras.callbacks.Callback):
 
     def __init__(self, remote_backup: str, is_chief: bool):
         super().__init__()
-        self.remote, self.is_chief = paths.join(remote_backup, "chief"), is_chief
-        self.local_backup = os.path.join(scratch.scratch_dir(), "backup")
+        self.remote, self.is_chief = paths.join(remote_backup, paths.CHIEF_BACKUP), is_chief
+        self.local_backup = os.path.join(scratch.scratch_dir(), paths.BACKUP_DIR)
         os.makedirs(self.local_backup, exist_ok=True)
         if fs.exists(self.remote):
-            fs.copytree(self.remote, os.path.join(self.local_backup, "chief"))
+            fs.copytree(self.remote, os.path.join(self.local_backup, paths.CHIEF_BACKUP))
 
     def _publish(self) -> None:
         if self.is_chief:
-            scratch.sync(os.path.join(self.local_backup, "chief"), self.remote, last=("checkpoint",))
+            scratch.sync(os.path.join(self.local_backup, paths.CHIEF_BACKUP), self.remote, last=("checkpoint",))
 
     def on_epoch_end(self, epoch, logs=None):
         self._publish()
@@ -152,7 +152,7 @@ class LogSync(tf.keras.callbacks.Callback):
     def __init__(self, remote_logs: str):
         super().__init__()
         self.remote = remote_logs
-        self.local_logs = os.path.join(scratch.scratch_dir(), "tensorboard")
+        self.local_logs = os.path.join(scratch.scratch_dir(), paths.TENSORBOARD_DIR)
 
     def on_epoch_end(self, epoch, logs=None):
         scratch.sync(self.local_logs, self.remote, prune=False)

@@ -28,8 +28,6 @@ if TYPE_CHECKING:  # encoding and framing need no TensorFlow
 
 #: Classes of the label (digits 0-9): the model's output width.
 NUM_CLASSES = 10
-#: The splits a conversion writes (``score`` only when the version has unlabeled input).
-SPLITS = ("train", "eval", "score")
 #: Glob of a split's shard files (:func:`shard_name`).
 SHARD_PATTERN = "part-*.tfrecord*"
 #: Output compression (the ``compression`` job flag) -> shard file suffix. GZIP shards are ordinary

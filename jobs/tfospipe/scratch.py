@@ -1,9 +1,9 @@
 """scratch: executor-local staging for the TensorFlow side on roots ``tf.io.gfile`` cannot reach.
 
 TensorFlow 2.21's ``tf.io.gfile`` (under tf.data, SavedModel loading and export, checkpoints, TensorBoard
-logs) reaches local paths, ``file://`` and ``gs://`` only (:func:`tf_reachable`). On the other roots the
-pipeline accepts (``s3://``, ``s3a://``, ``hdfs://``, ``abfs://``) TensorFlow works on local copies that
-this module makes and publishes through the storage layer (``fs``):
+logs) reaches local paths, ``file://`` and ``gs://`` only (``fs.Scheme.tf_gfile`` says which scheme it
+reaches). On the other roots the pipeline accepts (``s3://``, ``s3a://``, ``hdfs://``, ``abfs://``)
+TensorFlow works on local copies that this module makes and publishes through the storage layer (``fs``):
 
 * :func:`local_copy` downloads a file or directory (a SavedModel, a TFRecord shard) once per process
   and keeps it for the process's life, so a model is loaded from one download per executor;
@@ -32,16 +32,8 @@ from typing import Iterable, Iterator
 
 from . import fs
 
-#: Schemes ``tf.io.gfile`` reaches in TensorFlow 2.21 (besides plain local paths).
-TF_SCHEMES = ("file://", "gs://")
-
 _DIR = None    # this process's scratch directory, made on first use
 _COPIES = {}   # remote path -> local copy, for this process
-
-
-def tf_reachable(path: str) -> bool:
-    """Whether TensorFlow's own file system reaches ``path``: a local path, ``file://`` or ``gs://``."""
-    return "://" not in path or path.startswith(TF_SCHEMES)
 
 
 def base_dir() -> str:
@@ -74,11 +66,11 @@ def cleanup() -> None:
 def local_copy(path: str) -> str:
     """A path TensorFlow can open holding what is at ``path`` (a file, or a directory tree).
 
-    ``path`` itself when :func:`tf_reachable`; else a copy in this process's scratch directory,
+    ``path`` itself when ``tf.io.gfile`` reaches it (``fs.scheme_of(path).tf_gfile``); else a copy in this process's scratch directory,
     downloaded on the first call for ``path`` and returned from the cache afterwards (as long as it is
     there). Raises FileNotFoundError when nothing is at ``path``, fs.StorageError when the store refuses.
     """
-    if tf_reachable(path):
+    if fs.scheme_of(path).tf_gfile:
         return path
     cached = _COPIES.get(path)
     if cached and os.path.exists(cached):
@@ -145,10 +137,10 @@ def publish(local_dir: str, remote_dir: str) -> None:
 
 @contextlib.contextmanager
 def staged_dir(remote_dir: str) -> Iterator[str]:
-    """A directory to write ``remote_dir``'s content into: ``remote_dir`` itself when
-    :func:`tf_reachable`; else a fresh local directory in scratch, uploaded to ``remote_dir``
+    """A directory to write ``remote_dir``'s content into: ``remote_dir`` itself when ``tf.io.gfile``
+    reaches it (``fs.scheme_of(remote_dir).tf_gfile``); else a fresh local directory in scratch, uploaded to ``remote_dir``
     (:func:`publish`) when the block ends without an exception, and removed in any case."""
-    if tf_reachable(remote_dir):
+    if fs.scheme_of(remote_dir).tf_gfile:
         yield remote_dir
         return
     local = tempfile.mkdtemp(prefix="staged-", dir=scratch_dir())

@@ -76,7 +76,7 @@ def current(layout: paths.Layout) -> dict | None:
 def versions(layout: paths.Layout) -> list[str]:
     """Promoted, committed model versions, sorted by name (hidden staging directories of an unfinished
     promotion are not versions, even when killed between their _SUCCESS and their rename)."""
-    base = paths.join(layout.serving(), "models")
+    base = layout.serving_models()
     return [v.rstrip("/") for v in fs.listdir(base)
             if not v.startswith(".") and fs.is_committed(paths.join(base, v.rstrip("/")))]
 
@@ -91,7 +91,7 @@ def model_info(layout: paths.Layout, mv: str) -> dict:
 
 def history_dir(layout: paths.Layout) -> str:
     """``{root}/serving/history``: one JSON object per serving decision."""
-    return paths.join(layout.serving(), "history")
+    return layout.serving_history()
 
 
 def _files(root):
@@ -152,8 +152,8 @@ def pointer_lock(layout: paths.Layout, timeout: float = 600.0) -> Iterator[None]
     dies). URIs: no lock (see the module docstring); the pointer is re-read just before it is
     written. Raises TimeoutError naming the lock file when another holder keeps it longer.
     """
-    lock = paths.join(layout.serving(), ".pointer.lock")
-    if fs._remote(lock):
+    lock = layout.serving_lock()
+    if fs.scheme_of(lock).remote:
         yield
         return
     import fcntl

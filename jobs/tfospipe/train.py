@@ -67,7 +67,7 @@ import threading
 import time
 from typing import Any
 
-from . import dataset, fs, markers, node, paths, scratch
+from . import dataset, fs, markers, node, paths
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
 from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executor_python_failure, executors,
                      git_revision, library_versions)
@@ -75,7 +75,8 @@ from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, exe
 #: After a node failed, how long the others get to fail or finish before the driver cancels their tasks.
 NODE_FAILURE_GRACE_SECONDS = 30
 #: What a new attempt removes from the run directory before it starts: everything but backup/.
-STALE_ENTRIES = (fs.SUCCESS, fs.MANIFEST, "model", ".model.staging", markers.MARKERS_DIR, "progress.log")
+STALE_ENTRIES = (fs.SUCCESS, fs.MANIFEST, paths.MODEL_DIR, paths.MODEL_STAGING_DIR, paths.MARKERS_DIR,
+                 paths.PROGRESS_LOG)
 #: A node's share of a split: ``{"files": [paths], "offset": int, "every": int, "records": int}``.
 Share = dict[str, Any]
 
@@ -284,7 +285,7 @@ def check_root(data_root: str, num_ps: int) -> None:
     ``abfs://``): there the nodes read local copies of their shares (scratch.py), but under
     ParameterServerStrategy the chief's coordinator builds the workers' input pipelines, whose file
     paths would name the chief's copies, absent on other hosts. Raises JobError."""
-    if num_ps and not scratch.tf_reachable(data_root):
+    if num_ps and not fs.scheme_of(data_root).tf_gfile:
         raise JobError(f"num_ps={num_ps} needs a data root TensorFlow reaches itself (a local or shared path, "
                        f"gs://); {data_root} is reached through local copies, which parameter-server workers "
                        "cannot share: use num_ps=0 (all-reduce) on this root")
@@ -327,7 +328,7 @@ def start_cluster(sc: Any, flags: argparse.Namespace, plan: Plan, node_args: nod
     from tensorflowonspark import TFCluster
 
     run_dir = node_args.run_dir
-    tail = _Tail(paths.join(run_dir, "progress.log"))
+    tail = _Tail(paths.join(run_dir, paths.PROGRESS_LOG))
     tail.start()
     watchdog = _Watchdog(sc, run_dir, TFCluster.tf_status)
     watchdog.start()
@@ -482,7 +483,7 @@ def last_finished_epoch(run_dir: str) -> tuple[int, int] | None:
     """``(epoch, epochs)`` of the last ``epoch N/E`` line of the run's progress.log (1-based, counted
     across resumes), or None when no epoch of this attempt finished. The chief writes the line after
     BackupAndRestore saved the epoch, so a retry resumes after it."""
-    path = paths.join(run_dir, "progress.log")
+    path = paths.join(run_dir, paths.PROGRESS_LOG)
     try:
         text = fs.read_bytes(path).decode("utf-8", "replace") if fs.exists(path) else ""
     except OSError:
@@ -508,9 +509,9 @@ def lost_node_error(run_dir: str, loss: ExecutorLoss, node: str | None) -> JobEr
     reason, the last finished epoch (:func:`last_finished_epoch`) and where a retry resumes (one line)."""
     who = f"TensorFlow node {node}" if node else "a TensorFlow node"
     last = last_finished_epoch(run_dir)
-    backup = paths.join(run_dir, "backup")
+    backup = paths.join(run_dir, paths.BACKUP_DIR)
     if last:
-        epoch = (f"the last finished epoch is {last[0]} of {last[1]} ({paths.join(run_dir, 'progress.log')}); "
+        epoch = (f"the last finished epoch is {last[0]} of {last[1]} ({paths.join(run_dir, paths.PROGRESS_LOG)}); "
                  f"Airflow's retry, or a rerun under the same run id, resumes from it at epoch {last[0] + 1} "
                  f"(BackupAndRestore state in {backup})")
     elif fs.glob(paths.join(backup, "*", "checkpoint")):

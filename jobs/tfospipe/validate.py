@@ -173,9 +173,9 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
 def _write_report(layout, out, report, results):
     """Commit ``validation/{version}/{run}/``: metrics.json (``report``), confusion_matrix.png, report.md."""
     with fs.Staging(out) as stage:
-        fs.write_json(stage.file("metrics.json"), report)
-        fs.write_bytes(stage.file("confusion_matrix.png"), report_lib.confusion_png(results))
-        fs.write_bytes(stage.file("report.md"), report_lib.markdown(report).encode("utf-8"))
+        fs.write_json(stage.file(paths.METRICS_FILE), report)
+        fs.write_bytes(stage.file(paths.CONFUSION_FILE), report_lib.confusion_png(results))
+        fs.write_bytes(stage.file(paths.REPORT_FILE), report_lib.markdown(report).encode("utf-8"))
         stage.commit({k: report[k] for k in ("dataset_version", "run_id", "model_version", "passed",
                                              "executor_python")})
 

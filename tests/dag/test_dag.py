@@ -7,7 +7,7 @@ import jinja2
 import pytest
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-from tfospipe import jobargs
+from tfospipe import jobargs, launch
 
 DAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dags")
 
@@ -57,8 +57,8 @@ def test_tfos_spark_conf_is_set_on_every_task(dag):
         assert conf["spark.dynamicAllocation.enabled"] == "false"
         assert conf["spark.task.cpus"] == "1" and conf["spark.executor.cores"] == "1"
         assert conf["spark.executor.instances"] == conf["spark.cores.max"] == tfos_spark.CLUSTER_SIZE
-        assert conf["spark.executorEnv.TF_USE_LEGACY_KERAS"] == "1"
-        assert task.env_vars["TF_USE_LEGACY_KERAS"] == "1"
+        assert {n: conf.get(f"spark.executorEnv.{n}") for n in launch.TF_ENV} == launch.TF_ENV
+        assert {n: task.env_vars.get(n) for n in launch.TF_ENV} == launch.TF_ENV
         assert os.path.isabs(conf["spark.pyspark.python"])
     assert dag.get_task("train").conf["spark.task.maxFailures"] == "1"
 

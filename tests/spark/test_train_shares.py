@@ -4,7 +4,7 @@ eval step budget, and a node that fails ends the job with one ERROR [train] line
 Each dataset version holds two gzip inputs, and a gzip input is one shard per split (num_shards=2):
 ``uneven-eval``: a.csv.gz 10 train + 10 eval rows, b.csv.gz 20 train rows -> train shards [10, 20],
 eval shards [10, 0]; ``empty-train``: a.csv.gz as before, b.csv.gz 8 eval rows -> train [10, 0],
-eval [10, 8]. Rows are picked by the pipeline's own content hash (csvparse.split_of).
+eval [10, 8]. Rows are picked by the pipeline's own content hash (csvparse.splits_of, as convert splits).
 """
 import gzip
 import json
@@ -46,8 +46,9 @@ def digits_rows():
     """scikit-learn's digits as (label, pixels) rows, grouped by the split the pipeline's hash puts them in."""
     d = load_digits()
     rows = {"train": [], "eval": []}
-    for label, pixels in zip(d.target.tolist(), d.data.astype(int).tolist()):
-        rows[csvparse.split_of(label, pixels, 0.2)].append((label, pixels))
+    splits = csvparse.splits_of(d.target, d.data.astype(int), 0.2)
+    for label, pixels, split in zip(d.target.tolist(), d.data.astype(int).tolist(), splits.tolist()):
+        rows[split].append((label, pixels))
     return rows
 
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from test_csvparse import parse_block
 from tfospipe import convert, csvparse, inputs
 
 SPEC = csvparse.Spec(num_pixels=4, pixel_max=16)
@@ -26,7 +27,7 @@ def parse_all(data, dialect, first_line_no=1):
     counts = {}
     from collections import Counter
     counts = Counter()
-    labels, pixels, lines, bad = csvparse.parse_block(data, SPEC, first_line_no, True, dialect, counts)
+    labels, pixels, lines, bad = parse_block(data, SPEC, first_line_no, True, dialect, counts)
     return [[int(lab)] + px.tolist() for lab, px in zip(labels, pixels)], lines.tolist(), bad, counts
 
 

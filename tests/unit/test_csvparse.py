@@ -1,5 +1,6 @@
 import gzip
 
+import numpy as np
 import pytest
 
 from tfospipe import csvparse
@@ -9,6 +10,16 @@ SPEC = csvparse.Spec(num_pixels=4, pixel_max=16)
 
 def row(text):
     return text.encode("utf-8")
+
+
+def parse_block(data, spec, first_line_no=1, header_allowed=True, dialect=None, counts=None):
+    """All the blocks csvparse.iter_block (the convert job's parser) yields for ``data``, joined:
+    (labels, pixels, line numbers, bad)."""
+    parts = list(csvparse.iter_block(data, spec, first_line_no, header_allowed, dialect, counts))
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, spec.num_pixels), np.int64), np.empty(0, np.int64), []
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), [b for p in parts for b in p[3]])
 
 
 def test_good_row_parses_to_label_and_pixels():
@@ -51,7 +62,7 @@ def test_unlabeled_spec_has_no_label_column():
 
 def test_parse_block_skips_first_line_header_and_reports_line_numbers():
     data = b"label,p0,p1,p2,p3\n1,0,0,0,0\nlabel,p0,p1,p2,p3\n2,0,0,0,99\n3,1,1,1,1\n"
-    labels, pixels, lines, bad = csvparse.parse_block(data, SPEC)
+    labels, pixels, lines, bad = parse_block(data, SPEC)
     assert labels.tolist() == [1, 3] and lines.tolist() == [2, 5]
     assert pixels.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1]]
     assert [(b[0], b[1]) for b in bad] == [(3, "header"), (4, "pixel_range")]
@@ -60,10 +71,10 @@ def test_parse_block_skips_first_line_header_and_reports_line_numbers():
 
 def test_parse_block_without_header_crlf_and_gzip():
     data = b"1,0,0,0,0\r\n2,1,2,3,4\r\n"
-    labels, pixels, lines, bad = csvparse.parse_block(gzip.decompress(gzip.compress(data)), SPEC)
+    labels, pixels, lines, bad = parse_block(gzip.decompress(gzip.compress(data)), SPEC)
     assert labels.tolist() == [1, 2] and lines.tolist() == [1, 2] and bad == []
     # a block from the middle of a file: numbering continues, a header-like first line is bad there
-    labels, _px, lines, bad = csvparse.parse_block(b"label,a,b,c,d\n4,1,1,1,1", SPEC, 41, header_allowed=False)
+    labels, _px, lines, bad = parse_block(b"label,a,b,c,d\n4,1,1,1,1", SPEC, 41, header_allowed=False)
     assert lines.tolist() == [42] and bad[0][:2] == (41, "header")
 
 
@@ -73,8 +84,8 @@ def test_bulk_and_line_by_line_parsing_agree():
     rows = [f"{rng.integers(0, 10)}," + ",".join(map(str, rng.integers(0, 17, 4))) for _ in range(300)]
     clean = ("\n".join(rows) + "\n").encode()
     dirty = ("\n".join(rows[:150] + ["9,1,2,3,x"] + rows[150:]) + "\n").encode()
-    a = csvparse.parse_block(clean, SPEC)
-    b = csvparse.parse_block(dirty, SPEC)
+    a = parse_block(clean, SPEC)
+    b = parse_block(dirty, SPEC)
     assert csvparse.parse_clean(clean, 5) is not None and csvparse.parse_clean(dirty, 5) is None
     assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
     assert b[2].tolist() == list(range(1, 151)) + list(range(152, 302)) and b[3][0][:2] == (151, "non_numeric")
@@ -121,13 +132,17 @@ def test_scan_ranges_tile_a_file_and_number_its_lines(tmp_path):
 
 
 def test_split_is_a_function_of_content_and_fraction():
-    pixels = [1, 2, 3, 4]
-    assert csvparse.split_of(3, pixels, 0.2) == csvparse.split_of(3, list(pixels), 0.2)
-    assert csvparse.split_of(3, pixels, 0.0) == "train"
-    assert csvparse.split_of(3, pixels, 1.0) == "eval"
-    rows = [(i % 10, [i, i + 1, i + 2, i + 3]) for i in range(5000)]
-    frac = sum(csvparse.split_of(label, px, 0.2) == "eval" for label, px in rows) / len(rows)
-    assert 0.17 < frac < 0.23
+    pixels = np.array([[1, 2, 3, 4]])
+    assert csvparse.splits_of(np.array([3]), pixels, 0.2) == csvparse.splits_of(np.array([3]), pixels.copy(), 0.2)
+    assert csvparse.splits_of(np.array([3]), pixels, 0.0).tolist() == ["train"]
+    assert csvparse.splits_of(np.array([3]), pixels, 1.0).tolist() == ["eval"]
+    labels = np.arange(5000) % 10
+    rows = np.arange(5000)[:, None] + np.arange(4)
+    split = csvparse.splits_of(labels, rows, 0.2)
+    assert 0.17 < (split == "eval").mean() < 0.23
+    # a row's split does not depend on the rows beside it
+    assert [csvparse.splits_of(labels[i:i + 1], rows[i:i + 1], 0.2)[0] for i in range(0, 5000, 97)] == \
+        split[::97].tolist()
 
 
 def test_row_id_is_stable_and_distinct():
@@ -136,7 +151,7 @@ def test_row_id_is_stable_and_distinct():
     assert len(ids) == 10000 and all(0 <= i < 2 ** 63 for i in ids)
 
 
-def test_infer_num_columns_ignores_header_and_stray_rows():
+def test_sniffed_column_count_ignores_header_and_stray_rows():
     lines = [b"label,a,b,c,d", b"1,0,0,0,0", b"1,0,0,0,0", b"1,0,0"]
-    assert csvparse.infer_num_columns(lines) == 5
-    assert csvparse.infer_num_columns([b"label,a"]) is None
+    assert csvparse.sniff(b"\n".join(lines) + b"\n", "x.csv").columns == 5
+    assert csvparse.sniff(b"label,a\n", "x.csv").columns is None

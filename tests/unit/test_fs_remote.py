@@ -45,8 +45,11 @@ def test_bytes_json_sizes_ranges_and_listing(root):
     assert fs.read_json(f"{root}/a/m.json") == {"n": 1, "b": [1, 2]}
     assert fs.read_bytes(f"{root}/a/m.json").endswith(b"}\n")          # same bytes as the local writer
     assert fs.size(f"{root}/a/x.bin") == 10
-    assert fs.read_range(f"{root}/a/x.bin", 2, 5) == b"234"
-    assert fs.read_range(f"{root}/a/x.bin", 8, 20) == b"89"              # fewer at the end, like a local file
+    with fs.open_read(f"{root}/a/x.bin") as f:                          # ranged reads, as inputs.range_lines does
+        f.seek(2)
+        assert f.read(3) == b"234"
+        f.seek(8)
+        assert f.read(12) == b"89"                                      # fewer at the end, like a local file
     assert abs(fs.mtime(f"{root}/a/x.bin") - time.time()) < 120
     assert fs.listdir(root) == ["a"]
     assert fs.listdir(f"{root}/a") == ["m.json", "x.bin"]
@@ -240,6 +243,25 @@ def test_unsupported_schemes_are_refused_naming_the_supported_ones(root_uri):
         assert s in msg
     with pytest.raises(fs.StorageError):                                 # and no operation reaches them
         fs.exists(root_uri + "/x")
+    with pytest.raises(fs.StorageError) as e:                            # nor a question about what it can do
+        fs.scheme_of(root_uri)
+    assert str(e.value) == msg
+
+
+def test_each_scheme_says_what_its_store_can_do(tmp_path):
+    """How each side reaches a root: tf.io.gfile (TF 2.21: local, file://, gs://) or scratch copies;
+    Spark's Parquet writer or fs; publish by one rename (local, HDFS) or by copies (object stores)."""
+    facts = {str(tmp_path): ("local", True, True, True), f"file://{tmp_path}": ("local", True, True, True),
+             "s3://b/p": ("s3", False, False, False), "s3a://b/p": ("s3", False, False, False),
+             "gs://b/p": ("gs", True, True, False), "hdfs://nn:8020/p": ("hdfs", False, True, True),
+             "abfs://c@a.dfs.core.windows.net/p": ("abfs", False, False, False),
+             "abfss://c@a.dfs.core.windows.net/p": ("abfs", False, False, False)}
+    for root, want in facts.items():
+        spec = fs.scheme_of(root)
+        assert (spec.name, spec.tf_gfile, spec.spark_parquet, spec.atomic_rename) == want, root
+        assert spec.object_store == (spec.remote and not spec.atomic_rename)
+        assert spec.consistent_listing and spec.conditional_write
+    assert fs.scheme_of("s3://b/p") is fs.scheme_of("S3A://b/p") and not fs.scheme_of(str(tmp_path)).remote
 
 
 def test_supported_roots_pass_the_form_check(tmp_path):

@@ -98,7 +98,8 @@ def test_archive_mode_ships_the_packed_environment(python_env, tmp_path):
     assert conf["spark.pyspark.python"] == "./environment/bin/python"
     assert conf["spark.pyspark.driver.python"] == launch.PYTHON   # the driver runs here (client mode)
     assert "spark.kubernetes.container.image" not in conf
-    assert conf["spark.task.maxFailures"] == "1" and conf["spark.executorEnv.TF_USE_LEGACY_KERAS"] == "1"
+    assert conf["spark.task.maxFailures"] == "1"
+    assert {n: conf.get(f"spark.executorEnv.{n}") for n in launch.TF_ENV} == launch.TF_ENV
     # a relative path is made absolute (spark-submit may run elsewhere); a URI is left to the cluster
     python_env.chdir(tmp_path)
     python_env.setenv("TFOS_EXECUTOR_ARCHIVE", "env.tar.gz")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfospipe import fs, model, schema
+from tfospipe import fs, launch, model, schema, tfenv
 
 
 def reference_example(pixels, label=None, row_id=None):
@@ -173,7 +173,7 @@ def test_fp16_gradient_compression_all_reduces_in_half_precision():
     import os
     import subprocess
     import sys
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, **tfenv.KERAS_ENV, **tfenv.QUIET_ENV)
     run = subprocess.run([sys.executable, "-c", FP16_ALL_REDUCE], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     optimizer, replicas = json.loads(run.stdout.strip().splitlines()[-1])
@@ -185,3 +185,18 @@ def test_fp16_gradient_compression_all_reduces_in_half_precision():
     assert type(model.build_model((8, 8), 16).optimizer).__name__ == "Adam"
     with pytest.raises(ValueError, match="gradient_compression"):
         model.build_model((8, 8), 16, gradient_compression="int8")
+
+
+def test_the_package_runs_tensorflow_with_tf_keras():
+    """tfenv's Keras setting is what the processes Spark starts get (launch.TF_ENV), and importing the
+    model module in a process whose environment lacks it still gives tf-keras as tf.keras."""
+    import os
+    import subprocess
+    import sys
+    assert tfenv.KERAS_ENV.items() <= launch.TF_ENV.items() and tfenv.QUIET_ENV.items() <= launch.TF_ENV.items()
+    env = {n: v for n, v in os.environ.items() if n not in tfenv.KERAS_ENV}
+    code = "from tfospipe import model; print(model.tf.keras.Model.__module__)"
+    run = subprocess.run([sys.executable, "-c", code], env=dict(env, **tfenv.QUIET_ENV), capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("tf_keras.")
