@@ -10,9 +10,9 @@ bash "$TFOS_PROJECT_DIR/scripts/airflow_setup.sh"
 # compile threads were ~35% of each one's CPU (measured: convert 29.5 -> 19.5 CPU s, infer 41 -> 29 on 400 rows).
 # The JVM prints "Picked up JAVA_TOOL_OPTIONS" once at start. Set JAVA_TOOL_OPTIONS (even empty) to override.
 export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS--XX:TieredStopAtLevel=1}"
-# Two workers (pytest-xdist): the end-to-end group on one, every other module on the other (tests/conftest.py
-# gives each test its group). TFOS_TEST_WORKERS=0 runs everything in this one process.
+# Two workers (pytest-xdist), a module's tests on one worker, modules handed out in collection order (the
+# end-to-end modules first: tests/conftest.py). TFOS_TEST_WORKERS=0 runs everything in this one process.
 workers="${TFOS_TEST_WORKERS:-2}"
 xdist=()
-[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 exec python -m pytest tests "${xdist[@]}" "$@"

@@ -27,19 +27,18 @@ FOLDER_MARKERS = {"unit": ("unit",), "dag": ("dag",), "spark": ("spark",), "e2e"
 
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark each test by its folder (:data:`FOLDER_MARKERS`), so ``-m`` selects whole parts of the suite,
-    and give it its ``xdist_group`` for ``pytest -n 2 --dist loadgroup`` (scripts/test.sh): a module's tests
-    stay on one worker, so its module-scoped set-up (a deployment, a converted version, a trained model) runs
-    once. The end-to-end modules come first: they are the longest, and each starts on its own worker (their
-    deployments take free ports), while the other modules fill the time they wait on Airflow."""
+    and put the end-to-end modules first. scripts/test.sh runs ``pytest -n 2 --dist loadfile
+    --no-loadscope-reorder``: a module's tests stay on one worker, so its module-scoped set-up (a deployment,
+    a converted version, a trained model) runs once, and modules are handed out in this order. The
+    end-to-end modules are the longest: each starts on its own worker (their deployments take free ports),
+    and the other modules fill the time they wait on Airflow."""
     tests_dir = os.path.join(PROJECT_DIR, "tests")
     for item in items:
-        rel = os.path.relpath(str(item.path), tests_dir).split(os.sep)
-        for name in FOLDER_MARKERS.get(rel[0], ()):
+        part = os.path.relpath(str(item.path), tests_dir).split(os.sep)[0]
+        for name in FOLDER_MARKERS.get(part, ()):
             item.add_marker(name)
-        item.add_marker(pytest.mark.xdist_group("/".join(rel)))
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: e2e first, else as collected
 
 
