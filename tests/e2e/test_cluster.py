@@ -43,6 +43,8 @@ ROWS = 1000
 EPOCHS = 12
 CONF = {"dataset_version": VERSION, "epochs": EPOCHS, "batch_size": 32, "num_shards": 2, "min_accuracy": 0.5}
 JOBS = ("convert", "train", "validate", "infer")
+#: When this module was collected: scratch directories older than this belong to an earlier test run.
+COLLECTED = time.time()
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +249,8 @@ def test_no_scratch_is_left_on_the_workers_or_the_airflow_host(deployment, dag_r
         left = cluster.in_worker(i, ["find", "/tmp", "-maxdepth", "4", "-name", "tfos-scratch-*"])
         assert left.returncode == 0 and not left.stdout.split(), (i, left.stdout)
     for name in os.listdir(tempfile.gettempdir()):
-        if name.startswith("tfos-scratch-"):
+        path = os.path.join(tempfile.gettempdir(), name)
+        if name.startswith("tfos-scratch-") and os.stat(path).st_mtime >= COLLECTED:  # not an earlier, killed run's
             assert psutil.pid_exists(int(name.split("-")[2])), name  # only live processes' own
 
 
