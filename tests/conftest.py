@@ -17,14 +17,13 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS_DIR = os.path.join(PROJECT_DIR, "plugins")
 if PLUGINS_DIR not in sys.path:
     sys.path.insert(0, PLUGINS_DIR)
-__import__("tfospipe.tfenv").tfenv.prepare_tensorflow()  # tf-keras for any test that imports TensorFlow
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfospipe import tfenv  # noqa: E402
+
+tfenv.prepare_tensorflow(quiet=True)  # tf-keras, no C++ INFO lines, for any test that imports TensorFlow
 
 #: The suite's parts, by folder: the marker each test gets (``pytest -m "not spark"``, ``make test-fast``).
 #: ``spark`` is every test that starts a Spark application, the end-to-end ones included.
 FOLDER_MARKERS = {"unit": ("unit",), "dag": ("dag",), "spark": ("spark",), "e2e": ("e2e", "spark")}
-
-
 
 
 def pytest_collection_modifyitems(config, items):
