@@ -39,7 +39,7 @@ test: install-test
 
 # The edit loop (~2 min): unit, DAG-integrity and parser tests; no Spark application, no Airflow services.
 test-fast: install-test
-	bash scripts/test.sh -m "not spark and not e2e"
+	TFOS_TEST_CDS=0 bash scripts/test.sh -m "not spark and not e2e"
 
 # build/executor-env.tar.gz: the executors' Python (requirements-executor.txt, no Airflow) packed with
 # venv-pack, for TFOS_EXECUTOR_PYTHON_ENV=archive (spark.archives). Rebuilt only when its inputs change.
