@@ -26,7 +26,7 @@ import numpy as np
 
 from pyspark.accumulators import Accumulator, AccumulatorParam
 
-from . import dataset, fs, paths, predict, serving
+from . import dataset, fs, paths, predict, serving, tfos
 from .runner import (JobError, executor_loss, executor_loss_message, executor_python, executors,
                      requested_executors)
 
@@ -239,7 +239,7 @@ def _shutdown(cluster):
     """Stop a TFoS inference cluster; TFoS ends the application with ``sys.exit`` when a node failed,
     which becomes a JobError saying what failed (a lost executor: which, where, why)."""
     try:
-        cluster.shutdown(timeout=-1)
+        tfos.shutdown(cluster)
     except SystemExit:
         from tensorflowonspark import TFCluster
 

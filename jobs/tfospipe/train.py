@@ -67,7 +67,7 @@ import threading
 import time
 from typing import Any
 
-from . import dataset, fs, markers, node, paths
+from . import dataset, fs, markers, node, paths, tfos
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
 from .runner import (ExecutorLoss, JobError, executor_loss, executor_python, executor_python_failure, executors,
                      git_revision, library_versions)
@@ -347,7 +347,7 @@ def start_cluster(sc: Any, flags: argparse.Namespace, plan: Plan, node_args: nod
             cluster = TFCluster.run(sc, node.node_main, node_args, plan.nodes, num_ps=flags.num_ps, tensorboard=False,
                                     input_mode=TFCluster.InputMode.TENSORFLOW, master_node="chief",
                                     reservation_timeout=300)
-        cluster.shutdown(timeout=-1)
+        tfos.shutdown(cluster)
     except (Exception, SystemExit) as e:
         raise cluster_failure(e, run_dir, TFCluster.tf_status, getattr(cluster, "cluster_info", None),
                               flags.num_ps if flags.input_mode == "tensorflow" else 0) from None
