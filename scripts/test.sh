@@ -15,4 +15,6 @@ export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS--XX:TieredStopAtLevel=1}"
 workers="${TFOS_TEST_WORKERS:-2}"
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
-exec python -m pytest tests "${xdist[@]}" "$@"
+# No path here: pytest.ini's testpaths (tests/) is the default, and paths given as arguments replace it
+# (`bash scripts/test.sh tests/unit/test_csvparse.py` runs that module only).
+exec python -m pytest "${xdist[@]}" "$@"
