@@ -87,12 +87,9 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
-    """The lineage of one prediction: ``{"prediction", "model", "training_run", "dataset", "source"}``.
-
-    Raises LineageError for a link that cannot be followed (no predictions for the version, no such
-    row id, a model or run that is gone, a version converted without a lineage index).
-    """
+def _prediction(layout: paths.Layout, version: str, row_id: int) -> dict:
+    """The prediction of ``row_id`` among the committed predictions of ``version``; LineageError when
+    there are none, or none for this row id (saying whether the row exists and which split infer scored)."""
     paths.check_segment(version)
     pred_dir = layout.predictions(version)
     if not fs.is_committed(pred_dir):
@@ -110,22 +107,12 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
         raise LineageError(f"no row id {row_id} in dataset version {version}: it is neither among the "
                            f"{pred_manifest.get('rows_out')} predictions in {pred_dir} nor in the lineage index "
                            f"{layout.lineage(version)}; take a row_id from the predictions' Parquet")
-    pred = predictions[0]
-    mv = pred["model_version"]
+    return predictions[0]
 
-    model_dir = layout.serving_model(mv)
-    if not fs.is_committed(model_dir):
-        raise LineageError(f"the prediction names model version {mv}, which is not a committed model in "
-                           f"{layout.serving()}/models; it was removed from the serving area")
-    model = serving.model_info(layout, mv)
 
-    run_dir = layout.model_run(model["dataset_version"], model["run_id"])
-    if not fs.is_committed(run_dir):
-        raise LineageError(f"model version {mv} was trained by run {model['run_id']} of dataset version "
-                           f"{model['dataset_version']}, but {run_dir} holds no committed training run")
-    run = fs.read_json(paths.join(run_dir, fs.MANIFEST))
-    run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
-
+def _source(layout: paths.Layout, version: str, row_id: int) -> tuple[dict, dict, dict, str]:
+    """``(conversion manifest, lineage index row, the manifest's entry of its file, the file's path)`` of
+    ``row_id``'s source line; LineageError when the index, the manifest or the file do not hold it."""
     try:
         conversion = dataset.read_manifest(layout, version)
     except JobError as e:
@@ -142,6 +129,32 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
     path = paths.join(layout.raw(version), src["file"])
     if not fs.exists(path):
         raise LineageError(f"the source file {path} of row id {row_id} is gone from raw/{version}/")
+    return conversion, src, entry, path
+
+
+def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
+    """The lineage of one prediction: ``{"prediction", "model", "training_run", "dataset", "source"}``.
+
+    Raises LineageError for a link that cannot be followed (no predictions for the version, no such
+    row id, a model or run that is gone, a version converted without a lineage index).
+    """
+    pred = _prediction(layout, version, row_id)
+    mv = pred["model_version"]
+
+    model_dir = layout.serving_model(mv)
+    if not fs.is_committed(model_dir):
+        raise LineageError(f"the prediction names model version {mv}, which is not a committed model in "
+                           f"{layout.serving()}/models; it was removed from the serving area")
+    model = serving.model_info(layout, mv)
+
+    run_dir = layout.model_run(model["dataset_version"], model["run_id"])
+    if not fs.is_committed(run_dir):
+        raise LineageError(f"model version {mv} was trained by run {model['run_id']} of dataset version "
+                           f"{model['dataset_version']}, but {run_dir} holds no committed training run")
+    run = fs.read_json(paths.join(run_dir, fs.MANIFEST))
+    run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
+
+    conversion, src, entry, path = _source(layout, version, row_id)
     eol = b"\r" if entry["dialect"]["line_terminator"] == "CR" else b"\n"
     sha = _sha256(path)
     return {

@@ -226,6 +226,31 @@ def test_shipped_producer_cases_are_sniffed_as_written():
     assert seen["numeric_header"][0]["header"].startswith("0,1,2,3,")
     assert seen["quoted_all"][0]["quoted"] and seen["quoted_all"][0]["header"].startswith('"label"')
     assert len(seen["spark_dir"]) == 2 and len(seen["upper_ext"]) == 2
+    de = seen["excel_de_semicolon"][0]
+    assert (de["delimiter"], de["decimal"], de["encoding"], de["preamble_lines"]) == (";", ",", "Windows-1252", 1)
+    assert seen["pandas_index"][0]["index_column"] and seen["r_write_csv"][0]["index_column"]
+    assert seen["title_comments"][0]["preamble_lines"] == 4 and seen["title_comments"][0]["header"].startswith("label,")
+    assert seen["trailing_delimiter"][0]["trailing_delimiter"]
+
+
+def test_shipped_producer_cases_parse_to_their_expected_row_counts():
+    """Every case of tests/data/csv-dialects through the parser alone: the counts of its EXPECTED.md, no bad row."""
+    base = os.path.join(os.path.dirname(__file__), "..", "data", "csv-dialects")
+    expected = {}
+    for line in open(os.path.join(base, "EXPECTED.md")):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].isdigit():
+            expected[cells[0]] = int(cells[2])
+    spec = csvparse.Spec(num_pixels=64, pixel_max=16)
+    for case, count in expected.items():
+        labeled, _u, _s, _x = inputs.list_inputs(os.path.join(base, case))
+        rows = 0
+        for name, path in labeled:
+            data = open(path, "rb").read()
+            labels, _px, _lines, bad = parse_block(data, spec, 1, True, csvparse.sniff(data, name))
+            assert bad == [], (case, name, bad[:3])
+            rows += len(labels)
+        assert rows == count, case
 
 
 def _table(rows, d=",", eol="\n", fmt=str, header=None, end=True, above=(), encoding="utf-8"):
