@@ -594,9 +594,10 @@ def sniff(head: bytes, name: str, complete: bool = True) -> Dialect:
     head_fields = _fields_or_raw(header, delimiter) if header is not None else None
     index = head_fields is not None and len(head_fields) > 2 and _is_index_name(head_fields[0])
     trailing = bool(data) and all(f[-1].strip() == "" for f in fields)
-    if trailing and head_fields is not None and head_fields[-1].strip().strip('"'):
-        raise InputError(f"{name}: column {len(head_fields)} ({head_fields[-1].strip()[:40]!r}) is empty in every "
-                         f"row (line {data[0][0]}: {data[0][1][-40:]!r}); delete the column and export again")
+    named = head_fields[columns - 1].strip().strip('"') if trailing and len(head_fields or ()) >= columns else ""
+    if named:  # the header names the column the rows leave empty: no trailing delimiter, a column of nothing
+        raise InputError(f"{name}: column {columns} ({named[:40]!r}) is empty in every row (line {data[0][0]}: "
+                         f"{data[0][1][-40:]!r}); delete the column and export again")
     if columns is not None:
         columns -= index + trailing
     return Dialect(delimiter=delimiter, quoted=any('"' in t for _i, t in text), header=header, columns=columns,
@@ -683,8 +684,8 @@ def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: 
         data = data.replace(b"\r\n", b"\n")
     if data and not data.endswith(b"\n"):
         data += b"\n"
-    if dialect.trailing_delimiter:
-        data = data.replace(dialect.delimiter.encode() + b"\n", b"\n")
+    if dialect.trailing_delimiter:  # the delimiter ending each line, and spaces after it
+        data = re.sub(re.escape(dialect.delimiter.encode()) + rb" *\n", b"\n", data)
     line_no = first_line_no
     for _offset, block in chunks(data):
         rows = block.count(b"\n")

@@ -141,7 +141,8 @@ def test_every_producer_case_converts_with_its_exact_row_count(producer_version)
     for name, (data, how) in sources.items():
         assert by_file[name]["rows"] == len(reference_rows(data, **how)), name
     assert manifest["rows_quarantined"] == 0
-    assert manifest["rows_read"] == manifest["rows_written"] == sum(len(reference_rows(d, **how)) for d, how in sources.values())
+    expected_rows = sum(len(reference_rows(d, **how)) for d, how in sources.values())
+    assert manifest["rows_read"] == manifest["rows_written"] == expected_rows
     assert sorted(manifest["skipped_hidden"]) == sorted(
         ["parts.csv/.part-00000.csv.gz.crc", "parts.csv/_SUCCESS", "spark_dir__digits.csv/_SUCCESS",
          "spark_dir__digits.csv/.part-00000-1b2c.c000.csv.crc"])

@@ -292,8 +292,8 @@ EXPORTS = {
     "mysql_outfile_pipes": (_table(ROWS, "|", fmt=lambda v: f'"{v}"'), dict(delimiter="|", quoted=True), {}),
     "trailing_delimiter": (_table([r + [""] for r in ROWS], header=H + ","), dict(trailing_delimiter=True),
                            dict(header_lines=1)),
-    "trailing_delimiter_no_header": (_table([r + [""] for r in ROWS], ";"), dict(delimiter=";", trailing_delimiter=True),
-                                     {}),
+    "trailing_delimiter_no_header": (_table([r + [""] for r in ROWS], ";"),
+                                     dict(delimiter=";", trailing_delimiter=True), {}),
     "comments_above": (_table(ROWS, header=H, above=["# exported 2026-12-07", "# digits"]), dict(preamble=2),
                        dict(header_lines=3)),
     "title_above": (_table(ROWS, header=H, above=["Digits export,,,,", ""]), dict(preamble=2),
@@ -367,3 +367,37 @@ def test_index_column_bulk_and_line_by_line_paths_agree():
     slow = data.replace(b"\n1,", b"\n 1,")  # one line the bulk parser refuses: the block goes line by line
     got, lines, bad, _counts = parse_all(slow, dialect)
     assert got == rows and bad == [] and lines == list(range(2, 302))
+
+
+@pytest.mark.parametrize("data", [
+    b"label,p0,p1,p2,p3\n7,0,16,3,4,\n1,2,3,4,5,\n9,9,9,9,9,\n",       # the rows end with ',', the header not
+    b"7;0;16;3;4; \r\n1;2;3;4;5;\r\n9;9;9;9;9;  \r\n",                  # spaces after the last ';'
+])
+def test_trailing_delimiters_the_header_does_not_name_are_dropped(data):
+    dialect = csvparse.sniff(data, "x.csv")
+    assert dialect.trailing_delimiter and dialect.columns == 5
+    rows, _lines, bad, _counts = parse_all(data, dialect)
+    assert rows == ROWS and bad == []
+
+
+def test_files_convert_does_not_read_say_what_they_are_and_how_to_convert_them():
+    assert inputs.what_it_is("book.XLSX").startswith("book.XLSX (a spreadsheet workbook: save each sheet as 'CSV UTF-8")
+    assert "rename it to .tsv or .csv" in inputs.what_it_is("export.txt")
+    assert "rename it to .tsv or .csv" in inputs.what_it_is("export.txt.gz")
+    assert "spark.read.format" in inputs.what_it_is("part-0.parquet")
+    assert "unpack it" in inputs.what_it_is("digits.zip")
+    assert inputs.what_it_is("README") == "README"
+
+
+def test_partition_directories_are_refused_naming_the_column_they_hold(tmp_path):
+    """df.write.partitionBy("label").csv(...): the label is in the directory name, not in the rows."""
+    for part in ["label=0", "label=1"]:
+        (tmp_path / "digits.csv" / part).mkdir(parents=True)
+        (tmp_path / "digits.csv" / part / "part-00000.csv").write_bytes(b"0,1,2,3\n")
+    (tmp_path / "digits.csv" / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(csvparse.InputError) as e:
+        inputs.list_inputs(str(tmp_path))
+    msg = str(e.value)
+    for words in ["partition directories (digits.csv/label=0, digits.csv/label=1)", "partitionBy",
+                  "lack the column 'label'", "without partitionBy", "--label-column -1", "nothing was written"]:
+        assert words in msg, msg
