@@ -5,9 +5,11 @@ parsed in bulk with numpy (:func:`parse_clean`); a block with anything unusual i
 by line (:func:`parse_row`, with Python's ``csv`` module for RFC 4180 quoting), which names what is
 wrong with each bad line.
 
-The dialect of each file (byte-order mark, delimiter, quoting, line terminator, header) is read from
-its head by :func:`sniff`, with ``csv.Sniffer`` choosing the delimiter. Lines that are not rows (blank
-lines, the header) are counted apart from rows: rows read = rows written + rows quarantined.
+The dialect of each file (encoding, byte-order mark, delimiter, quoting, line terminator, decimal
+separator, lines above the table, header, row index, trailing delimiter) is read from its head by
+:func:`sniff`: the delimiter is the one that splits the head's lines of numbers into one field count.
+Lines that are not rows (blank lines, the header and lines above it) are counted apart from rows: rows
+read = rows written + rows quarantined.
 """
 
 from __future__ import annotations

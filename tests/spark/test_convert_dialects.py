@@ -247,7 +247,7 @@ def _nothing_written(root, version):
     ("named_empty_column", {"a.csv": b"label,a,b,c,d\n5,0,0,1,\n1,2,3,4,\n"},
      ["a.csv: column 5 ('d') is empty in every row", "line 2", "delete the column"]),
     ("spreadsheet", {"a.csv": b"5,0,0,1,2\n", "digits.xlsx": b"PK\x03\x04"},
-     ["digits.xlsx", "does not read", "move them out"]),
+     ["digits.xlsx (a spreadsheet workbook: save each sheet as 'CSV UTF-8", "does not read", "move them out"]),
     # a cp1252 name from a Windows tool: bytes b"M\xe4rz.csv" on disk (os.fsdecode: the str open() writes them from)
     ("non_utf8_name", {"a.csv": b"5,0,0,1,2\n", os.fsdecode(b"M\xe4rz.csv"): b"5,0,0,1,2\n"},
      ["whose name is not UTF-8: 'M\\xe4rz.csv' ('M\u00e4rz.csv' if its bytes are cp1252", "rename it to UTF-8"]),
