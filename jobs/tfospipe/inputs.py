@@ -100,7 +100,7 @@ NOT_CSV = {
     **dict.fromkeys((".json", ".jsonl", ".ndjson"), "JSON: pandas.read_json(path, lines=...).to_csv(index=False)"),
     **dict.fromkeys((".parquet", ".orc", ".avro", ".feather", ".arrow"),
                     "a binary table: spark.read.format(...).load(path).write.csv(out, header=True)"),
-    **dict.fromkeys((".zip", ".7z", ".rar", ".tar", ".tgz", ".zst", ".lz4", ".snappy", ".z"),
+    **dict.fromkeys((".zip", ".7z", ".rar", ".tar", ".tgz", ".zst", ".lz4", ".snappy", ".deflate", ".z"),
                     "an archive or compression convert does not read: unpack it, or compress each CSV file "
                     "with gzip, bzip2 or xz"),
 }
