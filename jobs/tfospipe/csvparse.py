@@ -542,8 +542,8 @@ def _preamble(text, delimiter, decimal, sep_line):
         if not ((titles == 0 and sep_line) or _is_title(t, delimiter, decimal)):
             break
         titles += 1
-    else:
-        return 0, 0
+    else:  # no table line: only Excel's sep= line is known to be no row
+        return (text[0][0], 1) if sep_line and len(text) == 1 else (0, 0)
     first_table_line = text[titles][0]
     return (first_table_line - 1, titles) if titles or first_table_line > 1 else (0, 0)
 

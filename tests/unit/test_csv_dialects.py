@@ -207,7 +207,8 @@ def test_head_reads_whole_long_lines(tmp_path):
 
 
 @pytest.mark.parametrize("content, note", [
-    (b"", "empty"), (b"label,a,b,c,d\n", "header only"), (b"\n\n  \n", "blank lines only")])
+    (b"", "empty"), (b"label,a,b,c,d\n", "header only"), (b"\n\n  \n", "blank lines only"),
+    (b"sep=;\r\nlabel;a;b;c;d\r\n", "header only"), (b"sep=;\r\n", "empty")])
 def test_files_without_rows_are_recognised(content, note):
     assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), True) == note
     assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), False) is None
