@@ -61,22 +61,31 @@ def lineage_rows(layout: paths.Layout, version: str, row_id: int) -> list[dict]:
     return _rows(files, row_id)
 
 
-def raw_line(path: str, name: str, line: int, eol: bytes) -> str:
+def raw_line(path: str, name: str, line: int, eol: bytes, encoding: str = "UTF-8") -> str:
     """The text of line ``line`` (1-based) of an input file, without its line terminator (and without a
-    UTF-8 byte-order mark on line 1), decompressed by its suffix. Raises LineageError when the file
-    has fewer lines."""
+    byte-order mark on line 1), decompressed by its suffix; ``eol`` and ``encoding`` as the manifest's
+    dialect of the file says (:func:`_line_end`). Raises LineageError when the file has fewer lines."""
     seen = 0
     for chunk in inputs.range_chunks(name, path, 0, fs.size(path), eol):
         count = chunk.count(eol) + (0 if chunk.endswith(eol) else 1)
         if seen + count >= line:
             text = chunk.split(eol)[line - seen - 1]
+            if encoding in csvparse.UTF16:
+                text = text.decode(csvparse.UTF16[encoding][1], "replace").encode("utf-8")
             if line == 1 and text.startswith(codecs.BOM_UTF8):
                 text = text[len(codecs.BOM_UTF8):]
-            if eol == b"\n" and text.endswith(b"\r"):
+            if eol.strip(b"\x00") == b"\n" and text.endswith(b"\r"):
                 text = text[:-1]
             return text.decode("utf-8", "replace")
         seen += count
     raise LineageError(f"{path} has {seen} lines, not {line}: it changed since the conversion")
+
+
+def _line_end(dialect: dict) -> tuple[bytes, str]:
+    """``(eol, encoding)`` of an input file from its dialect in the conversion manifest."""
+    encoding = dialect["encoding"].removesuffix(" with BOM")
+    char = "\r" if dialect["line_terminator"] == "CR" else "\n"
+    return char.encode(csvparse.UTF16[encoding][1] if encoding in csvparse.UTF16 else "ascii"), encoding
 
 
 def _sha256(path):
@@ -155,7 +164,7 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
     run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
 
     conversion, src, entry, path = _source(layout, version, row_id)
-    eol = b"\r" if entry["dialect"]["line_terminator"] == "CR" else b"\n"
+    eol, encoding = _line_end(entry["dialect"])
     sha = _sha256(path)
     return {
         "prediction": {k: pred[k] for k in ("row_id", "predicted_class", "probability", "label", "model_version",
@@ -174,7 +183,7 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
         "source": {"file": src["file"], "line": src["line"], "split": src["split"], "path": path,
                    "unchanged": sha == entry["sha256"], "sha256": sha,
                    "row_id_matches": csvparse.row_id(src["file"], src["line"]) == row_id,
-                   "text": raw_line(path, src["file"], src["line"], eol)},
+                   "text": raw_line(path, src["file"], src["line"], eol, encoding)},
     }
 
 

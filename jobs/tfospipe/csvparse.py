@@ -58,6 +58,8 @@ DELIMITERS = ",;\t|"
 FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32BE"),
                 (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
 LINE_TERMINATORS = {"\n": "LF", "\r\n": "CRLF", "\r": "CR"}
+#: UTF-16 with a byte-order mark (Excel's "Unicode Text"): read, transcoded to UTF-8 block by block.
+UTF16 = {"UTF-16LE": (codecs.BOM_UTF16_LE, "utf-16-le"), "UTF-16BE": (codecs.BOM_UTF16_BE, "utf-16-be")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,9 @@ class Dialect:
 
     ``delimiter``: one of :data:`DELIMITERS`. ``quoted``: fields may be wrapped in double quotes
     (RFC 4180). ``line_terminator``: ``"\\n"``, ``"\\r\\n"`` or ``"\\r"`` (CR-only, old Mac files).
-    ``bom``: the file starts with a UTF-8 byte-order mark (stripped). ``encoding``: ``"UTF-8"``, or
-    ``"Windows-1252"`` when the head is not UTF-8 (only names can differ: values are ASCII digits).
+    ``bom``: the file starts with a byte-order mark (stripped). ``encoding``: ``"UTF-8"``;
+    ``"Windows-1252"`` when the head is not UTF-8 (only names can differ: values are ASCII digits);
+    ``"UTF-16LE"`` or ``"UTF-16BE"`` after that byte-order mark (read through :meth:`to_utf8`).
     ``decimal``: the decimal separator, ``","`` in semicolon files (the locales whose Excel writes
     ``;``) and where the head shows ``16,0``. ``preamble``: lines above the header or first row that
     are no rows (Excel's ``sep=;``, a title, ``#`` comments; blank lines between them included).
@@ -94,8 +97,16 @@ class Dialect:
 
     @property
     def eol(self) -> bytes:
-        """The byte that ends a line: CR for CR-only files, else LF (a CR before it is dropped)."""
-        return b"\r" if self.line_terminator == "\r" else b"\n"
+        """The bytes that end a line: CR for CR-only files, else LF (a CR before it is dropped); two bytes
+        in a UTF-16 file (``b"\\n\\x00"`` in UTF-16LE), always at an even offset."""
+        char = "\r" if self.line_terminator == "\r" else "\n"
+        return char.encode(UTF16[self.encoding][1]) if self.encoding in UTF16 else char.encode()
+
+    def to_utf8(self, data: bytes) -> bytes:
+        """Whole lines of the file as UTF-8: themselves, or transcoded from UTF-16 (a BOM kept as UTF-8's)."""
+        if self.encoding not in UTF16:
+            return data
+        return data.decode(UTF16[self.encoding][1], "replace").encode("utf-8")
 
     def describe(self) -> dict:
         """What the manifest records of the dialect of a file (a header's text cut at 300 characters)."""
@@ -437,23 +448,26 @@ def chunks(data: bytes, size: int = PARSE_BYTES) -> Iterator[tuple[int, bytes]]:
 def _foreign_encoding(head):
     for bom, name in FOREIGN_BOMS:
         if head.startswith(bom):
-            return f"{name} (byte-order mark {bom.hex(' ').upper()})"
+            return None if name in UTF16 else f"{name} (byte-order mark {bom.hex(' ').upper()})"
     if b"\x00" in head[:4096]:
         return "UTF-16 or UTF-32 without a byte-order mark, or a binary file such as .xlsx (NUL bytes)"
     return None
 
 
-def _foreign_encoding_error(name, foreign, head):
-    """The InputError of a UTF-16/32 file: what it is (Excel's 'Unicode Text' when tab-separated UTF-16)
+def _foreign_encoding_error(name, foreign):
+    """The InputError of a UTF-32 file, or of UTF-16 without a byte-order mark (NUL bytes): what it is
     and how to convert it."""
-    what = ""
-    if foreign.startswith("UTF-16") and ("\t".encode("utf-16-le") in head[:4096] or
-                                         "\t".encode("utf-16-be") in head[:4096]):
-        what = " with tabs, as Excel's 'Unicode Text (*.txt)' saves a sheet"
-    return InputError(f"{name} is encoded as {foreign}{what}, not UTF-8: re-encode it as UTF-8 (e.g. iconv -f "
-                      f"{foreign.split(' ')[0] if foreign.startswith('UTF') else 'UTF-16'} -t UTF-8 FILE > FILE.csv, "
-                      "or in Excel save as 'CSV UTF-8 (Comma delimited)'); convert splits files into byte ranges at "
-                      "line ends, which it finds in UTF-8 only")
+    return InputError(f"{name} is encoded as {foreign}, not UTF-8: re-encode it as UTF-8 (e.g. iconv -f "
+                      f"{foreign.split(' ')[0] if foreign.startswith('UTF-32') else 'UTF-16LE'} -t UTF-8 FILE > "
+                      "FILE.csv, or in Excel save as 'CSV UTF-8 (Comma delimited)'); convert reads UTF-8, "
+                      "Windows-1252, and UTF-16 with a byte-order mark")
+
+
+def _utf16_of(head):
+    """'UTF-16LE' or 'UTF-16BE' when the head starts with that byte-order mark (not UTF-32's), else None."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return None
+    return next((name for name, (bom, _codec) in UTF16.items() if head.startswith(bom)), None)
 
 
 def _decoded_lines(head, complete):
@@ -561,17 +575,21 @@ def sniff(head: bytes, name: str, complete: bool = True) -> Dialect:
     ``head``: the file's first bytes, whole lines (``complete``: the whole file). The delimiter is
     the one of :data:`DELIMITERS` that splits the head's lines of numbers into one field count
     (:func:`_choose_delimiter`), or Excel's ``sep=`` line. Raises :class:`InputError` naming ``name``,
-    what the file is and how to convert it, when the file is UTF-16/32 (a byte-order mark, NUL bytes),
+    what the file is and how to convert it, when the file is UTF-32 or UTF-16 without a byte-order mark,
     when its lines split into no fields on any of :data:`DELIMITERS`, or when a column is empty in
     every row although the header names it.
     """
     foreign = _foreign_encoding(head)
     if foreign:
-        raise _foreign_encoding_error(name, foreign, head)
+        raise _foreign_encoding_error(name, foreign)
+    utf16 = _utf16_of(head)
+    if utf16:  # an odd last byte of a cut head is a replacement character on a line the cut drops
+        head = head.decode(UTF16[utf16][1], "replace").encode("utf-8")
     bom = head.startswith(codecs.BOM_UTF8)
     if bom:
         head = head[len(codecs.BOM_UTF8):]
     terminator, encoding, text = _decoded_lines(head, complete)
+    encoding = utf16 or encoding
     blank = sum(not t.strip() for _i, t in text)
     text = [(i, t) for i, t in text if t.strip()]
     base = dict(line_terminator=terminator, bom=bom, encoding=encoding)
@@ -677,6 +695,8 @@ def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: 
     """
     dialect = dialect or Dialect()
     counts = Counter() if counts is None else counts
+    if dialect.encoding in UTF16:
+        data, dialect = dialect.to_utf8(data), dataclasses.replace(dialect, encoding="UTF-8")
     if header_allowed:
         data, skipped = _skip_head(data, dialect, counts)
         first_line_no += skipped

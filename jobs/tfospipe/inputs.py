@@ -95,7 +95,8 @@ _SPREADSHEET = ("a spreadsheet workbook: save each sheet as 'CSV UTF-8 (Comma de
 NOT_CSV = {
     **dict.fromkeys((".xlsx", ".xlsm", ".xlsb", ".xls", ".ods", ".numbers"), _SPREADSHEET),
     **dict.fromkeys((".txt", ".dat", ".tab", ".prn"),
-                    "text: if it is a table (Excel's 'Text (Tab delimited)', PostgreSQL COPY, MySQL INTO OUTFILE), "
+                    "text: if it is a table (Excel's 'Text (Tab delimited)' or 'Unicode Text', PostgreSQL COPY, "
+                    "MySQL INTO OUTFILE), "
                     "rename it to .tsv or .csv"),
     **dict.fromkeys((".json", ".jsonl", ".ndjson"), "JSON: pandas.read_json(path, lines=...).to_csv(index=False)"),
     **dict.fromkeys((".parquet", ".orc", ".avro", ".feather", ".arrow"),
@@ -230,19 +231,26 @@ def read_head(name: str, path: str) -> tuple[bytes, bool]:
 
 
 def _line_start(f, offset, eol, size):
-    """The first line start at or after byte ``offset`` of an open plain file."""
+    """The first line start at or after byte ``offset`` of an open plain file: just after an ``eol``
+    that starts at a multiple of its length (a UTF-16 file's characters start at even offsets)."""
     if offset <= 0:
         return 0
-    f.seek(offset - 1)
-    pos = offset - 1
-    while pos < size:
+    step = len(eol)
+    base = max(0, offset - step)  # an eol that ends at offset starts here
+    f.seek(base)
+    carry = b""
+    while base < size:
         piece = f.read(1 << 16)
         if not piece:
             break
-        i = piece.find(eol)
-        if i >= 0:
-            return pos + i + 1
-        pos += len(piece)
+        buf = carry + piece
+        i = buf.find(eol)
+        while i >= 0:
+            if (base + i) % step == 0 and base + i + step >= offset:
+                return base + i + step
+            i = buf.find(eol, i + 1)
+        carry = buf[len(buf) - step + 1:] if step > 1 else b""
+        base += len(buf) - len(carry)
     return size
 
 
@@ -278,10 +286,13 @@ def range_lines(path: str, part: int, parts: int, eol: bytes = b"\n") -> dict:
         start = _line_start(f, size * part // parts, eol, size)
         end = max(start, _line_start(f, size * (part + 1) // parts, eol, size))
         f.seek(start)
-        remaining = end - start
+        remaining, carry = end - start, b""
         while remaining > 0 and (piece := f.read(min(READ_BYTES, remaining))):
-            lines += piece.count(eol)
             remaining -= len(piece)
+            buf = carry + piece  # whole characters: a two-byte eol (UTF-16) is never cut in two
+            whole = len(buf) - len(buf) % len(eol)
+            lines += buf.count(eol, 0, whole)
+            carry = buf[whole:]
     return {"path": path, "part": part, "start": start, "end": end, "lines": lines, "span": (started, time.time())}
 
 
@@ -302,7 +313,8 @@ def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iter
     """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
     whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).
 
-    Lines end with ``eol`` (``b"\\n"``, or ``b"\\r"`` for CR-only files); the last piece may lack it.
+    Lines end with ``eol`` (``b"\\n"``, ``b"\\r"`` for CR-only files, two bytes in UTF-16); the last piece
+    may lack it.
     Raises csvparse.InputError when the stream is corrupt or truncated, or a line is longer than
     MAX_LINE_BYTES; OSError when the file cannot be read."""
     compressed = compression_of(path) is not None
@@ -321,7 +333,8 @@ def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iter
             if remaining is not None:
                 remaining -= len(piece)
             data = carry + piece
-            cut = data.rfind(eol) + 1
+            last = data.rfind(eol)
+            cut = last + len(eol) if last >= 0 else 0
             carry = data[cut:]
             if cut:
                 yield data[:cut]

@@ -48,6 +48,7 @@ READ_AS = {
     "r_write_csv": dict(index=True),
     "title_comments": dict(above=4),
     "trailing_delimiter": dict(trailing=True),
+    "excel_unicode_text": dict(delimiter="\t", encoding="utf-16"),
 }
 
 
@@ -155,7 +156,7 @@ def test_lines_that_are_not_rows_are_counted_apart(producer_version):
     assert by_file["excel_blank_rows.csv"]["blank_lines"] == 5
     for name in ["numeric_header__a.csv", "quoted_all__a.csv", "cr_only__a.csv", "tabs.TSV", "mixed_header.csv",
                  "crlf_bom_header.csv", "upper.CSV.GZ", "parts.csv/part-00001.csv.gz", "pandas_index__a.csv",
-                 "r_write_csv__a.csv", "trailing_delimiter__a.csv"]:
+                 "r_write_csv__a.csv", "trailing_delimiter__a.csv", "excel_unicode_text__a.tsv"]:
         assert by_file[name]["header_lines"] == 1 and by_file[name]["dialect"]["header"], name
     # lines above the header: Excel's sep= line; two comments, a title and a blank line
     assert by_file["excel_de_semicolon__a.csv"]["header_lines"] == 2
@@ -179,6 +180,8 @@ def test_manifest_states_the_dialect_of_each_file(producer_version):
     assert de["header"].startswith("Ziffer;Größe0;")
     assert d["pandas_index__a.csv"]["index_column"] and d["r_write_csv__a.csv"]["index_column"]
     assert d["trailing_delimiter__a.csv"]["trailing_delimiter"] and d["title_comments__a.csv"]["preamble_lines"] == 4
+    assert d["excel_unicode_text__a.tsv"]["encoding"] == "UTF-16LE with BOM" and d["excel_unicode_text__a.tsv"][
+        "delimiter"] == "\t"
 
 
 def test_every_record_holds_the_values_of_its_source_line(producer_version):
@@ -242,8 +245,8 @@ def _nothing_written(root, version):
 @pytest.mark.parametrize("case, files, words", [
     ("truncated_gzip", None, ["b.csv.gz is corrupt", "at compressed byte", "lines", "can be read",
                               "complete copy", "nothing was written"]),
-    ("utf16", {"a.csv": codecs.BOM_UTF16_LE + "5\t0\t0\n1\t2\t3\n".encode("utf-16-le")},
-     ["a.csv is encoded as UTF-16LE", "Excel's 'Unicode Text (*.txt)'", "re-encode it as UTF-8", "CSV UTF-8"]),
+    ("utf32", {"a.csv": codecs.BOM_UTF32_LE + "5,0,0\n1,2,3\n".encode("utf-32-le")},
+     ["a.csv is encoded as UTF-32LE", "re-encode it as UTF-8", "iconv -f UTF-32LE -t UTF-8"]),
     ("named_empty_column", {"a.csv": b"label,a,b,c,d\n5,0,0,1,\n1,2,3,4,\n"},
      ["a.csv: column 5 ('d') is empty in every row", "line 2", "delete the column"]),
     ("spreadsheet", {"a.csv": b"5,0,0,1,2\n", "digits.xlsx": b"PK\x03\x04"},

@@ -87,13 +87,11 @@ def test_header_conventions_on_the_first_line_only():
 
 
 @pytest.mark.parametrize("data, words", [
-    (codecs.BOM_UTF16_LE + "5,0,0,1,2\n".encode("utf-16-le"), ["UTF-16LE", "re-encode it as UTF-8"]),
     (codecs.BOM_UTF32_BE + "5,0,0,1,2\n".encode("utf-32-be"), ["UTF-32BE", "re-encode it as UTF-8"]),
-    ("5,0,0,1,2\n".encode("utf-16-le"), ["NUL bytes", "re-encode it as UTF-8"]),
+    ("5,0,0,1,2\n".encode("utf-16-le"), ["NUL bytes", "re-encode it as UTF-8", "iconv -f UTF-16LE -t UTF-8",
+                                          "UTF-16 with a byte-order mark"]),
     (b"label,a,b,c,d,e\n5,0,0,1,2,\n1,2,3,4,5,\n", ["column 6 ('e') is empty in every row", "line 2",
                                                     "delete the column"]),
-    (codecs.BOM_UTF16_LE + "label\ta\n5\t0\n".encode("utf-16-le"), ["UTF-16LE", "'Unicode Text (*.txt)'",
-                                                                    "iconv -f UTF-16LE -t UTF-8", "CSV UTF-8"]),
     (b"sep=:\n5:0:0:1:2\n", ["line 1", "sets the delimiter ':'", "comma-separated"]),
     (b"5 0 0 1 2\n1 2 3 4 5\n", ["does not split into fields", "line 1", "comma-separated"]),
 ])
@@ -304,6 +302,11 @@ EXPORTS = {
                                  dict(header_lines=1, blank_lines=2)),
     "blank_lines_at_end": (_table(ROWS, header=H) + b"\n\n  \n", {}, dict(header_lines=1, blank_lines=3)),
     "spaces_around_fields": (_table(ROWS, ", ", header=H.replace(",", ", ")), {}, dict(header_lines=1)),
+    "excel_unicode_text": (codecs.BOM_UTF16_LE + _table(ROWS, "\t", "\r\n", header=H.replace(",", "\t"),
+                                                         encoding="utf-16-le"),
+                           dict(encoding="UTF-16LE", bom=True, delimiter="\t"), dict(header_lines=1)),
+    "utf16_big_endian": (codecs.BOM_UTF16_BE + _table(ROWS, ";", "\n", lambda v: f"{v},0", encoding="utf-16-be"),
+                         dict(encoding="UTF-16BE", decimal=","), {}),
     "latin1_names": (_table(ROWS, header="Ziffer,p0,p1,p2,Größe", encoding="latin-1"),
                      dict(encoding="Windows-1252"), dict(header_lines=1)),
 }
@@ -402,3 +405,41 @@ def test_partition_directories_are_refused_naming_the_column_they_hold(tmp_path)
     for words in ["partition directories (digits.csv/label=0, digits.csv/label=1)", "partitionBy",
                   "lack the column 'label'", "without partitionBy", "--label-column -1", "nothing was written"]:
         assert words in msg, msg
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE)])
+@pytest.mark.parametrize("eol", ["\r\n", "\r"])
+def test_utf16_files_cut_into_ranges_read_every_line_once_and_lineage_finds_them(tmp_path, encoding, bom, eol):
+    """Excel's 'Unicode Text': convert's byte ranges end after two-byte line ends at even offsets, so
+    every range decodes on its own and the line numbers are the file's."""
+    import importlib.util
+    rows = [[i % 10] + [(i * 7 + k) % 17 for k in range(4)] for i in range(2000)]
+    data = bom + _table(rows, "\t", eol, header="label\tp0\tp1\tp2\tp3", encoding=encoding)
+    path = tmp_path / "a.tsv"
+    path.write_bytes(data)
+    head, complete = inputs.read_head("a.tsv", str(path))
+    dialect = csvparse.sniff(head, "a.tsv", complete)
+    assert len(dialect.eol) == 2 and dialect.describe()["encoding"].endswith("with BOM")
+    for parts in (1, 3, 7):
+        spans = inputs.range_spans([inputs.range_lines(str(path), p, parts, dialect.eol) for p in range(parts)],
+                                   len(data))
+        got, lines = [], []
+        for start, end, first_line in spans:
+            assert start % 2 == 0
+            line_no, at_start = first_line, start == 0
+            for chunk in inputs.range_chunks("a.tsv", str(path), start, end, dialect.eol):
+                for labels, pixels, numbers, bad in csvparse.iter_block(chunk, SPEC, line_no, at_start, dialect):
+                    assert bad == []
+                    got += [[int(lab)] + px.tolist() for lab, px in zip(labels, pixels)]
+                    lines += numbers.tolist()
+                line_no += chunk.count(dialect.eol)
+                at_start = False
+        assert got == rows and lines == list(range(2, 2002)), parts
+    spec = importlib.util.spec_from_file_location(
+        "lineage_script", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "lineage.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    eol_bytes, enc = script._line_end(dialect.describe())
+    assert eol_bytes == dialect.eol
+    assert script.raw_line(str(path), "a.tsv", 1, eol_bytes, enc) == "label\tp0\tp1\tp2\tp3"
+    assert script.raw_line(str(path), "a.tsv", 1501, eol_bytes, enc) == "\t".join(map(str, rows[1499]))
