@@ -262,6 +262,9 @@ def parse_row(raw: bytes, spec: Spec, delimiter: str = ",", decimal: str = ".",
         raise RowError("empty_line", "empty line")
     if any(ord(c) < 32 and c not in "\t" for c in text):
         raise RowError("garbage_bytes", "control characters (garbage bytes) in line")
+    if text.lstrip().startswith("#"):
+        raise RowError("comment", "a '#' comment line among the rows: delete it, or move it above the header "
+                                  "(comment lines there are skipped)")
     fields = split_fields(text, delimiter)
     if index_column:
         fields = fields[1:]

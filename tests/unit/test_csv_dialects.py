@@ -443,3 +443,11 @@ def test_utf16_files_cut_into_ranges_read_every_line_once_and_lineage_finds_them
     assert eol_bytes == dialect.eol
     assert script.raw_line(str(path), "a.tsv", 1, eol_bytes, enc) == "label\tp0\tp1\tp2\tp3"
     assert script.raw_line(str(path), "a.tsv", 1501, eol_bytes, enc) == "\t".join(map(str, rows[1499]))
+
+
+def test_a_comment_line_among_the_rows_is_a_bad_row_saying_where_comments_may_go():
+    data = _table(ROWS[:1], header=H, above=["# digits"]) + b"# second batch\n" + _table(ROWS[1:])
+    dialect = csvparse.sniff(data, "x.csv")
+    rows, _lines, bad, counts = parse_all(data, dialect)
+    assert rows == ROWS and counts["header_lines"] == 2
+    assert [b[:2] for b in bad] == [(4, "comment")] and "move it above the header" in bad[0][2]
