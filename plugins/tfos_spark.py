@@ -230,23 +230,16 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         return tuple(LINKS[name]() for name in self.job_spec.links)
 
     def _get_hook(self) -> TFoSSparkSubmitHook:
-        """The provider's hook as ``SparkSubmitOperator._get_hook`` builds it (every setting passed
-        through), as a :class:`TFoSSparkSubmitHook`; the provider's ``on_kill`` calls its ``on_kill``."""
-        return TFoSSparkSubmitHook(
-            conf=self.conf, conn_id=self._conn_id, files=self.files, py_files=self.py_files,
-            archives=self._archives, driver_class_path=self.driver_class_path, jars=self.jars,
-            java_class=self._java_class, packages=self.packages, exclude_packages=self.exclude_packages,
-            repositories=self._repositories, total_executor_cores=self._total_executor_cores,
-            executor_cores=self._executor_cores, executor_memory=self._executor_memory,
-            driver_memory=self._driver_memory, keytab=self.keytab, principal=self.principal,
-            proxy_user=self.proxy_user, name=self.name, num_executors=self._num_executors,
-            status_poll_interval=self._status_poll_interval, application_args=self.application_args,
-            env_vars=self.env_vars, verbose=self._verbose, spark_binary=self._spark_binary,
-            properties_file=self.properties_file, yarn_queue=self._yarn_queue, deploy_mode=self._deploy_mode,
-            use_krb5ccache=self._use_krb5ccache, post_submit_commands=self.post_submit_commands,
-            track_driver_via_k8s_api=self._track_driver_via_k8s_api,
-            yarn_track_via_rm_api=self._yarn_track_via_rm_api, yarn_rm_auth=self._yarn_rm_auth,
-        )
+        """The provider's hook, as ``SparkSubmitOperator._get_hook`` builds it (every setting passed
+        through, whatever the provider's version adds), made a :class:`TFoSSparkSubmitHook`: that class
+        adds methods and no state, so the instance changes class in place. The provider's ``on_kill``
+        calls its ``on_kill``. TypeError when the provider builds a hook of another class."""
+        hook = super()._get_hook()
+        if type(hook) is not SparkSubmitHook:
+            raise TypeError(f"SparkSubmitOperator._get_hook built a {type(hook).__name__}, not a SparkSubmitHook: "
+                            "TFoSSparkSubmitHook cannot extend it")
+        hook.__class__ = TFoSSparkSubmitHook
+        return hook
 
     def check_conf(self, context: Any) -> None:
         """Refuse a run whose conf (``context["dag_run"].conf``) has a key that is no param of this task's

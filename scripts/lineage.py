@@ -61,22 +61,31 @@ def lineage_rows(layout: paths.Layout, version: str, row_id: int) -> list[dict]:
     return _rows(files, row_id)
 
 
-def raw_line(path: str, name: str, line: int, eol: bytes) -> str:
+def raw_line(path: str, name: str, line: int, eol: bytes, encoding: str = "UTF-8") -> str:
     """The text of line ``line`` (1-based) of an input file, without its line terminator (and without a
-    UTF-8 byte-order mark on line 1), decompressed by its suffix. Raises LineageError when the file
-    has fewer lines."""
+    byte-order mark on line 1), decompressed by its suffix; ``eol`` and ``encoding`` as the manifest's
+    dialect of the file says (:func:`_line_end`). Raises LineageError when the file has fewer lines."""
     seen = 0
     for chunk in inputs.range_chunks(name, path, 0, fs.size(path), eol):
         count = chunk.count(eol) + (0 if chunk.endswith(eol) else 1)
         if seen + count >= line:
             text = chunk.split(eol)[line - seen - 1]
+            if encoding in csvparse.UTF16:
+                text = text.decode(csvparse.UTF16[encoding][1], "replace").encode("utf-8")
             if line == 1 and text.startswith(codecs.BOM_UTF8):
                 text = text[len(codecs.BOM_UTF8):]
-            if eol == b"\n" and text.endswith(b"\r"):
+            if eol.strip(b"\x00") == b"\n" and text.endswith(b"\r"):
                 text = text[:-1]
             return text.decode("utf-8", "replace")
         seen += count
     raise LineageError(f"{path} has {seen} lines, not {line}: it changed since the conversion")
+
+
+def _line_end(dialect: dict) -> tuple[bytes, str]:
+    """``(eol, encoding)`` of an input file from its dialect in the conversion manifest."""
+    encoding = dialect["encoding"].removesuffix(" with BOM")
+    char = "\r" if dialect["line_terminator"] == "CR" else "\n"
+    return char.encode(csvparse.UTF16[encoding][1] if encoding in csvparse.UTF16 else "ascii"), encoding
 
 
 def _sha256(path):
@@ -87,12 +96,9 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
-    """The lineage of one prediction: ``{"prediction", "model", "training_run", "dataset", "source"}``.
-
-    Raises LineageError for a link that cannot be followed (no predictions for the version, no such
-    row id, a model or run that is gone, a version converted without a lineage index).
-    """
+def _prediction(layout: paths.Layout, version: str, row_id: int) -> dict:
+    """The prediction of ``row_id`` among the committed predictions of ``version``; LineageError when
+    there are none, or none for this row id (saying whether the row exists and which split infer scored)."""
     paths.check_segment(version)
     pred_dir = layout.predictions(version)
     if not fs.is_committed(pred_dir):
@@ -110,22 +116,12 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
         raise LineageError(f"no row id {row_id} in dataset version {version}: it is neither among the "
                            f"{pred_manifest.get('rows_out')} predictions in {pred_dir} nor in the lineage index "
                            f"{layout.lineage(version)}; take a row_id from the predictions' Parquet")
-    pred = predictions[0]
-    mv = pred["model_version"]
+    return predictions[0]
 
-    model_dir = layout.serving_model(mv)
-    if not fs.is_committed(model_dir):
-        raise LineageError(f"the prediction names model version {mv}, which is not a committed model in "
-                           f"{layout.serving()}/models; it was removed from the serving area")
-    model = serving.model_info(layout, mv)
 
-    run_dir = layout.model_run(model["dataset_version"], model["run_id"])
-    if not fs.is_committed(run_dir):
-        raise LineageError(f"model version {mv} was trained by run {model['run_id']} of dataset version "
-                           f"{model['dataset_version']}, but {run_dir} holds no committed training run")
-    run = fs.read_json(paths.join(run_dir, fs.MANIFEST))
-    run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
-
+def _source(layout: paths.Layout, version: str, row_id: int) -> tuple[dict, dict, dict, str]:
+    """``(conversion manifest, lineage index row, the manifest's entry of its file, the file's path)`` of
+    ``row_id``'s source line; LineageError when the index, the manifest or the file do not hold it."""
     try:
         conversion = dataset.read_manifest(layout, version)
     except JobError as e:
@@ -142,7 +138,33 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
     path = paths.join(layout.raw(version), src["file"])
     if not fs.exists(path):
         raise LineageError(f"the source file {path} of row id {row_id} is gone from raw/{version}/")
-    eol = b"\r" if entry["dialect"]["line_terminator"] == "CR" else b"\n"
+    return conversion, src, entry, path
+
+
+def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
+    """The lineage of one prediction: ``{"prediction", "model", "training_run", "dataset", "source"}``.
+
+    Raises LineageError for a link that cannot be followed (no predictions for the version, no such
+    row id, a model or run that is gone, a version converted without a lineage index).
+    """
+    pred = _prediction(layout, version, row_id)
+    mv = pred["model_version"]
+
+    model_dir = layout.serving_model(mv)
+    if not fs.is_committed(model_dir):
+        raise LineageError(f"the prediction names model version {mv}, which is not a committed model in "
+                           f"{layout.serving()}/models; it was removed from the serving area")
+    model = serving.model_info(layout, mv)
+
+    run_dir = layout.model_run(model["dataset_version"], model["run_id"])
+    if not fs.is_committed(run_dir):
+        raise LineageError(f"model version {mv} was trained by run {model['run_id']} of dataset version "
+                           f"{model['dataset_version']}, but {run_dir} holds no committed training run")
+    run = fs.read_json(paths.join(run_dir, fs.MANIFEST))
+    run_digest = serving.model_digest(layout.exported_model(model["dataset_version"], model["run_id"]))
+
+    conversion, src, entry, path = _source(layout, version, row_id)
+    eol, encoding = _line_end(entry["dialect"])
     sha = _sha256(path)
     return {
         "prediction": {k: pred[k] for k in ("row_id", "predicted_class", "probability", "label", "model_version",
@@ -161,7 +183,7 @@ def trace(layout: paths.Layout, version: str, row_id: int) -> dict:
         "source": {"file": src["file"], "line": src["line"], "split": src["split"], "path": path,
                    "unchanged": sha == entry["sha256"], "sha256": sha,
                    "row_id_matches": csvparse.row_id(src["file"], src["line"]) == row_id,
-                   "text": raw_line(path, src["file"], src["line"], eol)},
+                   "text": raw_line(path, src["file"], src["line"], eol, encoding)},
     }
 
 

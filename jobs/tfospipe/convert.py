@@ -276,7 +276,8 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
 def _refuse_unreadable(raw_dir, unreadable):
     if unreadable:
         raise JobError(
-            f"{raw_dir} holds files convert does not read: {unreadable[:10]}{' ...' if len(unreadable) > 10 else ''}. "
+            f"{raw_dir} holds files convert does not read: {[inputs.what_it_is(n) for n in unreadable[:10]]}"
+            f"{' ...' if len(unreadable) > 10 else ''}. "
             f"It reads {', '.join('*' + e for e in inputs.CSV_EXTENSIONS)} in any letter case, optionally compressed "
             f"({', '.join(inputs.COMPRESSIONS)}), and directories of part files (names starting with '_' or '.' are "
             "skipped). Convert those files to CSV, or move them out of the version directory.")

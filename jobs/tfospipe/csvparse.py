@@ -5,9 +5,11 @@ parsed in bulk with numpy (:func:`parse_clean`); a block with anything unusual i
 by line (:func:`parse_row`, with Python's ``csv`` module for RFC 4180 quoting), which names what is
 wrong with each bad line.
 
-The dialect of each file (byte-order mark, delimiter, quoting, line terminator, header) is read from
-its head by :func:`sniff`, with ``csv.Sniffer`` choosing the delimiter. Lines that are not rows (blank
-lines, the header) are counted apart from rows: rows read = rows written + rows quarantined.
+The dialect of each file (encoding, byte-order mark, delimiter, quoting, line terminator, decimal
+separator, lines above the table, header, row index, trailing delimiter) is read from its head by
+:func:`sniff`: the delimiter is the one that splits the head's lines of numbers into one field count.
+Lines that are not rows (blank lines, the header and lines above it) are counted apart from rows: rows
+read = rows written + rows quarantined.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import re
 from collections import Counter
 from typing import Iterable, Iterator
 
@@ -55,6 +58,8 @@ DELIMITERS = ",;\t|"
 FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32BE"),
                 (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
 LINE_TERMINATORS = {"\n": "LF", "\r\n": "CRLF", "\r": "CR"}
+#: UTF-16 with a byte-order mark (Excel's "Unicode Text"): read, transcoded to UTF-8 block by block.
+UTF16 = {"UTF-16LE": (codecs.BOM_UTF16_LE, "utf-16-le"), "UTF-16BE": (codecs.BOM_UTF16_BE, "utf-16-be")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +68,16 @@ class Dialect:
 
     ``delimiter``: one of :data:`DELIMITERS`. ``quoted``: fields may be wrapped in double quotes
     (RFC 4180). ``line_terminator``: ``"\\n"``, ``"\\r\\n"`` or ``"\\r"`` (CR-only, old Mac files).
-    ``bom``: the file starts with a UTF-8 byte-order mark (stripped). ``header``: text of line 1 when
-    it is a header, else None. ``columns``: the most common field count of the head's data lines
+    ``bom``: the file starts with a byte-order mark (stripped). ``encoding``: ``"UTF-8"``;
+    ``"Windows-1252"`` when the head is not UTF-8 (only names can differ: values are ASCII digits);
+    ``"UTF-16LE"`` or ``"UTF-16BE"`` after that byte-order mark (read through :meth:`to_utf8`).
+    ``decimal``: the decimal separator, ``","`` in semicolon files (the locales whose Excel writes
+    ``;``) and where the head shows ``16,0``. ``preamble``: lines above the header or first row that
+    are no rows (Excel's ``sep=;``, a title, ``#`` comments; blank lines between them included).
+    ``header``: text of the header line when there is one, else None. ``index_column``: the first
+    column is a row index without a name (pandas ``to_csv`` with its index, R ``write.csv`` row
+    names), not a value. ``trailing_delimiter``: every line ends with a delimiter. ``columns``: the
+    most common count of value fields of the head's data lines, without an index or trailing field
     (None when the head holds none). ``data_lines``, ``blank_lines``: lines of each kind in the head.
     """
 
@@ -76,17 +89,32 @@ class Dialect:
     columns: int | None = None
     data_lines: int = 0
     blank_lines: int = 0
+    encoding: str = "UTF-8"
+    decimal: str = "."
+    preamble: int = 0
+    index_column: bool = False
+    trailing_delimiter: bool = False
 
     @property
     def eol(self) -> bytes:
-        """The byte that ends a line: CR for CR-only files, else LF (a CR before it is dropped)."""
-        return b"\r" if self.line_terminator == "\r" else b"\n"
+        """The bytes that end a line: CR for CR-only files, else LF (a CR before it is dropped); two bytes
+        in a UTF-16 file (``b"\\n\\x00"`` in UTF-16LE), always at an even offset."""
+        char = "\r" if self.line_terminator == "\r" else "\n"
+        return char.encode(UTF16[self.encoding][1]) if self.encoding in UTF16 else char.encode()
+
+    def to_utf8(self, data: bytes) -> bytes:
+        """Whole lines of the file as UTF-8: themselves, or transcoded from UTF-16 (a BOM kept as UTF-8's)."""
+        if self.encoding not in UTF16:
+            return data
+        return data.decode(UTF16[self.encoding][1], "replace").encode("utf-8")
 
     def describe(self) -> dict:
         """What the manifest records of the dialect of a file (a header's text cut at 300 characters)."""
-        return {"encoding": "UTF-8 with BOM" if self.bom else "UTF-8", "delimiter": self.delimiter,
+        return {"encoding": self.encoding + (" with BOM" if self.bom else ""), "delimiter": self.delimiter,
                 "quoted": self.quoted, "line_terminator": LINE_TERMINATORS[self.line_terminator],
-                "header": self.header if self.header is None or len(self.header) <= 300 else self.header[:300] + "..."}
+                "header": self.header if self.header is None or len(self.header) <= 300 else self.header[:300] + "...",
+                "decimal": self.decimal, "preamble_lines": self.preamble, "index_column": self.index_column,
+                "trailing_delimiter": self.trailing_delimiter}
 
 
 class Spec:
@@ -120,15 +148,27 @@ def lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         yield i, raw[:-1] if raw.endswith(b"\r") else raw
 
 
-def _is_number(text):
+#: Characters that group digits by thousands (besides the one of ``.`` and ``,`` that is not the decimal
+#: separator): space, no-break spaces (fr-FR Excel), apostrophe (de-CH).
+GROUPING = " \u00a0\u202f'"
+_GROUPED = {".": re.compile(r"[+-]?\d{1,3}([,\s\u00a0\u202f']\d{3})+(\.\d*)?"),
+            ",": re.compile(r"[+-]?\d{1,3}([.\s\u00a0\u202f']\d{3})+(,\d*)?")}
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+
+
+def _is_number(text, decimal="."):
+    """Whether a field holds a number: what float() reads, with ``decimal`` as the decimal separator, or
+    digits grouped by thousands (``1,000``, ``1.000``, ``1 000``: numbers, though refused as values)."""
+    if decimal == "," and _DECIMAL_COMMA.fullmatch(text):
+        return True
     try:
         float(text)
         return True
     except ValueError:
-        return False
+        return bool(_GROUPED[decimal].fullmatch(text))
 
 
-def looks_like_header(fields: list[str], first_line: bool = False) -> bool:
+def looks_like_header(fields: list[str], first_line: bool = False, decimal: str = ".") -> bool:
     """Whether a line's fields name columns rather than hold a row.
 
     Three conventions: names only (``label,pixel0,...``, ``1x1,1x2,...``); names mixed with indices
@@ -136,15 +176,16 @@ def looks_like_header(fields: list[str], first_line: bool = False) -> bool:
     on a file's ``first_line`` only, integer column indices (``0,1,2,...,64``, a pandas DataFrame
     saved with its default column names): every field a number, counting 0..n-1 or 1..n. A data row
     would have to hold exactly those consecutive values; the header taken is recorded in the manifest.
+    ``decimal``: the file's decimal separator (``16,0`` is a number where it is ``,``).
     """
     named = [f.strip().strip('"').strip() for f in fields]
     named = [f for f in named if f]
     if len(fields) < 2 or not named:  # one field: no delimiter, so nothing tells a header from a row
         return False
-    numbers = [f for f in named if _is_number(f)]
+    numbers = [f for f in named if _is_number(f, decimal)]
     try:
         ints = [int(f) for f in numbers]
-    except ValueError:  # 1.5, 1e3, nan: not column indices
+    except ValueError:  # 1.5, 1e3, nan, 1,000: not column indices
         return not numbers
     counts_up = all(b - a == 1 for a, b in zip(ints, ints[1:]))
     if len(numbers) < len(named):
@@ -169,18 +210,33 @@ def split_fields(text: str, delimiter: str = ",") -> list[str]:
         raise RowError("quote", f"malformed quoting ({e})") from None
 
 
-def _to_int(text, col):
+def _number_format_error(t, col, decimal):
+    """The RowError of a value written with a locale's number format the file does not use, or None."""
+    if _GROUPED[decimal].fullmatch(t) and not (decimal == "," and _DECIMAL_COMMA.fullmatch(t)):
+        return RowError("number_format", f"digits grouped by thousands in column {col}: {t[:20]!r}; export the "
+                                         "numbers without a thousands separator (Excel: Format Cells > Number, "
+                                         "untick 'Use 1000 Separator')")
+    if decimal == "," and "." in t:
+        return RowError("number_format", f"'.' in column {col} ({t[:20]!r}) of a file whose decimal separator is "
+                                         "',': write every number the same way")
+    return None
+
+
+def _to_int(text, col, decimal="."):
     t = text.strip()
     if t == "":
         raise RowError("empty_field", f"empty field in column {col}")
-    if '"' in t or "'" in t:
+    if '"' in t or "'" in t and not _GROUPED[decimal].fullmatch(t):
         raise RowError("quote", f"quote character in column {col}: {t[:20]!r}")
     try:
         return int(t)
     except ValueError:
         pass
+    error = _number_format_error(t, col, decimal)
+    if error:
+        raise error
     try:
-        value = float(t)
+        value = float(t.replace(",", ".") if decimal == "," else t)
     except ValueError:
         raise RowError("non_numeric", f"non-numeric field in column {col}: {t[:20]!r}") from None
     if math.isnan(value) or math.isinf(value):
@@ -190,10 +246,13 @@ def _to_int(text, col):
     return int(value)
 
 
-def parse_row(raw: bytes, spec: Spec, delimiter: str = ",") -> tuple[int | None, list[int]]:
+def parse_row(raw: bytes, spec: Spec, delimiter: str = ",", decimal: str = ".",
+              index_column: bool = False) -> tuple[int | None, list[int]]:
     """(label or None, pixel list) of one raw line, or RowError naming what is wrong.
 
-    Fields are split on ``delimiter``; a quoted field (``"5"``) is unquoted as RFC 4180 says.
+    Fields are split on ``delimiter``; a quoted field (``"5"``) is unquoted as RFC 4180 says; numbers
+    use ``decimal`` as decimal separator (``16,0``: 16). ``index_column``: the first field is a row
+    index (pandas, R), not a value: it is dropped and the columns are counted without it.
     """
     try:
         text = raw.decode("utf-8")
@@ -203,23 +262,29 @@ def parse_row(raw: bytes, spec: Spec, delimiter: str = ",") -> tuple[int | None,
         raise RowError("empty_line", "empty line")
     if any(ord(c) < 32 and c not in "\t" for c in text):
         raise RowError("garbage_bytes", "control characters (garbage bytes) in line")
+    if text.lstrip().startswith("#"):
+        raise RowError("comment", "a '#' comment line among the rows: delete it, or move it above the header "
+                                  "(comment lines there are skipped)")
     fields = split_fields(text, delimiter)
-    if len(fields) == spec.num_columns and looks_like_header(fields):
+    if index_column:
+        fields = fields[1:]
+    if len(fields) == spec.num_columns and looks_like_header(fields, decimal=decimal):
         raise RowError("header", "header row in the middle of the file")
     if len(fields) != spec.num_columns:
-        raise RowError("column_count", f"wrong column count: expected {spec.num_columns}, got {len(fields)}")
+        raise RowError("column_count", f"wrong column count: expected {spec.num_columns}, got {len(fields)}"
+                                       + (" after the row index" if index_column else ""))
     label = None
     if spec.labeled:
         label_text = fields.pop(spec.label_col)
         if not label_text.strip():
             raise RowError("label_missing", "label missing")
-        label = _to_int(label_text, spec.label_col)
+        label = _to_int(label_text, spec.label_col, decimal)
         if not 0 <= label < spec.num_classes:
             raise RowError("label_range", f"label {label} outside 0..{spec.num_classes - 1}")
     pixels = []
     offset = 1 if spec.labeled else 0
     for i, f in enumerate(fields):
-        v = _to_int(f, i + offset)
+        v = _to_int(f, i + offset, decimal)
         if not 0 <= v <= spec.pixel_max:
             raise RowError("pixel_range", f"pixel value {v} in column {i + offset} outside 0..{spec.pixel_max}")
         pixels.append(v)
@@ -386,62 +451,181 @@ def chunks(data: bytes, size: int = PARSE_BYTES) -> Iterator[tuple[int, bytes]]:
 def _foreign_encoding(head):
     for bom, name in FOREIGN_BOMS:
         if head.startswith(bom):
-            return f"{name} (byte-order mark {bom.hex(' ').upper()})"
+            return None if name in UTF16 else f"{name} (byte-order mark {bom.hex(' ').upper()})"
     if b"\x00" in head[:4096]:
         return "UTF-16 or UTF-32 without a byte-order mark, or a binary file such as .xlsx (NUL bytes)"
     return None
 
 
-def sniff(head: bytes, name: str, complete: bool = True) -> Dialect:
-    """The :class:`Dialect` of a CSV file from its first lines.
+def _foreign_encoding_error(name, foreign):
+    """The InputError of a UTF-32 file, or of UTF-16 without a byte-order mark (NUL bytes): what it is
+    and how to convert it."""
+    return InputError(f"{name} is encoded as {foreign}, not UTF-8: re-encode it as UTF-8 (e.g. iconv -f "
+                      f"{foreign.split(' ')[0] if foreign.startswith('UTF-32') else 'UTF-16LE'} -t UTF-8 FILE > "
+                      "FILE.csv, or in Excel save as 'CSV UTF-8 (Comma delimited)'); convert reads UTF-8, "
+                      "Windows-1252, and UTF-16 with a byte-order mark")
 
-    ``head``: the file's first bytes, whole lines (``complete``: the whole file). Raises
-    :class:`InputError` naming ``name`` when the file is not UTF-8 (a UTF-16/32 byte-order mark,
-    NUL bytes), when its lines split into no fields on any of :data:`DELIMITERS`, or when every data
-    line ends with an empty field (a trailing delimiter). ``csv.Sniffer`` picks the delimiter; it
-    must split the data lines into one consistent field count.
-    """
-    foreign = _foreign_encoding(head)
-    if foreign:
-        raise InputError(f"{name} is encoded as {foreign}, not UTF-8: re-encode it as UTF-8 "
-                         "(e.g. iconv -f UTF-16 -t UTF-8, or save as 'CSV UTF-8')")
-    bom = head.startswith(codecs.BOM_UTF8)
-    if bom:
-        head = head[len(codecs.BOM_UTF8):]
+
+def _utf16_of(head):
+    """'UTF-16LE' or 'UTF-16BE' when the head starts with that byte-order mark (not UTF-32's), else None."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return None
+    return next((name for name, (bom, _codec) in UTF16.items() if head.startswith(bom)), None)
+
+
+def _decoded_lines(head, complete):
+    """``(line terminator, encoding, [(line number, text)])`` of a head without its BOM."""
     if b"\n" in head:
         terminator = "\r\n" if head.count(b"\r\n") * 2 >= head.count(b"\n") else "\n"
     else:
         terminator = "\r" if b"\r" in head else "\n"
-    eol = b"\r" if terminator == "\r" else b"\n"
-    raw_lines = head.split(eol)
+    raw_lines = head.split(b"\r" if terminator == "\r" else b"\n")
     if raw_lines and (raw_lines[-1] == b"" or not complete):
         raw_lines.pop()  # after the last terminator: nothing, or a line cut by the head's end
-    text = [(i, raw.rstrip(b"\r").decode("utf-8", "replace")) for i, raw in enumerate(raw_lines, start=1)]
+    try:
+        for raw in raw_lines:
+            raw.decode("utf-8")
+        encoding, codec = "UTF-8", "utf-8"
+    except UnicodeDecodeError:  # Excel's 'CSV (Comma delimited)' in a Western locale: names in cp1252
+        encoding, codec = "Windows-1252", "cp1252"
+    return terminator, encoding, [(i, raw.rstrip(b"\r").decode(codec, "replace"))
+                                  for i, raw in enumerate(raw_lines, start=1)]
+
+
+_SEP_LINE = re.compile(r'"?sep=(.)"?\s*')
+#: Characters of a line of numbers, whatever the delimiter (decimal points and commas, signs, quotes,
+#: exponents, digit grouping).
+_NUMERIC_CHARS = frozenset("0123456789 \"+-.,'eE" + GROUPING)
+
+
+def _choose_delimiter(name, text):
+    """``(delimiter, whether line 1 is Excel's sep= line)``: the candidate that splits most of the head's
+    lines of numbers into one field count of at least 2 (a pattern-and-type score as CleverCSV's, for
+    tables of numbers); csv.Sniffer when no line is all numbers."""
+    sep = _SEP_LINE.fullmatch(text[0][1]) if text[0][0] == 1 else None
+    if sep:
+        if sep.group(1) not in DELIMITERS:
+            raise InputError(f"{name}: line 1 ({text[0][1][:20]!r}) sets the delimiter {sep.group(1)!r}; convert "
+                             "reads ',', ';', tab or '|': save the file as comma-separated CSV")
+        return sep.group(1), True
+    best, best_score = None, (0, 0)
+    for d in DELIMITERS:
+        counts = Counter(len(_fields_or_raw(t, d)) for _i, t in text[:100] if set(t) <= _NUMERIC_CHARS | {d})
+        counts.pop(1, None)
+        score = max(((n, c) for c, n in counts.items()), default=(0, 0))
+        if score > best_score:
+            best, best_score = d, score
+    if best is not None:
+        return best, False
+    try:
+        return csv.Sniffer().sniff("\n".join(t for _i, t in text[:50]), delimiters=DELIMITERS).delimiter, False
+    except csv.Error:
+        return max(DELIMITERS, key=lambda d: sum(t.count(d) for _i, t in text)), False
+
+
+_DOT_DECIMAL = re.compile(r"[+-]?\d*\.\d+")
+_DOT_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+")
+
+
+def _choose_decimal(text, delimiter):
+    """The decimal separator of a file: ``.`` in comma-separated files; elsewhere ``,`` when a field of
+    the head is written so (``16,0``), ``.`` when one is written ``16.5`` (not ``1.000``, digits grouped
+    as de-DE does), else ``,`` for semicolons (the locales whose Excel writes ``;``) and ``.`` otherwise."""
+    if delimiter == ",":
+        return "."
+    fields = [f.strip().strip('"') for _i, t in text[:100] for f in _fields_or_raw(t, delimiter)]
+    if any(_DECIMAL_COMMA.fullmatch(f) for f in fields):
+        return ","
+    if any(_DOT_DECIMAL.fullmatch(f) and not _DOT_GROUPED.fullmatch(f) for f in fields):
+        return "."
+    return "," if delimiter == ";" or any(_DOT_GROUPED.fullmatch(f) for f in fields) else "."
+
+
+def _is_title(text, delimiter, decimal):
+    """A line above the table that is no row: a ``#`` comment, or a single name (a title, ``Digits,,,``)."""
+    if text.lstrip().startswith("#"):
+        return True
+    values = [f.strip().strip('"').strip() for f in _fields_or_raw(text, delimiter)]
+    values = [f for f in values if f]
+    return len(values) == 1 and not _is_number(values[0], decimal)
+
+
+def _preamble(text, delimiter, decimal, sep_line):
+    """``(lines above the header or first row, of which not blank)``: Excel's ``sep=`` line, titles and
+    comments (:func:`_is_title`) and blank lines between them. 0 when no such line comes before a line
+    of the table (a file of title-like lines only is no table: it is refused, not skipped)."""
+    titles = 0
+    for _i, t in text[:20]:
+        if not ((titles == 0 and sep_line) or _is_title(t, delimiter, decimal)):
+            break
+        titles += 1
+    else:  # no table line: only Excel's sep= line is known to be no row
+        return (text[0][0], 1) if sep_line and len(text) == 1 else (0, 0)
+    first_table_line = text[titles][0]
+    return (first_table_line - 1, titles) if titles or first_table_line > 1 else (0, 0)
+
+
+def _is_index_name(field):
+    """An unnamed first header field: a row index (pandas writes ``""``, ``Unnamed: 0`` when read back and
+    saved again; R ``write.csv`` ``""``)."""
+    name = field.strip().strip('"').strip()
+    return name == "" or re.fullmatch(r"Unnamed: 0", name) is not None
+
+
+def sniff(head: bytes, name: str, complete: bool = True) -> Dialect:
+    """The :class:`Dialect` of a CSV file from its first lines.
+
+    ``head``: the file's first bytes, whole lines (``complete``: the whole file). The delimiter is
+    the one of :data:`DELIMITERS` that splits the head's lines of numbers into one field count
+    (:func:`_choose_delimiter`), or Excel's ``sep=`` line. Raises :class:`InputError` naming ``name``,
+    what the file is and how to convert it, when the file is UTF-32 or UTF-16 without a byte-order mark,
+    when its lines split into no fields on any of :data:`DELIMITERS`, or when a column is empty in
+    every row although the header names it.
+    """
+    foreign = _foreign_encoding(head)
+    if foreign:
+        raise _foreign_encoding_error(name, foreign)
+    utf16 = _utf16_of(head)
+    if utf16:  # an odd last byte of a cut head is a replacement character on a line the cut drops
+        head = head.decode(UTF16[utf16][1], "replace").encode("utf-8")
+    bom = head.startswith(codecs.BOM_UTF8)
+    if bom:
+        head = head[len(codecs.BOM_UTF8):]
+    terminator, encoding, text = _decoded_lines(head, complete)
+    encoding = utf16 or encoding
     blank = sum(not t.strip() for _i, t in text)
     text = [(i, t) for i, t in text if t.strip()]
+    base = dict(line_terminator=terminator, bom=bom, encoding=encoding)
     if not text:
-        return Dialect(line_terminator=terminator, bom=bom, blank_lines=blank)
-    try:
-        delimiter = csv.Sniffer().sniff("\n".join(t for _i, t in text[:50]), delimiters=DELIMITERS).delimiter
-    except csv.Error:
-        delimiter = max(DELIMITERS, key=lambda d: sum(t.count(d) for _i, t in text))
-    quoted = any('"' in t for _i, t in text)
-    header = text[0][1] if text[0][0] == 1 and looks_like_header(_fields_or_raw(text[0][1], delimiter), True) else None
-    data = [(i, t) for i, t in text if not (i == 1 and header is not None)
-            and not is_blank(t.encode("utf-8"), delimiter.encode())]
+        return Dialect(blank_lines=blank, **base)
+    delimiter, sep_line = _choose_delimiter(name, text)
+    decimal = _choose_decimal(text, delimiter)
+    preamble, titles = _preamble(text, delimiter, decimal, sep_line)
+    text = text[titles:]
+    header = None
+    if text and looks_like_header(_fields_or_raw(text[0][1], delimiter), True, decimal):
+        header = text[0][1]
+    data = [(i, t) for i, t in text[header is not None:] if not is_blank(t.encode("utf-8"), delimiter.encode())]
     blank += len(text) - len(data) - (header is not None)
-    counts = Counter(len(_fields_or_raw(t, delimiter)) for _i, t in data)
+    fields = [_fields_or_raw(t, delimiter) for _i, t in data]
+    counts = Counter(len(f) for f in fields)
     columns = counts.most_common(1)[0][0] if counts else None
     if columns is not None and columns < 2:
-        first = data[0]
-        raise InputError(f"{name}: line {first[0]} does not split into fields on ',', ';', tab or '|' "
-                         f"({first[1][:80]!r}): save the file as comma-separated CSV")
-    if data and all(_fields_or_raw(t, delimiter)[-1].strip() == "" for _i, t in data):
-        first = data[0]
-        raise InputError(f"{name}: every row ends with an empty field, a trailing {delimiter!r}? (line "
-                         f"{first[0]}: {first[1][-40:]!r}); remove the delimiter at the end of each line")
-    return Dialect(delimiter=delimiter, quoted=quoted, line_terminator=terminator, bom=bom, header=header,
-                   columns=columns, data_lines=len(data), blank_lines=blank)
+        raise InputError(f"{name}: line {data[0][0]} does not split into fields on ',', ';', tab or '|' "
+                         f"({data[0][1][:80]!r}): if it is space-separated or fixed-width text, save the file as "
+                         "comma-separated CSV")
+    head_fields = _fields_or_raw(header, delimiter) if header is not None else None
+    index = head_fields is not None and len(head_fields) > 2 and _is_index_name(head_fields[0])
+    trailing = bool(data) and all(f[-1].strip() == "" for f in fields)
+    named = head_fields[columns - 1].strip().strip('"') if trailing and len(head_fields or ()) >= columns else ""
+    if named:  # the header names the column the rows leave empty: no trailing delimiter, a column of nothing
+        raise InputError(f"{name}: column {columns} ({named[:40]!r}) is empty in every row (line {data[0][0]}: "
+                         f"{data[0][1][-40:]!r}); delete the column and export again")
+    if columns is not None:
+        columns -= index + trailing
+    return Dialect(delimiter=delimiter, quoted=any('"' in t for _i, t in text), header=header, columns=columns,
+                   data_lines=len(data), blank_lines=blank, decimal=decimal, preamble=preamble,
+                   index_column=index, trailing_delimiter=trailing, **base)
 
 
 def _fields_or_raw(text, delimiter):
@@ -451,18 +635,18 @@ def _fields_or_raw(text, delimiter):
         return text.split(delimiter)
 
 
-def _parse_lines(data, spec, first_line_no, delimiter=","):
+def _parse_lines(data, spec, first_line_no, dialect):
     """Line-by-line parse of a block: (labels, pixel rows, line numbers) of good lines, bad lines, and
     the number of blank lines (not rows)."""
     labels, pixels, numbers, bad, blank = [], [], [], [], 0
-    delim = delimiter.encode()
+    delim = dialect.delimiter.encode()
     for offset, raw in lines(data):
         line_no = first_line_no + offset - 1
         if is_blank(raw, delim):
             blank += 1
             continue
         try:
-            label, px = parse_row(raw, spec, delimiter)
+            label, px = parse_row(raw, spec, dialect.delimiter, dialect.decimal, dialect.index_column)
         except RowError as e:
             bad.append((line_no, e.kind, str(e), raw.decode("utf-8", "replace")[:2000]))
             continue
@@ -472,6 +656,32 @@ def _parse_lines(data, spec, first_line_no, delimiter=","):
     return labels, pixels, numbers, bad, blank
 
 
+def _skip_head(data, dialect, counts):
+    """``(data, lines skipped)``: the start of a file without its BOM, preamble (counted as blank or
+    header lines) and header line."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    eol, skipped = dialect.eol, 0
+    while skipped < dialect.preamble and data:
+        end = data.find(eol)
+        line, data = (data, b"") if end < 0 else (data[:end], data[end + 1:])
+        counts["blank_lines" if is_blank(line, dialect.delimiter.encode()) else "header_lines"] += 1
+        skipped += 1
+    first_end = data.find(eol)
+    first = data if first_end < 0 else data[:first_end]
+    fields = _fields_or_raw(first.decode("utf-8", "replace").rstrip("\r"), dialect.delimiter)
+    if first.strip() and looks_like_header(fields, first_line=True, decimal=dialect.decimal):
+        data, skipped = data[first_end + 1:] if first_end >= 0 else b"", skipped + 1
+        counts["header_lines"] += 1
+    return data, skipped
+
+
+def _clean_table(block, spec, dialect):
+    """:func:`parse_clean` of a block, its row index column dropped; None when not clean."""
+    table = parse_clean(block, spec.num_columns + dialect.index_column, dialect.delimiter.encode(), dialect.quoted)
+    return table[:, 1:] if table is not None and dialect.index_column else table
+
+
 def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: bool = True,
                dialect: Dialect | None = None, counts: Counter | None = None
                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str, str]]]]:
@@ -479,33 +689,32 @@ def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: 
 
     Yields, per block of about PARSE_BYTES, ``(labels int64 [n] (-1 when unlabeled), pixels uint16 or int64
     [n, P], line numbers int64 [n], bad)`` where ``bad`` lists ``(line, kind, reason, raw)``. When
-    ``header_allowed`` (the start of a file) a UTF-8 byte-order mark is dropped and a header on the
-    first line is skipped; anywhere else a header is a bad line. ``dialect`` (default: comma, LF,
-    unquoted) says how lines end and fields split. Lines that are not rows are added to ``counts``
-    (a Counter, when given): ``blank_lines`` (empty, whitespace or delimiters only), ``header_lines``.
+    ``header_allowed`` (the start of a file) a UTF-8 byte-order mark is dropped, the dialect's preamble
+    lines (``sep=``, titles, comments) are skipped and a header on the next line is skipped; anywhere
+    else a header is a bad line. ``dialect`` (default: comma, LF, unquoted) says how lines end, fields
+    split and numbers are written, and whether a row index or a trailing delimiter is to be dropped.
+    Lines that are not rows are added to ``counts`` (a Counter, when given): ``blank_lines`` (empty,
+    whitespace or delimiters only), ``header_lines`` (header, and preamble lines that are not blank).
     """
     dialect = dialect or Dialect()
     counts = Counter() if counts is None else counts
+    if dialect.encoding in UTF16:
+        data, dialect = dialect.to_utf8(data), dataclasses.replace(dialect, encoding="UTF-8")
     if header_allowed:
-        if data.startswith(codecs.BOM_UTF8):
-            data = data[len(codecs.BOM_UTF8):]
-        first_end = data.find(dialect.eol)
-        first = data if first_end < 0 else data[:first_end]
-        fields = _fields_or_raw(first.decode("utf-8", "replace").rstrip("\r"), dialect.delimiter)
-        if first.strip() and looks_like_header(fields, first_line=True):
-            data, first_line_no = data[first_end + 1:] if first_end >= 0 else b"", first_line_no + 1
-            counts["header_lines"] += 1
+        data, skipped = _skip_head(data, dialect, counts)
+        first_line_no += skipped
     if dialect.eol == b"\r":
         data = data.replace(b"\r", b"\n")
     elif b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     if data and not data.endswith(b"\n"):
         data += b"\n"
-    delimiter = dialect.delimiter.encode()
+    if dialect.trailing_delimiter:  # the delimiter ending each line, and spaces after it
+        data = re.sub(re.escape(dialect.delimiter.encode()) + rb" *\n", b"\n", data)
     line_no = first_line_no
     for _offset, block in chunks(data):
         rows = block.count(b"\n")
-        table = parse_clean(block, spec.num_columns, delimiter, dialect.quoted)
+        table = _clean_table(block, spec, dialect)
         if table is not None:
             if spec.labeled:
                 lab, px = table[:, spec.label_col].astype(np.int64), np.delete(table, spec.label_col, axis=1)
@@ -518,9 +727,8 @@ def iter_block(data: bytes, spec: Spec, first_line_no: int = 1, header_allowed: 
                 yield lab, px, np.arange(line_no, line_no + rows, dtype=np.int64), []
                 line_no += rows
                 continue
-        labels, pixels, numbers, bad, blank = _parse_lines(block, spec, line_no, dialect.delimiter)
+        labels, pixels, numbers, bad, blank = _parse_lines(block, spec, line_no, dialect)
         counts["blank_lines"] += blank
         yield (np.asarray(labels, np.int64), np.asarray(pixels, np.int64).reshape(len(labels), spec.num_pixels),
                np.asarray(numbers, np.int64), bad)
         line_no += rows
-

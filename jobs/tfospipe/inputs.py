@@ -89,6 +89,45 @@ def _misnamed_error(raw_dir: str, names: list[str]) -> csvparse.InputError:
         f"{raw_dir}`, or mv) and rerun; nothing was written")
 
 
+#: What a file convert does not read is, and how to make CSV of it, by extension (lower case).
+_SPREADSHEET = ("a spreadsheet workbook: save each sheet as 'CSV UTF-8 (Comma delimited)', or "
+                "pandas.read_excel(path, sheet_name=None) and to_csv(index=False) each sheet")
+NOT_CSV = {
+    **dict.fromkeys((".xlsx", ".xlsm", ".xlsb", ".xls", ".ods", ".numbers"), _SPREADSHEET),
+    **dict.fromkeys((".txt", ".dat", ".tab", ".prn"),
+                    "text: if it is a table (Excel's 'Text (Tab delimited)' or 'Unicode Text', PostgreSQL COPY, "
+                    "MySQL INTO OUTFILE), "
+                    "rename it to .tsv or .csv"),
+    **dict.fromkeys((".json", ".jsonl", ".ndjson"), "JSON: pandas.read_json(path, lines=...).to_csv(index=False)"),
+    **dict.fromkeys((".parquet", ".orc", ".avro", ".feather", ".arrow"),
+                    "a binary table: spark.read.format(...).load(path).write.csv(out, header=True)"),
+    **dict.fromkeys((".zip", ".7z", ".rar", ".tar", ".tgz", ".zst", ".lz4", ".snappy", ".deflate", ".z"),
+                    "an archive or compression convert does not read: unpack it, or compress each CSV file "
+                    "with gzip, bzip2 or xz"),
+}
+
+
+def what_it_is(name: str) -> str:
+    """``name``, and what it is and how to convert it when its extension says (:data:`NOT_CSV`):
+    ``book.xlsx (a spreadsheet workbook: save each sheet as ...)``."""
+    lower = name.lower()
+    comp = compression_of(lower)
+    stem = lower[:-len(comp)] if comp else lower
+    ext = next((e for e in NOT_CSV if stem.endswith(e)), None)
+    return f"{name} ({NOT_CSV[ext]})" if ext else name
+
+
+def _partition_error(raw_dir: str, names: list[str]) -> csvparse.InputError:
+    """The InputError of partition directories (``label=5/``): Spark's ``partitionBy`` moves a column's
+    value out of the rows into the directory name."""
+    return csvparse.InputError(
+        f"{raw_dir} holds partition directories ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}), as "
+        f"Spark's df.write.partitionBy(...).csv() writes them: the rows under them lack the column "
+        f"'{names[0].rsplit('/', 1)[-1].split('=')[0]}', whose value is in the directory name. Write the data "
+        "again without partitionBy (spark.read.csv(dir, header=True).write.csv(out, header=True) puts the "
+        "column back, last: then --label-column -1 if it is the label) and rerun; nothing was written")
+
+
 def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
     """The input files of a version directory: ``(labeled, unlabeled, skipped, unreadable)``.
 
@@ -100,10 +139,11 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
 
     Raises csvparse.InputError naming every file or directory (other than skipped ones) whose name is
     not UTF-8 (e.g. ``M\\xe4rz.csv``, cp1252 bytes from a Windows tool): such a name cannot be stored
-    in the manifest or the lineage index (Parquet strings are UTF-8) as it is on disk.
+    in the manifest or the lineage index (Parquet strings are UTF-8) as it is on disk; and naming
+    partition directories (``key=value``, Spark's ``partitionBy``), whose rows lack a column.
     """
     groups = {"labeled": [], "unlabeled": []}
-    skipped, unreadable, misnamed = [], [], []
+    skipped, unreadable, misnamed, partitions = [], [], [], []
 
     def walk(directory, prefix, group):
         for entry in fs.listdir(directory):
@@ -112,6 +152,8 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
                 skipped.append(printable_name(name))
             elif not is_utf8_name(entry):
                 misnamed.append(name)
+            elif fs.isdir(path) and "=" in entry:
+                partitions.append(name)
             elif fs.isdir(path):
                 walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group)
             elif is_csv_name(entry):
@@ -122,6 +164,8 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
     walk(raw_dir, "", "labeled")
     if misnamed:
         raise _misnamed_error(raw_dir, sorted(misnamed))
+    if partitions:
+        raise _partition_error(raw_dir, sorted(partitions))
     return sorted(groups["labeled"]), sorted(groups["unlabeled"]), sorted(skipped), sorted(unreadable)
 
 
@@ -187,19 +231,26 @@ def read_head(name: str, path: str) -> tuple[bytes, bool]:
 
 
 def _line_start(f, offset, eol, size):
-    """The first line start at or after byte ``offset`` of an open plain file."""
+    """The first line start at or after byte ``offset`` of an open plain file: just after an ``eol``
+    that starts at a multiple of its length (a UTF-16 file's characters start at even offsets)."""
     if offset <= 0:
         return 0
-    f.seek(offset - 1)
-    pos = offset - 1
-    while pos < size:
+    step = len(eol)
+    base = max(0, offset - step)  # an eol that ends at offset starts here
+    f.seek(base)
+    carry = b""
+    while base < size:
         piece = f.read(1 << 16)
         if not piece:
             break
-        i = piece.find(eol)
-        if i >= 0:
-            return pos + i + 1
-        pos += len(piece)
+        buf = carry + piece
+        i = buf.find(eol)
+        while i >= 0:
+            if (base + i) % step == 0 and base + i + step >= offset:
+                return base + i + step
+            i = buf.find(eol, i + 1)
+        carry = buf[len(buf) - step + 1:] if step > 1 else b""
+        base += len(buf) - len(carry)
     return size
 
 
@@ -235,10 +286,13 @@ def range_lines(path: str, part: int, parts: int, eol: bytes = b"\n") -> dict:
         start = _line_start(f, size * part // parts, eol, size)
         end = max(start, _line_start(f, size * (part + 1) // parts, eol, size))
         f.seek(start)
-        remaining = end - start
+        remaining, carry = end - start, b""
         while remaining > 0 and (piece := f.read(min(READ_BYTES, remaining))):
-            lines += piece.count(eol)
             remaining -= len(piece)
+            buf = carry + piece  # whole characters: a two-byte eol (UTF-16) is never cut in two
+            whole = len(buf) - len(buf) % len(eol)
+            lines += buf.count(eol, 0, whole)
+            carry = buf[whole:]
     return {"path": path, "part": part, "start": start, "end": end, "lines": lines, "span": (started, time.time())}
 
 
@@ -259,7 +313,8 @@ def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iter
     """Whole-line pieces (about READ_BYTES each) of bytes ``[start, end)`` of a plain file, or of the
     whole decompressed stream of a compressed one (``start`` and ``end`` are then ignored).
 
-    Lines end with ``eol`` (``b"\\n"``, or ``b"\\r"`` for CR-only files); the last piece may lack it.
+    Lines end with ``eol`` (``b"\\n"``, ``b"\\r"`` for CR-only files, two bytes in UTF-16); the last piece
+    may lack it.
     Raises csvparse.InputError when the stream is corrupt or truncated, or a line is longer than
     MAX_LINE_BYTES; OSError when the file cannot be read."""
     compressed = compression_of(path) is not None
@@ -278,7 +333,8 @@ def range_chunks(name: str, path: str, start: int, end: int, eol: bytes) -> Iter
             if remaining is not None:
                 remaining -= len(piece)
             data = carry + piece
-            cut = data.rfind(eol) + 1
+            last = data.rfind(eol)
+            cut = last + len(eol) if last >= 0 else 0
             carry = data[cut:]
             if cut:
                 yield data[:cut]

@@ -39,20 +39,34 @@ def digits_rows(start, stop):
     return [[int(t)] + [int(v) for v in row] for t, row in zip(d.target[start:stop], d.data[start:stop])]
 
 
-def reference_rows(data, delimiter=","):
+#: How the independent reading below reads the shipped cases that are not plain comma-separated UTF-8:
+#: delimiter, lines above the header (``sep=``, comments, titles, blank), a row index first, a delimiter at
+#: the end of each line, the decimal separator, the encoding.
+READ_AS = {
+    "excel_de_semicolon": dict(delimiter=";", above=1, decimal=",", encoding="cp1252"),
+    "pandas_index": dict(index=True),
+    "r_write_csv": dict(index=True),
+    "title_comments": dict(above=4),
+    "trailing_delimiter": dict(trailing=True),
+    "excel_unicode_text": dict(delimiter="\t", encoding="utf-16"),
+}
+
+
+def reference_rows(data, delimiter=",", above=0, index=False, trailing=False, decimal=".", encoding="utf-8-sig"):
     """{line number: row} of a CSV file by Python's csv module alone: the independent reading the job
-    must agree with (BOM dropped, any line terminator, quoting; blank lines and a first-line header
-    are not rows)."""
-    text = data.decode("utf-8-sig")
+    must agree with (BOM dropped, any line terminator, quoting; blank lines, the ``above`` lines and a
+    header on the line after them are not rows)."""
+    text = data.decode(encoding)
     rows = {}
     for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         fields = next(csv.reader([line], delimiter=delimiter)) if line else []
-        if not any(f.strip() for f in fields):
+        if number <= above or not any(f.strip() for f in fields):
             continue
-        if number == 1 and (not all(f.strip().isdigit() for f in fields)
-                            or [int(f) for f in fields] == list(range(len(fields)))):
+        fields = fields[int(index):len(fields) - int(trailing)]
+        if number == above + 1 and (not all(f.strip().isdigit() for f in fields)
+                                    or [int(f) for f in fields] == list(range(len(fields)))):
             continue  # a header: names, or pandas' integer column names
-        rows[number] = [int(f) for f in fields]
+        rows[number] = [int(float(f.replace(",", "."))) if decimal == "," else int(f) for f in fields]
     return rows
 
 
@@ -76,7 +90,7 @@ def producer_version(tmp_path_factory, build_dir):
     """One dataset version holding every producer case: {name: (bytes, delimiter)} and the job's output."""
     root = tmp_path_factory.mktemp("dialects")
     raw = root / "raw" / "dialects"
-    sources = {}  # file name in the version -> (bytes as decompressed, delimiter)
+    sources = {}  # file name in the version -> (bytes as decompressed, how reference_rows reads it)
     for case in sorted(os.listdir(CASES)):  # the shipped producer cases, prefixed by their folder
         folder = os.path.join(CASES, case)
         if not os.path.isdir(folder):
@@ -87,7 +101,7 @@ def producer_version(tmp_path_factory, build_dir):
                 target = f"{case}__{rel}"
                 write(str(raw / target), open(os.path.join(dirpath, name), "rb").read())
                 if not name.startswith(("_", ".")):
-                    sources[target] = (open(os.path.join(dirpath, name), "rb").read(), ",")
+                    sources[target] = (open(os.path.join(dirpath, name), "rb").read(), READ_AS.get(case, {}))
     rows = digits_rows(0, 400)
     built = {  # one more case of each kind
         "semicolon.csv": (lines_of(rows[0:20], ";"), ";"),
@@ -106,10 +120,10 @@ def producer_version(tmp_path_factory, build_dir):
     }
     for name, (data, delimiter) in built.items():
         write(str(raw / name), data)
-        sources[name] = (data, delimiter)
+        sources[name] = (data, {"delimiter": delimiter})
     for name, (compress, data) in compressed.items():
         write(str(raw / name), compress(data))
-        sources[name] = (data, ",")
+        sources[name] = (data, {})
     write(str(raw / "parts.csv" / "_SUCCESS"), b"")
     write(str(raw / "parts.csv" / ".part-00000.csv.gz.crc"), b"crc")
     run = run_job("convert", {"data_root": str(root), "version": "dialects", "pixel_max": 16}, build_dir)
@@ -125,10 +139,11 @@ def test_every_producer_case_converts_with_its_exact_row_count(producer_version)
     for case, count in expected_counts().items():
         files = [f for f in by_file if f.startswith(case + "__")]
         assert files and sum(by_file[f]["rows"] for f in files) == count, case
-    for name, (data, delimiter) in sources.items():
-        assert by_file[name]["rows"] == len(reference_rows(data, delimiter)), name
+    for name, (data, how) in sources.items():
+        assert by_file[name]["rows"] == len(reference_rows(data, **how)), name
     assert manifest["rows_quarantined"] == 0
-    assert manifest["rows_read"] == manifest["rows_written"] == sum(len(reference_rows(*s)) for s in sources.values())
+    expected_rows = sum(len(reference_rows(d, **how)) for d, how in sources.values())
+    assert manifest["rows_read"] == manifest["rows_written"] == expected_rows
     assert sorted(manifest["skipped_hidden"]) == sorted(
         ["parts.csv/.part-00000.csv.gz.crc", "parts.csv/_SUCCESS", "spark_dir__digits.csv/_SUCCESS",
          "spark_dir__digits.csv/.part-00000-1b2c.c000.csv.crc"])
@@ -140,9 +155,13 @@ def test_lines_that_are_not_rows_are_counted_apart(producer_version):
     assert by_file["blank_lines__a.csv"]["blank_lines"] == 3
     assert by_file["excel_blank_rows.csv"]["blank_lines"] == 5
     for name in ["numeric_header__a.csv", "quoted_all__a.csv", "cr_only__a.csv", "tabs.TSV", "mixed_header.csv",
-                 "crlf_bom_header.csv", "upper.CSV.GZ", "parts.csv/part-00001.csv.gz"]:
+                 "crlf_bom_header.csv", "upper.CSV.GZ", "parts.csv/part-00001.csv.gz", "pandas_index__a.csv",
+                 "r_write_csv__a.csv", "trailing_delimiter__a.csv", "excel_unicode_text__a.tsv"]:
         assert by_file[name]["header_lines"] == 1 and by_file[name]["dialect"]["header"], name
-    assert manifest["blank_lines"] == sum(i["blank_lines"] for i in manifest["inputs"]) == 8
+    # lines above the header: Excel's sep= line; two comments, a title and a blank line
+    assert by_file["excel_de_semicolon__a.csv"]["header_lines"] == 2
+    assert (by_file["title_comments__a.csv"]["header_lines"], by_file["title_comments__a.csv"]["blank_lines"]) == (4, 1)
+    assert manifest["blank_lines"] == sum(i["blank_lines"] for i in manifest["inputs"]) == 9
     assert manifest["header_lines"] == sum(i["header_lines"] for i in manifest["inputs"])
 
 
@@ -156,13 +175,20 @@ def test_manifest_states_the_dialect_of_each_file(producer_version):
     assert d["quoted_all__a.csv"]["quoted"] and d["pipes_quoted.csv"]["delimiter"] == "|"
     assert d["semicolon.csv"]["delimiter"] == ";" and d["tabs.TSV"]["delimiter"] == "\t"
     assert d["numeric_header__a.csv"]["header"].startswith("0,1,2,")
+    de = d["excel_de_semicolon__a.csv"]
+    assert (de["delimiter"], de["decimal"], de["encoding"], de["preamble_lines"]) == (";", ",", "Windows-1252", 1)
+    assert de["header"].startswith("Ziffer;Größe0;")
+    assert d["pandas_index__a.csv"]["index_column"] and d["r_write_csv__a.csv"]["index_column"]
+    assert d["trailing_delimiter__a.csv"]["trailing_delimiter"] and d["title_comments__a.csv"]["preamble_lines"] == 4
+    assert d["excel_unicode_text__a.tsv"]["encoding"] == "UTF-16LE with BOM" and d["excel_unicode_text__a.tsv"][
+        "delimiter"] == "\t"
 
 
 def test_every_record_holds_the_values_of_its_source_line(producer_version):
     _root, sources, manifest, out = producer_version
     expected = {}
-    for name, (data, delimiter) in sources.items():
-        for line, row in reference_rows(data, delimiter).items():
+    for name, (data, how) in sources.items():
+        for line, row in reference_rows(data, **how).items():
             expected[csvparse.row_id(name, line)] = row
     records = [bytes(r.numpy()) for split in ("train", "eval")
                for p in sorted(glob.glob(str(out / split / "*.tfrecord"))) for r in tf.data.TFRecordDataset(p)]
@@ -219,11 +245,12 @@ def _nothing_written(root, version):
 @pytest.mark.parametrize("case, files, words", [
     ("truncated_gzip", None, ["b.csv.gz is corrupt", "at compressed byte", "lines", "can be read",
                               "complete copy", "nothing was written"]),
-    ("utf16", {"a.csv": codecs.BOM_UTF16_LE + "5,0,0\n1,2,3\n".encode("utf-16-le")},
-     ["a.csv is encoded as UTF-16LE", "re-encode it as UTF-8"]),
-    ("trailing_comma", {"a.csv": b"5,0,0,1,\n1,2,3,4,\n"}, ["a.csv", "trailing ','", "line 1"]),
+    ("utf32", {"a.csv": codecs.BOM_UTF32_LE + "5,0,0\n1,2,3\n".encode("utf-32-le")},
+     ["a.csv is encoded as UTF-32LE", "re-encode it as UTF-8", "iconv -f UTF-32LE -t UTF-8"]),
+    ("named_empty_column", {"a.csv": b"label,a,b,c,d\n5,0,0,1,\n1,2,3,4,\n"},
+     ["a.csv: column 5 ('d') is empty in every row", "line 2", "delete the column"]),
     ("spreadsheet", {"a.csv": b"5,0,0,1,2\n", "digits.xlsx": b"PK\x03\x04"},
-     ["digits.xlsx", "does not read", "move them out"]),
+     ["digits.xlsx (a spreadsheet workbook: save each sheet as 'CSV UTF-8", "does not read", "move them out"]),
     # a cp1252 name from a Windows tool: bytes b"M\xe4rz.csv" on disk (os.fsdecode: the str open() writes them from)
     ("non_utf8_name", {"a.csv": b"5,0,0,1,2\n", os.fsdecode(b"M\xe4rz.csv"): b"5,0,0,1,2\n"},
      ["whose name is not UTF-8: 'M\\xe4rz.csv' ('M\u00e4rz.csv' if its bytes are cp1252", "rename it to UTF-8"]),

@@ -87,10 +87,12 @@ def test_header_conventions_on_the_first_line_only():
 
 
 @pytest.mark.parametrize("data, words", [
-    (codecs.BOM_UTF16_LE + "5,0,0,1,2\n".encode("utf-16-le"), ["UTF-16LE", "re-encode it as UTF-8"]),
     (codecs.BOM_UTF32_BE + "5,0,0,1,2\n".encode("utf-32-be"), ["UTF-32BE", "re-encode it as UTF-8"]),
-    ("5,0,0,1,2\n".encode("utf-16-le"), ["NUL bytes", "re-encode it as UTF-8"]),
-    (b"5,0,0,1,2,\n1,2,3,4,5,\n", ["empty field", "trailing ','", "line 1"]),
+    ("5,0,0,1,2\n".encode("utf-16-le"), ["NUL bytes", "re-encode it as UTF-8", "iconv -f UTF-16LE -t UTF-8",
+                                          "UTF-16 with a byte-order mark"]),
+    (b"label,a,b,c,d,e\n5,0,0,1,2,\n1,2,3,4,5,\n", ["column 6 ('e') is empty in every row", "line 2",
+                                                    "delete the column"]),
+    (b"sep=:\n5:0:0:1:2\n", ["line 1", "sets the delimiter ':'", "comma-separated"]),
     (b"5 0 0 1 2\n1 2 3 4 5\n", ["does not split into fields", "line 1", "comma-separated"]),
 ])
 def test_unreadable_dialects_name_the_file_what_was_seen_and_what_to_do(data, words):
@@ -101,12 +103,12 @@ def test_unreadable_dialects_name_the_file_what_was_seen_and_what_to_do(data, wo
         assert word in str(e.value)
 
 
-def test_semicolon_file_with_decimal_commas_sniffs_semicolon_and_quarantines_the_decimals():
-    data = b"5;0;0;1;2\n1;2;3,5;4;5\n"
+def test_semicolon_file_with_decimal_commas_reads_them_and_quarantines_fractions():
+    data = b"5;0;0;1;2\n1;2;3,5;4;5\n6;0,0;16,00;1;2\n"
     dialect = csvparse.sniff(data, "x.csv")
-    assert dialect.delimiter == ";"
+    assert (dialect.delimiter, dialect.decimal) == (";", ",")
     rows, _lines, bad, _counts = parse_all(data, dialect)
-    assert rows == [[5, 0, 0, 1, 2]] and [b[:2] for b in bad] == [(2, "non_numeric")]
+    assert rows == [[5, 0, 0, 1, 2], [6, 0, 16, 1, 2]] and [b[:2] for b in bad] == [(2, "non_integer")]
 
 
 def test_inputs_read_part_directories_any_case_and_refuse_unknown_files(tmp_path):
@@ -203,7 +205,8 @@ def test_head_reads_whole_long_lines(tmp_path):
 
 
 @pytest.mark.parametrize("content, note", [
-    (b"", "empty"), (b"label,a,b,c,d\n", "header only"), (b"\n\n  \n", "blank lines only")])
+    (b"", "empty"), (b"label,a,b,c,d\n", "header only"), (b"\n\n  \n", "blank lines only"),
+    (b"sep=;\r\nlabel;a;b;c;d\r\n", "header only"), (b"sep=;\r\n", "empty")])
 def test_files_without_rows_are_recognised(content, note):
     assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), True) == note
     assert convert.no_rows_note(csvparse.sniff(content, "x.csv"), False) is None
@@ -222,3 +225,229 @@ def test_shipped_producer_cases_are_sniffed_as_written():
     assert seen["numeric_header"][0]["header"].startswith("0,1,2,3,")
     assert seen["quoted_all"][0]["quoted"] and seen["quoted_all"][0]["header"].startswith('"label"')
     assert len(seen["spark_dir"]) == 2 and len(seen["upper_ext"]) == 2
+    de = seen["excel_de_semicolon"][0]
+    assert (de["delimiter"], de["decimal"], de["encoding"], de["preamble_lines"]) == (";", ",", "Windows-1252", 1)
+    assert seen["pandas_index"][0]["index_column"] and seen["r_write_csv"][0]["index_column"]
+    assert seen["title_comments"][0]["preamble_lines"] == 4 and seen["title_comments"][0]["header"].startswith("label,")
+    assert seen["trailing_delimiter"][0]["trailing_delimiter"]
+
+
+def test_shipped_producer_cases_parse_to_their_expected_row_counts():
+    """Every case of tests/data/csv-dialects through the parser alone: the counts of its EXPECTED.md, no bad row."""
+    base = os.path.join(os.path.dirname(__file__), "..", "data", "csv-dialects")
+    expected = {}
+    for line in open(os.path.join(base, "EXPECTED.md")):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].isdigit():
+            expected[cells[0]] = int(cells[2])
+    spec = csvparse.Spec(num_pixels=64, pixel_max=16)
+    for case, count in expected.items():
+        labeled, _u, _s, _x = inputs.list_inputs(os.path.join(base, case))
+        rows = 0
+        for name, path in labeled:
+            data = open(path, "rb").read()
+            labels, _px, _lines, bad = parse_block(data, spec, 1, True, csvparse.sniff(data, name))
+            assert bad == [], (case, name, bad[:3])
+            rows += len(labels)
+        assert rows == count, case
+
+
+def _table(rows, d=",", eol="\n", fmt=str, header=None, end=True, above=(), encoding="utf-8"):
+    out = list(above) + ([header] if header is not None else []) + [d.join(fmt(v) for v in r) for r in rows]
+    return (eol.join(out) + (eol if end else "")).encode(encoding)
+
+
+H = "label,p0,p1,p2,p3"
+#: Exports of real tools, one per kind: (bytes, dialect fields expected, lines that are not rows). Every one
+#: must read back exactly ROWS, on lines 1 + the lines above them (see the README's dialect survey).
+EXPORTS = {
+    "excel_en_us_crlf": (_table(ROWS, eol="\r\n", header=H), dict(line_terminator="\r\n"), dict(header_lines=1)),
+    "excel_de_decimal_comma": (_table(ROWS, ";", "\r\n", lambda v: f"{v},0", H.replace(",", ";")),
+                               dict(delimiter=";", decimal=","), dict(header_lines=1)),
+    "excel_fr_cp1252_header": (_table(ROWS, ";", "\r\n", header="étiquette;p0;p1;p2;p3", encoding="cp1252"),
+                               dict(encoding="Windows-1252", header="étiquette;p0;p1;p2;p3"), dict(header_lines=1)),
+    "excel_csv_utf8_bom": (codecs.BOM_UTF8 + _table(ROWS, eol="\r\n", header=H), dict(bom=True), dict(header_lines=1)),
+    "excel_sep_line": (_table(ROWS, ";", "\r\n", header=H.replace(",", ";"), above=["sep=;"]),
+                       dict(delimiter=";", preamble=1), dict(header_lines=2)),
+    "excel_mac_cr": (_table(ROWS, eol="\r", header=H), dict(line_terminator="\r"), dict(header_lines=1)),
+    "excel_empty_rows": (_table(ROWS[:1] + [["", "", "", "", ""]] + ROWS[1:], header=H), {},
+                         dict(header_lines=1, blank_lines=1)),
+    "libreoffice_quoted_names": (_table(ROWS, header='"label","p0","p1","p2","p3"'), dict(quoted=True),
+                                 dict(header_lines=1)),
+    "google_sheets_no_final_eol": (_table(ROWS, eol="\r\n", header=H, end=False), {}, dict(header_lines=1)),
+    "pandas_index": (_table([[i] + r for i, r in enumerate(ROWS)], header="," + H), dict(index_column=True),
+                     dict(header_lines=1)),
+    "pandas_index_read_back": (_table([[i] + r for i, r in enumerate(ROWS)], header="Unnamed: 0," + H),
+                               dict(index_column=True), dict(header_lines=1)),
+    "pandas_quote_all": (_table(ROWS, fmt=lambda v: f'"{v}"', header='"label","p0","p1","p2","p3"'),
+                         dict(quoted=True), dict(header_lines=1)),
+    "pandas_floats": (_table(ROWS, fmt=lambda v: f"{v}.0", header=H), {}, dict(header_lines=1)),
+    "pandas_semicolon_floats": (_table(ROWS, ";", fmt=lambda v: f"{v}.0"), dict(delimiter=";", decimal="."), {}),
+    "r_write_csv": (_table([[f'"{i + 1}"'] + r for i, r in enumerate(ROWS)], header='"","label","p0","p1","p2","p3"'),
+                    dict(index_column=True, quoted=True), dict(header_lines=1)),
+    "spark_no_header": (_table(ROWS), dict(header=None), {}),
+    "postgres_copy_text": (_table(ROWS, "\t"), dict(delimiter="\t"), {}),
+    "postgres_copy_csv_header": (_table(ROWS, header=H), {}, dict(header_lines=1)),
+    "mysql_outfile_pipes": (_table(ROWS, "|", fmt=lambda v: f'"{v}"'), dict(delimiter="|", quoted=True), {}),
+    "trailing_delimiter": (_table([r + [""] for r in ROWS], header=H + ","), dict(trailing_delimiter=True),
+                           dict(header_lines=1)),
+    "trailing_delimiter_no_header": (_table([r + [""] for r in ROWS], ";"),
+                                     dict(delimiter=";", trailing_delimiter=True), {}),
+    "comments_above": (_table(ROWS, header=H, above=["# exported 2026-12-07", "# digits"]), dict(preamble=2),
+                       dict(header_lines=3)),
+    "title_above": (_table(ROWS, header=H, above=["Digits export,,,,", ""]), dict(preamble=2),
+                    dict(header_lines=2, blank_lines=1)),
+    "title_above_no_header": (_table(ROWS, ";", above=["Digits"]), dict(preamble=1, header=None), dict(header_lines=1)),
+    "blank_lines_above_header": (_table(ROWS, header=H, above=["", ""]), dict(preamble=2),
+                                 dict(header_lines=1, blank_lines=2)),
+    "blank_lines_at_end": (_table(ROWS, header=H) + b"\n\n  \n", {}, dict(header_lines=1, blank_lines=3)),
+    "spaces_around_fields": (_table(ROWS, ", ", header=H.replace(",", ", ")), {}, dict(header_lines=1)),
+    "excel_unicode_text": (codecs.BOM_UTF16_LE + _table(ROWS, "\t", "\r\n", header=H.replace(",", "\t"),
+                                                         encoding="utf-16-le"),
+                           dict(encoding="UTF-16LE", bom=True, delimiter="\t"), dict(header_lines=1)),
+    "utf16_big_endian": (codecs.BOM_UTF16_BE + _table(ROWS, ";", "\n", lambda v: f"{v},0", encoding="utf-16-be"),
+                         dict(encoding="UTF-16BE", decimal=","), {}),
+    "latin1_names": (_table(ROWS, header="Ziffer,p0,p1,p2,Größe", encoding="latin-1"),
+                     dict(encoding="Windows-1252"), dict(header_lines=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_exports_of_real_tools_read_back_exactly(name):
+    data, expected, not_rows = EXPORTS[name]
+    dialect = csvparse.sniff(data, name)
+    assert dialect.columns == 5 and dialect.data_lines == 3, dialect
+    for field, value in expected.items():
+        assert getattr(dialect, field) == value, (field, dialect)
+    rows, lines, bad, counts = parse_all(data, dialect)
+    assert rows == ROWS and bad == [], bad
+    assert len(lines) == 3 and lines[0] == 1 + counts["header_lines"] + counts["blank_lines"] - (
+        name == "blank_lines_at_end") * 3 - (name == "excel_empty_rows"), lines
+    assert {k: v for k, v in counts.items() if v} == not_rows
+    assert dialect.describe()["encoding"].startswith(dialect.encoding)
+
+
+@pytest.mark.parametrize("data, line, words", [
+    (b'5,"1,000",0,1,2\n', 1, ["number_format", "grouped by thousands", "1000 Separator"]),
+    (b"5;1.000;0;1;2\n", 1, ["number_format", "grouped by thousands"]),
+    (b"5;2,0;0;1;2\n5;1.5;0;1;2\n", 2, ["number_format", "'.' in column 1", "decimal separator is ','"]),
+    (b"5\t1 000\t0\t1\t2\n", 1, ["number_format", "grouped by thousands"]),
+])
+def test_numbers_in_another_locale_format_are_bad_rows_never_misread(data, line, words):
+    """1.000 in a de-DE file is a thousand, 1,000 in an en-US one too: neither is read as 1 (or refused
+    silently): the row is quarantined naming the column and what to change in the export."""
+    dialect = csvparse.sniff(data, "x.csv")
+    rows, _lines, bad, _counts = parse_all(data, dialect)
+    assert [b[0] for b in bad] == [line] and all(r[1] != 1 for r in rows)
+    text = " ".join(bad[0][1:3])
+    for word in words:
+        assert word in text, text
+
+
+@pytest.mark.parametrize("data", [
+    b"Digits\nlabel\n5 0 0 1 2\n",                    # title-like lines only: no table, refused, not skipped
+    b"5 0 0 1 2\n1 2 3 4 5\n",
+])
+def test_lines_that_split_on_no_delimiter_are_refused_not_taken_for_titles(data):
+    with pytest.raises(csvparse.InputError, match="does not split into fields"):
+        csvparse.sniff(data, "x.csv")
+
+
+def test_a_row_with_one_value_is_not_a_title():
+    data = b"5,,,,\n1,2,3,4,5\n"
+    dialect = csvparse.sniff(data, "x.csv")
+    assert dialect.preamble == 0
+    rows, _lines, bad, _counts = parse_all(data, dialect)
+    assert rows == [[1, 2, 3, 4, 5]] and [b[:2] for b in bad] == [(1, "empty_field")]
+
+
+def test_index_column_bulk_and_line_by_line_paths_agree():
+    rng = np.random.default_rng(5)
+    rows = [[int(rng.integers(0, 10))] + rng.integers(0, 17, 4).tolist() for _ in range(300)]
+    data = _table([[i] + r for i, r in enumerate(rows)], header="," + H)
+    dialect = csvparse.sniff(data, "x.csv")
+    assert dialect.index_column and csvparse.parse_clean(data.split(b"\n", 1)[1], 6) is not None
+    assert parse_all(data, dialect)[0] == rows
+    slow = data.replace(b"\n1,", b"\n 1,")  # one line the bulk parser refuses: the block goes line by line
+    got, lines, bad, _counts = parse_all(slow, dialect)
+    assert got == rows and bad == [] and lines == list(range(2, 302))
+
+
+@pytest.mark.parametrize("data", [
+    b"label,p0,p1,p2,p3\n7,0,16,3,4,\n1,2,3,4,5,\n9,9,9,9,9,\n",       # the rows end with ',', the header not
+    b"7;0;16;3;4; \r\n1;2;3;4;5;\r\n9;9;9;9;9;  \r\n",                  # spaces after the last ';'
+])
+def test_trailing_delimiters_the_header_does_not_name_are_dropped(data):
+    dialect = csvparse.sniff(data, "x.csv")
+    assert dialect.trailing_delimiter and dialect.columns == 5
+    rows, _lines, bad, _counts = parse_all(data, dialect)
+    assert rows == ROWS and bad == []
+
+
+def test_files_convert_does_not_read_say_what_they_are_and_how_to_convert_them():
+    assert inputs.what_it_is("book.XLSX").startswith("book.XLSX (a spreadsheet workbook: save each sheet as 'CSV UTF-8")
+    assert "rename it to .tsv or .csv" in inputs.what_it_is("export.txt")
+    assert "rename it to .tsv or .csv" in inputs.what_it_is("export.txt.gz")
+    assert "spark.read.format" in inputs.what_it_is("part-0.parquet")
+    assert "unpack it" in inputs.what_it_is("digits.zip")
+    assert inputs.what_it_is("README") == "README"
+
+
+def test_partition_directories_are_refused_naming_the_column_they_hold(tmp_path):
+    """df.write.partitionBy("label").csv(...): the label is in the directory name, not in the rows."""
+    for part in ["label=0", "label=1"]:
+        (tmp_path / "digits.csv" / part).mkdir(parents=True)
+        (tmp_path / "digits.csv" / part / "part-00000.csv").write_bytes(b"0,1,2,3\n")
+    (tmp_path / "digits.csv" / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(csvparse.InputError) as e:
+        inputs.list_inputs(str(tmp_path))
+    msg = str(e.value)
+    for words in ["partition directories (digits.csv/label=0, digits.csv/label=1)", "partitionBy",
+                  "lack the column 'label'", "without partitionBy", "--label-column -1", "nothing was written"]:
+        assert words in msg, msg
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE)])
+@pytest.mark.parametrize("eol", ["\r\n", "\r"])
+def test_utf16_files_cut_into_ranges_read_every_line_once_and_lineage_finds_them(tmp_path, encoding, bom, eol):
+    """Excel's 'Unicode Text': convert's byte ranges end after two-byte line ends at even offsets, so
+    every range decodes on its own and the line numbers are the file's."""
+    import importlib.util
+    rows = [[i % 10] + [(i * 7 + k) % 17 for k in range(4)] for i in range(2000)]
+    data = bom + _table(rows, "\t", eol, header="label\tp0\tp1\tp2\tp3", encoding=encoding)
+    path = tmp_path / "a.tsv"
+    path.write_bytes(data)
+    head, complete = inputs.read_head("a.tsv", str(path))
+    dialect = csvparse.sniff(head, "a.tsv", complete)
+    assert len(dialect.eol) == 2 and dialect.describe()["encoding"].endswith("with BOM")
+    for parts in (1, 3, 7):
+        spans = inputs.range_spans([inputs.range_lines(str(path), p, parts, dialect.eol) for p in range(parts)],
+                                   len(data))
+        got, lines = [], []
+        for start, end, first_line in spans:
+            assert start % 2 == 0
+            line_no, at_start = first_line, start == 0
+            for chunk in inputs.range_chunks("a.tsv", str(path), start, end, dialect.eol):
+                for labels, pixels, numbers, bad in csvparse.iter_block(chunk, SPEC, line_no, at_start, dialect):
+                    assert bad == []
+                    got += [[int(lab)] + px.tolist() for lab, px in zip(labels, pixels)]
+                    lines += numbers.tolist()
+                line_no += chunk.count(dialect.eol)
+                at_start = False
+        assert got == rows and lines == list(range(2, 2002)), parts
+    spec = importlib.util.spec_from_file_location(
+        "lineage_script", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "lineage.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    eol_bytes, enc = script._line_end(dialect.describe())
+    assert eol_bytes == dialect.eol
+    assert script.raw_line(str(path), "a.tsv", 1, eol_bytes, enc) == "label\tp0\tp1\tp2\tp3"
+    assert script.raw_line(str(path), "a.tsv", 1501, eol_bytes, enc) == "\t".join(map(str, rows[1499]))
+
+
+def test_a_comment_line_among_the_rows_is_a_bad_row_saying_where_comments_may_go():
+    data = _table(ROWS[:1], header=H, above=["# digits"]) + b"# second batch\n" + _table(ROWS[1:])
+    dialect = csvparse.sniff(data, "x.csv")
+    rows, _lines, bad, counts = parse_all(data, dialect)
+    assert rows == ROWS and counts["header_lines"] == 2
+    assert [b[:2] for b in bad] == [(4, "comment")] and "move it above the header" in bad[0][2]
