@@ -159,17 +159,17 @@ def test_unknown_argument_names_are_a_programming_error():
 
 
 def test_parameter_server_topologies_that_cannot_run_are_refused():
-    from tfospipe import train
+    from tfospipe import trainplan
     from tfospipe.runner import JobError
-    train.check_topology(3, 1, "tensorflow")
-    train.check_topology(2, 0, "spark")
+    trainplan.check_topology(3, 1, "tensorflow")
+    trainplan.check_topology(2, 0, "spark")
     with pytest.raises(JobError, match=r"cluster_size >= num_ps \+ 2 = 3"):
-        train.check_topology(2, 1, "tensorflow")
+        trainplan.check_topology(2, 1, "tensorflow")
     with pytest.raises(JobError, match="needs input_mode=tensorflow"):
-        train.check_topology(4, 1, "spark")
-    train.check_topology(2, 0, "tensorflow", "fp16")
+        trainplan.check_topology(4, 1, "spark")
+    trainplan.check_topology(2, 0, "tensorflow", "fp16")
     with pytest.raises(JobError, match="applies to all-reduce training"):
-        train.check_topology(3, 1, "tensorflow", "fp16")
+        trainplan.check_topology(3, 1, "tensorflow", "fp16")
 
 
 def test_spark_mode_feeds_every_row_once_in_blocks():
