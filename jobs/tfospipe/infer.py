@@ -139,10 +139,10 @@ def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: 
     return run
 
 
-def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
+def tfos_node(setup: dict, ctx: TFNodeContext) -> None:
     """A TFoS node (InputMode.SPARK): predict the rows Spark feeds, one result row per input row.
 
-    ``node_args``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
+    ``setup``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
     ``dataset_version`` (what :func:`run` passes to ``TFCluster.run``); ``ctx``: TFoS's node context.
     Each result is a tuple in the column order of :func:`prediction_schema`. On a root ``tf.io.gfile``
     cannot reach, the model is loaded from a local copy (predict.loaded_model) removed once loaded.
@@ -157,21 +157,21 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
 
     from tfospipe import scratch as node_scratch
 
-    image_shape = tuple(node_args["image_shape"])
+    image_shape = tuple(setup["image_shape"])
     try:
-        fn = node_predict.loaded_model(node_args["model_dir"], image_shape)
+        fn = node_predict.loaded_model(setup["model_dir"], image_shape)
     finally:  # TFoS runs the node in a child process that skips atexit: drop the model's local copy now
         node_scratch.cleanup()
     feed = ctx.get_data_feed(train_mode=False)
     while not feed.should_stop():
-        batch = feed.next_batch(node_args["batch_size"])
+        batch = feed.next_batch(setup["batch_size"])
         if not batch:
             continue
         images, labels, row_ids = node_schema.parse_batch(tf.constant(batch), image_shape)
         probabilities, classes = fn(images.numpy())
         feed.batch_results([
-            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, node_args["model_version"],
-             node_args["dataset_version"])
+            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, setup["model_version"],
+             setup["dataset_version"])
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
 
 
@@ -226,12 +226,12 @@ def _keep_reported(stage_dir, written):
     return sum(r["rows"] for r in written)
 
 
-def _tfos_predictions(spark, files, node_args, nodes):
+def _tfos_predictions(spark, files, setup, nodes):
     """Predictions of the rows in ``files`` through a TFoS cluster fed by Spark (the cluster and its RDD)."""
     from tensorflowonspark import TFCluster
 
     sc = spark.sparkContext
-    cluster = TFCluster.run(sc, tfos_node, node_args, nodes, num_ps=0, tensorboard=False,
+    cluster = TFCluster.run(sc, tfos_node, setup, nodes, num_ps=0, tensorboard=False,
                             input_mode=TFCluster.InputMode.SPARK, master_node=None, reservation_timeout=300)
     return cluster, cluster.inference(dataset.example_rdd(sc, files), feed_timeout=600)
 
@@ -323,9 +323,9 @@ def run(spark: SparkSession, params: InferParams) -> dict:
         slices = max(len(files), 1)
         cluster = None
         if params.mode == "tfos":
-            node_args = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": params.batch_size,
+            setup = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": params.batch_size,
                          "model_version": mv, "dataset_version": params.version}
-            cluster, results = _tfos_predictions(spark, files, node_args, nodes)
+            cluster, results = _tfos_predictions(spark, files, setup, nodes)
             predictions = spark.createDataFrame(results, output_schema)
         else:
             inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")

@@ -219,6 +219,10 @@ class ParamSpec:
         return "--" + self.name.replace("_", "-")
 
 
+#: The metadata key of a params field's :class:`ParamSpec` arguments (:func:`param`).
+SPEC = "tfospipe.param"
+
+
 def param(default: object, help: str, rule: dict | None = None, *,
           type: Callable[[str], object] | None = None, dag: str | bool | None = None,
           convert: Callable[[object], object] | None = None, hint: str | None = None) -> Any:
@@ -230,10 +234,6 @@ def param(default: object, help: str, rule: dict | None = None, *,
     if default is None:
         return dataclasses.field(metadata={SPEC: meta})
     return dataclasses.field(default=convert(default) if convert else default, metadata={SPEC: meta})
-
-
-#: The metadata key of a params field's :class:`ParamSpec` arguments (:func:`param`).
-SPEC = "tfospipe.param"
 
 
 def specs(params_class: type) -> list[ParamSpec]:
@@ -285,7 +285,7 @@ class ConvertParams(JobParams):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainParams(RunParams):
     """train's params: the cluster, its topology and the training hyperparameters (picklable: the
-    training nodes receive them whole, ``node.NodeArgs``)."""
+    training nodes receive them whole, ``node.NodeSetup``)."""
 
     input_mode: str = param(
         "tensorflow",

@@ -49,11 +49,6 @@ class JobSpec:
     tfos: bool = False
 
     @property
-    def params(self) -> type[jobargs.JobParams]:
-        """The job's params dataclass (:data:`.jobargs.PARAMS`)."""
-        return jobargs.PARAMS[self.name]
-
-    @property
     def args(self) -> list[jobargs.ParamSpec]:
         """The job's command-line arguments: its params' :class:`.jobargs.ParamSpec`, in field order."""
         return jobargs.JOBS[self.name]

@@ -16,6 +16,8 @@ imported inside the functions, never at import: the driver imports this module f
 ``node_main`` (which TFoS pickles by reference).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import os
@@ -28,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 from . import fs, markers, paths, scratch, tfenv
 from .feed import Feed
 from .jobargs import TrainParams
-from .trainplan import Plan
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from .trainplan import Plan
 
 #: A progress line every N steps; all-reduce training also runs N steps per call of its train function
 #: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
@@ -273,7 +276,7 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
 
     Every node takes part in the save (variables are distributed); only the chief's (``worker`` 0) copy
     is kept: it is written to ``<run_dir>/.model.staging`` and renamed to ``<run_dir>/model`` complete
-    (the run is committed later by the driver, see ``train.commit_run``); the others write to a local
+    (the run is committed later by the driver, see ``rundir.commit_run``); the others write to a local
     temporary directory and delete it. Under ParameterServerStrategy only the chief runs this.
 
     On a root ``tf.io.gfile`` cannot reach the chief exports into its scratch directory, uploads the

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from . import fs, markers, paths
 from .jobargs import TrainParams
 from .runner import JobError, executor_python, git_revision, library_versions
-from .trainplan import Plan
 
 if TYPE_CHECKING:
     from .node import NodeSetup
+    from .trainplan import Plan
 
 #: What a new attempt removes from the run directory before it starts: everything but backup/.
 STALE_ENTRIES = (fs.SUCCESS, fs.MANIFEST, paths.MODEL_DIR, paths.MODEL_STAGING_DIR, paths.MARKERS_DIR,

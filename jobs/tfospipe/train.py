@@ -1,10 +1,12 @@
 """train: distributed training with TensorFlowOnSpark, in either input mode: the driver.
 
 As TFoS's ``examples/mnist`` split ``mnist_spark.py`` from ``mnist_dist.py``, this module is the driver
-(plan, run the cluster, check and commit the run) and ``node.py`` the node: ``TFCluster.run`` starts
-``node.node_main`` in each Spark executor with ``TF_CONFIG`` set and a ``node.NodeArgs``. Spark mode's
-feed is ``feed.py``, the nodes' progress callbacks ``progress.py``, the done/error markers ``markers.py``.
-The driver never imports TensorFlow. Two topologies:
+and ``node.py`` the node: ``TFCluster.run`` starts ``node.node_main`` in each Spark executor with
+``TF_CONFIG`` set and a ``node.NodeSetup`` (the run directory, the job's ``jobargs.TrainParams`` whole
+and the plan). The driver plans the run (``trainplan.py``), prepares the run directory, runs the
+cluster (here), then checks and commits the run (``rundir.py``); a failed or lost node is reported by
+``nodefailure.py``. Spark mode's feed is ``feed.py``, the nodes' progress callbacks ``progress.py``,
+the done/error markers ``markers.py``. The driver never imports TensorFlow. Two topologies:
 
 * ``num_ps=0`` (default): a chief and workers train the seed's CNN under
   ``MultiWorkerMirroredStrategy`` (synchronous all-reduce), every node running the training loop.
@@ -30,31 +32,17 @@ Input modes (``--input-mode``):
 Both modes evaluate on the eval split after every epoch (each node reads its share of the eval
 shards) and resume from the last finished epoch when the task is retried (``BackupAndRestore``).
 
-Shares and step budgets (planned by the driver from the conversion manifest's per-shard record counts,
-before TensorFlow starts): every node that reads shards gets a non-empty share of each split, whole
-non-empty shards balanced by records (:func:`assign_shards`) or, with fewer non-empty shards than nodes,
-every n-th record of all of them (:func:`plan_shares`); a split with fewer records than reading nodes
-is refused. Every node repeats its share, so every node runs the same number of train steps per epoch
-and evaluation steps (:func:`plan_steps`) however uneven the shards are; an uneven share never leaves
-one node waiting in a collective for a node that ran out of data. Each node's done marker records the
-steps it ran, and the job checks they are equal.
+Shares and step budgets are planned by the driver from the conversion manifest's per-shard record
+counts, before TensorFlow starts (``trainplan.py``): every reading node gets a non-empty share of each
+split and every node runs the same step budgets, repeating its share. Each node's done marker records
+the steps it ran, and the job checks they are equal (``rundir.check_markers``).
 
 A node that fails leaves ``workers/<node>.error``; the job then ends with one ``ERROR [train]`` line
-naming the node and its error, whether TFoS reported it by a failed Spark job or by ``sys.exit``, and
-cancels the cluster's Spark jobs if the other nodes have not ended ``NODE_FAILURE_GRACE_SECONDS`` later.
-A node whose executor was lost (its JVM killed, out of memory, its host gone) leaves no marker; the line
-then names the node, the executor's host, Spark's reason and the last finished epoch, from which a
-retry resumes (:func:`lost_node_error`); the other nodes' aborted collectives are not the cause.
+naming the node and its error, or, for a node lost with its executor, the executor's host, Spark's
+reason and the last finished epoch (``nodefailure.py``). The driver cancels the cluster's Spark jobs if
+the other nodes have not ended ``NODE_FAILURE_GRACE_SECONDS`` after a failure (:class:`_Watchdog`).
 
-Run directory ``{root}/models/{version}/{run}/`` (committed by :func:`commit_run`)::
-
-    backup/          BackupAndRestore state: a retried task resumes from the last finished epoch
-    tensorboard/     event logs (loss, accuracy, eval) written by the chief
-    progress.log     progress lines of the chief, echoed into the driver's (Airflow task's) log
-    workers/         one done marker per node: worker index, train and eval steps run, share, final loss;
-                     or <node>.error with the traceback of a node that failed
-    model/           the exported SavedModel (signature in model.py), renamed into place complete
-    _manifest.json   dataset version, params, steps, final metrics, git revision; then _SUCCESS
+The run directory ``{root}/models/{version}/{run}/`` and what it holds: ``rundir.py``.
 """
 
 import functools
@@ -95,7 +83,7 @@ def feed_rdd(sc: Any, shares: list[Share]) -> Any:
     Spark, not the plan, decides which node gets which partition; what the plan ensures is that there are
     no empty partitions and at least as many as nodes, so that each node is fed at the start. Whole
     non-empty shards (one partition each) when there are enough of them; else one partition per node of
-    every n-th record (``shares`` from :func:`plan_shares`).
+    every n-th record (``shares`` from ``trainplan.plan_shares``).
     """
     if shares[0]["every"] == 1:
         rdd = dataset.example_rdd(sc, sorted(f for share in shares for f in share["files"]))
@@ -149,7 +137,7 @@ def start_cluster(sc: Any, setup: node.NodeSetup) -> None:
 
 def await_nodes(run_dir: str, workers: int, timeout: float) -> None:
     """Block until the ``workers`` training nodes left their done markers (up to ``timeout`` s); raise
-    JobError as soon as a node left an error marker (:func:`failure_error`), or at the timeout."""
+    JobError as soon as a node left an error marker (``nodefailure.failure_error``), or at the timeout."""
     try:
         markers.wait_done(run_dir, markers.worker_names(workers), timeout)
     except markers.NodeFailed:

@@ -4,7 +4,7 @@ From the train params (``jobargs.TrainParams``) and the conversion manifest's pe
 the driver plans each node's share of the train and eval splits and the step budgets every node runs
 (:func:`plan_run` -> :class:`Plan`); it also refuses, with what to change, a topology or a data root
 the cluster cannot run (:func:`check_topology`, :func:`check_root`). Pure Python (no Spark, no
-TensorFlow): the plan is pickled to the nodes with their params (``node.NodeArgs``).
+TensorFlow): the plan is pickled to the nodes with their params (``node.NodeSetup``).
 
 Shares: every node that reads shards gets a non-empty share of each split, whole non-empty shards
 balanced by records (:func:`assign_shards`) or, with fewer non-empty shards than nodes, every n-th
@@ -134,7 +134,7 @@ def plan_steps(train_rows: int, eval_shares: list[Share], batch_size: int, step_
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The cluster, shares and step budgets of a run, from its params and the conversion manifest
-    (plain values: pickled to the nodes with the params, ``node.NodeArgs``)."""
+    (plain values: pickled to the nodes with the params, ``node.NodeSetup``)."""
 
     nodes: int            # Spark executors = TensorFlow nodes (cluster_size)
     workers: int          # nodes that train (all-reduce) or the chief + workers (parameter servers)
