@@ -77,6 +77,23 @@ def test_argv_round_trip_for_every_job():
                 assert getattr(args, name) == default
 
 
+def test_each_job_parses_into_its_frozen_params_dataclass():
+    """One dataclass per job: its fields are the job's flags in parser order, its defaults are what the
+    parser gives, and the object is frozen and pickles whole (the training nodes receive it)."""
+    import dataclasses
+    import pickle
+    for job, cls in jobargs.PARAMS.items():
+        assert [f.name for f in dataclasses.fields(cls)] == [a.name for a in jobargs.JOBS[job]]
+        values = {"data_root": "/tmp/root", "version": "v1"}
+        if "run_id" in {f.name for f in dataclasses.fields(cls)}:
+            values["run_id"] = "r1"
+        params = jobargs.parse(job, jobargs.to_argv(job, values))
+        assert type(params) is cls and params == cls(**values)
+        assert pickle.loads(pickle.dumps(params)) == params
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            params.version = "v2"
+
+
 @pytest.mark.parametrize("job, extra", [
     ("convert", ["--eval-fraction", "1.5"]),
     ("convert", ["--num-shards", "0"]),
