@@ -14,9 +14,10 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from tfos_spark import DATA_DATE, DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
 from tfospipe import jobargs, jobspec
 
-# The trigger form: the dataset version, then every job flag that jobargs marks as a param. Each
-# param's JSON schema is the rule its job checks the flag with (jobargs), so a value the trigger
-# accepts is one every job accepts, and an invalid one is refused before any Spark job starts.
+# The trigger form: the dataset version, then every field of the jobs' params dataclasses that jobargs
+# marks as a DAG param (jobargs.dag_params), with its default and JSON schema. Each param's schema is
+# the rule its job checks the flag with, so a value the trigger accepts is one every job accepts, and
+# an invalid one is refused before any Spark job starts.
 params = {
     # Optional (null allowed), so the UI's trigger form accepts it left empty.
     "dataset_version": Param(
@@ -28,25 +29,25 @@ for _spec in jobspec.SPECS.values():
     for _name, _default, _help, _schema in jobargs.dag_params(_spec.name):
         params[_name] = Param(_default, description=f"{_spec.name}: {_help}", **_schema)
 
-#: The flags the DAG fills itself, whichever job has them. data_date: what the promotion policy orders
+#: The params the DAG fills itself, whichever job has them. data_date: what the promotion policy orders
 #: models by when the dataset version is not a date (the logical date, or the day a manual run was
 #: triggered for).
 FILLED = {"data_root": DATA_ROOT, "version": VERSION, "run_id": RUN_ID, "data_date": DATA_DATE}
 
 
 def job_args(job: str) -> dict[str, str]:
-    """The job's flag values (Jinja templates) in the order of its spec's flags: the ones the DAG fills
-    (:data:`FILLED`) and the DAG params it reads; flags with neither keep the job's default.
+    """The job's argument values (Jinja templates) in the field order of its params dataclass: the ones
+    the DAG fills (:data:`FILLED`) and the DAG params it reads; fields with neither keep the job's default.
 
     A param renders as ``str(value)``; the job reads it back under the same JSON schema
     (jobargs.schema_type), so e.g. an epochs of 2.0 (a JSON-schema integer) reaches the job as 2.
     """
     values = {}
-    for arg in jobspec.get(job).args:
-        if arg.param:
-            values[arg.name] = "{{ params.%s }}" % arg.param
-        elif arg.name in FILLED:
-            values[arg.name] = FILLED[arg.name]
+    for spec in jobspec.get(job).args:
+        if spec.param:
+            values[spec.name] = "{{ params.%s }}" % spec.param
+        elif spec.name in FILLED:
+            values[spec.name] = FILLED[spec.name]
     return values
 
 

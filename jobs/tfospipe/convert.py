@@ -16,7 +16,6 @@ shards, ``_lineage/`` indexes every written row: ``row_id`` -> source file (rela
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -29,6 +28,7 @@ import numpy as np
 
 from . import csvparse, fs, inputs, paths, schema
 from .inputs import Input, list_inputs, read_head
+from .jobargs import ConvertParams
 from .lineage import LineageWriter, lineage_name
 from .runner import JobError, executor_python, git_revision, library_versions
 
@@ -39,28 +39,6 @@ if TYPE_CHECKING:  # Spark is only needed at run time
 Dialects = dict[str, tuple[csvparse.Dialect, bool]]
 #: One byte range of one input, as planned: ``(shard, name, path, part, parts)``.
 PlannedRange = tuple[int, str, str, int, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvertOptions:
-    """The job flags every range task of one conversion needs (pickled to the executors with the task).
-
-    ``pixel_max``: the largest valid pixel value (``--pixel-max``; a larger value quarantines its row).
-    ``eval_fraction``: the share, 0..1, of labeled rows that a hash of their content puts into ``eval``.
-    ``compression``: shard compression, a key of ``schema.COMPRESSIONS`` (``none`` or ``gzip``).
-    ``label_column``: index of the label among a labeled row's fields (negative: from the end).
-    """
-
-    pixel_max: int
-    eval_fraction: float
-    compression: str
-    label_column: int
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ConvertOptions:
-        """The options of the parsed convert flags (``jobargs.parse("convert", ...)``)."""
-        return cls(pixel_max=args.pixel_max, eval_fraction=args.eval_fraction, compression=args.compression,
-                   label_column=args.label_column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +97,11 @@ def no_rows_note(dialect: csvparse.Dialect, complete: bool) -> str | None:
     return "blank lines only" if dialect.blank_lines else "empty"
 
 
-def infer_spec(labeled: list[Input], dialects: Dialects, args: argparse.Namespace) -> tuple[tuple[int, int], int]:
+def infer_spec(labeled: list[Input], dialects: Dialects, params: ConvertParams) -> tuple[tuple[int, int], int]:
     """``((H, W), pixel count)`` from the data: the most common field count over the files' heads,
-    and the image shape from ``args.image_shape`` or the square root of the pixel count.
+    and the image shape from ``params.image_shape`` or the square root of the pixel count.
 
-    ``args``: the parsed convert flags (``label_column``, ``image_shape``). Raises JobError when no
+    ``params``: the parsed convert params (``label_column``, ``image_shape``). Raises JobError when no
     file holds a data row, or the columns do not fit ``--label-column`` or the shape."""
     counts = Counter()
     for _name, path in labeled:
@@ -137,10 +115,10 @@ def infer_spec(labeled: list[Input], dialects: Dialects, args: argparse.Namespac
     first = next(name for name, path in labeled if dialects[path][0].columns == cols)
     seen = f"{cols} fields per line (file {first}, delimiter {dialects[dict(labeled)[first]][0].delimiter!r})"
     num_pixels = cols - 1
-    if not -cols <= args.label_column < cols:
-        raise JobError(f"--label-column {args.label_column} is outside the {seen} "
+    if not -cols <= params.label_column < cols:
+        raise JobError(f"--label-column {params.label_column} is outside the {seen} "
                        f"(use 0..{cols - 1}, or -1 for the last column)")
-    shape = args.image_shape
+    shape = params.image_shape
     if shape is None:
         side = math.isqrt(num_pixels)
         if side * side != num_pixels:
@@ -178,12 +156,12 @@ class _RangeWriter:
     index) and what it counted: ``counts`` (rows per split), ``label_counts``, ``pixel_max`` (the
     largest pixel value written)."""
 
-    def __init__(self, task: RangeTask, stage_dir: str, options: ConvertOptions):
-        self.task, self.options = task, options
+    def __init__(self, task: RangeTask, stage_dir: str, params: ConvertParams):
+        self.task, self.params = task, params
         self.counts = {split: 0 for split in task.splits}
         self.label_counts, self.pixel_max = Counter(), 0
         self.writers = {split: schema.shard_writer(fs.open_write(paths.join(stage_dir, split, schema.shard_name(
-            task.shard, options.compression))), options.compression) for split in task.splits}
+            task.shard, params.compression))), params.compression) for split in task.splits}
         self.lineage = LineageWriter(paths.join(stage_dir, paths.LINEAGE_DIR, lineage_name(task.group, task.shard)),
                                      task.name)
 
@@ -193,7 +171,7 @@ class _RangeWriter:
         task = self.task
         row_ids = csvparse.row_ids(task.name, lines)
         if task.labeled:
-            row_splits = csvparse.splits_of(labels, pixels, self.options.eval_fraction)
+            row_splits = csvparse.splits_of(labels, pixels, self.params.eval_fraction)
             self.label_counts.update(labels.tolist())
         else:
             row_splits = np.full(len(labels), "score")
@@ -220,7 +198,7 @@ def _write_quarantine_part(quarantine_dir, task, bad):
 
 
 def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixels: int,
-                  options: ConvertOptions) -> dict:
+                  params: ConvertParams) -> dict:
     """Executor side, pass 2: parse one range, write its shard of each split and its quarantine part.
 
     ``stage_dir``, ``quarantine_dir``: the staging directories of the version's TFRecords and
@@ -235,10 +213,10 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
     (the executor's interpreter)}``.
     """
     started = time.time()
-    spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=options.pixel_max,
-                         label_col=options.label_column if task.labeled else 0)
+    spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=params.pixel_max,
+                         label_col=params.label_column if task.labeled else 0)
     bad, fatal, not_rows = [], None, Counter()
-    out = _RangeWriter(task, stage_dir, options)
+    out = _RangeWriter(task, stage_dir, params)
     eol = task.dialect.eol
     line_no, at_start = task.first_line, task.start == 0
     try:
@@ -352,10 +330,10 @@ def _range_tasks(groups, plans, spans, dialects):
     return tasks
 
 
-def _convert_pass(sc, tasks, stage_dir, quarantine_dir, num_pixels, options):
+def _convert_pass(sc, tasks, stage_dir, quarantine_dir, num_pixels, params):
     """Pass 2: one Spark task per range (:func:`convert_range`); their results in task order."""
     return sc.parallelize(tasks, len(tasks)).map(
-        lambda task: convert_range(task, stage_dir, quarantine_dir, num_pixels, options)).collect()
+        lambda task: convert_range(task, stage_dir, quarantine_dir, num_pixels, params)).collect()
 
 
 def _refuse_fatal(version, stats):
@@ -411,16 +389,16 @@ def _check_lineage(totals):
                        "repeats")
 
 
-def _check_bad_rows(args, layout, totals, files):
+def _check_bad_rows(params, layout, totals, files):
     """JobError when no row was read, or more than ``--max-bad-fraction`` of the rows are bad."""
     if totals.read == 0:
-        raise JobError(f"the input files of dataset version {args.version} hold no rows: {[n for n, _p in files]}")
+        raise JobError(f"the input files of dataset version {params.version} hold no rows: {[n for n, _p in files]}")
     bad_fraction = totals.bad / totals.read
-    if bad_fraction > args.max_bad_fraction:
+    if bad_fraction > params.max_bad_fraction:
         raise JobError(
             f"{totals.bad} of {totals.read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
-            f"{args.max_bad_fraction:.1%}; by kind: {dict(totals.bad_kinds)}; first: {totals.samples}. All bad rows "
-            f"are in {layout.quarantine(args.version)}; fix the input or raise max_bad_fraction.")
+            f"{params.max_bad_fraction:.1%}; by kind: {dict(totals.bad_kinds)}; first: {totals.samples}. All bad rows "
+            f"are in {layout.quarantine(params.version)}; fix the input or raise max_bad_fraction.")
 
 
 def _shards(tasks, stats, compression):
@@ -455,14 +433,14 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
     return entries
 
 
-def _manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds, task_spans):
+def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds, task_spans):
     """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``); ``task_spans``: per pass,
     each task's ``(start, end)`` in epoch seconds."""
     return {
-        "dataset_version": args.version,
+        "dataset_version": params.version,
         "image_shape": list(image_shape),
         "num_classes": schema.NUM_CLASSES,
-        "pixel_max": args.pixel_max,
+        "pixel_max": params.pixel_max,
         "pixel_max_observed": max([st["pixel_max_observed"] for st in stats] or [0]),
         "label_counts": {str(k): v for k, v in sorted(totals.label_counts.items())},
         "rows_read": totals.read,
@@ -473,16 +451,14 @@ def _manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, s
         "blank_lines": totals.not_rows["blank_lines"],
         "header_lines": totals.not_rows["header_lines"],
         "splits": totals.per_split,
-        "shards": _shards(tasks, stats, args.compression),
+        "shards": _shards(tasks, stats, params.compression),
         # row_id -> source file (relative to raw/<version>/), line and split of every written row
         "lineage": {"dir": paths.LINEAGE_DIR, "rows": totals.lineage_rows, "columns": list(LineageWriter.COLUMNS),
                     "files": sorted(lineage_name(t.group, t.shard) for t in tasks)},
         "inputs": input_entries,
         "skipped_hidden": skipped,
-        "compression": args.compression,
-        "params": {"eval_fraction": args.eval_fraction, "num_shards": args.num_shards,
-                   "max_bad_fraction": args.max_bad_fraction, "pixel_max": args.pixel_max,
-                   "compression": args.compression, "label_column": args.label_column},
+        "compression": params.compression,
+        "params": dataclasses.asdict(params),
         "versions": library_versions(),
         "executor_python": executor_python(st["python"] for st in stats),
         "git_revision": git_revision(),
@@ -496,8 +472,9 @@ def _manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, s
     }
 
 
-def run(spark: SparkSession, args: argparse.Namespace) -> dict:
-    """Convert dataset version ``args.version`` of ``args.data_root`` (the parsed convert flags, jobargs).
+def run(spark: SparkSession, params: ConvertParams) -> dict:
+    """Convert dataset version ``params.version`` of ``params.data_root`` (``params``: the parsed convert
+    params, ``jobargs.ConvertParams``; the executors receive them whole).
 
     Steps: list and sniff the inputs, infer the image shape, plan the byte ranges
     (:func:`plan_ranges`), pass 1 hashes every file and counts the lines of every range
@@ -512,37 +489,37 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     row was read, or more than ``--max-bad-fraction`` of the rows are bad.
     """
     sc = spark.sparkContext
-    layout = paths.Layout(args.data_root)
-    labeled, unlabeled, skipped, dialects = _sniffed_inputs(layout, args.version)
-    image_shape, num_pixels = infer_spec(labeled, dialects, args)
+    layout = paths.Layout(params.data_root)
+    labeled, unlabeled, skipped, dialects = _sniffed_inputs(layout, params.version)
+    image_shape, num_pixels = infer_spec(labeled, dialects, params)
     started = time.time()
     empty = {path: no_rows_note(*dialects[path]) for _name, path in labeled + unlabeled}
     groups = _groups(labeled, unlabeled, empty)
     sizes = {p: fs.size(p) for p in dict(labeled + unlabeled).values()}
-    plans = {g: plan_ranges(files, sizes, args.num_shards) for g, files, _splits in groups}
+    plans = {g: plan_ranges(files, sizes, params.num_shards) for g, files, _splits in groups}
 
     t = time.time()
     scans, spans, scan_spans = _scan_pass(sc, labeled + unlabeled, groups, plans, dialects)
     pass_seconds = {"scan": round(time.time() - t, 2)}
     tasks = _range_tasks(groups, plans, spans, dialects)
 
-    out = layout.tfrecords(args.version)
+    out = layout.tfrecords(params.version)
     all_splits = [s for _g, _f, splits in groups for s in splits]
-    with fs.Staging(out) as stage, fs.Staging(layout.quarantine(args.version)) as quarantine:
+    with fs.Staging(out) as stage, fs.Staging(layout.quarantine(params.version)) as quarantine:
         for split in all_splits + [paths.LINEAGE_DIR]:
             fs.makedirs(stage.file(split))
         t = time.time()
-        stats = _convert_pass(sc, tasks, stage.path, quarantine.path, num_pixels, ConvertOptions.from_args(args))
+        stats = _convert_pass(sc, tasks, stage.path, quarantine.path, num_pixels, params)
         pass_seconds["convert"] = round(time.time() - t, 2)
-        _refuse_fatal(args.version, stats)
+        _refuse_fatal(params.version, stats)
         totals = _Totals.of(stats, all_splits)
         _check_lineage(totals)
         # The quarantine of every run is kept, passed or failed, so bad rows are never lost.
-        quarantine.commit({"dataset_version": args.version, "rows": totals.bad, "by_kind": dict(totals.bad_kinds),
+        quarantine.commit({"dataset_version": params.version, "rows": totals.bad, "by_kind": dict(totals.bad_kinds),
                            "sample": totals.samples})
-        _check_bad_rows(args, layout, totals, labeled + unlabeled)
+        _check_bad_rows(params, layout, totals, labeled + unlabeled)
         input_entries = _inputs(scans, dialects, unlabeled, empty, totals)
-        stage.commit(_manifest(args, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds,
+        stage.commit(_manifest(params, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds,
                                {"scan": scan_spans, "convert": [st["span"] for st in stats]}))
     return {"output": out, "rows_read": totals.read, "splits": totals.per_split, "quarantined": totals.bad,
             "blank_lines": totals.not_rows["blank_lines"], "header_lines": totals.not_rows["header_lines"]}

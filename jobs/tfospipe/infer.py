@@ -17,7 +17,7 @@ ends the application itself): nothing is published, so a retry is safe.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -27,6 +27,7 @@ import numpy as np
 from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import dataset, fs, paths, predict, serving, tfos
+from .jobargs import InferParams
 from .runner import (JobError, executor_loss, executor_loss_message, executor_python, executors,
                      requested_executors)
 
@@ -138,10 +139,10 @@ def predict_partition(model_dir: str, image_shape: tuple[int, int], batch_size: 
     return run
 
 
-def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
+def tfos_node(setup: dict, ctx: TFNodeContext) -> None:
     """A TFoS node (InputMode.SPARK): predict the rows Spark feeds, one result row per input row.
 
-    ``node_args``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
+    ``setup``: ``model_dir``, ``image_shape`` ([H, W]), ``batch_size``, ``model_version`` and
     ``dataset_version`` (what :func:`run` passes to ``TFCluster.run``); ``ctx``: TFoS's node context.
     Each result is a tuple in the column order of :func:`prediction_schema`. On a root ``tf.io.gfile``
     cannot reach, the model is loaded from a local copy (predict.loaded_model) removed once loaded.
@@ -156,21 +157,21 @@ def tfos_node(node_args: dict, ctx: TFNodeContext) -> None:
 
     from tfospipe import scratch as node_scratch
 
-    image_shape = tuple(node_args["image_shape"])
+    image_shape = tuple(setup["image_shape"])
     try:
-        fn = node_predict.loaded_model(node_args["model_dir"], image_shape)
+        fn = node_predict.loaded_model(setup["model_dir"], image_shape)
     finally:  # TFoS runs the node in a child process that skips atexit: drop the model's local copy now
         node_scratch.cleanup()
     feed = ctx.get_data_feed(train_mode=False)
     while not feed.should_stop():
-        batch = feed.next_batch(node_args["batch_size"])
+        batch = feed.next_batch(setup["batch_size"])
         if not batch:
             continue
         images, labels, row_ids = node_schema.parse_batch(tf.constant(batch), image_shape)
         probabilities, classes = fn(images.numpy())
         feed.batch_results([
-            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, node_args["model_version"],
-             node_args["dataset_version"])
+            (int(r), int(c), float(p[c]), p.tolist(), int(lab) if lab >= 0 else None, setup["model_version"],
+             setup["dataset_version"])
             for r, c, p, lab in zip(row_ids.numpy(), classes, probabilities, labels.numpy())])
 
 
@@ -225,12 +226,12 @@ def _keep_reported(stage_dir, written):
     return sum(r["rows"] for r in written)
 
 
-def _tfos_predictions(spark, files, node_args, nodes):
+def _tfos_predictions(spark, files, setup, nodes):
     """Predictions of the rows in ``files`` through a TFoS cluster fed by Spark (the cluster and its RDD)."""
     from tensorflowonspark import TFCluster
 
     sc = spark.sparkContext
-    cluster = TFCluster.run(sc, tfos_node, node_args, nodes, num_ps=0, tensorboard=False,
+    cluster = TFCluster.run(sc, tfos_node, setup, nodes, num_ps=0, tensorboard=False,
                             input_mode=TFCluster.InputMode.SPARK, master_node=None, reservation_timeout=300)
     return cluster, cluster.inference(dataset.example_rdd(sc, files), feed_timeout=600)
 
@@ -267,16 +268,18 @@ def _model(layout, requested):
     return now["model_version"]
 
 
-def _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started):
-    """The predictions' manifest (and RESULT summary): counts, mode, model loads, per-partition timings."""
-    result = {"dataset_version": args.version, "model_version": mv, "split": split, "rows_in": rows_in,
-              "rows_out": rows_out, "partitions": slices, "files": len(files), "mode": args.mode,
+def _summary(params, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started):
+    """The predictions' manifest (and RESULT summary): counts, mode, model loads, per-partition timings,
+    and the job's params (``dataclasses.asdict``)."""
+    result = {"dataset_version": params.version, "model_version": mv, "split": split, "rows_in": rows_in,
+              "rows_out": rows_out, "partitions": slices, "files": len(files), "mode": params.mode,
               # tfos mode: one load per TFoS node, in the node's own process (not counted here)
-              "model_loads": loads.value if args.mode == "executors" else None,
-              "tfos_nodes": nodes if args.mode == "tfos" else None,
-              "batch_size": args.batch_size, "seconds": round(time.time() - started, 1),
+              "model_loads": loads.value if params.mode == "executors" else None,
+              "tfos_nodes": nodes if params.mode == "tfos" else None,
+              "batch_size": params.batch_size, "seconds": round(time.time() - started, 1),
               "partition_timings": sorted(timings.value, key=lambda t: t["partition"]),
-              "executor_python": executor_python(t["python"] for t in timings.value)}
+              "executor_python": executor_python(t["python"] for t in timings.value),
+              "params": dataclasses.asdict(params)}
     spans = timings.value
     if spans:  # steady state: from the first partition's first batch to the last partition's end
         wall = max(t["end"] for t in spans) - min(t["start"] for t in spans)
@@ -284,12 +287,13 @@ def _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, ti
     return result
 
 
-def run(spark: SparkSession, args: argparse.Namespace) -> dict:
-    """Score dataset version ``args.version`` of ``args.data_root`` (the parsed infer flags, jobargs).
+def run(spark: SparkSession, params: InferParams) -> dict:
+    """Score dataset version ``params.version`` of ``params.data_root`` (``params``: the parsed infer
+    params, ``jobargs.InferParams``).
 
     Scores the ``score`` split when the conversion wrote rows to it, else ``eval``, with
-    ``args.model_version`` (a promoted one) or the model serving, ``args.batch_size`` rows per model
-    call, in ``args.mode`` ``executors`` (:func:`predict_partition`) or ``tfos`` (:func:`tfos_node`).
+    ``params.model_version`` (a promoted one) or the model serving, ``params.batch_size`` rows per model
+    call, in ``params.mode`` ``executors`` (:func:`predict_partition`) or ``tfos`` (:func:`tfos_node`).
     Writes ``predictions/{version}/`` (Parquet, :func:`prediction_schema`) through a staging
     directory, committed with the summary as manifest, and returns the summary with ``output``.
 
@@ -298,34 +302,34 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     rows in the conversion manifest.
     """
     sc = spark.sparkContext
-    layout = paths.Layout(args.data_root)
-    manifest = dataset.read_manifest(layout, args.version)
+    layout = paths.Layout(params.data_root)
+    manifest = dataset.read_manifest(layout, params.version)
     image_shape = tuple(manifest["image_shape"])
     split = "score" if manifest["splits"].get("score") else "eval"
     rows_in = manifest["splits"][split]
-    files = dataset.shard_files(layout, args.version, split)
-    mv = _model(layout, args.model_version)
+    files = dataset.shard_files(layout, params.version, split)
+    mv = _model(layout, params.model_version)
     model_dir = layout.serving_model(mv)
 
     output_schema = prediction_schema()
     loads = sc.accumulator(0)
     timings = sc.accumulator([], _ListParam())
     started = time.time()
-    out = layout.predictions(args.version)
+    out = layout.predictions(params.version)
     with fs.Staging(out) as stage:
         # one partition per shard file, scheduled once the requested executors are there (else the first
         # executor to register would take them all)
         nodes = executors(sc, requested_executors(sc), timeout=30)
         slices = max(len(files), 1)
         cluster = None
-        if args.mode == "tfos":
-            node_args = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": args.batch_size,
-                         "model_version": mv, "dataset_version": args.version}
-            cluster, results = _tfos_predictions(spark, files, node_args, nodes)
+        if params.mode == "tfos":
+            setup = {"model_dir": model_dir, "image_shape": list(image_shape), "batch_size": params.batch_size,
+                         "model_version": mv, "dataset_version": params.version}
+            cluster, results = _tfos_predictions(spark, files, setup, nodes)
             predictions = spark.createDataFrame(results, output_schema)
         else:
             inputs = sc.parallelize([(f,) for f in files], slices).toDF("path string")
-            score = predict_partition(model_dir, image_shape, args.batch_size, mv, args.version, stage.path, loads,
+            score = predict_partition(model_dir, image_shape, params.batch_size, mv, params.version, stage.path, loads,
                                       timings)
         if cluster is None:  # executors mode: each task scores and writes its part
             rows_out = _keep_reported(stage.path, inputs.mapInArrow(score, "file string, rows long").collect())
@@ -336,6 +340,6 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             rows_out = spark.read.parquet(stage.path).count()
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
-        result = _summary(args, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started)
+        result = _summary(params, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started)
         stage.commit(result)
     return dict(result, output=out)

@@ -1,12 +1,16 @@
-"""Command-line arguments of the four jobs, in one place.
+"""The params of the four jobs, in one place: one frozen dataclass per job.
 
-The jobs parse their ``argv`` with :func:`parse`; each job's spec (:mod:`.jobspec`) points at its
-list in :data:`JOBS`, and the operator and the command-line builder turn flag values into the job's
-argv with :func:`to_argv`; the DAG takes its params (default and JSON schema) from :data:`JOBS`, so
-a flag, its rule and its default are written once. No Spark or TensorFlow import here: the DAG
-processor loads this module.
+Each job's params are a frozen, typed dataclass (:data:`PARAMS`: :class:`ConvertParams`,
+:class:`TrainParams`, :class:`ValidateParams`, :class:`InferParams`) whose fields are declared once
+with :func:`param`: name, type, default, JSON-schema rule and help. Everything else comes from it: the
+job's argparse parser (:func:`parser`; :func:`parse` returns the job's params object, which
+``runner.main`` hands to the job's ``run``), the DAG's params with their defaults and schemas
+(:func:`dag_params`), the argv the operator and the command-line builder pass (:func:`to_argv`), and
+what each job's manifest records (``dataclasses.asdict(params)``). A params object holds plain values
+only, so it pickles to the executors whole. No Spark or TensorFlow import here: the DAG processor
+loads this module.
 
-One rule per value: a flag that is also a DAG param has a JSON schema, and that schema is both the
+One rule per value: a field that is also a DAG param has a JSON schema, and that schema is both the
 param's schema (which Airflow checks with jsonschema when a run is triggered from the UI, the REST
 API, the CLI or a backfill) and the job's check of the flag (:func:`schema_type` validates the
 flag's text with the same jsonschema validator). The DAG renders a param into the command line as
@@ -16,8 +20,10 @@ an integer) as 2 and 10, and refuses ``2.5``; NaN and infinities are refused eve
 """
 
 import argparse
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import fs, paths, schema
 
@@ -189,14 +195,15 @@ def _image_shape(value):
     return int(h), int(w)
 
 
-class Arg:
-    """A job flag ``--name`` with its default (None = required) and help.
+class ParamSpec:
+    """How one param reaches its job: the flag ``--name``, its default (None = required), help and rule.
 
-    ``rule`` is the flag's JSON schema: the job checks the flag with it (:func:`schema_type`) and,
-    unless ``param`` is False, the DAG exposes the flag as a param with the same schema, named
-    ``param`` (default: ``name``). Flags the DAG fills itself (data root, version, run id) have an
-    argparse ``type`` instead. ``convert`` turns a valid JSON value into what the job uses; ``hint``
-    says in words what a valid value is (default: derived from the rule).
+    ``rule`` is the param's JSON schema: the job checks the flag with it (:func:`schema_type`) and,
+    unless ``param`` is False, the DAG exposes it as a param with the same schema, named ``param``
+    (default: ``name``). Params the DAG fills itself (data root, version, run id) have an argparse
+    ``type`` instead. ``convert`` turns a valid JSON value into what the job uses; ``hint`` says in words
+    what a valid value is (default: derived from the rule). Built from a params dataclass's fields
+    (:func:`param` declares one; :func:`specs` reads them).
     """
 
     def __init__(self, name: str, default: object, help: str, rule: dict | None = None, *,
@@ -212,74 +219,135 @@ class Arg:
         return "--" + self.name.replace("_", "-")
 
 
-_COMMON = [
-    Arg("data_root", None, "root of all data: a local directory every executor sees, or a URI of a supported "
-        f"store ({fs.supported_schemes()})", type=_root),
-    Arg("version", None, "dataset version, e.g. the run's logical date 2026-11-28", type=_segment("dataset version")),
-]
-_RUN = [Arg("run_id", None, "Airflow run id; keys the model directory so a retry resumes it", type=_run_id)]
+#: The metadata key of a params field's :class:`ParamSpec` arguments (:func:`param`).
+SPEC = "tfospipe.param"
 
-JOBS = {
-    "convert": _COMMON + [
-        Arg("eval_fraction", 0.2, "fraction of rows for the eval split (by a hash of the row's content)",
-            number(0.01, 0.9)),
-        Arg("num_shards", 4, "TFRecord shards per split (at least the training cluster size)", integer(1, 1024)),
-        Arg("max_bad_fraction", 0.05, "fail when more than this fraction of rows is quarantined", number(0, 1)),
-        Arg("pixel_max", 255, "largest valid pixel value; larger values are quarantined", integer(1, 65535)),
-        Arg("image_shape", "auto", "HxW, or auto: square root of the pixel column count", IMAGE_SHAPE,
-            convert=_image_shape, hint="auto, or HxW with H and W from 1 to 9999 (e.g. 28x28)"),
-        Arg("label_column", 0,
-            "index of the label column in the labeled CSV (0 = first, -1 = last); the others are the pixels",
-            integer(-1, 1000000)),
-        Arg("compression", "none",
-            "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
-            one_of(*schema.COMPRESSIONS)),
-    ],
-    "train": _COMMON + _RUN + [
-        Arg("input_mode", "tensorflow",
-            "tensorflow: each node reads its TFRecord shards with tf.data; spark: Spark feeds the rows (TFNode.DataFeed)",
-            one_of("tensorflow", "spark")),
-        Arg("cluster_size", 2, "TensorFlow nodes = Spark executors (chief + workers)", integer(2, 256)),
-        Arg("num_ps", 0,
-            "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
-            "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
-            integer(0, 16)),
-        Arg("gradient_compression", "none",
-            "how all-reduce training sends gradients: none (float32) or fp16 (half the bytes and CPU of the "
-            "all-reduce, gradients rounded to float16; num_ps=0 only)",
-            one_of(*GRADIENT_COMPRESSIONS)),
-        Arg("epochs", 5, "passes over the train split", integer(1, 1000)),
-        Arg("batch_size", 64, "batch size per worker", integer(1, 65536)),
-        Arg("learning_rate", 0.001, "Adam learning rate", number(maximum=1, above=0)),
-        # Not a DAG param: a job setting (tests shorten it), checked by the same kind of rule.
-        Arg("executor_wait", 120, "seconds to wait for cluster_size executors before failing", integer(1),
-            param=False),
-    ],
-    "validate": _COMMON + _RUN + [
-        Arg("min_accuracy", 0.8, "the candidate's eval accuracy must reach this", number(0, 1)),
-        Arg("max_regression", 0.02, "the candidate may trail the serving model's accuracy by at most this",
-            number(0, 1)),
-        Arg("promotion", "if_not_older",
-            "when a model that passed the gate goes into serving: if_not_older = only if its data date (the "
-            "dataset version when it is a date, else the run's logical date) is not older than the serving "
-            "model's, so a backfill of old versions leaves a newer model serving; auto = always; never = "
-            "evaluate and report only",
-            one_of(*PROMOTION_POLICIES)),
-        # Not a DAG param: the DAG passes the run's logical date (or the day a manual run was triggered for).
-        Arg("data_date", "", "YYYY-MM-DD the run's data stands for when the dataset version is not a date "
-            "(the DAG passes the logical date); empty = today (UTC)", DATA_DATE, param=False, convert=_date,
-            hint="YYYY-MM-DD, or empty"),
-    ],
-    "infer": _COMMON + [
-        Arg("batch_size", 256, "rows per prediction batch in each executor", integer(1, 65536),
-            param="inference_batch_size"),
-        Arg("model_version", "", "promoted model version to use; empty = the one serving now", type=str),
-        Arg("mode", "executors",
-            "executors: each executor loads the model and scores its shards (mapInArrow); tfos: a TFoS cluster "
-            "in InputMode.SPARK scores the rows Spark feeds it (TFCluster.inference)",
-            one_of("executors", "tfos"), param="inference_mode"),
-    ],
-}
+
+def param(default: object, help: str, rule: dict | None = None, *,
+          type: Callable[[str], object] | None = None, dag: str | bool | None = None,
+          convert: Callable[[object], object] | None = None, hint: str | None = None) -> Any:
+    """One field of a job's params dataclass, written once: its flag default (None = a required flag),
+    help, JSON-schema ``rule`` and the rest of :class:`ParamSpec` (``dag``: its ``param``). The field's
+    own default is the flag default as the job holds it (``convert(default)``, e.g. ``auto`` -> None)."""
+    meta = {"default": default, "help": help, "rule": rule, "type": type, "param": dag, "convert": convert,
+            "hint": hint}
+    if default is None:
+        return dataclasses.field(metadata={SPEC: meta})
+    return dataclasses.field(default=convert(default) if convert else default, metadata={SPEC: meta})
+
+
+def specs(params_class: type) -> list[ParamSpec]:
+    """The :class:`ParamSpec` of every field of a params dataclass, in field order (the parser's)."""
+    out = []
+    for f in dataclasses.fields(params_class):
+        meta = dict(f.metadata[SPEC])
+        out.append(ParamSpec(f.name, meta.pop("default"), meta.pop("help"), meta.pop("rule"), **meta))
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobParams:
+    """The params every job takes: where the data is and which version (filled by the DAG)."""
+
+    data_root: str = param(None, "root of all data: a local directory every executor sees, or a URI of a "
+                           f"supported store ({fs.supported_schemes()})", type=_root)
+    version: str = param(None, "dataset version, e.g. the run's logical date 2026-11-28",
+                         type=_segment("dataset version"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunParams(JobParams):
+    """The params of a job about one training run (train, validate)."""
+
+    run_id: str = param(None, "Airflow run id; keys the model directory so a retry resumes it", type=_run_id)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConvertParams(JobParams):
+    """convert's params: CSV rows -> TFRecord shards."""
+
+    eval_fraction: float = param(0.2, "fraction of rows for the eval split (by a hash of the row's content)",
+                                 number(0.01, 0.9))
+    num_shards: int = param(4, "TFRecord shards per split (at least the training cluster size)", integer(1, 1024))
+    max_bad_fraction: float = param(0.05, "fail when more than this fraction of rows is quarantined", number(0, 1))
+    pixel_max: int = param(255, "largest valid pixel value; larger values are quarantined", integer(1, 65535))
+    image_shape: tuple[int, int] | None = param(
+        "auto", "HxW, or auto: square root of the pixel column count", IMAGE_SHAPE,
+        convert=_image_shape, hint="auto, or HxW with H and W from 1 to 9999 (e.g. 28x28)")
+    label_column: int = param(
+        0, "index of the label column in the labeled CSV (0 = first, -1 = last); the others are the pixels",
+        integer(-1, 1000000))
+    compression: str = param(
+        "none", "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
+        one_of(*schema.COMPRESSIONS))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainParams(RunParams):
+    """train's params: the cluster, its topology and the training hyperparameters (picklable: the
+    training nodes receive them whole, ``node.NodeSetup``)."""
+
+    input_mode: str = param(
+        "tensorflow",
+        "tensorflow: each node reads its TFRecord shards with tf.data; spark: Spark feeds the rows (TFNode.DataFeed)",
+        one_of("tensorflow", "spark"))
+    cluster_size: int = param(2, "TensorFlow nodes = Spark executors (chief + workers)", integer(2, 256))
+    num_ps: int = param(
+        0, "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
+        "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
+        integer(0, 16))
+    gradient_compression: str = param(
+        "none", "how all-reduce training sends gradients: none (float32) or fp16 (half the bytes and CPU of the "
+        "all-reduce, gradients rounded to float16; num_ps=0 only)",
+        one_of(*GRADIENT_COMPRESSIONS))
+    epochs: int = param(5, "passes over the train split", integer(1, 1000))
+    batch_size: int = param(64, "batch size per worker", integer(1, 65536))
+    learning_rate: float = param(0.001, "Adam learning rate", number(maximum=1, above=0))
+    # Not a DAG param: a job setting (tests shorten it), checked by the same kind of rule.
+    executor_wait: int = param(120, "seconds to wait for cluster_size executors before failing", integer(1),
+                               dag=False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValidateParams(RunParams):
+    """validate's params: the gate's thresholds and the promotion policy."""
+
+    min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1))
+    max_regression: float = param(
+        0.02, "the candidate may trail the serving model's accuracy by at most this", number(0, 1))
+    promotion: str = param(
+        "if_not_older",
+        "when a model that passed the gate goes into serving: if_not_older = only if its data date (the "
+        "dataset version when it is a date, else the run's logical date) is not older than the serving "
+        "model's, so a backfill of old versions leaves a newer model serving; auto = always; never = "
+        "evaluate and report only",
+        one_of(*PROMOTION_POLICIES))
+    # Not a DAG param: the DAG passes the run's logical date (or the day a manual run was triggered for).
+    data_date: str = param(
+        "", "YYYY-MM-DD the run's data stands for when the dataset version is not a date "
+        "(the DAG passes the logical date); empty = today (UTC)", DATA_DATE, dag=False, convert=_date,
+        hint="YYYY-MM-DD, or empty")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InferParams(JobParams):
+    """infer's params: which model, how many rows per model call, and where it runs."""
+
+    batch_size: int = param(256, "rows per prediction batch in each executor", integer(1, 65536),
+                            dag="inference_batch_size")
+    model_version: str = param("", "promoted model version to use; empty = the one serving now", type=str)
+    mode: str = param(
+        "executors",
+        "executors: each executor loads the model and scores its shards (mapInArrow); tfos: a TFoS cluster "
+        "in InputMode.SPARK scores the rows Spark feeds it (TFCluster.inference)",
+        one_of("executors", "tfos"), dag="inference_mode")
+
+
+#: Each job's params dataclass, in the pipeline's order.
+PARAMS: dict[str, type[JobParams]] = {"convert": ConvertParams, "train": TrainParams, "validate": ValidateParams,
+                                      "infer": InferParams}
+#: Each job's flags (:class:`ParamSpec`), from its params dataclass.
+JOBS: dict[str, list[ParamSpec]] = {job: specs(cls) for job, cls in PARAMS.items()}
 
 
 def parser(job: str) -> argparse.ArgumentParser:
@@ -293,11 +361,11 @@ def parser(job: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse(job: str, argv: list[str]) -> argparse.Namespace:
-    """``job``'s flags parsed from ``argv`` (one attribute per flag name, converted and checked by its
-    rule), with a local ``data_root`` made absolute. A missing or refused flag exits with usage
-    (SystemExit, code 2) naming it."""
-    return parser(job).parse_args(argv)
+def parse(job: str, argv: list[str]) -> JobParams:
+    """``job``'s params (its :data:`PARAMS` dataclass) parsed from ``argv``: one field per flag,
+    converted and checked by its rule, a local ``data_root`` made absolute. A missing or refused flag
+    exits with usage (SystemExit, code 2) naming it."""
+    return PARAMS[job](**vars(parser(job).parse_args(argv)))
 
 
 def defaults(job: str) -> dict:
@@ -306,7 +374,8 @@ def defaults(job: str) -> dict:
 
 
 def dag_params(job: str) -> list[tuple]:
-    """(param name, default, help, JSON schema) of the flags a DAG run may set for ``job``."""
+    """(param name, default, help, JSON schema) of the params a DAG run may set for ``job`` (the fields of
+    its params dataclass that have a rule and are not marked ``dag=False``)."""
     return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.param]
 
 

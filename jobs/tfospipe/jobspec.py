@@ -1,11 +1,11 @@
-"""One spec per pipeline job: its flags, the Asset it produces, what it publishes, its task links, and
+"""One spec per pipeline job: its params, the Asset it produces, what it publishes, its task links, and
 whether it runs a TensorFlow cluster.
 
 Everything that differs between the four jobs outside their own code is written here once, and read
 by the DAG (its tasks), the Airflow operator (``plugins/tfos_spark.py``: application, Spark conf, the
 Asset and its event, the task links) and the spark-submit command-line builder (:mod:`.launch`, used
-by the tests and benchmarks as well). The flags themselves stay in :data:`.jobargs.JOBS`, where the
-jobs' parsers read them; a spec points at its job's list.
+by the tests and benchmarks as well). The params themselves stay in :mod:`.jobargs` (one frozen
+dataclass per job, :data:`.jobargs.PARAMS`), where the jobs' parsers read them; a spec points at its job's.
 
 No Airflow, Spark or TensorFlow import: the DAG processor loads this module. It is submit-side only
 (no job reads it), so the ``--py-files`` zip leaves it out (:data:`.launch.SUBMIT_ONLY`).
@@ -31,7 +31,7 @@ TENSORBOARD = "TensorBoard"
 class JobSpec:
     """A pipeline job as the DAG, the operator and the command-line builder see it.
 
-    ``name``: the job (``jobs/<name>.py``, the task id, the flag table :data:`.jobargs.JOBS[name]`).
+    ``name``: the job (``jobs/<name>.py``, the task id, the params dataclass :data:`.jobargs.PARAMS[name]`).
     ``asset_name``/``asset_uri``: the Airflow Asset the job produces (lineage in the UI).
     ``output(layout, version, run_id)``: the path a successful run publishes under ``layout``
     (``run_id`` is the Airflow run id as given, None for a job without ``--run-id``); it raises
@@ -49,8 +49,8 @@ class JobSpec:
     tfos: bool = False
 
     @property
-    def args(self) -> list[jobargs.Arg]:
-        """The job's flags (:class:`.jobargs.Arg`), in the order its parser declares them."""
+    def args(self) -> list[jobargs.ParamSpec]:
+        """The job's command-line arguments: its params' :class:`.jobargs.ParamSpec`, in field order."""
         return jobargs.JOBS[self.name]
 
     @property

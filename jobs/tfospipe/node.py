@@ -1,8 +1,8 @@
 """node: one TensorFlow node of the training cluster, the function TFoS runs in each Spark executor.
 
 As TFoS's ``examples/mnist`` split ``mnist_spark.py`` (the driver) from ``mnist_dist.py`` (the node), the
-driver (``train.py``) plans the run and passes :func:`node_main` and a :class:`NodeArgs` to
-``TFCluster.run``; TFoS calls ``node_main(node_args, ctx)`` in each executor with ``TF_CONFIG`` set.
+driver (``train.py``) plans the run and passes :func:`node_main` and a :class:`NodeSetup` to
+``TFCluster.run``; TFoS calls ``node_main(setup, ctx)`` in each executor with ``TF_CONFIG`` set.
 Roles (see ``train.py`` for the topologies):
 
 * all-reduce (``num_ps=0``): every node trains under ``MultiWorkerMirroredStrategy``
@@ -12,9 +12,11 @@ Roles (see ``train.py`` for the topologies):
   once the chief's done marker appears.
 
 Every node leaves a done marker, or an error marker with its traceback (``markers.py``). TensorFlow is
-imported inside the functions, never at import: the driver imports this module for ``NodeArgs`` and
+imported inside the functions, never at import: the driver imports this module for ``NodeSetup`` and
 ``node_main`` (which TFoS pickles by reference).
 """
+
+from __future__ import annotations
 
 import dataclasses
 import functools
@@ -27,9 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import fs, markers, paths, scratch, tfenv
 from .feed import Feed
+from .jobargs import TrainParams
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from .trainplan import Plan
 
 #: A progress line every N steps; all-reduce training also runs N steps per call of its train function
 #: (Keras ``steps_per_execution``): fewer Python round trips and metric all-reduces per step.
@@ -44,46 +49,38 @@ SHUFFLE_BUFFER = 8192
 
 
 @dataclasses.dataclass(frozen=True)
-class NodeArgs:
-    """What the driver passes to every node (pickled to the executors).
+class NodeSetup:
+    """What the driver passes to every node (pickled to the executors): the run directory, the train
+    params whole (``jobargs.TrainParams``) and the driver's plan (``trainplan.Plan``: shares, step
+    budgets, image shape and pixel scale).
 
-    A share (``train_shares``/``eval_shares``, one per reading node, from ``train.plan_shares``) is a
-    dict ``{"files": [TFRecord paths], "offset": int, "every": int, "records": int}``: the node reads
-    every ``every``-th record of ``files`` from ``offset``, ``records`` in all.
+    A share (``plan.shares["train"]``/``["eval"]``, one per reading node, from ``trainplan.plan_shares``)
+    is a dict ``{"files": [TFRecord paths], "offset": int, "every": int, "records": int}``: the node
+    reads every ``every``-th record of ``files`` from ``offset``, ``records`` in all.
     """
 
-    run_dir: str                  # the run directory (local path or URI)
-    num_ps: int                   # parameter servers; 0: all-reduce
-    input_mode: str               # "tensorflow" (nodes read shards) or "spark" (Spark feeds the rows)
-    train_shares: list[dict[str, Any]]
-    eval_shares: list[dict[str, Any]]
-    image_shape: tuple[int, int]  # (H, W) pixels
-    pixel_max: int                # the pixel scale (inputs are divided by it)
-    batch_size: int               # examples per batch per worker
-    learning_rate: float
-    gradient_compression: str     # "none" or "fp16" (all-reduce only)
-    epochs: int
-    steps_per_epoch: int          # the train step budget of every node per epoch
-    eval_steps: int               # the evaluation step budget of every node per evaluation
+    run_dir: str          # the run directory (local path or URI)
+    params: TrainParams   # topology, input mode and hyperparameters, as the job parsed them
+    plan: Plan            # shares, step budgets, image shape, pixel scale
 
     def __contains__(self, name: str) -> bool:
         """Whether a field ``name`` exists: TFoS asks ``'num_gpus' in tf_args`` of the object it passes."""
         return any(f.name == name for f in dataclasses.fields(self))
 
 
-def node_main(node_args: NodeArgs, ctx: Any) -> None:
+def node_main(setup: NodeSetup, ctx: Any) -> None:
     """Runs in each executor: one TensorFlow node of the cluster (``ctx``: TFoS's ``TFNodeContext``).
 
     A failure leaves ``workers/<node>.error`` with the traceback, so the driver can report it, and is
     raised again (TFoS then fails the node's Spark task).
     """
     try:
-        if node_args.num_ps and ctx.job_name in ("ps", "worker"):
-            _serve(node_args, ctx)
+        if setup.params.num_ps and ctx.job_name in ("ps", "worker"):
+            _serve(setup, ctx)
         else:
-            _train(node_args, ctx)
+            _train(setup, ctx)
     except BaseException:
-        markers.write_error(node_args.run_dir, markers.node_name(ctx))
+        markers.write_error(setup.run_dir, markers.node_name(ctx))
         raise
     finally:  # the local copies of a root tf.io.gfile cannot reach (TFoS's node process may skip atexit)
         scratch.cleanup()
@@ -99,7 +96,7 @@ def _tensorflow(ps_mode: bool):
     return tf
 
 
-def _serve(node_args: NodeArgs, ctx: Any) -> None:
+def _serve(setup: NodeSetup, ctx: Any) -> None:
     """A parameter server or worker under ParameterServerStrategy: a TensorFlow server that the chief's
     coordinator drives. Returns once the chief has left its done marker, or any node an error marker."""
     tf = _tensorflow(ps_mode=True)
@@ -108,14 +105,14 @@ def _serve(node_args: NodeArgs, ctx: Any) -> None:
     tf.distribute.Server(resolver.cluster_spec(), job_name=ctx.job_name, task_index=ctx.task_index,
                          protocol=resolver.rpc_layer or "grpc", start=True)
     try:
-        markers.wait_done(node_args.run_dir, [markers.name_of("chief", 0)])
+        markers.wait_done(setup.run_dir, [markers.name_of("chief", 0)])
     except markers.NodeFailed:
         pass
     done = {"node": markers.node_name(ctx), "job_name": ctx.job_name, "task_index": ctx.task_index,
             "seconds": round(time.time() - started, 1)}
     if ctx.job_name == "worker":
         done["worker"] = markers.worker_index(ctx.job_name, ctx.task_index)
-    markers.write_done(node_args.run_dir, markers.node_name(ctx), done)
+    markers.write_done(setup.run_dir, markers.node_name(ctx), done)
 
 
 # --- input pipelines ---------------------------------------------------------------------------------
@@ -169,22 +166,22 @@ def finish(ds: "tf.data.Dataset", batch_size: int, image_shape: tuple[int, int])
     return ds.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
-def train_fn(node_args: NodeArgs, feed: Feed | None, input_context: Any) -> "tf.data.Dataset":
+def train_fn(setup: NodeSetup, feed: Feed | None, input_context: Any) -> "tf.data.Dataset":
     """The train input of ``DatasetCreator``: Spark's feed (``feed``, spark input mode) or this node's
     train share (tensorflow input mode), batched (:func:`finish`)."""
     import tensorflow as tf
 
     if feed is not None:
         blocks = tf.data.Dataset.from_generator(feed.blocks, output_signature=tf.TensorSpec([None], tf.string))
-        return finish(blocks.unbatch(), node_args.batch_size, tuple(node_args.image_shape))
-    return finish(from_share(node_args.train_shares, input_context, shuffle=True), node_args.batch_size,
-                  tuple(node_args.image_shape))
+        return finish(blocks.unbatch(), setup.params.batch_size, setup.plan.image_shape)
+    return finish(from_share(setup.plan.shares["train"], input_context, shuffle=True), setup.params.batch_size,
+                  setup.plan.image_shape)
 
 
-def eval_fn(node_args: NodeArgs, input_context: Any) -> "tf.data.Dataset":
+def eval_fn(setup: NodeSetup, input_context: Any) -> "tf.data.Dataset":
     """The evaluation input of ``DatasetCreator``: this node's eval share, in order, batched."""
-    return finish(from_share(node_args.eval_shares, input_context, shuffle=False), node_args.batch_size,
-                  tuple(node_args.image_shape))
+    return finish(from_share(setup.plan.shares["eval"], input_context, shuffle=False), setup.params.batch_size,
+                  setup.plan.image_shape)
 
 
 # --- all-reduce node, or the chief under ParameterServerStrategy ------------------------------------------
@@ -202,9 +199,9 @@ class _Role:
         return self.worker == 0
 
 
-def _train(node_args: NodeArgs, ctx: Any) -> None:
+def _train(setup: NodeSetup, ctx: Any) -> None:
     """Train, export (chief), and leave the done marker: an all-reduce node, or the PS coordinator."""
-    ps_mode = node_args.num_ps > 0
+    ps_mode = setup.params.num_ps > 0
     tf = _tensorflow(ps_mode)
     from tensorflowonspark import marker
 
@@ -216,35 +213,35 @@ def _train(node_args: NodeArgs, ctx: Any) -> None:
     else:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     role = _Role(ps_mode, markers.worker_index(ctx.job_name, ctx.task_index),
-                 node_args.batch_size * (1 if ps_mode else ctx.num_workers))
+                 setup.params.batch_size * (1 if ps_mode else ctx.num_workers))
     feed = None
-    if node_args.input_mode == "spark":
+    if setup.params.input_mode == "spark":
         data_feed = ctx.get_data_feed(train_mode=True)
-        feed = Feed(ctx.mgr.get_queue("input"), marker.EndPartition, node_args.batch_size, role.worker)
+        feed = Feed(ctx.mgr.get_queue("input"), marker.EndPartition, setup.params.batch_size, role.worker)
     with strategy.scope():
         # ParameterServerStrategy's coordinator schedules single steps: one step per execution there
-        model = model_lib.build_model(tuple(node_args.image_shape), node_args.pixel_max, node_args.learning_rate,
+        model = model_lib.build_model(setup.plan.image_shape, setup.plan.pixel_max, setup.params.learning_rate,
                                       steps_per_execution=1 if ps_mode else PROGRESS_EVERY_STEPS,
-                                      gradient_compression=node_args.gradient_compression)
+                                      gradient_compression=setup.params.gradient_compression)
     if not ps_mode:
         # Metrics are already all-reduced across workers: report one replica's value, not their sum.
         model.distribute_reduction_method = "first"
-    callbacks, shown, counted = _callbacks(tf, node_args, role)
-    history = model.fit(tf.keras.utils.experimental.DatasetCreator(functools.partial(train_fn, node_args, feed)),
-                        epochs=node_args.epochs, steps_per_epoch=node_args.steps_per_epoch, callbacks=callbacks,
-                        verbose=0, validation_steps=node_args.eval_steps,
+    callbacks, shown, counted = _callbacks(tf, setup, role)
+    history = model.fit(tf.keras.utils.experimental.DatasetCreator(functools.partial(train_fn, setup, feed)),
+                        epochs=setup.params.epochs, steps_per_epoch=setup.plan.steps_per_epoch, callbacks=callbacks,
+                        verbose=0, validation_steps=setup.plan.eval_steps,
                         validation_data=tf.keras.utils.experimental.DatasetCreator(
-                            functools.partial(eval_fn, node_args)))
+                            functools.partial(eval_fn, setup)))
     if feed is not None:
         feed.stop(data_feed.terminate)  # skip the rest of the feed: this node has run its step budget
-    export(model, node_args.run_dir, role.worker, tuple(node_args.image_shape))
+    export(model, setup.run_dir, role.worker, setup.plan.image_shape)
     if not ps_mode:
         barrier(strategy)
-    done = _done_record(node_args, ctx, role, history.history, counted, feed, shown.examples_per_second, started)
-    markers.write_done(node_args.run_dir, markers.node_name(ctx), done)
+    done = _done_record(setup, ctx, role, history.history, counted, feed, shown.examples_per_second, started)
+    markers.write_done(setup.run_dir, markers.node_name(ctx), done)
 
 
-def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, Any]:
+def _callbacks(tf: Any, setup: NodeSetup, role: _Role) -> tuple[list, Any, Any]:
     """``(callbacks, progress callback, step counter or None)`` of ``model.fit``: BackupAndRestore in
     ``backup/``, progress lines (every PROGRESS_EVERY_STEPS steps and per epoch; per epoch only under
     ParameterServerStrategy, which allows no batch-level callbacks), the step counter (all-reduce), and
@@ -252,16 +249,16 @@ def _callbacks(tf: Any, node_args: NodeArgs, role: _Role) -> tuple[list, Any, An
     written in the node's scratch directory and published by progress.BackupSync and progress.LogSync."""
     from . import progress
 
-    write = progress.log_writer(node_args.run_dir, role.is_chief)
-    examples_per_epoch = node_args.steps_per_epoch * role.step_examples
+    write = progress.log_writer(setup.run_dir, role.is_chief)
+    examples_per_epoch = setup.plan.steps_per_epoch * role.step_examples
     if role.ps_mode:
-        shown, counted = progress.EpochProgress(write, node_args.epochs, examples_per_epoch), None
+        shown, counted = progress.EpochProgress(write, setup.params.epochs, examples_per_epoch), None
     else:
-        shown = progress.Progress(write, node_args.epochs, examples_per_epoch, role.step_examples,
+        shown = progress.Progress(write, setup.params.epochs, examples_per_epoch, role.step_examples,
                                   PROGRESS_EVERY_STEPS)
         counted = progress.StepCount()
-    backup, logs = paths.join(node_args.run_dir, paths.BACKUP_DIR), paths.join(node_args.run_dir, paths.TENSORBOARD_DIR)
-    if fs.scheme_of(node_args.run_dir).tf_gfile:
+    backup, logs = paths.join(setup.run_dir, paths.BACKUP_DIR), paths.join(setup.run_dir, paths.TENSORBOARD_DIR)
+    if fs.scheme_of(setup.run_dir).tf_gfile:
         callbacks, log_sync = [tf.keras.callbacks.BackupAndRestore(backup), shown], None
     else:  # TensorFlow writes in scratch; the syncs publish after every epoch (see progress.BackupSync)
         backup_sync, log_sync = progress.BackupSync(backup, role.is_chief), progress.LogSync(logs)
@@ -279,7 +276,7 @@ def export(model: Any, run_dir: str, worker: int, image_shape: tuple[int, int]) 
 
     Every node takes part in the save (variables are distributed); only the chief's (``worker`` 0) copy
     is kept: it is written to ``<run_dir>/.model.staging`` and renamed to ``<run_dir>/model`` complete
-    (the run is committed later by the driver, see ``train.commit_run``); the others write to a local
+    (the run is committed later by the driver, see ``rundir.commit_run``); the others write to a local
     temporary directory and delete it. Under ParameterServerStrategy only the chief runs this.
 
     On a root ``tf.io.gfile`` cannot reach the chief exports into its scratch directory, uploads the
@@ -315,7 +312,7 @@ def barrier(strategy: "tf.distribute.Strategy") -> None:
     strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
-def _done_record(node_args: NodeArgs, ctx: Any, role: _Role, history: dict[str, list[float]], counted: Any,
+def _done_record(setup: NodeSetup, ctx: Any, role: _Role, history: dict[str, list[float]], counted: Any,
                  feed: Feed | None, steady_rate: float | None, started: float) -> dict[str, Any]:
     """The done marker of a training node: what it ran, its share, its final metrics, its rates."""
     epochs_run = len(history.get("loss", []))
@@ -331,12 +328,12 @@ def _done_record(node_args: NodeArgs, ctx: Any, role: _Role, history: dict[str, 
         "python": sys.executable,  # the executor's interpreter (the manifest's executor_python)
         "epochs_run": epochs_run,
         # steps this node ran (all-reduce: counted); under ParameterServerStrategy the coordinator's budget
-        "steps_run": counted.train if counted else epochs_run * node_args.steps_per_epoch,
-        "eval_steps_run": counted.eval if counted else epochs_run * node_args.eval_steps,
+        "steps_run": counted.train if counted else epochs_run * setup.plan.steps_per_epoch,
+        "eval_steps_run": counted.eval if counted else epochs_run * setup.plan.eval_steps,
         # records of this node's planned share of each split (spark input mode: Spark feeds the train rows)
-        "train_share_records": (node_args.train_shares[role.worker]["records"]
+        "train_share_records": (setup.plan.shares["train"][role.worker]["records"]
                                 if not role.ps_mode and feed is None else None),
-        "eval_share_records": None if role.ps_mode else node_args.eval_shares[role.worker]["records"],
+        "eval_share_records": None if role.ps_mode else setup.plan.shares["eval"][role.worker]["records"],
         "final_loss": final("loss"),
         "final_accuracy": final("accuracy"),
         "final_eval_loss": final("val_loss"),

@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from . import fs, jobargs
 
 if TYPE_CHECKING:
-    import argparse
-
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
@@ -334,29 +332,30 @@ def session(name: str, root: str) -> SparkSession:
     return builder.getOrCreate()
 
 
-def main(job: str, run: Callable[[SparkSession, argparse.Namespace], dict | None],
+def main(job: str, run: Callable[[SparkSession, jobargs.JobParams], dict | None],
          argv: list[str] | None = None) -> int:
     """Entry point body of ``jobs/<job>.py``: returns the process exit code.
 
-    Parses ``argv`` (default: sys.argv[1:]) with ``jobargs.parse(job, ...)``, runs ``run(spark, args)``
+    Parses ``argv`` (default: sys.argv[1:]) into the job's params (``jobargs.parse(job, ...)``, a frozen
+    dataclass such as ``jobargs.TrainParams``), runs ``run(spark, params)``
     in a SparkSession named ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
     ``ERROR [job] message`` for a JobError, a StorageError, executors that could not run their Python
     or a lost executor (:func:`job_failure`; status 2). Any other exception propagates (status 1).
     Raises SystemExit (status 2) for invalid arguments, as argparse does."""
-    args = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
+    params = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
     try:  # credentials and reachability of the root, before any Spark job starts
-        fs.check_access(args.data_root)
+        fs.check_access(params.data_root)
     except fs.StorageError as e:
         print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
         return 2
-    spark = session(f"tfos-{job}-{args.version}", args.data_root)
+    spark = session(f"tfos-{job}-{params.version}", params.data_root)
     spark.sparkContext.setLogLevel("WARN")
     # read now: a failed TensorFlow cluster stops the SparkContext before the job reports it
     python_conf = {key: spark.sparkContext.getConf().get(key) for key in PYTHON_CONF_KEYS}
     started = time.time()
     failure = None
     try:
-        summary = run(spark, args)
+        summary = run(spark, params)
     except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
     except Exception as e:

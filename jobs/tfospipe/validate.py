@@ -30,7 +30,6 @@ stays as it was; validating the same files again promotes nothing new.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import sys
@@ -38,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import dataset, fs, metrics, paths, predict, report as report_lib, serving
+from .jobargs import ValidateParams
 from .runner import JobError, executor_python, executors, git_revision, requested_executors
 
 if TYPE_CHECKING:
@@ -130,23 +130,36 @@ def promotion_rule(policy: str, candidate_date: str, champion_mv: str | None,
                    "promote it anyway")
 
 
-def gate(candidate: dict, champion: dict | None, args: argparse.Namespace) -> tuple[bool, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class GateThresholds:
+    """The gate's thresholds, fractions (0..1) of accuracy, from the validate params
+    (``jobargs.ValidateParams``: ``--min-accuracy``, ``--max-regression``)."""
+
+    min_accuracy: float    # the candidate's accuracy must reach this
+    max_regression: float  # the candidate may trail the serving model's accuracy by at most this
+
+    @classmethod
+    def of(cls, params: ValidateParams) -> GateThresholds:
+        """The thresholds of the parsed validate ``params``."""
+        return cls(min_accuracy=params.min_accuracy, max_regression=params.max_regression)
+
+
+def gate(candidate: dict, champion: dict | None, thresholds: GateThresholds) -> tuple[bool, list[str]]:
     """(passed, reasons): every rule that failed, in words with the figures.
 
     ``candidate``, ``champion``: ``metrics.summarize`` results on the same eval records (``champion``
-    None when nothing serves or the serving model cannot score this data). ``args``: the parsed
-    validate flags; ``min_accuracy`` and ``max_regression`` are fractions (0..1) of accuracy. The
-    rules: no output that is not a finite probability vector summing to 1; accuracy >=
-    ``min_accuracy``; accuracy >= the champion's - ``max_regression``.
+    None when nothing serves or the serving model cannot score this data). The rules: no output that
+    is not a finite probability vector summing to 1; accuracy >= ``thresholds.min_accuracy``;
+    accuracy >= the champion's - ``thresholds.max_regression``.
     """
     reasons = []
     if candidate["bad_outputs"]:
         reasons.append(f"{candidate['bad_outputs']} outputs are not finite probabilities summing to 1")
-    if candidate["accuracy"] < args.min_accuracy:
-        reasons.append(f"accuracy {candidate['accuracy']:.4f} < min_accuracy {args.min_accuracy:.4f}")
-    if champion is not None and candidate["accuracy"] < champion["accuracy"] - args.max_regression:
+    if candidate["accuracy"] < thresholds.min_accuracy:
+        reasons.append(f"accuracy {candidate['accuracy']:.4f} < min_accuracy {thresholds.min_accuracy:.4f}")
+    if champion is not None and candidate["accuracy"] < champion["accuracy"] - thresholds.max_regression:
         reasons.append(f"accuracy {candidate['accuracy']:.4f} trails the serving model's "
-                       f"{champion['accuracy']:.4f} by more than max_regression {args.max_regression:.4f}")
+                       f"{champion['accuracy']:.4f} by more than max_regression {thresholds.max_regression:.4f}")
     return not reasons, reasons
 
 
@@ -177,7 +190,7 @@ def _write_report(layout, out, report, results):
         fs.write_bytes(stage.file(paths.CONFUSION_FILE), report_lib.confusion_png(results))
         fs.write_bytes(stage.file(paths.REPORT_FILE), report_lib.markdown(report).encode("utf-8"))
         stage.commit({k: report[k] for k in ("dataset_version", "run_id", "model_version", "passed",
-                                             "executor_python")})
+                                             "executor_python", "params")})
 
 
 def _log(line):
@@ -186,9 +199,15 @@ def _log(line):
 
 @dataclasses.dataclass(frozen=True)
 class _Candidate:
-    """The model this run judges: its exported directory, digest, model version and data date, and the
-    eval data it is judged on (``image_shape`` (H, W), shard files, rows the conversion wrote)."""
+    """The model this run judges: the training run it comes from (``version``, ``run_id``), its exported
+    directory, digest, model version and data date, the eval data it is judged on (``image_shape``
+    (H, W), shard files, rows the conversion wrote), the promotion policy it is judged under and the
+    run's params as its records keep them (``dataclasses.asdict``)."""
 
+    version: str
+    run_id: str
+    policy: str
+    params: dict
     dir: str
     digest: str
     mv: str
@@ -199,24 +218,27 @@ class _Candidate:
     report_dir: str
 
 
-def _candidate(layout, args):
-    """The candidate of ``args.run_id``; JobError when the version was not converted, the run did not
+def _candidate(layout, params):
+    """The candidate of ``params.run_id``; JobError when the version was not converted, the run did not
     finish, or its model does not meet the serving contract (model.py)."""
-    manifest = dataset.read_manifest(layout, args.version)
+    version, run_id = params.version, params.run_id
+    date = data_date(version, params.data_date)
+    eval_files = dataset.shard_files(layout, version, "eval")
+    manifest = dataset.read_manifest(layout, version)
     image_shape = tuple(manifest["image_shape"])
-    run_dir = layout.model_run(args.version, args.run_id)
+    run_dir = layout.model_run(version, run_id)
     if not fs.is_committed(run_dir):
         raise JobError(f"no finished training run at {run_dir} (no _SUCCESS): run the train task first")
-    candidate_dir = layout.exported_model(args.version, args.run_id)
+    candidate_dir = layout.exported_model(version, run_id)
     try:  # the driver checks the signature once before any executor does work
         predict.loaded_model(candidate_dir, image_shape)
     except Exception as e:
         raise JobError(f"the model at {candidate_dir} does not meet the serving contract: {e}") from None
     digest = serving.model_digest(candidate_dir)  # names the model; promote checks the copy against it
-    return _Candidate(dir=candidate_dir, digest=digest, mv=paths.model_version(args.version, args.run_id, digest),
-                      data_date=data_date(args.version, args.data_date), image_shape=image_shape,
-                      eval_files=dataset.shard_files(layout, args.version, "eval"),
-                      eval_rows=manifest["splits"]["eval"], report_dir=layout.validation(args.version, args.run_id))
+    return _Candidate(version=version, run_id=run_id, policy=params.promotion, params=dataclasses.asdict(params),
+                      dir=candidate_dir, digest=digest, mv=paths.model_version(version, run_id, digest),
+                      data_date=date, image_shape=image_shape, eval_files=eval_files,
+                      eval_rows=manifest["splits"]["eval"], report_dir=layout.validation(version, run_id))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +275,7 @@ class _Round:
         return self.rule if self.passed else "gate: " + "; ".join(self.reasons)
 
 
-def _judge(sc, layout, args, cand, number):
+def _judge(sc, layout, thresholds, cand, number):
     """Round ``number``: evaluate the candidate and the model serving now, apply the gate and the policy."""
     current = serving.current(layout)  # the champion this round compares with and the swap expects
     champ_mv = current["model_version"] if current else None
@@ -263,44 +285,45 @@ def _judge(sc, layout, args, cand, number):
     if candidate["examples"] != cand.eval_rows:
         raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
                        f"{cand.eval_rows} eval rows")
-    passed, reasons = gate(candidate, champion, args)
+    passed, reasons = gate(candidate, champion, thresholds)
     champ_date = champion_date(layout, current)
-    allowed, rule = promotion_rule(args.promotion, cand.data_date, champ_mv, champ_date)
+    allowed, rule = promotion_rule(cand.policy, cand.data_date, champ_mv, champ_date)
     return _Round(number, champ_mv, champ_date, results, champion_note, pythons, passed, reasons, allowed, rule,
                   started)
 
 
-def _report(args, cand, r, compared):
+def _report(thresholds, cand, r, compared):
     """The gate's report of round ``r`` (metrics.json); ``compared``: the serving model of each round so far."""
     return {
-        "dataset_version": args.version,
-        "run_id": args.run_id,
+        "dataset_version": cand.version,
+        "run_id": cand.run_id,
         "model_version": cand.mv,
         "model_digest": cand.digest,
         "candidate": r.candidate,
         "champion": r.champion,
         "champion_model_version": r.champ_mv if r.champion else None,
         "champion_note": r.champion_note,
-        "thresholds": {"min_accuracy": args.min_accuracy, "max_regression": args.max_regression},
+        "thresholds": dataclasses.asdict(thresholds),
         "passed": r.passed,
         "failed_rules": r.reasons,
-        "promotion": {"policy": args.promotion, "decision": r.decision, "rule": r.decided_by,
+        "promotion": {"policy": cand.policy, "decision": r.decision, "rule": r.decided_by,
                       "policy_rule": r.rule, "data_date": cand.data_date, "serving_model": r.champ_mv,
                       "serving_data_date": r.champ_date, "round": r.number, "compared_with": list(compared)},
         "eval_seconds": round(time.time() - r.started, 1),
         "executor_python": r.executor_python,
         "git_revision": git_revision(),
+        "params": cand.params,
     }
 
 
-def _event(args, cand, r):
+def _event(cand, r):
     """The facts of round ``r`` for the serving history (serving.reject, serving.promote)."""
     candidate, champion = r.candidate, r.champion
-    return {"run_id": args.run_id, "dataset_version": args.version, "data_date": cand.data_date,
+    return {"run_id": cand.run_id, "dataset_version": cand.version, "data_date": cand.data_date,
             "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
-            "eval_data": f"eval split of dataset version {args.version} ({candidate['examples']} examples)",
+            "eval_data": f"eval split of dataset version {cand.version} ({candidate['examples']} examples)",
             "champion_accuracy": champion["accuracy"] if champion else None, "compared_with": r.champ_mv,
-            "rounds": r.number, "policy": args.promotion, "rule": r.decided_by, "gate_passed": r.passed,
+            "rounds": r.number, "policy": cand.policy, "rule": r.decided_by, "gate_passed": r.passed,
             "report": cand.report_dir}
 
 
@@ -312,12 +335,26 @@ def _summary(cand, r, compared):
             "decision": r.decision, "rule": r.decided_by, "rounds": r.number, "compared_with": list(compared)}
 
 
-def run(spark: SparkSession, args: argparse.Namespace) -> dict:
-    """Judge training run ``args.run_id`` of dataset version ``args.version`` (the parsed validate flags).
+def _gave_up(layout, cand, report, r, compared):
+    """The JobError once serving changed during every round (the report of the last round ``r`` says so)."""
+    now = serving.current(layout)
+    mv, out = cand.mv, cand.report_dir
+    report["promotion"].update(decision="not promoted", rule=f"serving changed during each of {MAX_ROUNDS} rounds")
+    _write_report(layout, out, report, r.results)
+    now_mv = now["model_version"] if now else None
+    return JobError(f"model {mv} passed the gate but serving changed during each of its {MAX_ROUNDS} evaluations "
+                    f"(compared with {', '.join(str(c) for c in compared)}; now {now_mv}): "
+                    "not promoted, serving unchanged by this run; run validate again when other promotions are done. "
+                    f"Report: {out}/metrics.json")
+
+
+def run(spark: SparkSession, params: ValidateParams) -> dict:
+    """Judge training run ``params.run_id`` of dataset version ``params.version`` (``params``: the parsed
+    validate params, ``jobargs.ValidateParams``; the gate's :class:`GateThresholds` come from them).
 
     Evaluates the run's exported model and the model serving on the version's eval split, writes the
     report (``validation/{version}/{run}/``) every round, records the decision in ``serving/history/``
-    and, when the gate passes and ``args.promotion`` allows it, promotes the model (compare-and-swap
+    and, when the gate passes and ``params.promotion`` allows it, promotes the model (compare-and-swap
     on the model it was compared with; up to :data:`MAX_ROUNDS` rounds when serving changes meanwhile).
 
     Returns the RESULT summary: accuracy, loss (mean cross-entropy), examples, champion_accuracy,
@@ -327,20 +364,21 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     meet the serving contract, the evaluated examples differ from the manifest's eval rows, the gate
     fails, the promotion fails, or serving changed during every round.
     """
+    thresholds = GateThresholds.of(params)
     sc = spark.sparkContext
-    layout = paths.Layout(args.data_root)
-    cand = _candidate(layout, args)
+    layout = paths.Layout(params.data_root)
+    cand = _candidate(layout, params)
     executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
     mv, out = cand.mv, cand.report_dir
     compared = []  # the serving model of each round, in order
 
     for round_ in range(1, MAX_ROUNDS + 1):
-        r = _judge(sc, layout, args, cand, round_)
+        r = _judge(sc, layout, thresholds, cand, round_)
         compared.append(r.champ_mv)
-        report = _report(args, cand, r, compared)
+        report = _report(thresholds, cand, r, compared)
         _write_report(layout, out, report, r.results)
         _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by})")
-        event = _event(args, cand, r)
+        event = _event(cand, r)
         summary = _summary(cand, r, compared)
         if not r.passed:
             serving.reject(layout, mv, event)
@@ -353,7 +391,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
         try:
             pointer = serving.promote(layout, cand.dir, mv, {
                 "accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
-                "dataset_version": args.version, "run_id": args.run_id, "data_date": cand.data_date, "report": out},
+                "dataset_version": cand.version, "run_id": cand.run_id, "data_date": cand.data_date, "report": out},
                 cand.digest, expected=r.champ_mv, event=event)
         except serving.ChampionChanged as e:
             _log(f"round {round_}: {e}; {'evaluating again against it' if round_ < MAX_ROUNDS else 'giving up'}")
@@ -365,10 +403,4 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             raise JobError(f"model {mv} passed the gate but was not promoted, serving unchanged: {e}") from None
         return dict(summary, promoted=mv, serving_changed=pointer["changed"], previous=pointer["previous"])
 
-    now = serving.current(layout)
-    report["promotion"].update(decision="not promoted", rule=f"serving changed during each of {MAX_ROUNDS} rounds")
-    _write_report(layout, out, report, r.results)
-    raise JobError(f"model {mv} passed the gate but serving changed during each of its {MAX_ROUNDS} evaluations "
-                   f"(compared with {', '.join(str(c) for c in compared)}; now {now['model_version'] if now else None}): "
-                   "not promoted, serving unchanged by this run; run validate again when other promotions are done. "
-                   f"Report: {out}/metrics.json")
+    raise _gave_up(layout, cand, report, r, compared)

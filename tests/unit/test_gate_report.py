@@ -1,5 +1,4 @@
 import datetime
-import types
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ def summary(accuracy_pct, bad=0):
     return s
 
 
-ARGS = types.SimpleNamespace(min_accuracy=0.8, max_regression=0.02)
+ARGS = validate.GateThresholds(min_accuracy=0.8, max_regression=0.02)
 
 
 def test_first_model_is_judged_on_thresholds_alone():

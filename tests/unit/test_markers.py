@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tfospipe import markers, train
+from tfospipe import markers, nodefailure, train
 from tfospipe.runner import JobError
 
 
@@ -26,9 +26,9 @@ def test_node_names_chief_workers_and_parameter_servers():
 def test_node_of_task_follows_the_reservations_else_tfos_template():
     info = [{"executor_id": 0, "job_name": "worker", "task_index": 0},
             {"executor_id": 1, "job_name": "chief", "task_index": 0}]
-    assert train.node_of_task(1, info, 0) == "worker-0" and train.node_of_task(0, info, 0) == "worker-1"
+    assert nodefailure.node_of_task(1, info, 0) == "worker-0" and nodefailure.node_of_task(0, info, 0) == "worker-1"
     # template: parameter servers first, then the chief, then the workers
-    assert [train.node_of_task(t, None, 2) for t in range(5)] == ["ps-0", "ps-1", "worker-0", "worker-1", "worker-2"]
+    assert [nodefailure.node_of_task(t, None, 2) for t in range(5)] == ["ps-0", "ps-1", "worker-0", "worker-1", "worker-2"]
 
 
 def test_done_markers_are_written_and_read_back_by_node(tmp_path, capsys):
@@ -80,13 +80,13 @@ def test_the_driver_names_the_first_failed_node_and_the_others_after_it(tmp_path
     now = time.time()
     write_error_at(run_dir, "worker-0", "Traceback\nUnavailableError: Socket closed\n", now - 5)
     write_error_at(run_dir, "worker-1", "Traceback\nDataLossError: truncated record\n", now)
-    error = str(train.failure_error(run_dir))
+    error = str(nodefailure.failure_error(run_dir))
     assert error.startswith("TensorFlow node worker-1 failed: DataLossError: truncated record; then worker-0 "
                             "failed too. Full traceback in ")
     assert markers.error_path(run_dir, "worker-1") in error
     assert "traceback of TensorFlow node worker-1" in capsys.readouterr().err
     empty = tmp_path / "empty"
-    assert "no node left an error marker" in str(train.failure_error(str(empty), "exit 1"))
+    assert "no node left an error marker" in str(nodefailure.failure_error(str(empty), "exit 1"))
 
 
 def test_wait_done_returns_once_every_node_left_its_done_marker(tmp_path):

@@ -77,6 +77,23 @@ def test_argv_round_trip_for_every_job():
                 assert getattr(args, name) == default
 
 
+def test_each_job_parses_into_its_frozen_params_dataclass():
+    """One dataclass per job: its fields are the job's flags in parser order, its defaults are what the
+    parser gives, and the object is frozen and pickles whole (the training nodes receive it)."""
+    import dataclasses
+    import pickle
+    for job, cls in jobargs.PARAMS.items():
+        assert [f.name for f in dataclasses.fields(cls)] == [a.name for a in jobargs.JOBS[job]]
+        values = {"data_root": "/tmp/root", "version": "v1"}
+        if "run_id" in {f.name for f in dataclasses.fields(cls)}:
+            values["run_id"] = "r1"
+        params = jobargs.parse(job, jobargs.to_argv(job, values))
+        assert type(params) is cls and params == cls(**values)
+        assert pickle.loads(pickle.dumps(params)) == params
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            params.version = "v2"
+
+
 @pytest.mark.parametrize("job, extra", [
     ("convert", ["--eval-fraction", "1.5"]),
     ("convert", ["--num-shards", "0"]),
@@ -159,17 +176,17 @@ def test_unknown_argument_names_are_a_programming_error():
 
 
 def test_parameter_server_topologies_that_cannot_run_are_refused():
-    from tfospipe import train
+    from tfospipe import trainplan
     from tfospipe.runner import JobError
-    train.check_topology(3, 1, "tensorflow")
-    train.check_topology(2, 0, "spark")
+    trainplan.check_topology(3, 1, "tensorflow")
+    trainplan.check_topology(2, 0, "spark")
     with pytest.raises(JobError, match=r"cluster_size >= num_ps \+ 2 = 3"):
-        train.check_topology(2, 1, "tensorflow")
+        trainplan.check_topology(2, 1, "tensorflow")
     with pytest.raises(JobError, match="needs input_mode=tensorflow"):
-        train.check_topology(4, 1, "spark")
-    train.check_topology(2, 0, "tensorflow", "fp16")
+        trainplan.check_topology(4, 1, "spark")
+    trainplan.check_topology(2, 0, "tensorflow", "fp16")
     with pytest.raises(JobError, match="applies to all-reduce training"):
-        train.check_topology(3, 1, "tensorflow", "fp16")
+        trainplan.check_topology(3, 1, "tensorflow", "fp16")
 
 
 def test_spark_mode_feeds_every_row_once_in_blocks():

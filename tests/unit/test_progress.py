@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tfospipe import progress, train
+from tfospipe import nodefailure, progress
 
 
 def test_the_epoch_rate_leaves_out_the_first_epoch_and_every_evaluation():
@@ -110,5 +110,5 @@ def test_the_driver_reads_the_last_finished_epoch_from_the_epoch_lines(tmp_path)
     (tmp_path / "progress.log").write_text("\n".join([
         progress.epoch_line(1, 12, 10, logs), progress.step_line(15, logs, 300.0),
         progress.epoch_line(2, 12, 20, logs)]) + "\n")
-    assert train.last_finished_epoch(str(tmp_path)) == (2, 12)
+    assert nodefailure.last_finished_epoch(str(tmp_path)) == (2, 12)
     assert progress.epoch_line(2, 12, 20, logs).endswith("eval_loss nan eval_accuracy nan")

@@ -165,7 +165,7 @@ def test_job_failure_still_tells_a_lost_executor_and_leaves_bugs_alone():
 def test_a_training_cluster_whose_executors_cannot_run_python_is_left_to_the_runner(tmp_path):
     """TFoS stops the SparkContext and exits when its node job fails (the error only in its status): the
     train driver hands the failure's text on, so runner.main names both Pythons."""
-    from tfospipe import train
-    failure = train.cluster_failure(SystemExit(1), str(tmp_path), {"error": MISSING_INTERPRETER}, None, 0)
+    from tfospipe import nodefailure
+    failure = nodefailure.cluster_failure(SystemExit(1), str(tmp_path), {"error": MISSING_INTERPRETER}, None, 0)
     assert isinstance(failure, RuntimeError) and not isinstance(failure, runner.JobError)
     assert runner.executor_python_failure(failure).program == "./environment/bin/python"
