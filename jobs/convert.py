@@ -4,4 +4,4 @@ import sys
 from tfospipe import convert, runner
 
 if __name__ == "__main__":
-    sys.exit(runner.main("convert", convert.run))
+    sys.exit(runner.main("convert", convert.run, prepare=convert.prepare))

@@ -472,11 +472,41 @@ def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped,
     }
 
 
-def run(spark: SparkSession, params: ConvertParams) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What the driver found in ``raw/{version}/`` before any Spark job (:func:`prepare`): the labeled and
+    unlabeled (``score/``) inputs as ``(name, path)`` lists (inputs.list_inputs), the skipped names, each
+    input's sniffed dialect (:data:`Dialects`), the image shape ``(H, W)`` and pixels per row ``H * W``."""
+
+    labeled: list[Input]
+    unlabeled: list[Input]
+    skipped: list[str]
+    dialects: Dialects
+    image_shape: tuple[int, int]
+    num_pixels: int
+
+
+def prepare(params: ConvertParams) -> Found:
+    """List and sniff ``raw/{params.version}/`` and infer the image shape, on the driver alone: runner.main
+    calls it before the SparkSession starts, so an input that cannot be converted is refused in seconds,
+    without a Spark application (no executors requested, nothing to retry on the cluster).
+
+    Raises JobError when the version has no labeled input, holds a file convert does not read or a file
+    whose name is not UTF-8, a file cannot be sniffed, or no row fits the params' shape and label column
+    (:func:`infer_spec`); StorageError when the root cannot be read."""
+    labeled, unlabeled, skipped, dialects = _sniffed_inputs(paths.Layout(params.data_root), params.version)
+    image_shape, num_pixels = infer_spec(labeled, dialects, params)
+    return Found(labeled, unlabeled, skipped, dialects, image_shape, num_pixels)
+
+
+def run(spark: SparkSession, params: ConvertParams, found: Found | None = None) -> dict:
     """Convert dataset version ``params.version`` of ``params.data_root`` (``params``: the parsed convert
     params, ``jobargs.ConvertParams``; the executors receive them whole).
 
-    Steps: list and sniff the inputs, infer the image shape, plan the byte ranges
+    ``found``: what :func:`prepare` found (runner.main calls it before the SparkSession starts); None:
+    :func:`prepare` runs here.
+
+    Steps: list and sniff the inputs, infer the image shape (:func:`prepare`), plan the byte ranges
     (:func:`plan_ranges`), pass 1 hashes every file and counts the lines of every range
     (inputs.file_digest, inputs.range_lines), pass 2 converts every range into
     a staging directory (:func:`convert_range`); then the totals are checked, the quarantine is
@@ -490,8 +520,9 @@ def run(spark: SparkSession, params: ConvertParams) -> dict:
     """
     sc = spark.sparkContext
     layout = paths.Layout(params.data_root)
-    labeled, unlabeled, skipped, dialects = _sniffed_inputs(layout, params.version)
-    image_shape, num_pixels = infer_spec(labeled, dialects, params)
+    found = found if found is not None else prepare(params)
+    labeled, unlabeled, skipped, dialects = found.labeled, found.unlabeled, found.skipped, found.dialects
+    image_shape, num_pixels = found.image_shape, found.num_pixels
     started = time.time()
     empty = {path: no_rows_note(*dialects[path]) for _name, path in labeled + unlabeled}
     groups = _groups(labeled, unlabeled, empty)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import fs, jobargs
 
@@ -332,20 +332,24 @@ def session(name: str, root: str) -> SparkSession:
     return builder.getOrCreate()
 
 
-def main(job: str, run: Callable[[SparkSession, jobargs.JobParams], dict | None],
-         argv: list[str] | None = None) -> int:
+def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = None,
+         prepare: Callable[[jobargs.JobParams], Any] | None = None) -> int:
     """Entry point body of ``jobs/<job>.py``: returns the process exit code.
 
     Parses ``argv`` (default: sys.argv[1:]) into the job's params (``jobargs.parse(job, ...)``, a frozen
-    dataclass such as ``jobargs.TrainParams``), runs ``run(spark, params)``
-    in a SparkSession named ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
+    dataclass such as ``jobargs.TrainParams``), checks that the data root can be reached
+    (fs.check_access), calls ``prepare(params)`` when given (the job's driver-only checks, e.g.
+    convert.prepare: listing and sniffing the inputs), all before any SparkSession, then runs
+    ``run(spark, params)`` (``run(spark, params, prepared)`` with ``prepare``) in a SparkSession named
+    ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
     ``ERROR [job] message`` for a JobError, a StorageError, executors that could not run their Python
     or a lost executor (:func:`job_failure`; status 2). Any other exception propagates (status 1).
     Raises SystemExit (status 2) for invalid arguments, as argparse does."""
     params = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
-    try:  # credentials and reachability of the root, before any Spark job starts
+    try:  # credentials and reachability of the root, and the job's own checks, before Spark starts
         fs.check_access(params.data_root)
-    except fs.StorageError as e:
+        prepared = prepare(params) if prepare is not None else None
+    except (JobError, fs.StorageError) as e:
         print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
         return 2
     spark = session(f"tfos-{job}-{params.version}", params.data_root)
@@ -355,7 +359,7 @@ def main(job: str, run: Callable[[SparkSession, jobargs.JobParams], dict | None]
     started = time.time()
     failure = None
     try:
-        summary = run(spark, params)
+        summary = run(spark, params) if prepare is None else run(spark, params, prepared)
     except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
     except Exception as e:

@@ -272,4 +272,6 @@ def test_unreadable_inputs_fail_with_one_clear_line_and_write_nothing(tmp_path, 
         assert 1000 < recovered < len(rows)
     if case == "non_utf8_name":  # refused on the driver before any Spark job: no task ran, nothing retried
         assert "Traceback" not in run.output and "UnicodeEncodeError" not in run.output and "Lost task" not in run.output
+    if case in ("utf32", "spreadsheet", "non_utf8_name"):  # found by listing and sniffing: refused by
+        assert "Running Spark version" not in run.output     # convert.prepare, before any SparkSession
     assert _nothing_written(tmp_path, version)

@@ -142,6 +142,7 @@ def test_missing_input_and_missing_executors_fail_fast_with_a_message(converted,
     assert run.returncode == 2
     assert "no input for dataset version 1999-01-01" in run.error()
     assert str(raw_root / "raw" / "1999-01-01") in run.error()
+    assert "Running Spark version" not in run.output  # refused by convert.prepare: no Spark application
 
     run = run_job("train", {"data_root": str(raw_root), "version": VERSION, "run_id": "preflight",
                             "cluster_size": 3, "executor_wait": 5, "batch_size": 8}, build_dir, cluster_size=3)
