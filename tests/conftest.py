@@ -104,23 +104,25 @@ class Served:
         return dest
 
 
-@pytest.fixture(scope="session")
-def served_version(tmp_path_factory, build_dir):
-    """:class:`Served`: 400 labeled digits (a header, LF) and :data:`SERVED_SCORE_ROWS` unlabeled rows in a
-    CR-only ``.bz2`` file, converted into 2 shards, trained (run :data:`SERVED_RUN`), validated (promoted:
-    nothing served before) and scored, once for the test session."""
-    import bz2
-
+def _served_lines():
+    """(labeled, score) lines of :data:`SERVED_VERSION`: 400 labeled digits (a header first) and
+    :data:`SERVED_SCORE_ROWS` unlabeled rows, from scikit-learn's digits."""
     from sklearn.datasets import load_digits
 
-    root = tmp_path_factory.mktemp("served")
     d = load_digits()
-    raw = root / "raw" / SERVED_VERSION
-    (raw / "score").mkdir(parents=True)
     labeled = ["label," + ",".join(f"pixel{i}" for i in range(64))]
     labeled += [f"{t}," + ",".join(map(str, px)) for t, px in zip(d.target[:400], d.data[:400].astype(int))]
-    (raw / "digits.csv").write_text("\n".join(labeled) + "\n")
     score = [",".join(map(str, px)) for px in d.data[400:400 + SERVED_SCORE_ROWS].astype(int)]
+    return labeled, score
+
+
+def _build_served(root, labeled, score, build_dir):
+    """Write the raw version under ``root`` and run convert, train, validate and infer on it."""
+    import bz2
+
+    raw = root / "raw" / SERVED_VERSION
+    (raw / "score").mkdir(parents=True)
+    (raw / "digits.csv").write_text("\n".join(labeled) + "\n")
     (raw / "score" / "old-mac.csv.bz2").write_bytes(bz2.compress(("\r".join(score) + "\r").encode()))
     common = {"data_root": str(root), "version": SERVED_VERSION}
     for job, extra in (("convert", {"num_shards": 2}),
@@ -131,6 +133,29 @@ def served_version(tmp_path_factory, build_dir):
         assert run.returncode == 0, f"{job}:\n{run.output[-4000:]}"
         if job == "validate":
             assert run.result()["decision"] == "promote", run.output[-4000:]
+
+
+@pytest.fixture(scope="session")
+def served_version(tmp_path_factory, build_dir, worker_id):
+    """:class:`Served`: 400 labeled digits (a header, LF) and :data:`SERVED_SCORE_ROWS` unlabeled rows in a
+    CR-only ``.bz2`` file, converted into 2 shards, trained (run :data:`SERVED_RUN`), validated (promoted:
+    nothing served before) and scored, once for the whole test run: under pytest-xdist each worker is a
+    session of its own, so the root lives in the run's base directory (the parent of the workers'), and
+    the first worker to ask builds it while holding a lock file (``fcntl.flock``); the other waits and
+    reads it. A build that failed leaves no ``served.done`` and is built again by the next one to ask."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    root, done = shared / "served", shared / "served.done"
+    labeled, score = _served_lines()
+    with open(shared / "served.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            _build_served(root, labeled, score, build_dir)
+            done.write_text(SERVED_VERSION)
     return Served(root, labeled, score)
 
 
