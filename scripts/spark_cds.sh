@@ -18,7 +18,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${TFOS_VENV:-.venv}"
 spark_home="$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
-key="$( { java -version 2>&1; ls -l "$spark_home/jars"; cat "${BASH_SOURCE[0]}"; } | cksum | cut -d' ' -f1)"
+# the Java build and installation (not the flags: JAVA_TOOL_OPTIONS changes java -version's output), Spark's jars
+# (names, sizes, times: what an archive is checked against), this script
+key="$( { java -version 2>&1 | grep "Runtime Environment"; readlink -f "$(command -v java)"; ls -l "$spark_home/jars";
+          cat "${BASH_SOURCE[0]}"; } | cksum | cut -d' ' -f1)"
 dir="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/tfos-pipeline/spark-cds-$key"
 if [ ! -f "$dir/driver.jsa" ] || [ ! -f "$dir/executor.jsa" ]; then
   mkdir -p "$(dirname "$dir")"

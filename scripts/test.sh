@@ -8,10 +8,12 @@ bash "$TFOS_PROJECT_DIR/scripts/airflow_setup.sh"
 # Every JVM the tests start (spark-submit's driver, the executors, the standalone daemons) compiles with C1 only:
 # the tests run ~70 short Spark applications whose JVMs do no per-row work (the jobs' Python does), and C2's
 # compile threads were ~35% of each one's CPU (measured: convert 29.5 -> 19.5 CPU s, infer 41 -> 29 on 400 rows).
+# They also collect with the serial collector: a 1-GiB executor of a test does little JVM work, and G1's
+# concurrent threads cost more than they save (convert on the sample digits: 11.4 CPU s instead of 11.9).
 # The JVM prints "Picked up JAVA_TOOL_OPTIONS" once at start. Set JAVA_TOOL_OPTIONS (even empty) to override.
-export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS--XX:TieredStopAtLevel=1}"
+export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS--XX:TieredStopAtLevel=1 -XX:+UseSerialGC}"
 # ... and maps Spark's classes from class-data-sharing archives (scripts/spark_cds.sh, built once and cached):
-# a trivial application on a local cluster took 10 CPU s instead of 15. The driver's archive goes on spark-submit's
+# a convert job on the sample digits took 11.9 CPU s instead of 14.8-17.0 (idle machine, cgroup CPU time). The driver's archive goes on spark-submit's
 # command line (SPARK_SUBMIT_OPTS), the executors' in JAVA_TOOL_OPTIONS, which every other JVM (the launcher, the
 # standalone daemons) ignores, silently, as its class path differs. TFOS_TEST_CDS=0 runs without them.
 if [ "${TFOS_TEST_CDS:-1}" != 0 ]; then
