@@ -55,11 +55,20 @@ class JobRun:
         for line in self.output.splitlines():
             if line.startswith("RESULT ["):
                 return json.loads(line.split("] ", 1)[1])
-        raise AssertionError("no RESULT line in job output:\n" + self.output[-5000:])
+        raise AssertionError("no RESULT line in job output:\n" + self.explain(5000))
 
     def error(self):
         lines = [line for line in self.output.splitlines() if line.startswith("ERROR [")]
         return lines[-1] if lines else None
+
+    def explain(self, tail=4000):
+        """For a failed assertion: the first Python tracebacks in the output (an executor's, which Spark
+        logs inside a Java stack trace the tail alone would show), then the output's last ``tail`` characters."""
+        import re
+        # the header, the indented frame lines, then the unindented line that names the exception
+        found = re.findall(r"Traceback \(most recent call last\):\n(?:[ ]+.*\n)*.*\n?", self.output)
+        head = "".join(f"--- traceback {i + 1} of {len(found)} ---\n{t[-1500:]}" for i, t in enumerate(found[:2]))
+        return f"{head}--- last {tail} characters ---\n{self.output[-tail:]}"
 
 
 def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600, master=TEST_MASTER):
@@ -130,9 +139,9 @@ def _build_served(root, labeled, score, build_dir):
                        ("validate", {"run_id": SERVED_RUN, "min_accuracy": 0.0, "max_regression": 1.0}),
                        ("infer", {})):
         run = run_job(job, dict(common, **extra), build_dir, timeout=300)
-        assert run.returncode == 0, f"{job}:\n{run.output[-4000:]}"
+        assert run.returncode == 0, f"{job}:\n{run.explain(4000)}"
         if job == "validate":
-            assert run.result()["decision"] == "promote", run.output[-4000:]
+            assert run.result()["decision"] == "promote", run.explain(4000)
 
 
 @pytest.fixture(scope="session")

@@ -327,24 +327,32 @@ def _weights(n):
     return np.random.default_rng(20261128).integers(0, 2 ** 63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def _content_hash(labels, pixels):
-    """A 64-bit hash of each row's label and pixel values: a weighted sum mod 2^64, then mixed."""
+def content_keys(labels: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of each row: ``(keys, image_keys)``, uint64 [n] each. ``keys`` covers the label and
+    the pixel values (what :func:`splits_of` splits by, and what makes two rows duplicates);
+    ``image_keys`` the pixels alone (the same image under another label). ``labels`` int [n] (-1 when
+    unlabeled), ``pixels`` non-negative int [n, P]: a weighted sum mod 2^64, then mixed (splitmix64)."""
     px = np.asarray(pixels, np.uint64)
     with np.errstate(over="ignore"):
         h = (px * _weights(px.shape[1])).sum(axis=1, dtype=np.uint64)
-        return _mix(h ^ _mix(np.asarray(labels, np.uint64)))
+        return _mix(h ^ _mix(np.asarray(labels, np.uint64))), _mix(h)
+
+
+def splits_of_keys(keys: np.ndarray, eval_fraction: float) -> np.ndarray:
+    """'eval' or 'train' per row from its content key (:func:`content_keys`): a row is ``eval`` when its
+    key falls into the first ``eval_fraction`` of :data:`HASH_BUCKETS` buckets. Returns str [n]."""
+    bucket = np.asarray(keys, np.uint64) % np.uint64(HASH_BUCKETS)
+    return np.where(bucket < np.uint64(int(eval_fraction * HASH_BUCKETS)), "eval", "train")
 
 
 def splits_of(labels: np.ndarray, pixels: np.ndarray, eval_fraction: float) -> np.ndarray:
     """'eval' or 'train' per row from its content alone, so reruns and backfills split identically.
 
-    ``labels`` int [n], ``pixels`` int [n, P] (non-negative); ``eval_fraction`` 0..1. Returns str [n]:
-    a row is ``eval`` when a 64-bit hash of its values falls into the first ``eval_fraction`` of
-    :data:`HASH_BUCKETS` buckets. Identical rows always land in the same split, so duplicates cannot
-    leak from train into eval.
+    ``labels`` int [n], ``pixels`` int [n, P] (non-negative); ``eval_fraction`` 0..1. Returns str [n]
+    (:func:`splits_of_keys` of the rows' :func:`content_keys`). Identical rows always land in the same
+    split, so duplicates cannot leak from train into eval.
     """
-    bucket = _content_hash(labels, pixels) % np.uint64(HASH_BUCKETS)
-    return np.where(bucket < np.uint64(int(eval_fraction * HASH_BUCKETS)), "eval", "train")
+    return splits_of_keys(content_keys(labels, pixels)[0], eval_fraction)
 
 
 def _unquote(buf, delimiter):

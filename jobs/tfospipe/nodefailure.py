@@ -40,7 +40,21 @@ def cluster_failure(error: BaseException, run_dir: str, tf_status: dict, cluster
         return lost_node_error(run_dir, loss, node_name)
     if isinstance(error, JobError):
         return error
-    return failure_error(run_dir, tf_status.get("error") or repr(error))
+    return failure_error(run_dir, tf_status.get("error") or error_text(error))
+
+
+def error_text(error: BaseException) -> str:
+    """What an exception says, for one line: a Python traceback (pyspark's PythonException carries the
+    executor's, and its repr is only ``PythonException()``) gives its last line, the exception raised;
+    anything else its text, or its repr when it has none."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        lines = text.splitlines()
+        frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+        after = lines[frames[-1] + 1:] if frames else lines
+        raised = next((line.strip() for line in after if line.strip() and not line[:1].isspace()), None)
+        return f"{type(error).__name__}: {raised or after[-1].strip() if after else text[-300:]}"
+    return text or repr(error)
 
 
 def failure_error(run_dir: str, cause: object = None) -> JobError:

@@ -281,7 +281,7 @@ def _job(deployment, job, args, build_dir, env):
 def test_an_unsupported_scheme_is_refused_before_spark_starts(deployment, dag_run, store, build_dir):
     run = _job(deployment, "convert", {"data_root": "ftp://files.example/tfos", "version": VERSION}, build_dir,
                store[1])
-    assert run.returncode == 2, run.output[-3000:]
+    assert run.returncode == 2, run.explain(3000)
     (line,) = [x for x in run.output.splitlines() if "ftp://files.example/tfos" in x]  # the flag's error
     assert "unsupported scheme" in line and "s3://" in line and "hdfs://" in line
     assert "Running Spark version" not in run.output and "Traceback" not in run.output
@@ -293,9 +293,9 @@ def test_refused_credentials_end_with_one_line_and_write_nothing(deployment, dag
     env = dict(os.environ, AWS_SECRET_ACCESS_KEY=wrong)
     env = {k: v for k, v in env.items() if k.startswith("AWS_")}
     run = _job(deployment, "convert", {"data_root": aws, "version": "2026-11-21"}, build_dir, env)
-    assert run.returncode == 2, run.output[-3000:]
+    assert run.returncode == 2, run.explain(3000)
     error = run.error()
-    assert error and error.startswith("ERROR [convert]") and aws in error, run.output[-3000:]
+    assert error and error.startswith("ERROR [convert]") and aws in error, run.explain(3000)
     assert "AWS_ACCESS_KEY_ID" in error and "AWS_SECRET_ACCESS_KEY" in error
     assert wrong not in run.output and "Traceback" not in run.output
     assert _files(aws) == before  # nothing was written

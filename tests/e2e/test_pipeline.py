@@ -229,7 +229,7 @@ def test_tfos_inference_mode_predicts_the_same_rows(scheduled, layout, build_dir
     before = table()
     run = run_job("infer", {"data_root": layout.root, "version": SCHEDULED, "mode": "tfos",
                             "model_version": before["model_version"].iloc[0]}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     manifest = load(os.path.join(layout.predictions(SCHEDULED), "_manifest.json"))
     assert manifest["mode"] == "tfos" and manifest["tfos_nodes"] == 2
     assert manifest["rows_out"] == manifest["rows_in"] == len(before)
@@ -248,7 +248,7 @@ def test_a_degraded_model_is_rejected_against_the_serving_model(scheduled, layou
     open(os.path.join(run_dir, "_SUCCESS"), "w").close()
     run = run_job("validate", {"data_root": layout.root, "version": SCHEDULED, "run_id": "degraded",
                                "min_accuracy": 0.0}, build_dir)
-    assert run.returncode == 2, run.output[-4000:]
+    assert run.returncode == 2, run.explain(4000)
     assert "trails the serving model's" in run.error() and "serving unchanged" in run.error()
     assert load(layout.serving_pointer()) == before
     report = load(os.path.join(layout.validation(SCHEDULED, "degraded"), "metrics.json"))

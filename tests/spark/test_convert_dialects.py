@@ -127,7 +127,7 @@ def producer_version(tmp_path_factory, build_dir):
     write(str(raw / "parts.csv" / "_SUCCESS"), b"")
     write(str(raw / "parts.csv" / ".part-00000.csv.gz.crc"), b"crc")
     run = run_job("convert", {"data_root": str(root), "version": "dialects", "pixel_max": 16}, build_dir)
-    assert run.returncode == 0, run.output[-5000:]
+    assert run.returncode == 0, run.explain(5000)
     out = root / "tfrecords" / "dialects"
     return root, sources, json.load(open(out / "_manifest.json")), out
 
@@ -211,7 +211,7 @@ def test_empty_and_header_only_files_beside_good_ones_are_counted_and_skipped(tm
         "a_empty.csv": b"", "b_header_only.csv": (HEADER + "\n").encode(), "c_blank.csv": b"\n\n\n",
         "d_empty.csv.gz": gzip.compress(b""), "e_good.csv": lines_of(rows)})
     run = run_job("convert", {"data_root": str(tmp_path), "version": version, "pixel_max": 16}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     manifest = json.load(open(tmp_path / "tfrecords" / version / "_manifest.json"))
     assert manifest["rows_read"] == manifest["rows_written"] == 60 and manifest["rows_quarantined"] == 0
     notes = {i["file"]: i.get("no_rows") for i in manifest["inputs"]}
@@ -227,7 +227,7 @@ def test_lines_longer_than_a_mebibyte_give_the_shape_from_whole_lines(tmp_path, 
     assert len(body) // 4 > 1 << 20
     version = _version(tmp_path, "wide", {"big.csv": body})
     run = run_job("convert", {"data_root": str(tmp_path), "version": version, "num_shards": 2}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     out = tmp_path / "tfrecords" / version
     manifest = json.load(open(out / "_manifest.json"))
     assert manifest["image_shape"] == [600, 600] and manifest["rows_written"] == 4
@@ -262,7 +262,7 @@ def test_unreadable_inputs_fail_with_one_clear_line_and_write_nothing(tmp_path, 
         files = {"a.csv": lines_of(digits_rows(0, 100)), "b.csv.gz": whole[:len(whole) * 7 // 10]}
     version = _version(tmp_path, case, files)
     run = run_job("convert", {"data_root": str(tmp_path), "version": version, "pixel_max": 16}, build_dir)
-    assert run.returncode == 2, run.output[-4000:]
+    assert run.returncode == 2, run.explain(4000)
     err = run.error()
     for word in words:
         assert word in err, err

@@ -184,7 +184,7 @@ def test_executors_that_cannot_run_the_archives_python_fail_the_job_in_one_line(
     monkeypatch.setenv("TFOS_EXECUTOR_ARCHIVE", str(archive))
     run = run_job("convert", {"data_root": str(tmp_path / "root"), "version": "v1", "num_shards": 1}, build_dir,
                   timeout=300)
-    assert run.returncode == 2, run.output[-4000:]
+    assert run.returncode == 2, run.explain(4000)
     err = run.error()
     assert err.startswith("ERROR [convert] the convert job failed: the executors' Python ./environment/bin/python "), err
     assert re.search(r"\./environment/bin/python (\(executor \d+ on host \S+\) )?from the archive " + re.escape(

@@ -63,7 +63,7 @@ def root(tmp_path_factory, build_dir):
     from tfospipe.sample_data import write_version
     write_version(str(data), VERSION, limit=700)
     run = run_job("convert", {"data_root": str(data), "version": VERSION, "num_shards": 2}, build_dir, timeout=300)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     return data
 
 

@@ -62,7 +62,7 @@ def convert(root, build_dir, **extra):
 @pytest.fixture(scope="module")
 def converted(raw_root, build_dir):
     run = convert(raw_root, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     out = raw_root / "tfrecords" / VERSION
     return run.result(), json.load(open(out / "_manifest.json")), out
 
@@ -120,7 +120,7 @@ def test_rerun_is_deterministic_and_replaces_cleanly(converted, raw_root, build_
     _result, manifest, out = converted
     before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
     run = convert(raw_root, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     after = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
     assert before == after
     assert sorted(os.listdir(out.parent)) == [VERSION]  # no staging or trash directories left
@@ -167,7 +167,7 @@ def test_mnist_layout_28x28_label_last_gzip_output_converts_and_trains(tmp_path,
             f.write(",".join(map(str, px)) + f",{label}\n")
     run = run_job("convert", {"data_root": str(tmp_path), "version": "mnist-v1", "label_column": -1,
                               "compression": "gzip"}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     out = tmp_path / "tfrecords" / "mnist-v1"
     manifest = json.load(open(out / "_manifest.json"))
     assert manifest["image_shape"] == [28, 28] and manifest["pixel_max_observed"] == 255
@@ -181,7 +181,7 @@ def test_mnist_layout_28x28_label_last_gzip_output_converts_and_trains(tmp_path,
 
     run = run_job("train", {"data_root": str(tmp_path), "version": "mnist-v1", "run_id": "r1", "epochs": 1,
                             "batch_size": 16}, build_dir)
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     assert run.result()["steps_run"] == manifest["splits"]["train"] // 32
     predict = model.load_serving(str(tmp_path / "models" / "mnist-v1" / "r1" / "model"), (28, 28))
     probs, classes = predict(images[:5].reshape(5, 28, 28, 1).astype("float32"))

@@ -72,7 +72,7 @@ def root(tmp_path_factory, build_dir, served_version):
     shutil.copytree(src.model_run(SERVED_VERSION, paths.run_slug(SERVED_RUN)), layout.model_run(NEW, STRONG))
     run = run_job("train", {"data_root": str(root), "version": NEW, "batch_size": 16, "run_id": WEAK, "epochs": 1,
                             "learning_rate": 1e-6}, build_dir)
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     return root
 
 

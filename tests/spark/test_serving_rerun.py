@@ -47,16 +47,16 @@ def test_a_rerun_under_the_same_run_id_never_overwrites_the_serving_model(served
     assert m1.startswith(f"{VERSION}__{RUN}__") and serving.current(layout)["previous"] is None
 
     run = run_job("train", train, build_dir)  # the same run id: models/<version>/<run>/ is replaced
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     exported = layout.exported_model(VERSION, paths.run_slug(RUN))
     if serving.model_digest(exported) == serving.model_info(layout, m1)["digest"]:
         # training came out bit-identical: train once more with another learning rate so the bytes differ
         run = run_job("train", dict(train, learning_rate=0.002), build_dir)
-        assert run.returncode == 0, run.output[-6000:]
+        assert run.returncode == 0, run.explain(6000)
     assert file_hashes(exported)["variables/variables.data-00000-of-00001"] != \
         m1_files["variables/variables.data-00000-of-00001"]
     run = run_job("validate", gate, build_dir)
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     m2 = run.result()["promoted"]
 
     assert m2 != m1 and m1.startswith(f"{VERSION}__{RUN}__") and m2.startswith(f"{VERSION}__{RUN}__")
@@ -81,6 +81,6 @@ def test_a_rerun_under_the_same_run_id_never_overwrites_the_serving_model(served
     assert file_hashes(m1_dir) == m1_files
 
     run = run_job("infer", {"data_root": str(root), "version": VERSION}, build_dir)  # scores with the pointer's model
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     table = pq.read_table(layout.predictions(VERSION)).to_pandas()
     assert set(table["model_version"]) == {m1} and run.result()["model_version"] == m1

@@ -19,7 +19,7 @@ def digits_root(tmp_path_factory, build_dir):
     from tfospipe.sample_data import write_version
     write_version(str(root), VERSION)
     run = run_job("convert", {"data_root": str(root), "version": VERSION, "num_shards": 3}, build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     return root
 
 
@@ -31,7 +31,7 @@ def test_spark_input_mode_with_uneven_partitions_finishes(digits_root, build_dir
     # also all-reduces in float16 (gradient_compression), which must still learn
     run = run_job("train", train_args(digits_root, "spark-mode", input_mode="spark", epochs=1,
                                       gradient_compression="fp16"), build_dir)
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     run_dir = digits_root / "models" / VERSION / "spark-mode"
     manifest = json.load(open(run_dir / "_manifest.json"))
     workers = manifest["workers"]
@@ -58,7 +58,7 @@ def test_parameter_server_training_on_three_executors(digits_root, build_dir):
     """num_ps=1: a parameter server, the chief as coordinator and one worker (ParameterServerStrategy)."""
     run = run_job("train", train_args(digits_root, "ps", num_ps=1, cluster_size=3, epochs=3), build_dir,
                   cluster_size=3, master="local-cluster[3,1,1024]")
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     run_dir = digits_root / "models" / VERSION / "ps"
     manifest = json.load(open(run_dir / "_manifest.json"))
     assert manifest["params"]["num_ps"] == 1 and manifest["params"]["cluster_size"] == 3

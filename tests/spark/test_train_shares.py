@@ -66,7 +66,7 @@ def convert_version(root, version, b_rows, build_dir):
     write_gz(raw / "b.csv.gz", b_rows(rows))
     run = run_job("convert", {"data_root": str(root), "version": version, "num_shards": 2, "pixel_max": 16},
                   build_dir)
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == 0, run.explain(4000)
     manifest = json.load(open(root / "tfrecords" / version / "_manifest.json"))
     return {split: [s["records"] for s in manifest["shards"][split]] for split in ("train", "eval")}
 
@@ -96,7 +96,7 @@ def train(root, version, mode, run_id, build_dir):
 
 
 def finished_run(root, version, run_id, run):
-    assert run.returncode == 0, run.output[-6000:]
+    assert run.returncode == 0, run.explain(6000)
     run_dir = root / "models" / version / run_id
     manifest = json.load(open(run_dir / "_manifest.json"))
     markers = [json.load(open(run_dir / "workers" / f"worker-{i}.json")) for i in range(2)]
@@ -148,10 +148,10 @@ def test_a_failing_node_ends_the_job_with_one_error_line_naming_it(root, empty_t
     shard = root / "tfrecords" / version / "eval" / "part-00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:-100])
     run = train(root, version, mode, "corrupt", build_dir)
-    assert run.returncode == 2, run.output[-6000:]
+    assert run.returncode == 2, run.explain(6000)
     lines = run.output.splitlines()
     errors = [i for i, line in enumerate(lines) if line.startswith("ERROR [")]
-    assert len(errors) == 1, run.output[-6000:]
+    assert len(errors) == 1, run.explain(6000)
     assert not any("Traceback" in line or "Error" in line for line in lines[errors[0] + 1:])  # nothing after it
     error = run.error()
     assert error.startswith("ERROR [train] TensorFlow node worker-1 failed: ")

@@ -37,3 +37,21 @@ def test_a_failed_shutdown_still_restores_tfos_clock_and_raises():
     with pytest.raises(SystemExit):
         tfos.shutdown(_Cluster(fail=True), poll=0.05)
     assert TFCluster.time is time
+
+
+def test_a_cluster_with_parameter_servers_keeps_tfos_poll_interval(monkeypatch):
+    """With parameter servers TFoS's shutdown debounces 'only ps tasks left' over 3 polls: that window
+    stays TFoS's (5 s polls), while a cluster without them polls every POLL_SECONDS."""
+    polls = []
+    monkeypatch.setattr(tfos, "_PollingClock", lambda real, poll: polls.append(poll) or real)
+
+    class Noop:
+        def __init__(self, jobs):
+            self.cluster_info = [{"job_name": j} for j in jobs]
+
+        def shutdown(self, timeout):
+            pass
+
+    tfos.shutdown(Noop(["chief", "worker", "ps"]))
+    tfos.shutdown(Noop(["chief", "worker"]))
+    assert polls == [tfos.TFOS_POLL_SECONDS, tfos.POLL_SECONDS] and tfos.TFOS_POLL_SECONDS == 5

@@ -1,0 +1,229 @@
+"""Statistics of a dataset version's splits, computed in the conversion pass and merged exactly.
+
+Each convert task keeps one :class:`SplitStats` per split it writes and feeds it every block of good
+rows it writes (:meth:`SplitStats.add`); the task returns :meth:`SplitStats.partial` (plain numpy
+arrays and ints, picklable), the driver adds the partials of all tasks together (:func:`merge`) and
+commits :func:`version_stats` as ``_stats.json`` beside the shards, in the same rename. Every
+figure is a sum, a count, a minimum or a maximum of integers, so the merge is exact whatever the
+number of tasks and the order of their rows. No second read of the CSV.
+
+Per feature (pixel ``j``, row-major over the ``H x W`` image): ``count`` (rows), ``min``, ``max``,
+``mean``, ``std`` (population), ``zeros`` (rows where it is 0), and ``histogram``: :data:`NUM_BINS`
+counts over the declared range ``[0, value_max]`` (the convert job's ``pixel_max``): value ``v`` falls
+in bin ``v * NUM_BINS // (value_max + 1)``, so every bin covers the same number of whole values
+(:func:`bin_edges`) and two versions converted with the same ``pixel_max`` have the same bins.
+
+Per split: ``rows``, ``label_counts`` (labeled splits; classes ``0..NUM_CLASSES-1``),
+``blank_rows`` (rows whose pixels are all 0), ``duplicate_rows`` (rows equal, label and pixels, to
+an earlier row of the split). Per version: ``train_eval_overlap``, the eval rows whose image (the
+pixels alone, whatever the label) is also in the train split. Identical rows always land in the
+same split (csvparse.splits_of), so the overlap counts the same image under different labels.
+
+The layout of ``_stats.json`` (:data:`FORMAT` 1)::
+
+    {"format": 1, "image_shape": [H, W], "value_max": 255, "num_bins": 16,
+     "bin_edges": [0.0, 16.0, ..., 256.0],          # NUM_BINS + 1; bin b = [edge b, edge b+1)
+     "train_eval_overlap": 0,
+     "splits": {"train": {"rows": n, "label_counts": {"0": n0, ...}, "blank_rows": 0,
+                          "duplicate_rows": 0,
+                          "features": {"min": [P ints], "max": [P ints], "mean": [P floats],
+                                       "std": [P floats], "zeros": [P ints],
+                                       "histogram": [[NUM_BINS ints] x P]}},
+                "eval": {...}, "score": {...}}}   # score: unlabeled, label_counts {}
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import schema
+
+#: Layout version of ``_stats.json``.
+FORMAT = 1
+#: Histogram bins per feature over the declared range ``[0, value_max]``. 16 bins keep a histogram
+#: comparable at the sample sizes of a split (a few hundred rows: ~20 rows per bin when spread evenly)
+#: and resolve the 17 values of the 8x8 digits (0-16) to one or two values per bin.
+NUM_BINS = 16
+#: The largest ``(value_max + 1) * features`` counted value by value (int64 counters, 32 MiB per split
+#: and task); above it, a block's figures come from the bin indices and direct reductions.
+_VALUE_COUNT_LIMIT = 1 << 22
+
+
+def bin_edges(value_max: int, num_bins: int = NUM_BINS) -> list[float]:
+    """The ``num_bins + 1`` edges of the histogram bins over the integers ``0..value_max``: bin ``b``
+    holds the values ``v`` with ``edge[b] <= v < edge[b + 1]``, i.e. ``v * num_bins // (value_max + 1) == b``."""
+    return [(value_max + 1) * b / num_bins for b in range(num_bins + 1)]
+
+
+def _bins_of(values: np.ndarray, value_max: int, num_bins: int) -> np.ndarray:
+    """The bin index of each value (int64, same shape): ``v * num_bins // (value_max + 1)``."""
+    return values.astype(np.int64) * num_bins // (value_max + 1)
+
+
+class SplitStats:
+    """The mergeable statistics of one split, fed block by block.
+
+    ``num_features``: pixels per row (P = H*W); ``value_max``: the declared largest value (the bins
+    cover ``0..value_max``; a larger value is clipped into the last bin, which convert never writes as it
+    quarantines such rows); ``labeled``: whether rows carry a label (train, eval; not score).
+    """
+
+    def __init__(self, num_features: int, value_max: int, labeled: bool, num_bins: int = NUM_BINS):
+        self.num_features, self.value_max, self.labeled, self.num_bins = num_features, value_max, labeled, num_bins
+        self.rows = 0
+        self.blank_rows = 0
+        self.label_counts = np.zeros(schema.NUM_CLASSES, np.int64)
+        p = num_features
+        self.vmin = np.full(p, np.iinfo(np.int64).max, np.int64)
+        self.vmax = np.full(p, -1, np.int64)
+        self.vsum = np.zeros(p, np.int64)
+        self.vsumsq = np.zeros(p, np.int64)
+        self.zeros = np.zeros(p, np.int64)
+        self.hist = np.zeros((p, num_bins), np.int64)
+        self._keys: list[np.ndarray] = []
+        self._image_keys: list[np.ndarray] = []
+        self._by_value = (value_max + 1) * p <= _VALUE_COUNT_LIMIT
+        self._counts = np.zeros(p * (value_max + 1), np.int64) if self._by_value else None
+
+    def add(self, labels: np.ndarray | None, pixels: np.ndarray, keys: np.ndarray, image_keys: np.ndarray) -> None:
+        """Count one block of ``n`` written rows: ``labels`` int [n] (None or ignored when unlabeled),
+        ``pixels`` non-negative int [n, P] (uint16 or int64, as csvparse yields them), ``keys`` uint64 [n]
+        (csvparse.content_keys: label and pixels), ``image_keys`` uint64 [n] (the pixels alone)."""
+        n = len(pixels)
+        if n == 0:
+            return
+        self.rows += n
+        if self.labeled and labels is not None:
+            self.label_counts += np.bincount(np.asarray(labels, np.int64), minlength=len(self.label_counts))[
+                :len(self.label_counts)]
+        self.blank_rows += int(n - np.count_nonzero(pixels.any(axis=1)))
+        self._keys.append(np.asarray(keys, np.uint64))
+        self._image_keys.append(np.asarray(image_keys, np.uint64))
+        if self._by_value:
+            width = self.value_max + 1
+            offsets = np.arange(self.num_features, dtype=np.int64) * width
+            clipped = np.minimum(pixels, self.value_max) if pixels.max() > self.value_max else pixels
+            self._counts += np.bincount((clipped + offsets).ravel(), minlength=len(self._counts))
+            return
+        px = np.minimum(pixels.astype(np.int64), self.value_max)
+        np.minimum(self.vmin, px.min(axis=0), out=self.vmin)
+        np.maximum(self.vmax, px.max(axis=0), out=self.vmax)
+        self.vsum += px.sum(axis=0)
+        self.vsumsq += (px * px).sum(axis=0)
+        self.zeros += n - np.count_nonzero(px, axis=0)
+        offsets = np.arange(self.num_features, dtype=np.int64) * self.num_bins
+        self.hist += np.bincount((_bins_of(px, self.value_max, self.num_bins) + offsets).ravel(),
+                                 minlength=self.hist.size).reshape(self.hist.shape)
+
+    def _fold_value_counts(self) -> None:
+        """Move the value-by-value counts into the per-feature figures (exact: integer sums)."""
+        if not self._by_value or not self._counts.any():
+            return
+        counts = self._counts.reshape(self.num_features, self.value_max + 1)
+        values = np.arange(self.value_max + 1, dtype=np.int64)
+        seen = counts > 0
+        has = seen.any(axis=1)
+        first = np.where(has, seen.argmax(axis=1), np.iinfo(np.int64).max)
+        last = np.where(has, self.value_max - seen[:, ::-1].argmax(axis=1), -1)
+        np.minimum(self.vmin, first, out=self.vmin)
+        np.maximum(self.vmax, last, out=self.vmax)
+        self.vsum += counts @ values
+        self.vsumsq += counts @ (values * values)
+        self.zeros += counts[:, 0]
+        bins = _bins_of(values, self.value_max, self.num_bins)
+        for b in range(self.num_bins):
+            self.hist[:, b] += counts[:, bins == b].sum(axis=1)
+        self._counts[:] = 0
+
+    def partial(self) -> dict:
+        """What a task returns: every figure so far as plain ints and numpy arrays (picklable), for :func:`merge`."""
+        self._fold_value_counts()
+        return {"num_features": self.num_features, "value_max": self.value_max, "labeled": self.labeled,
+                "num_bins": self.num_bins, "rows": self.rows, "blank_rows": self.blank_rows,
+                "label_counts": self.label_counts.copy(), "min": self.vmin.copy(), "max": self.vmax.copy(),
+                "sum": self.vsum.copy(), "sumsq": self.vsumsq.copy(), "zeros": self.zeros.copy(),
+                "histogram": self.hist.copy(),
+                "keys": np.concatenate(self._keys) if self._keys else np.zeros(0, np.uint64),
+                "image_keys": np.concatenate(self._image_keys) if self._image_keys else np.zeros(0, np.uint64)}
+
+
+def merge(partials: list[dict]) -> dict:
+    """The sum of several :meth:`SplitStats.partial` of one split (any order, same result). Raises
+    ValueError when they disagree on features, range or bins, or when there is none."""
+    if not partials:
+        raise ValueError("no partial statistics to merge")
+    first = partials[0]
+    for p in partials[1:]:
+        for key in ("num_features", "value_max", "labeled", "num_bins"):
+            if p[key] != first[key]:
+                raise ValueError(f"partial statistics disagree on {key}: {first[key]} vs {p[key]}")
+    out = dict(first)
+    for key in ("rows", "blank_rows", "label_counts", "sum", "sumsq", "zeros", "histogram"):
+        out[key] = sum((p[key] for p in partials[1:]), first[key])
+    out["min"] = np.minimum.reduce([p["min"] for p in partials])
+    out["max"] = np.maximum.reduce([p["max"] for p in partials])
+    out["keys"] = np.concatenate([p["keys"] for p in partials])
+    out["image_keys"] = np.concatenate([p["image_keys"] for p in partials])
+    return out
+
+
+def split_summary(merged: dict) -> dict:
+    """The JSON form of one split's merged statistics (see the module docstring); ``mean`` and ``std``
+    from the exact integer sums, ``min``/``max`` null for a feature of an empty split."""
+    n = merged["rows"]
+    features = {"min": [], "max": [], "mean": [], "std": [], "zeros": merged["zeros"].tolist(),
+                "histogram": merged["histogram"].tolist()}
+    if n:
+        mean = merged["sum"] / n
+        var = np.maximum(merged["sumsq"] / n - mean * mean, 0.0)
+        features.update(min=merged["min"].tolist(), max=merged["max"].tolist(),
+                        mean=[round(float(x), 6) for x in mean], std=[round(float(x), 6) for x in np.sqrt(var)])
+    else:
+        p = merged["num_features"]
+        features.update(min=[None] * p, max=[None] * p, mean=[None] * p, std=[None] * p)
+    keys = merged["keys"]
+    return {
+        "rows": int(n),
+        "label_counts": ({str(k): int(v) for k, v in enumerate(merged["label_counts"])} if merged["labeled"] else {}),
+        "blank_rows": int(merged["blank_rows"]),
+        "duplicate_rows": int(len(keys) - len(np.unique(keys))),
+        "features": features,
+    }
+
+
+def version_stats(image_shape: tuple[int, int], value_max: int, merged: dict[str, dict]) -> dict:
+    """The whole ``_stats.json`` of a version from the merged statistics of each split (``merged``:
+    split name -> :func:`merge` result); ``train_eval_overlap`` when both train and eval are there."""
+    overlap = 0
+    if "train" in merged and "eval" in merged:
+        overlap = int(np.isin(merged["eval"]["image_keys"], merged["train"]["image_keys"]).sum())
+    num_bins = next(iter(merged.values()))["num_bins"] if merged else NUM_BINS
+    return {"format": FORMAT, "image_shape": list(image_shape), "value_max": value_max, "num_bins": num_bins,
+            "bin_edges": bin_edges(value_max, num_bins), "train_eval_overlap": overlap,
+            "splits": {split: split_summary(m) for split, m in merged.items()}}
+
+
+def of_arrays(splits: dict[str, tuple[np.ndarray | None, np.ndarray]], image_shape: tuple[int, int],
+              value_max: int, blocks: int = 1) -> dict:
+    """``_stats.json`` of in-memory splits (``split -> (labels int [n] or None, pixels int [n, P])``),
+    fed in ``blocks`` blocks per split and merged as the convert tasks are: for tests, benchmarks and
+    the checks' calibration on re-splits of a data set."""
+    from . import csvparse
+    merged = {}
+    for split, (labels, pixels) in splits.items():
+        parts = []
+        for idx in np.array_split(np.arange(len(pixels)), max(1, blocks)):
+            acc = SplitStats(pixels.shape[1], value_max, labels is not None)
+            lab = labels[idx] if labels is not None else np.full(len(idx), -1)
+            keys, image_keys = csvparse.content_keys(lab, pixels[idx])
+            acc.add(lab if labels is not None else None, pixels[idx], keys, image_keys)
+            parts.append(acc.partial())
+        merged[split] = merge(parts)
+    return version_stats(image_shape, value_max, merged)
+
+
+def dumps(stats: dict) -> bytes:
+    """``_stats.json`` bytes (UTF-8 JSON, one line per split is not promised: compact separators)."""
+    return json.dumps(stats, separators=(",", ":")).encode("utf-8")
