@@ -9,6 +9,12 @@ executor can reach. Local paths are joined with ``os.path``, URIs with ``/`` (:f
     {root}/tfrecords/{version}/{train,eval,score}/  TFRecord shards part-NNNNN.tfrecord[.gz]
     {root}/tfrecords/{version}/_lineage/            row_id -> source file and line (Parquet), committed
                                                     with the shards, then _manifest.json and _SUCCESS
+    {root}/tfrecords/{version}/_stats.json          the splits' statistics (datastats), committed with
+                                                    the shards
+    {root}/schema/schema.json                       the data's schema (datachecks.Schema): inferred from
+                                                    the first version, then the user's to edit
+    {root}/data-checks/{version}/{task}.json        the data checks a task ran on the version, and its
+                                                    decision; {task}.html: the data report
     {root}/quarantine/{version}/                    rows that could not be converted (JSON lines), kept
                                                     for passed and failed conversions alike
     {root}/models/{version}/{run}/                  one training run: model/ (SavedModel), backup/
@@ -66,6 +72,9 @@ PROGRESS_LOG = "progress.log"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 REPORT_FILE = "report.md"
+
+#: A converted version's statistics, beside its shards (``tfrecords/{version}/_stats.json``).
+STATS_FILE = "_stats.json"
 
 
 class PathError(ValueError):
@@ -132,6 +141,22 @@ class Layout:
     def lineage(self, version: str) -> str:
         """The row_id -> (file, line, split) index of a converted version (Parquet parts)."""
         return join(self.tfrecords(version), LINEAGE_DIR)
+
+    def stats(self, version: str) -> str:
+        """``{root}/tfrecords/{version}/_stats.json``: the converted version's statistics (datastats)."""
+        return join(self.tfrecords(version), STATS_FILE)
+
+    def schema(self) -> str:
+        """``{root}/schema/schema.json``: the data's schema, the same for every version of the root."""
+        return join(self.root, "schema", "schema.json")
+
+    def data_checks(self, version: str, task: str) -> str:
+        """``{root}/data-checks/{version}/{task}.json``: the data checks ``task`` ran on the version."""
+        return join(self.root, "data-checks", check_segment(version), check_segment(task, "task") + ".json")
+
+    def data_report(self, version: str, task: str) -> str:
+        """``{root}/data-checks/{version}/{task}.html``: the data report of those checks."""
+        return join(self.root, "data-checks", check_segment(version), check_segment(task, "task") + ".html")
 
     def quarantine(self, version: str) -> str:
         """``{root}/quarantine/{version}``: the rows the conversion could not convert."""
