@@ -63,6 +63,13 @@ def number(minimum: float | None = None, maximum: float | None = None, above: fl
     return rule
 
 
+def optional(rule: dict) -> dict:
+    """``rule``, or null: a param the user may leave empty (the job then takes the value from elsewhere,
+    e.g. the data's schema). The DAG renders a null param as ``None``; the job reads ``None``, ``null``
+    and an empty flag as None."""
+    return dict(rule, type=[rule["type"], "null"])
+
+
 def one_of(*choices: str) -> dict:
     """JSON schema of one of ``choices`` (exact, case-sensitive strings)."""
     return {"type": "string", "enum": list(choices)}
@@ -74,7 +81,10 @@ def expected(rule: dict) -> str:
         return "one of " + ", ".join(map(str, rule["enum"]))
     if "pattern" in rule:
         return f"a string matching {rule['pattern']}"
-    kind = {"integer": "an integer", "number": "a number"}.get(rule.get("type"), "a " + str(rule.get("type")))
+    types = rule.get("type")
+    if isinstance(types, list) and "null" in types:
+        return expected(dict(rule, type=[t for t in types if t != "null"][0])) + ", or empty (null)"
+    kind = {"integer": "an integer", "number": "a number"}.get(types, "a " + str(types))
     low, high = rule.get("minimum"), rule.get("maximum")
     if "exclusiveMinimum" in rule:
         return f"{kind} above {rule['exclusiveMinimum']}" + (f" and at most {high}" if high is not None else "")
@@ -84,6 +94,9 @@ def expected(rule: dict) -> str:
         return f"{kind} >= {low}"
     return kind
 
+
+#: How a null param reaches a job's flag: ``str(None)`` (the DAG's rendering), JSON's word, or nothing.
+NULL_TEXTS = ("None", "null", "")
 
 #: A JSON number literal, which is also how Python's str() writes an int or a finite float.
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<real>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)")
@@ -99,6 +112,8 @@ def value_of(rule: dict, text: str) -> str | int | float:
     types = rule.get("type")
     if types == "string" or (isinstance(types, list) and "string" in types):
         return text
+    if isinstance(types, list) and "null" in types and text in NULL_TEXTS:
+        return None
     match = _JSON_NUMBER.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a JSON number")
@@ -134,9 +149,12 @@ def schema_type(rule: dict, what: str, convert: Callable[[object], object] | Non
             raise argparse.ArgumentTypeError(f"{text!r} is refused ({error}); use {hint or expected(rule)}")
         if convert is not None:
             return convert(value)
-        if rule.get("type") == "integer":
+        if value is None:
+            return None
+        kind = [t for t in rule["type"] if t != "null"][0] if isinstance(rule.get("type"), list) else rule.get("type")
+        if kind == "integer":
             return int(value)
-        if rule.get("type") == "number":
+        if kind == "number":
             return float(value)
         return value
     parse.__name__ = what
@@ -196,7 +214,7 @@ def _image_shape(value):
 
 
 class ParamSpec:
-    """How one param reaches its job: the flag ``--name``, its default (None = required), help and rule.
+    """How one param reaches its job: the flag ``--name``, its default (None = required, :data:`NULL` = optional, None when absent), help and rule.
 
     ``rule`` is the param's JSON schema: the job checks the flag with it (:func:`schema_type`) and,
     unless ``param`` is False, the DAG exposes it as a param with the same schema, named ``param``
@@ -219,6 +237,17 @@ class ParamSpec:
         return "--" + self.name.replace("_", "-")
 
 
+class _Null:
+    """The default of an optional param whose value may be null (:func:`optional`): the flag is not
+    required, and the job, the DAG param and the params object hold None."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+#: Default of a param that may be left empty (null): :class:`_Null`.
+NULL = _Null()
+
 #: The metadata key of a params field's :class:`ParamSpec` arguments (:func:`param`).
 SPEC = "tfospipe.param"
 
@@ -233,6 +262,8 @@ def param(default: object, help: str, rule: dict | None = None, *,
             "hint": hint}
     if default is None:
         return dataclasses.field(metadata={SPEC: meta})
+    if default is NULL:
+        return dataclasses.field(default=None, metadata={SPEC: meta})
     return dataclasses.field(default=convert(default) if convert else default, metadata={SPEC: meta})
 
 
@@ -282,8 +313,48 @@ class ConvertParams(JobParams):
         one_of(*schema.COMPRESSIONS))
 
 
+#: What a task does with an anomaly its data checks find (datachecks.decide): fail the task, log a
+#: WARNING line and go on, or run no check.
+DATA_CHECK_MODES = ("fail", "warn", "off")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainParams(RunParams):
+class DataCheckParams:
+    """The data checks' mode and thresholds (datachecks.Thresholds), shared by train (schema, drift and
+    eval skew of the version), infer (score skew) and validate (the training split's classes, the
+    serving model's collapse). Each threshold is one DAG param, the same for every task that reads it.
+    The defaults and why they sit where they do: datachecks' module docstring and the README."""
+
+    data_checks: str = param(
+        "fail", "what an anomaly in the data does: fail = the task stops before training, scoring or promoting "
+        "(one ERROR line naming it), warn = WARNING lines and the task goes on, off = no data checks",
+        one_of(*DATA_CHECK_MODES))
+    min_class_fraction: float | None = param(
+        NULL, "smallest fraction of a labeled split each class must have (its 95% upper bound); empty = the "
+        "schema's (schema/schema.json under the data root)", optional(number(0, 1)))
+    max_blank_fraction: float | None = param(
+        NULL, "largest fraction of all-zero images in a split (its 95% lower bound); empty = the schema's",
+        optional(number(0, 1)))
+    max_label_drift: float = param(
+        0.1, "largest change of a class's fraction (L-infinity distance of the label distributions) from the "
+        "serving model's training data and from the previous version, beyond sampling noise", number(0, 1))
+    max_feature_drift: float = param(
+        0.1, "largest Jensen-Shannon divergence (bits, 0-1) of a pixel's histogram from the serving model's "
+        "training data and from the previous version, beyond sampling noise", number(0, 1))
+    max_eval_skew: float = param(
+        0.1, "largest Jensen-Shannon divergence (bits) of a pixel's histogram, or L-infinity distance of the "
+        "labels, between a version's eval and train splits, beyond sampling noise", number(0, 1))
+    max_score_skew: float = param(
+        0.1, "largest Jensen-Shannon divergence (bits) of a pixel's histogram between the score rows and the "
+        "serving model's training data, beyond sampling noise", number(0, 1))
+    max_serving_drop: float = param(
+        0.1, "largest drop of the serving model's accuracy from its own eval split to the new version's, "
+        "beyond sampling noise, before the data counts as changed (drift) rather than the candidate as better",
+        number(0, 1))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainParams(DataCheckParams, RunParams):
     """train's params: the cluster, its topology and the training hyperparameters (picklable: the
     training nodes receive them whole, ``node.NodeSetup``)."""
 
@@ -309,7 +380,7 @@ class TrainParams(RunParams):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ValidateParams(RunParams):
+class ValidateParams(DataCheckParams, RunParams):
     """validate's params: the gate's thresholds and the promotion policy."""
 
     min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1))
@@ -330,7 +401,7 @@ class ValidateParams(RunParams):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class InferParams(JobParams):
+class InferParams(DataCheckParams, JobParams):
     """infer's params: which model, how many rows per model call, and where it runs."""
 
     batch_size: int = param(256, "rows per prediction batch in each executor", integer(1, 65536),
@@ -356,7 +427,7 @@ def parser(job: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{job}.py", description=f"{job} job of the TFoS pipeline")
     for a in JOBS[job]:
         required = a.default is None
-        p.add_argument(a.flag, dest=a.name, type=a.type, default=None if required else a.default,
+        p.add_argument(a.flag, dest=a.name, type=a.type, default=None if required or a.default is NULL else a.default,
                        required=required, help=a.help)
     return p
 
@@ -370,13 +441,13 @@ def parse(job: str, argv: list[str]) -> JobParams:
 
 def defaults(job: str) -> dict:
     """{flag name: default} of ``job``'s optional flags."""
-    return {a.name: a.default for a in JOBS[job] if a.default is not None}
+    return {a.name: None if a.default is NULL else a.default for a in JOBS[job] if a.default is not None}
 
 
 def dag_params(job: str) -> list[tuple]:
     """(param name, default, help, JSON schema) of the params a DAG run may set for ``job`` (the fields of
     its params dataclass that have a rule and are not marked ``dag=False``)."""
-    return [(a.param, a.default, a.help, a.schema) for a in JOBS[job] if a.param]
+    return [(a.param, None if a.default is NULL else a.default, a.help, a.schema) for a in JOBS[job] if a.param]
 
 
 def to_argv(job: str, values: Mapping[str, object]) -> list[str]:
