@@ -70,6 +70,11 @@ def test_drift_scores_refuse_incomparable_statistics(digits):
         datareport.feature_drift_scores(stats_of(labels, pixels, 16), stats_of(labels, pixels), "train", "train")
     with pytest.raises(ValueError, match="no split 'score'"):
         datareport.feature_drift_scores(stats_of(labels, pixels), stats_of(labels, pixels), "score", "train")
+    empty = datastats.of_arrays({"train": (labels[:0], pixels[:0])}, (8, 8), 255)
+    with pytest.raises(ValueError, match="split 'train' is empty"):
+        datareport.feature_drift_scores(empty, stats_of(labels, pixels), "train", "train")
+    page = datareport.render("v2", empty, stats_of(labels, pixels), "v1", [], "train")     # still renders
+    assert "No drift map: split &#x27;train&#x27; is empty" in page and "none (empty) of 0..255" in page
 
 
 def test_report_of_a_first_version_and_of_an_unlabeled_split(digits):
