@@ -4,4 +4,4 @@ import sys
 from tfospipe import train, runner
 
 if __name__ == "__main__":
-    sys.exit(runner.main("train", train.run))
+    sys.exit(runner.main("train", train.run, prepare=train.prepare))

@@ -26,7 +26,7 @@ import numpy as np
 
 from pyspark.accumulators import Accumulator, AccumulatorParam
 
-from . import dataset, fs, paths, predict, serving, tfos
+from . import datagate, dataset, fs, paths, predict, serving, tfos
 from .jobargs import InferParams
 from .runner import (JobError, executor_loss, executor_loss_message, executor_python, executors,
                      requested_executors)
@@ -298,7 +298,8 @@ def run(spark: SparkSession, params: InferParams) -> dict:
     directory, committed with the summary as manifest, and returns the summary with ``output``.
 
     Raises JobError, publishing nothing, when the version was not converted, the model was never
-    promoted (or nothing serves), a TFoS node failed, or the rows written differ from the split's
+    promoted (or nothing serves), the score rows are skewed from the model's training data under
+    ``data_checks=fail`` (datagate.check_score_rows), a TFoS node failed, or the rows written differ from the split's
     rows in the conversion manifest.
     """
     sc = spark.sparkContext
@@ -310,6 +311,8 @@ def run(spark: SparkSession, params: InferParams) -> dict:
     files = dataset.shard_files(layout, params.version, split)
     mv = _model(layout, params.model_version)
     model_dir = layout.serving_model(mv)
+    # the score rows against the model's training data: no prediction is published for skewed rows
+    data_checks = datagate.check_score_rows(params, mv, split)
 
     output_schema = prediction_schema()
     loads = sc.accumulator(0)
@@ -341,5 +344,6 @@ def run(spark: SparkSession, params: InferParams) -> dict:
         if rows_out != rows_in:
             raise JobError(f"wrote {rows_out} predictions for {rows_in} input rows of split {split}")
         result = _summary(params, mv, split, rows_in, rows_out, files, slices, nodes, loads, timings, started)
+        result["data_checks"] = data_checks
         stage.commit(result)
     return dict(result, output=out)

@@ -88,18 +88,20 @@ def start_run(layout: paths.Layout, params: TrainParams) -> str:
     return run_dir
 
 
-def finish_run(setup: NodeSetup, layout: paths.Layout, started: float) -> dict[str, Any]:
+def finish_run(setup: NodeSetup, layout: paths.Layout, started: float,
+               data_checks: dict[str, Any] | None = None) -> dict[str, Any]:
     """After the cluster ended: check every node's done marker (:func:`check_markers`) and the chief's
     SavedModel, then commit the run with its manifest (:func:`run_manifest`, :func:`commit_run`), which
     is returned. ``setup``: what the nodes got (run directory, params, plan); ``started``: when
-    training started (epoch seconds). Raises JobError when a marker or the export is missing, or the
+    training started (epoch seconds); ``data_checks``: the record of the data checks run before
+    training (datagate.check_training_data), kept in the manifest. Raises JobError when a marker or the export is missing, or the
     nodes' step counts disagree."""
     run_dir, params, plan = setup.run_dir, setup.params, setup.plan
     done = check_markers(run_dir, params, plan)
     model_dir = layout.exported_model(params.version, params.run_id)
     if not fs.exists(paths.join(model_dir, "saved_model.pb")):
         raise JobError(f"the chief exported no SavedModel at {model_dir}")
-    manifest = run_manifest(params, plan, done, model_dir, started)
+    manifest = dict(run_manifest(params, plan, done, model_dir, started), data_checks=data_checks)
     commit_run(run_dir, manifest)
     return manifest
 

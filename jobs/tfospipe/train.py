@@ -213,8 +213,16 @@ def describe_run(setup: node.NodeSetup) -> str:
             f"run dir {setup.run_dir}")
 
 
-def run(spark: Any, params: TrainParams) -> dict[str, Any]:
-    """The train job (``params``: its parsed params, ``jobargs.TrainParams``): plan
+def prepare(params: TrainParams) -> dict[str, Any] | None:
+    """Before any Spark application (runner.main): the data checks of the version
+    (datagate.check_training_data; JobError on an anomaly under ``data_checks=fail``). Returns their record."""
+    from . import datagate
+    return datagate.check_training_data(params)
+
+
+def run(spark: Any, params: TrainParams, data_checks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The train job (``params``: its parsed params, ``jobargs.TrainParams``; ``data_checks``: what
+    :func:`prepare` recorded, kept in the run's manifest): plan
     (``trainplan.plan_run``), prepare the run directory, run the cluster, check the markers and the
     export, commit the run (``rundir``). Returns the RESULT summary (model_dir, steps_run, final
     metrics, train_seconds); raises JobError with what went wrong."""
@@ -226,6 +234,6 @@ def run(spark: Any, params: TrainParams) -> dict[str, Any]:
     print(describe_run(setup), flush=True)
     started = time.time()
     start_cluster(sc, setup)
-    result = finish_run(setup, layout, started)
+    result = finish_run(setup, layout, started, data_checks)
     return {k: result[k] for k in ("model_dir", "steps_run", "final_loss", "final_accuracy", "final_eval_accuracy",
                                    "train_seconds")}

@@ -36,7 +36,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from . import dataset, fs, metrics, paths, predict, report as report_lib, serving
+from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving
 from .jobargs import ValidateParams
 from .runner import JobError, executor_python, executors, git_revision, requested_executors
 
@@ -348,6 +348,31 @@ def _gave_up(layout, cand, report, r, compared):
                     f"Report: {out}/metrics.json")
 
 
+def _serving_collapse(params, r):
+    """The serving model's accuracy on this eval split against its own (datagate.check_serving_collapse),
+    or None when nothing serves, it could not score this data, or the checks are off."""
+    if r.champion is None or r.champ_mv is None:
+        return None
+    return datagate.check_serving_collapse(params, r.champ_mv, r.champion["accuracy"], r.champion["examples"])
+
+
+def _collapsed(layout, params, cand, report, r, finding):
+    """The serving model collapsed on the new eval split: the data changed. Under ``data_checks=fail`` the
+    candidate is not promoted (its lead is the data's change, not its merit): the report and the serving
+    history say so and JobError is raised; under ``warn`` a WARNING line, and the gate decides."""
+    if params.data_checks != "fail":
+        print(f"WARNING [validate] {finding.line()}", file=sys.stderr, flush=True)
+        return
+    rule = f"data check: {finding.line()}"
+    report["promotion"].update(decision="rejected", rule=rule)
+    _write_report(layout, cand.report_dir, report, r.results)
+    serving.reject(layout, cand.mv, dict(_event(cand, r), rule=rule))
+    raise JobError(f"{finding.line()}. The serving model scores far lower on dataset version {cand.version} than on "
+                   f"its own data: the data changed (drift); model {cand.mv} is not promoted on this comparison. "
+                   f"Check the data (report: {cand.report_dir}/metrics.json), or rerun validate with "
+                   f"data_checks=warn or a higher {finding.param}")
+
+
 def run(spark: SparkSession, params: ValidateParams) -> dict:
     """Judge training run ``params.run_id`` of dataset version ``params.version`` (``params``: the parsed
     validate params, ``jobargs.ValidateParams``; the gate's :class:`GateThresholds` come from them).
@@ -368,6 +393,8 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     sc = spark.sparkContext
     layout = paths.Layout(params.data_root)
     cand = _candidate(layout, params)
+    # a model trained on a single class or without a class of the schema is never promoted
+    data_checks = datagate.check_candidate(params)
     executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
     mv, out = cand.mv, cand.report_dir
     compared = []  # the serving model of each round, in order
@@ -376,6 +403,10 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
         r = _judge(sc, layout, thresholds, cand, round_)
         compared.append(r.champ_mv)
         report = _report(thresholds, cand, r, compared)
+        collapse = _serving_collapse(params, r)
+        report["data_checks"] = {"candidate": data_checks, "serving_collapse": collapse and collapse.as_dict()}
+        if collapse is not None and collapse.anomaly:
+            _collapsed(layout, params, cand, report, r, collapse)
         _write_report(layout, out, report, r.results)
         _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by})")
         event = _event(cand, r)
