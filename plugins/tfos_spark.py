@@ -111,8 +111,23 @@ class TensorBoardLink(BaseOperatorLink):
         return f"{url}/?pinnedCards=&runFilter={version}/{run}#timeseries"
 
 
+class DataReportLink(BaseOperatorLink):
+    """The data report of this task's data checks on its dataset version (datagate: train, validate,
+    infer), served by tfos_ui from ``data-checks/{version}/{task}.html`` (rendered ``job_args``, as
+    :class:`ValidationReportLink`)."""
+
+    name = jobspec.DATA_REPORT
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        """``{api base_url}/tfos/data-checks/<version>/<task id>``, or "" without a version."""
+        version = (getattr(operator, "job_args", None) or {}).get("version")
+        if not version:
+            return ""
+        return f"{_link_base()}/tfos/data-checks/{version}/{operator.task_id}"
+
+
 #: The link class of each link name a job spec may list.
-LINKS = {link.name: link for link in (ValidationReportLink, TensorBoardLink)}
+LINKS = {link.name: link for link in (ValidationReportLink, TensorBoardLink, DataReportLink)}
 
 
 def _key_form(name: str) -> str:

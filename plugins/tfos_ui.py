@@ -3,7 +3,8 @@
 ``GET /tfos/reports/{version}/{run}/`` renders ``{data_root}/validation/{version}/{run}/report.md``
 as HTML with its confusion-matrix PNG, followed by the serving history of the model it judged (every
 promotion, rollback, rejection of it, from ``serving/history/``); the ``validate`` task's "Validation report" link points here
-(see ``tfos_spark.ValidationReportLink``). Only signed-in Airflow users can read it. The data root is
+(see ``tfos_spark.ValidationReportLink``). ``GET /tfos/data-checks/{version}/{task}`` serves the data
+report of a task's data checks (``tfos_spark.DataReportLink`` on train, validate and infer). Only signed-in Airflow users can read it. The data root is
 the same Airflow Variable the tasks use (``tfos_data_root``), so a report on any filesystem the
 jobs write to (local, HDFS, GCS, S3, Azure: through tfospipe.fs) is readable.
 """
@@ -91,6 +92,22 @@ def report(version: str, run: str) -> str:
 def confusion_matrix(version: str, run: str) -> Response:
     """The report's ``confusion_matrix.png`` (image/png); HTTP 400 / 404 as :func:`report`."""
     return Response(_read(paths.join(_report_dir(version, run), paths.CONFUSION_FILE)), media_type="image/png")
+
+
+@app.get("/data-checks/{version}/{task}", response_class=HTMLResponse)
+def data_report(version: str, task: str) -> str:
+    """The data report (``data-checks/{version}/{task}.html``, datagate) of a task's data checks.
+
+    HTTP 400 when ``version`` or ``task`` is no safe path segment, 404 when the task wrote no report
+    (its data checks were off, or it has not run)."""
+    try:
+        path = _layout().data_report(version, task)
+    except paths.PathError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    if not fs.exists(path):
+        raise HTTPException(status_code=404, detail=f"no data report at {path} (data checks off, or the task has "
+                                                    "not run)")
+    return fs.read_bytes(path).decode("utf-8")
 
 
 class TFoSUIPlugin(AirflowPlugin):

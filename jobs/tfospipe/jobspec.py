@@ -25,6 +25,7 @@ JOBS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Names of the task links (``plugins/tfos_spark.py`` has one link class per name).
 VALIDATION_REPORT = "Validation report"
 TENSORBOARD = "TensorBoard"
+DATA_REPORT = "Data report"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +84,12 @@ SPECS: dict[str, JobSpec] = {spec.name: spec for spec in (
             output=lambda layout, version, run_id: layout.tfrecords(version)),
     JobSpec("train", "tfos_trained_model", "tfos://pipeline/models",
             output=lambda layout, version, run_id: layout.model_run(version, paths.run_slug(run_id)),
-            links=(TENSORBOARD,), tfos=True),
+            links=(DATA_REPORT, TENSORBOARD), tfos=True),
     JobSpec("validate", "tfos_serving_model", "tfos://pipeline/serving",
             output=lambda layout, version, run_id: layout.serving(),
-            links=(VALIDATION_REPORT, TENSORBOARD)),
+            links=(VALIDATION_REPORT, DATA_REPORT, TENSORBOARD)),
     JobSpec("infer", "tfos_predictions", "tfos://pipeline/predictions",
-            output=lambda layout, version, run_id: layout.predictions(version)),
+            output=lambda layout, version, run_id: layout.predictions(version), links=(DATA_REPORT,)),
 )}
 if list(SPECS) != list(jobargs.JOBS):
     raise RuntimeError(f"one spec per job of jobargs.JOBS, in its order: {list(SPECS)} != {list(jobargs.JOBS)}")

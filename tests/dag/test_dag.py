@@ -138,12 +138,13 @@ def test_each_task_declares_the_asset_it_produces(dag):
 def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
     import tfos_spark
     names = {t.task_id: sorted(link.name for link in t.operator_extra_links) for t in dag.tasks}
-    assert names == {"convert": [], "train": ["TensorBoard"], "validate": ["TensorBoard", "Validation report"],
-                     "infer": []}
+    assert names == {"convert": [], "train": ["Data report", "TensorBoard"],
+                     "validate": ["Data report", "TensorBoard", "Validation report"], "infer": ["Data report"]}
     task = dag.get_task("validate")
     task.job_args = {"data_root": "/d", "version": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00"}
     link = tfos_spark.ValidationReportLink().get_link(task, ti_key=None)
     assert link.endswith("/tfos/reports/2026-11-28/scheduled__2026-11-28T00_00_00_00_00/")
+    assert tfos_spark.DataReportLink().get_link(task, ti_key=None).endswith("/tfos/data-checks/2026-11-28/validate")
 
 
 def test_retries_back_off_and_every_task_has_a_timeout(dag):

@@ -211,6 +211,10 @@ def test_task_links_report_page_and_asset_events(stack, scheduled):
     assert "PASSED" in page and "<table>" in page and "confusion_matrix.png" in page
     png = stack.request("GET", links["Validation report"][len(stack.url):] + "confusion_matrix.png", raw=True)
     assert png.startswith(b"\x89PNG")
+    data_link = stack.get(f"{base}/train/links")["extra_links"]["Data report"]
+    assert data_link == f"{stack.url}/tfos/data-checks/{SCHEDULED}/train"
+    data_page = stack.request("GET", data_link[len(stack.url):], raw=True).decode()
+    assert SCHEDULED in data_page and "data:image/png;base64," in data_page  # the data report, with its figures
     with pytest.raises(urllib.error.HTTPError) as anonymous:
         urllib.request.urlopen(links["Validation report"], timeout=30)
     assert anonymous.value.code in (401, 403)  # reports are for signed-in users
