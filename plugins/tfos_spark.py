@@ -33,8 +33,9 @@ from typing import Any
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from tfospipe import jobspec, launch, paths
+from tfospipe.runner import EXIT_DATA_REFUSED
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
@@ -270,6 +271,19 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             self.log.error(line)
             raise AirflowFailException(line)
 
+    def fail_refused_data(self) -> None:
+        """After spark-submit failed: when the job exited with runner.EXIT_DATA_REFUSED (its data checks
+        refused the data under data_checks=fail; its ERROR line is in the log above), raise
+        AirflowFailException, so the task fails without a retry: the same data would fail the same way.
+        Nothing for any other failure (a lost executor, a killed job: those are retried)."""
+        proc = getattr(self._hook, "_submit_sp", None)
+        if proc is not None and proc.returncode == EXIT_DATA_REFUSED:
+            line = (f"the {self.job} job's data checks refused dataset version {self.job_args.get('version')} "
+                    "(its ERROR line above names the anomaly): not retried; fix the data, or rerun with "
+                    "data_checks=warn")
+            self.log.error(line)
+            raise AirflowFailException(line)
+
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
         before anything runs), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
@@ -280,7 +294,11 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         spec = self.job_spec
         self.application_args = spec.argv(self.job_args)
         self.py_files = launch.build_zip(launch.BUILD_DIR)
-        result = super().execute(context)
+        try:
+            result = super().execute(context)
+        except AirflowException:
+            self.fail_refused_data()
+            raise
         context["outlet_events"][ASSETS[self.job]].extra = {
             "dataset_version": str(self.job_args["version"]), "path": spec.written(self.job_args)}
         return result

@@ -36,6 +36,16 @@ class JobError(Exception):
     """A failure with a message for the user: what is wrong, where, and what to do."""
 
 
+#: Exit status of a job whose data checks refused its data (:class:`DataRefused`): a retry of the same
+#: data fails the same way, so the Airflow operator fails the task without retrying it (plugins/tfos_spark.py).
+EXIT_DATA_REFUSED = 3
+
+
+class DataRefused(JobError):
+    """The data checks found an anomaly under ``data_checks=fail`` (datachecks.decide): the job exits
+    with :data:`EXIT_DATA_REFUSED` instead of 2, and is not retried."""
+
+
 #: Words by which Spark reports a job that failed because an executor was lost (a bare "exited with code"
 #: is not one: a failing subprocess or a TensorFlow error can quote a child's exit too).
 EXECUTOR_LOSS_MARKERS = ("ExecutorLostFailure", "Lost executor")
@@ -343,7 +353,7 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
     ``run(spark, params)`` (``run(spark, params, prepared)`` with ``prepare``) in a SparkSession named
     ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
     ``ERROR [job] message`` for a JobError, a StorageError, executors that could not run their Python
-    or a lost executor (:func:`job_failure`; status 2). Any other exception propagates (status 1).
+    or a lost executor (:func:`job_failure`; status 2; :data:`EXIT_DATA_REFUSED` for :class:`DataRefused`). Any other exception propagates (status 1).
     Raises SystemExit (status 2) for invalid arguments, as argparse does."""
     params = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
     try:  # credentials and reachability of the root, and the job's own checks, before Spark starts
@@ -351,17 +361,18 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
         prepared = prepare(params) if prepare is not None else None
     except (JobError, fs.StorageError) as e:
         print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_DATA_REFUSED if isinstance(e, DataRefused) else 2
     spark = session(f"tfos-{job}-{params.version}", params.data_root)
     spark.sparkContext.setLogLevel("WARN")
     # read now: a failed TensorFlow cluster stops the SparkContext before the job reports it
     python_conf = {key: spark.sparkContext.getConf().get(key) for key in PYTHON_CONF_KEYS}
     started = time.time()
-    failure = None
+    failure, status = None, 2
     try:
         summary = run(spark, params) if prepare is None else run(spark, params, prepared)
     except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
+        status = EXIT_DATA_REFUSED if isinstance(e, DataRefused) else 2
     except Exception as e:
         failure = job_failure(job, e, python_conf)
         if failure is None:
@@ -372,7 +383,7 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
         # after the shutdown's own log lines, so that this line ends the task log
         logging.getLogger("py4j").setLevel(logging.WARNING)
         print(f"ERROR [{job}] {failure}", file=sys.stderr, flush=True)
-        return 2
+        return status
     summary = dict(summary or {}, job=job, seconds=round(time.time() - started, 1))
     print(f"RESULT [{job}] " + json.dumps(summary, sort_keys=True, default=str), flush=True)
     return 0

@@ -303,3 +303,29 @@ def test_airflow_runs_the_refusal_without_retrying_it(tmp_path):
     assert "ERROR [convert] unknown conf key 'epoch' (did you mean 'epochs'?)" in log, log[-3000:]
     assert "new_state=failed" in log and "up_for_retry" not in log, log[-3000:]
     assert "spark-submit" not in log.lower() and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("returncode, retried", [(3, False), (2, True), (1, True)])
+def test_a_job_whose_data_checks_refused_its_data_is_not_retried(dag, monkeypatch, returncode, retried):
+    """spark-submit ended with runner.EXIT_DATA_REFUSED: AirflowFailException (no retry); any other
+    failure stays the provider's AirflowException, which Airflow retries (a lost executor, a kill)."""
+    import collections
+
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from tfospipe import launch, runner
+
+    def failed_submit(self, ctx):
+        self._hook = types.SimpleNamespace(_submit_sp=types.SimpleNamespace(returncode=returncode))
+        raise AirflowException(f"Cannot execute: spark-submit ... Error code is: {returncode}.")
+
+    monkeypatch.setattr(launch, "build_zip", lambda build_dir: "/b/tfospipe-x.zip")
+    monkeypatch.setattr(SparkSubmitOperator, "execute", failed_submit)
+    task = copy.copy(dag.get_task("infer"))
+    task.job_args = {"data_root": "/d", "version": "2026-11-28"}
+    with pytest.raises(AirflowException) as e:
+        task.execute({"dag_run": types.SimpleNamespace(conf={}),
+                      "outlet_events": collections.defaultdict(types.SimpleNamespace)})
+    assert isinstance(e.value, AirflowFailException) is not retried and runner.EXIT_DATA_REFUSED == 3
+    if not retried:
+        assert "refused dataset version 2026-11-28" in str(e.value) and "data_checks=warn" in str(e.value)
