@@ -27,11 +27,12 @@ surer than the sample allows (the project's rule for gates and drift checks):
   the check's kind at ``all pixels``, value and threshold the two ``value_max``, fixed by converting
   both with the same ``pixel_max``. Other image shapes are an ``image_shape`` anomaly instead.
 * ``class_missing``: a class of the schema's domain with no row in a labeled split of at least
-  :data:`MIN_ROWS_FOR_MISSING` rows (fewer: reported, not an anomaly); value 0, threshold 0 (a floor),
-  uncertainty the Wilson upper bound of the class's fraction. ``single_class``: one class holds every
-  row (value 1, uncertainty 0). ``image_shape`` (value and threshold: pixels per image, the ``where``
-  names both shapes) and ``value_out_of_range`` (the split's largest or smallest pixel against the
-  schema's ``value_range``) are exact: uncertainty 0.
+  :data:`MIN_ROWS_FOR_MISSING` rows (fewer: reported, not an anomaly); value 0 (its fraction), the
+  class floor as threshold, uncertainty the Wilson upper bound of the fraction (an absent class is an
+  anomaly even where that bound is above the floor). ``single_class``: one class holds every row;
+  value the number of classes present (1), threshold 2 (a floor), uncertainty 0. ``image_shape``
+  (value and threshold: pixels per image; ``where`` names both shapes) and ``value_out_of_range`` (the
+  split's largest or smallest pixel against the schema's ``value_range``) are exact: uncertainty 0.
 * ``serving_collapse``: accuracy on the model's own eval split minus accuracy on the new eval split,
   with the one-sided 99% normal bound of the difference of two proportions as uncertainty; an anomaly
   when ``drop - uncertainty`` is above ``max_serving_drop``.
@@ -84,9 +85,8 @@ MODES = ("fail", "warn", "off")
 #: The anomaly kinds users see (the first word of a finding's line).
 KINDS = ("class_missing", "class_below_min_fraction", "single_class", "image_shape", "value_out_of_range",
          "blank_images", "label_drift", "feature_drift", "eval_skew", "score_skew", "serving_collapse")
-#: Kinds whose threshold is a floor (the value must stay above it; class_missing: above 0); every other
-#: kind's is a ceiling.
-FLOOR_KINDS = ("class_below_min_fraction", "class_missing")
+#: Kinds whose threshold is a floor (the value must reach it); every other kind's is a ceiling.
+FLOOR_KINDS = ("class_below_min_fraction", "class_missing", "single_class")
 #: Family-wise false-alarm rate of the drift and skew tests (Bonferroni over classes or pixels).
 FALSE_ALARM = 0.01
 #: z of the Wilson intervals (95%, two-sided).
@@ -137,7 +137,7 @@ class Finding:
         """What changes the threshold: the schema field to edit or the DAG param to set."""
         if self.param.startswith("schema."):
             return f"edit {self.param[len('schema.'):]} in schema.json"
-        return f"DAG param {self.param}"
+        return f"set the DAG param {self.param}"
 
     def line(self) -> str:
         """``kind [split] where: value ±uncertainty, max|min threshold (vs reference); override: ...``"""
@@ -305,13 +305,13 @@ def _label_findings(name: str, split: dict, schema: Schema, floor: float) -> lis
     out = []
     nonzero = [c for c, v in counts.items() if v]
     if n and len(nonzero) == 1:
-        out.append(Finding("single_class", name, f"class {nonzero[0]}", 1.0, 1.0, 0.0, "schema.label_domain",
-                           None, len(schema.label_domain) > 1))
+        out.append(Finding("single_class", name, f"class {nonzero[0]} holds all {n} rows", 1.0, 2.0, 0.0,
+                           "schema.label_domain", None, len(schema.label_domain) > 1))
     for c in schema.label_domain:
         k = counts.get(c, 0)
         low, high = wilson(k, n)
         if k == 0:
-            out.append(Finding("class_missing", name, f"class {c} (0 of {n} rows)", 0.0, 0.0, high,
+            out.append(Finding("class_missing", name, f"class {c} (0 of {n} rows)", 0.0, floor, high,
                                "schema.label_domain", None, n >= MIN_ROWS_FOR_MISSING))
         else:
             out.append(Finding("class_below_min_fraction", name, f"class {c}", k / n, floor,
@@ -505,7 +505,8 @@ def decide(findings: list[Finding], mode: str, task: str, report: str | None = N
     """Act on the anomalies by ``mode``. ``fail``: raise :class:`runner.JobError` with one message (the
     first anomaly's line, how many more and their kinds, the report, the overrides); ``warn``: return one
     line per anomaly to log as warnings; ``off``: []. No anomaly: [] whatever the mode. ValueError on an
-    unknown mode."""
+    unknown mode. ``task`` is not repeated in the message: the runner prefixes ``ERROR [<task>]`` and
+    the caller ``WARNING [<task>]``."""
     if mode not in MODES:
         raise ValueError(f"data_checks must be one of {', '.join(MODES)}, not {mode!r}")
     bad = [f for f in findings if f.anomaly]
@@ -518,7 +519,7 @@ def decide(findings: list[Finding], mode: str, task: str, report: str | None = N
         kinds = sorted({f.kind for f in bad[1:]})
         more = f"; {len(bad) - 1} more anomal{'y' if len(bad) == 2 else 'ies'} ({', '.join(kinds)})"
     where = f"; report: {report}" if report else ""
-    raise runner.JobError(f"{task}: data check failed: {bad[0].line()}{more}{where}; to go on, set "
+    raise runner.JobError(f"data check failed: {bad[0].line()}{more}{where}; to go on anyway, set "
                           f"data_checks=warn, or {bad[0].override()}")
 
 

@@ -66,11 +66,11 @@ def test_a_constant_label_is_single_class_classes_missing_and_label_drift(digits
     kinds = {f.kind for f in found}
     assert kinds == {"single_class", "class_missing", "label_drift"}
     assert sum(f.kind == "class_missing" and f.split == "train" for f in found) == 9
-    assert found[0].line() == ("single_class [train] class 3: 1 ±0, max 1; override: edit label_domain in "
-                               "schema.json")
+    assert found[0].line() == ("single_class [train] class 3 holds all 728 rows: 1 ±0, min 2; override: edit "
+                               "label_domain in schema.json")
     drift = next(f for f in found if f.kind == "label_drift")
     assert drift.line() == ("label_drift [train] label distribution (class 3): 0.8883 ±0.086, max 0.03 vs dataset "
-                            "version A; override: DAG param max_label_drift")
+                            "version A; override: set the DAG param max_label_drift")
 
 
 def test_pixels_on_another_scale_are_score_skew_and_out_of_range(digits):
@@ -96,7 +96,7 @@ def test_forty_percent_blank_images_and_no_class_7(digits):
     assert {(f.kind, f.split) for f in found} == {("class_missing", "train"), ("class_missing", "eval"),
                                                   ("blank_images", "train"), ("blank_images", "eval")}
     lines = [f.line() for f in found]
-    assert ("class_missing [train] class 7 (0 of 683 rows): 0 ±0.0056, min 0; override: edit label_domain in "
+    assert ("class_missing [train] class 7 (0 of 683 rows): 0 ±0.0056, min 0.02; override: edit label_domain in "
             "schema.json") in lines
     blank = next(f for f in found if f.kind == "blank_images" and f.split == "train")
     assert 0.35 < blank.value < 0.45 and blank.threshold == 0.01
@@ -134,7 +134,7 @@ def test_histograms_over_other_ranges_are_not_compared(digits):
     found = dc.drift_findings(version(yb, xb, 255), a_stats, "A", T)
     assert found[1].anomaly and found[1].line() == (
         "feature_drift [train] all pixels: histogram range 0..255 vs 0..16 (convert both with the same pixel_max): "
-        "255 ±0, max 16 vs A; override: DAG param max_feature_drift")
+        "255 ±0, max 16 vs A; override: set the DAG param max_feature_drift")
 
 
 def test_an_eval_split_from_another_distribution_is_eval_skew(digits):
@@ -152,7 +152,7 @@ def test_serving_collapse():
     found = dc.serving_collapse_finding(0.97, 360, 0.60, 180, "model v1", T)
     assert found.anomaly and found.line() == (
         "serving_collapse [eval] accuracy 0.6000 on 180 rows (own eval 0.9700 on 360): 0.37 ±0.087, max 0.05 vs "
-        "model v1; override: DAG param max_serving_drop")
+        "model v1; override: set the DAG param max_serving_drop")
     assert not dc.serving_collapse_finding(0.97, 360, 0.93, 180, "model v1", T).anomaly
 
 
@@ -163,9 +163,9 @@ def test_decide_and_record():
     with pytest.raises(runner.JobError) as e:
         dc.decide(bad, "fail", "train", report="/r/data-checks/v/train.html")
     msg = str(e.value)
-    assert msg.startswith("train: data check failed: " + bad[0].line())
-    assert "1 more anomaly (blank_images); report: /r/data-checks/v/train.html; to go on, set data_checks=warn, " \
-           "or DAG param max_serving_drop" in msg
+    assert msg == ("data check failed: " + bad[0].line() + "; 1 more anomaly (blank_images); report: "
+                   "/r/data-checks/v/train.html; to go on anyway, set data_checks=warn, or set the DAG param "
+                   "max_serving_drop")
     assert dc.decide(bad, "warn", "train") == [f"data check: {bad[0].line()}", f"data check: {bad[1].line()}"]
     assert dc.decide(bad, "off", "train") == []
     assert dc.decide(bad[2:], "fail", "train") == []
@@ -207,4 +207,4 @@ def test_thresholds_override_the_schema(digits):
     t = dataclasses.replace(T, min_class_fraction=0.2)
     found = anomalies(dc.schema_findings(version(yb, xb, 16), schema, t))
     assert found and {f.kind for f in found} == {"class_below_min_fraction"} and found[0].line().endswith(
-        ", min 0.2; override: DAG param min_class_fraction")
+        ", min 0.2; override: set the DAG param min_class_fraction")
