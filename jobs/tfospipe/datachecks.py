@@ -37,6 +37,9 @@ surer than the sample allows (the project's rule for gates and drift checks):
   with the one-sided 99% normal bound of the difference of two proportions as uncertainty; an anomaly
   when ``drop - uncertainty`` is above ``max_serving_drop``.
 
+``duplicate_rows`` and ``train_eval_overlap`` (:func:`info_findings`) are information for the record
+and the report, never anomalies.
+
 Per-feature mean shifts are not gated: at 16 bins JS sees any change of shape that moves mass between
 bins; a shift inside one bin (digits' 0-16 converted with ``pixel_max=255`` fall in bins 0 and 1 only)
 is invisible to it, and the ``mean``/``std`` of ``_stats.json`` are left for the report.
@@ -85,6 +88,8 @@ MODES = ("fail", "warn", "off")
 #: The anomaly kinds users see (the first word of a finding's line).
 KINDS = ("class_missing", "class_below_min_fraction", "single_class", "image_shape", "value_out_of_range",
          "blank_images", "label_drift", "feature_drift", "eval_skew", "score_skew", "serving_collapse")
+#: Informational kinds (:func:`info_findings`): reported in the record and the report, never anomalies.
+INFO_KINDS = ("duplicate_rows", "train_eval_overlap")
 #: Kinds whose threshold is a floor (the value must reach it); every other kind's is a ceiling.
 FLOOR_KINDS = ("class_below_min_fraction", "class_missing", "single_class")
 #: Family-wise false-alarm rate of the drift and skew tests (Bonferroni over classes or pixels).
@@ -135,6 +140,8 @@ class Finding:
 
     def override(self) -> str:
         """What changes the threshold: the schema field to edit or the DAG param to set."""
+        if self.kind in INFO_KINDS:
+            return "none (information only)"
         if self.param.startswith("schema."):
             return f"edit {self.param[len('schema.'):]} in schema.json"
         return f"set the DAG param {self.param}"
@@ -359,6 +366,24 @@ def schema_findings(stats: dict, schema: Schema, t: Thresholds, splits=("train",
         if n:
             out.append(Finding("blank_images", name, "all pixels zero", split["blank_rows"] / n, ceiling,
                                (high - low) / 2, "max_blank_fraction", None, low > ceiling))
+    return out
+
+
+def info_findings(stats: dict, splits=("train", "eval", "score")) -> list[Finding]:
+    """Information, never an anomaly (:data:`INFO_KINDS`): per split the fraction of ``duplicate_rows``
+    (a row equal, label and pixels, to an earlier one), and ``train_eval_overlap``: the fraction of eval
+    rows whose image is also in train (under any label). Uncertainty: the Wilson half-width; threshold 0."""
+    out = []
+    for name in (s for s in splits if s in stats["splits"] and stats["splits"][s]["rows"]):
+        n, k = stats["splits"][name]["rows"], stats["splits"][name]["duplicate_rows"]
+        low, high = wilson(k, n)
+        out.append(Finding("duplicate_rows", name, f"{k} of {n} rows", k / n, 0.0, (high - low) / 2, "none",
+                           None, False))
+    if "eval" in stats["splits"] and "train" in stats["splits"] and stats["splits"]["eval"]["rows"]:
+        n, k = stats["splits"]["eval"]["rows"], stats.get("train_eval_overlap", 0)
+        low, high = wilson(k, n)
+        out.append(Finding("train_eval_overlap", "eval", f"{k} of {n} eval images also in train", k / n, 0.0,
+                           (high - low) / 2, "none", "train split of the same version", False))
     return out
 
 

@@ -208,3 +208,24 @@ def test_thresholds_override_the_schema(digits):
     found = anomalies(dc.schema_findings(version(yb, xb, 16), schema, t))
     assert found and {f.kind for f in found} == {"class_below_min_fraction"} and found[0].line().endswith(
         ", min 0.2; override: set the DAG param min_class_fraction")
+
+
+def test_duplicates_and_overlap_are_information_only():
+    x = np.array([[0, 1, 2, 3]] * 3 + [[4, 5, 6, 7]])
+    stats = datastats.of_arrays({"train": (np.array([1, 1, 2, 3]), x), "eval": (np.array([5]), x[:1])}, (2, 2), 16)
+    found = dc.info_findings(stats)
+    assert [(f.kind, f.split, f.value, f.anomaly) for f in found] == [
+        ("duplicate_rows", "train", 0.25, False), ("duplicate_rows", "eval", 0.0, False),
+        ("train_eval_overlap", "eval", 1.0, False)]
+    assert found[0].line() == ("duplicate_rows [train] 1 of 4 rows: 0.25 ±0.33, max 0; override: none "
+                               "(information only)")
+    assert dc.decide(found, "fail", "convert") == []
+
+
+def test_a_schema_written_meanwhile_is_read_not_overwritten(digits, tmp_path):
+    a_stats, _b, _a, _bi = two_versions(digits, 10, 16)
+    path = str(tmp_path / "schema.json")
+    theirs = dataclasses.replace(dc.Schema.infer(a_stats), value_range=(0, 20))
+    open(path, "wb").write(theirs.dumps())
+    assert not dc._write_new(path, b"{}")
+    assert dc.load_or_infer_schema(path, a_stats) == (theirs, False)
