@@ -401,7 +401,7 @@ def label_distance(a: dict, b: dict) -> tuple[int, float, float]:
     pooled = (c1 + c2) / (n1 + n2)
     z = sstats.norm.ppf(1 - FALSE_ALARM / (2 * k))
     noise = z * np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    worst = int(np.argmax(diff - noise))
+    worst = int(np.argmax(np.where(pooled > 0, diff - noise, -np.inf)))  # a class in neither says nothing
     return worst, float(diff[worst]), float(noise[worst])
 
 
@@ -469,8 +469,8 @@ def _feature_finding(kind, split, stats, a, ref_stats, b, param, threshold, refe
 
 def _label_finding(kind, split, a, b, param, threshold, reference) -> Finding:
     c, d, noise = label_distance(a, b)
-    return Finding(kind, split, f"label distribution (class {c})", d, threshold, noise, param, reference,
-                   d - noise > threshold)
+    where = f"label distribution (class {c})" if c >= 0 else "label distribution (a split has no rows)"
+    return Finding(kind, split, where, d, threshold, noise, param, reference, d - noise > threshold)
 
 
 def drift_findings(stats: dict, reference: dict, reference_name: str, t: Thresholds,
