@@ -80,9 +80,7 @@ import json
 import math
 
 import numpy as np
-from scipy import stats as sstats
-
-from . import fs, runner, schema as tfschema
+from . import fs, jobargs, runner, schema as tfschema
 
 MODES = ("fail", "warn", "off")
 #: The anomaly kinds users see (the first word of a finding's line).
@@ -105,17 +103,28 @@ DEFAULT_MAX_BLANK_FRACTION = 0.01
 SCHEMA_FORMAT = 1
 
 
+def _default(name: str) -> float | None:
+    """The default of the DAG param ``name`` (jobargs.DataCheckParams: the one place of the defaults)."""
+    return next(f.default for f in dataclasses.fields(jobargs.DataCheckParams) if f.name == name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """The checks' thresholds; each one is a DAG param of the same name. Fractions and JS in bits
-    are compared with the measured value minus its noise bound (see the module docstring)."""
-    min_class_fraction: float | None = None  # None: the schema's value
-    max_blank_fraction: float | None = None  # None: the schema's value
-    max_label_drift: float = 0.03    # L-infinity of label fractions, beyond sampling noise
-    max_feature_drift: float = 0.02  # JS divergence (bits) of a pixel's histogram, beyond noise
-    max_eval_skew: float = 0.03      # eval vs train of one version: labels (L-inf) and pixels (JS bits)
-    max_score_skew: float = 0.02     # score rows vs the serving model's training split: pixels (JS bits)
-    max_serving_drop: float = 0.05   # accuracy drop (fraction), beyond its uncertainty
+    """The checks' thresholds; each one is a DAG param of the same name, whose default it has
+    (jobargs.DataCheckParams). Fractions and JS in bits are compared with the measured value minus its
+    noise bound (see the module docstring)."""
+    min_class_fraction: float | None = _default("min_class_fraction")  # None: the schema's value
+    max_blank_fraction: float | None = _default("max_blank_fraction")  # None: the schema's value
+    max_label_drift: float = _default("max_label_drift")    # L-infinity of label fractions, beyond noise
+    max_feature_drift: float = _default("max_feature_drift")  # JS divergence (bits) of a pixel's histogram
+    max_eval_skew: float = _default("max_eval_skew")      # eval vs train: labels (L-inf) and pixels (JS bits)
+    max_score_skew: float = _default("max_score_skew")     # score rows vs the model's training split (JS bits)
+    max_serving_drop: float = _default("max_serving_drop")   # accuracy drop (fraction), beyond its uncertainty
+
+    @classmethod
+    def of(cls, params: jobargs.DataCheckParams) -> Thresholds:
+        """The thresholds a job's params set (``jobargs.DataCheckParams``)."""
+        return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +408,7 @@ def label_distance(a: dict, b: dict) -> tuple[int, float, float]:
     c2 = np.array([b["label_counts"].get(str(c), 0) for c in range(k)], float)
     diff = np.abs(c1 / n1 - c2 / n2)
     pooled = (c1 + c2) / (n1 + n2)
+    from scipy import stats as sstats  # here: the executors import this module's importers, never these checks
     z = sstats.norm.ppf(1 - FALSE_ALARM / (2 * k))
     noise = z * np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     worst = int(np.argmax(np.where(pooled > 0, diff - noise, -np.inf)))  # a class in neither says nothing
@@ -422,6 +432,7 @@ def js_noise(h1: np.ndarray, h2: np.ndarray, n1: int, n2: int) -> np.ndarray:
     f = h1.shape[0]
     df = ((h1 + h2) > 0).sum(axis=1) - 1
     n_h = n1 * n2 / (n1 + n2)
+    from scipy import stats as sstats
     q = np.where(df > 0, sstats.chi2.ppf(1 - FALSE_ALARM / f, np.maximum(df, 1)), 0.0)
     return q / (8 * n_h * math.log(2))
 
@@ -517,6 +528,7 @@ def serving_collapse_finding(own_accuracy: float, own_rows: int, new_accuracy: f
     """The serving model's accuracy on its own eval split (``own_rows`` rows) minus on the new version's
     eval split; uncertainty: the one-sided ``1 - FALSE_ALARM`` normal bound of the difference of two
     proportions; an anomaly when ``drop - uncertainty > max_serving_drop``."""
+    from scipy import stats as sstats
     z = sstats.norm.ppf(1 - FALSE_ALARM)
     var = (own_accuracy * (1 - own_accuracy) / max(own_rows, 1)
            + new_accuracy * (1 - new_accuracy) / max(new_rows, 1))
@@ -527,7 +539,7 @@ def serving_collapse_finding(own_accuracy: float, own_rows: int, new_accuracy: f
 
 
 def decide(findings: list[Finding], mode: str, task: str, report: str | None = None) -> list[str]:
-    """Act on the anomalies by ``mode``. ``fail``: raise :class:`runner.JobError` with one message (the
+    """Act on the anomalies by ``mode``. ``fail``: raise :class:`runner.DataRefused` (a JobError: exit status 3, no retry) with one message (the
     first anomaly's line, how many more and their kinds, the report, the overrides); ``warn``: return one
     line per anomaly to log as warnings; ``off``: []. No anomaly: [] whatever the mode. ValueError on an
     unknown mode. ``task`` is not repeated in the message: the runner prefixes ``ERROR [<task>]`` and
@@ -544,7 +556,7 @@ def decide(findings: list[Finding], mode: str, task: str, report: str | None = N
         kinds = sorted({f.kind for f in bad[1:]})
         more = f"; {len(bad) - 1} more anomal{'y' if len(bad) == 2 else 'ies'} ({', '.join(kinds)})"
     where = f"; report: {report}" if report else ""
-    raise runner.JobError(f"data check failed: {bad[0].line()}{more}{where}; to go on anyway, set "
+    raise runner.DataRefused(f"data check failed: {bad[0].line()}{more}{where}; to go on anyway, set "
                           f"data_checks=warn, or {bad[0].override()}")
 
 

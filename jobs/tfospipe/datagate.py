@@ -33,11 +33,7 @@ from .runner import JobError
 
 def thresholds(params: DataCheckParams) -> datachecks.Thresholds:
     """The checks' thresholds from a job's params (``jobargs.DataCheckParams``: one DAG param each)."""
-    return datachecks.Thresholds(
-        min_class_fraction=params.min_class_fraction, max_blank_fraction=params.max_blank_fraction,
-        max_label_drift=params.max_label_drift, max_feature_drift=params.max_feature_drift,
-        max_eval_skew=params.max_eval_skew, max_score_skew=params.max_score_skew,
-        max_serving_drop=params.max_serving_drop)
+    return datachecks.Thresholds.of(params)
 
 
 def load_stats(layout: paths.Layout, version: str) -> dict | None:

@@ -89,10 +89,10 @@ def feature_drift_scores(stats: dict, reference: dict, split: str, ref_split: st
     if list(stats["bin_edges"]) != list(reference["bin_edges"]):
         raise ValueError(f"histogram bins differ: value_max {stats['value_max']} in {stats['num_bins']} bins vs "
                          f"reference value_max {reference['value_max']} in {reference['num_bins']} bins")
+    from .datachecks import js_bits  # the checks' own measure, so the map shows what they compared
     p = _histograms(_split_of(stats, split, "version"), split)
     q = _histograms(_split_of(reference, ref_split, "reference"), ref_split)
-    m = (p + q) / 2
-    return (0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(q, m)).tolist()
+    return js_bits(p, q).tolist()
 
 
 def write(path: str, html_text: str) -> None:
@@ -118,12 +118,6 @@ def _histograms(split_stats, name):
         raise ValueError(f"split {name!r} is empty")
     h = np.asarray(split_stats["features"]["histogram"], np.float64)
     return h / np.maximum(h.sum(axis=1, keepdims=True), 1.0)
-
-
-def _kl_bits(p, m):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log2(p / np.where(m > 0, m, 1.0)), 0.0)
-    return terms.sum(axis=1)
 
 
 def _feature(split_stats, key, shape):

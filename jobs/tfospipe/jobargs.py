@@ -336,19 +336,19 @@ class DataCheckParams:
         NULL, "largest fraction of all-zero images in a split (its 95% lower bound); empty = the schema's",
         optional(number(0, 1)))
     max_label_drift: float = param(
-        0.1, "largest change of a class's fraction (L-infinity distance of the label distributions) from the "
+        0.03, "largest change of a class's fraction (L-infinity distance of the label distributions) from the "
         "serving model's training data and from the previous version, beyond sampling noise", number(0, 1))
     max_feature_drift: float = param(
-        0.1, "largest Jensen-Shannon divergence (bits, 0-1) of a pixel's histogram from the serving model's "
+        0.02, "largest Jensen-Shannon divergence (bits, 0-1) of a pixel's histogram from the serving model's "
         "training data and from the previous version, beyond sampling noise", number(0, 1))
     max_eval_skew: float = param(
-        0.1, "largest Jensen-Shannon divergence (bits) of a pixel's histogram, or L-infinity distance of the "
+        0.03, "largest Jensen-Shannon divergence (bits) of a pixel's histogram, or L-infinity distance of the "
         "labels, between a version's eval and train splits, beyond sampling noise", number(0, 1))
     max_score_skew: float = param(
-        0.1, "largest Jensen-Shannon divergence (bits) of a pixel's histogram between the score rows and the "
+        0.02, "largest Jensen-Shannon divergence (bits) of a pixel's histogram between the score rows and the "
         "serving model's training data, beyond sampling noise", number(0, 1))
     max_serving_drop: float = param(
-        0.1, "largest drop of the serving model's accuracy from its own eval split to the new version's, "
+        0.05, "largest drop of the serving model's accuracy from its own eval split to the new version's, "
         "beyond sampling noise, before the data counts as changed (drift) rather than the candidate as better",
         number(0, 1))
 
