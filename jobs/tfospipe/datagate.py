@@ -88,6 +88,7 @@ def _finish(layout, version, task, mode, findings, references, stats, reference,
     """Write the record and the report, then apply the decision (datachecks.decide): JobError under
     ``fail`` when a finding is an anomaly, WARNING lines under ``warn``. Returns the record."""
     from . import datareport
+    fs.makedirs(layout.data_checks_dir(version))
     report_path = layout.data_report(version, task)
     html = datareport.render(version, stats, reference, reference_name, [f.as_dict() for f in findings], task,
                              split=split, ref_split=ref_split)

@@ -150,13 +150,17 @@ class Layout:
         """``{root}/schema/schema.json``: the data's schema, the same for every version of the root."""
         return join(self.root, "schema", "schema.json")
 
+    def data_checks_dir(self, version: str) -> str:
+        """``{root}/data-checks/{version}``: the records and reports of the data checks on a version."""
+        return join(self.root, "data-checks", check_segment(version))
+
     def data_checks(self, version: str, task: str) -> str:
         """``{root}/data-checks/{version}/{task}.json``: the data checks ``task`` ran on the version."""
-        return join(self.root, "data-checks", check_segment(version), check_segment(task, "task") + ".json")
+        return join(self.data_checks_dir(version), check_segment(task, "task") + ".json")
 
     def data_report(self, version: str, task: str) -> str:
         """``{root}/data-checks/{version}/{task}.html``: the data report of those checks."""
-        return join(self.root, "data-checks", check_segment(version), check_segment(task, "task") + ".html")
+        return join(self.data_checks_dir(version), check_segment(task, "task") + ".html")
 
     def quarantine(self, version: str) -> str:
         """``{root}/quarantine/{version}``: the rows the conversion could not convert."""
