@@ -32,6 +32,10 @@ BACKFILL = [str(TODAY - datetime.timedelta(days=d)) for d in (3, 2)]
 ROWS = {BACKFILL[0]: 1500, BACKFILL[1]: 1600, SCHEDULED: 1797, str(TODAY): 1797}
 #: Backfill runs train briefly and are judged on a low floor: this test is about the backfill.
 BACKFILL_CONF = {"epochs": 2, "min_accuracy": 0.5, "max_regression": 1.0}
+#: The first backfilled version also holds a score batch from another producer: the same digits on
+#: 0..255 instead of 0..16. Its infer task must refuse to score them (score skew), without a retry.
+SKEWED = BACKFILL[0]
+SKEWED_SCORE_ROWS = 120
 JOBS = ("convert", "train", "validate", "infer")
 
 
@@ -69,11 +73,23 @@ def snapshot(root, versions):
     return out
 
 
+def write_skewed_score_batch(layout):
+    """``raw/SKEWED/score/other-producer.csv``: digits scaled x16 (clipped at 255), no label, no header."""
+    from sklearn.datasets import load_digits
+    pixels = np.minimum(load_digits().data[:SKEWED_SCORE_ROWS].astype(int) * 16, 255)
+    score_dir = os.path.join(layout.raw(SKEWED), "score")
+    os.makedirs(score_dir, exist_ok=True)
+    with open(os.path.join(score_dir, "other-producer.csv"), "w") as f:
+        f.writelines(",".join(map(str, row)) + "\n" for row in pixels)
+
+
 @pytest.fixture(scope="module")
 def layout(stack):
     for version, rows in ROWS.items():
         stack.sh(f'python scripts/make_sample_data.py --root "{stack.root}" --limit {rows} {version}')
-    return paths.Layout(stack.root)
+    layout = paths.Layout(stack.root)
+    write_skewed_score_batch(layout)
+    return layout
 
 
 @pytest.fixture(scope="module")
@@ -267,17 +283,28 @@ def test_a_degraded_model_is_rejected_against_the_serving_model(scheduled, layou
 
 def test_a_backfill_processes_each_dataset_version_independently(stack, backfill, layout):
     assert sorted(r["logical_date"][:10] for r in backfill) == BACKFILL
-    assert all(r["state"] == "success" and r["conf"] == BACKFILL_CONF for r in backfill), backfill
+    assert all(r["conf"] == BACKFILL_CONF for r in backfill), backfill
     for run in backfill:
         version = run["logical_date"][:10]
+        tis = stack.task_instances(run["dag_run_id"])
+        # the skewed score batch stops its run at infer, and only there (see the next test)
+        assert run["state"] == ("failed" if version == SKEWED else "success"), tis
+        assert [tis[t]["state"] for t in JOBS[:3]] == ["success"] * 3, tis
         manifest = load(os.path.join(layout.tfrecords(version), "_manifest.json"))
-        assert manifest["rows_read"] == ROWS[version] and manifest["rows_quarantined"] == 0
+        score_rows = SKEWED_SCORE_ROWS if version == SKEWED else 0
+        assert manifest["rows_read"] == ROWS[version] + score_rows and manifest["rows_quarantined"] == 0
         assert os.listdir(os.path.join(layout.root, "models", version)) == [run_slug(run)]
         trained = load(os.path.join(layout.model_run(version, run_slug(run)), "_manifest.json"))
         assert trained["params"]["epochs"] == 2 and trained["dataset_version"] == version
-        table = pq.read_table(layout.predictions(version)).to_pandas()
-        assert set(table["dataset_version"]) == {version}
-        assert len(table) == manifest["splits"]["eval"]
+        # train checked the version before training: against the serving model's training data (the
+        # scheduled day) and the previous version by data date, and found nothing
+        checks = load(layout.data_checks(version, "train"))
+        assert checks["decision"] == "pass" and trained["data_checks"]["decision"] == "pass", checks
+        assert checks["references"]["serving"]["dataset_version"] == SCHEDULED
+        if version != SKEWED:
+            table = pq.read_table(layout.predictions(version)).to_pandas()
+            assert set(table["dataset_version"]) == {version}
+            assert len(table) == manifest["splits"]["eval"]
         # the default promotion policy holds a model of an older day back: the scheduled (newer) one serves
         report = load(os.path.join(layout.validation(version, run_slug(run)), "metrics.json"))
         assert report["passed"] and report["promotion"]["policy"] == "if_not_older", report["promotion"]
@@ -285,6 +312,27 @@ def test_a_backfill_processes_each_dataset_version_independently(stack, backfill
     promoted = os.listdir(os.path.join(layout.serving(), "models"))
     assert promoted and all(mv.startswith(SCHEDULED) for mv in promoted), promoted
     assert load(layout.serving_pointer())["model_version"].startswith(SCHEDULED)
+
+
+def test_a_skewed_score_batch_is_not_scored_and_not_retried(stack, backfill, layout):
+    """The score rows of the first backfilled version come from another producer (pixels 0..255, the
+    serving model learned 0..16): infer fails with one ERROR line naming the skew, publishes nothing,
+    leaves the data report, and Airflow does not retry it (the same data would fail the same way)."""
+    (run,) = [r for r in backfill if r["logical_date"].startswith(SKEWED)]
+    ti = stack.task_instances(run["dag_run_id"])["infer"]
+    assert ti["state"] == "failed" and ti["try_number"] == 1, ti
+    log = task_log(stack, run, "infer")
+    errors = [line for line in log.splitlines() if "ERROR [infer] " in line]
+    assert errors and "data check failed: score_skew [score] pixel (" in errors[0], log[-3000:]
+    assert "set the DAG param max_score_skew" in errors[0] and "data_checks=warn" in errors[0], errors[0]
+    assert "not retried" in log
+    assert not os.path.exists(layout.predictions(SKEWED))  # nothing published for skewed rows
+    record = load(layout.data_checks(SKEWED, "infer"))
+    assert record["decision"] == "fail" and record["references"]["dataset_version"] == SCHEDULED
+    worst = max((f for f in record["findings"] if f["kind"] == "score_skew"), key=lambda f: f["value"])
+    assert worst["anomaly"] and worst["value"] - worst["uncertainty"] > worst["threshold"], worst
+    with open(layout.data_report(SKEWED, "infer")) as f:
+        assert "score_skew" in f.read()
 
 
 # -- a manual run from the browser: params form, validation, re-processing one version ----------
