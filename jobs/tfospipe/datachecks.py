@@ -539,7 +539,8 @@ def serving_collapse_finding(own_accuracy: float, own_rows: int, new_accuracy: f
 
 
 def decide(findings: list[Finding], mode: str, task: str, report: str | None = None) -> list[str]:
-    """Act on the anomalies by ``mode``. ``fail``: raise :class:`runner.DataRefused` (a JobError: exit status 3, no retry) with one message (the
+    """Act on the anomalies by ``mode``. ``fail``: raise :class:`runner.DataRefused` (a JobError: exit
+    status 3, no retry) with one message (the
     first anomaly's line, how many more and their kinds, the report, the overrides); ``warn``: return one
     line per anomaly to log as warnings; ``off``: []. No anomaly: [] whatever the mode. ValueError on an
     unknown mode. ``task`` is not repeated in the message: the runner prefixes ``ERROR [<task>]`` and
@@ -556,8 +557,9 @@ def decide(findings: list[Finding], mode: str, task: str, report: str | None = N
         kinds = sorted({f.kind for f in bad[1:]})
         more = f"; {len(bad) - 1} more anomal{'y' if len(bad) == 2 else 'ies'} ({', '.join(kinds)})"
     where = f"; report: {report}" if report else ""
+    # the first anomaly's line names what overrides its threshold; data_checks=warn overrides them all
     raise runner.DataRefused(f"data check failed: {bad[0].line()}{more}{where}; to go on anyway, set "
-                          f"data_checks=warn, or {bad[0].override()}")
+                             "data_checks=warn")
 
 
 def record(findings: list[Finding], mode: str, task: str, references: dict,

@@ -69,15 +69,14 @@ def serving_training_version(layout: paths.Layout, model_version: str | None = N
 def previous_version(layout: paths.Layout, version: str) -> str | None:
     """The newest converted version with statistics whose data date (its name, ``YYYY-MM-DD``) is before
     ``version``'s; None when ``version`` is no date or none is older."""
-    from .validate import version_date
-    date = version_date(version)
+    date = paths.version_date(version)
     if date is None:
         return None
     base = paths.join(layout.root, "tfrecords")
     if not fs.exists(base):
         return None
     older = sorted(v for v in (e.rstrip("/") for e in fs.listdir(base))
-                   if version_date(v) is not None and v < date)
+                   if paths.version_date(v) is not None and v < date)
     for candidate in reversed(older):
         if fs.exists(layout.stats(candidate)) and fs.is_committed(layout.tfrecords(candidate)):
             return candidate

@@ -215,6 +215,18 @@ class Layout:
         return join(self.root, "predictions", check_segment(version))
 
 
+def version_date(version: str | None) -> str | None:
+    """``version`` itself when it is a calendar date ``YYYY-MM-DD``, else None (``mnist-v2``): the data
+    date a dataset version stands for (validate's promotion policy, the data checks' previous version)."""
+    import datetime
+    if isinstance(version, str) and len(version) == 10:
+        try:
+            return datetime.date.fromisoformat(version).isoformat()
+        except ValueError:
+            return None
+    return None
+
+
 def model_version(version: str, run: str, digest: str) -> str:
     """Name under which a validated model is promoted: ``{version}__{run}__{digest[:12]}``.
 

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving
+from .paths import version_date
 from .jobargs import ValidateParams
 from .runner import JobError, executor_python, executors, git_revision, requested_executors
 
@@ -69,16 +70,6 @@ def evaluate_partition(models: dict[str, str],
                     metrics.update(accs[name], labels, probabilities)
         yield accs, {sys.executable}
     return run
-
-
-def version_date(version: str | None) -> str | None:
-    """``version`` itself when it is a calendar date ``YYYY-MM-DD``, else None (``mnist-v2``)."""
-    if isinstance(version, str) and len(version) == 10:
-        try:
-            return datetime.date.fromisoformat(version).isoformat()
-        except ValueError:
-            return None
-    return None
 
 
 def data_date(version: str, given: str = "") -> str:

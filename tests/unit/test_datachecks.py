@@ -164,8 +164,8 @@ def test_decide_and_record():
         dc.decide(bad, "fail", "train", report="/r/data-checks/v/train.html")
     msg = str(e.value)
     assert msg == ("data check failed: " + bad[0].line() + "; 1 more anomaly (blank_images); report: "
-                   "/r/data-checks/v/train.html; to go on anyway, set data_checks=warn, or set the DAG param "
-                   "max_serving_drop")
+                   "/r/data-checks/v/train.html; to go on anyway, set data_checks=warn")
+    assert "override: set the DAG param max_serving_drop" in msg  # the first anomaly's own override
     assert dc.decide(bad, "warn", "train") == [f"data check: {bad[0].line()}", f"data check: {bad[1].line()}"]
     assert dc.decide(bad, "off", "train") == []
     assert dc.decide(bad[2:], "fail", "train") == []
