@@ -134,3 +134,30 @@ def test_an_empty_split_has_null_figures():
     stats = datastats.of_arrays({"eval": (np.zeros(0, np.int64), np.zeros((0, 4), np.uint16))}, (2, 2), 255)
     ev = stats["splits"]["eval"]
     assert ev["rows"] == 0 and ev["features"]["min"] == [None] * 4 and ev["features"]["histogram"] == [[0] * 16] * 4
+
+
+def test_convert_ranges_give_the_statistics_of_their_rows(tmp_path):
+    """convert_range on three byte ranges of a digits CSV, merged as the driver merges them: the same
+    ``_stats.json`` as the rows fed whole, split by csvparse.splits_of (convert's split is unchanged)."""
+    from tfospipe import convert, fs, inputs, jobargs, paths
+
+    labels, pixels = digits()
+    path = tmp_path / "d.csv"
+    path.write_text("label," + ",".join(f"p{i}" for i in range(64)) + "\n" + "".join(
+        f"{t}," + ",".join(map(str, row)) + "\n" for t, row in zip(labels, pixels)))
+    params = jobargs.ConvertParams(data_root=str(tmp_path), version="v", pixel_max=16)
+    dialect = csvparse.sniff(*inputs.read_head("d.csv", str(path))[:1], "d.csv")
+    stage = tmp_path / "stage"
+    for split in ("train", "eval", paths.LINEAGE_DIR):
+        fs.makedirs(str(stage / split))
+    spans = inputs.range_spans([inputs.range_lines(str(path), p, 3) for p in range(3)], path.stat().st_size)
+    results = [convert.convert_range(convert.RangeTask(i, "d.csv", str(path), start, end, first, "labeled",
+                                                       ("train", "eval"), dialect), str(stage), str(tmp_path / "q"),
+                                     64, params) for i, (start, end, first) in enumerate(spans)]
+    merged = {s: datastats.merge([r["stats"][s] for r in results]) for s in ("train", "eval")}
+    got = datastats.version_stats((8, 8), 16, merged)
+    split = csvparse.splits_of(labels, pixels, params.eval_fraction)
+    want = datastats.of_arrays({s: (labels[split == s], pixels[split == s]) for s in ("train", "eval")}, (8, 8), 16)
+    assert datastats.dumps(got) == datastats.dumps(want)
+    assert {s: sum(r["counts"][s] for r in results) for s in ("train", "eval")} == \
+        {s: got["splits"][s]["rows"] for s in ("train", "eval")}
