@@ -11,7 +11,10 @@ header) is sniffed from its head (csvparse.sniff) and recorded in the manifest.
 Output: ``{root}/tfrecords/{version}/`` (see paths.py), committed atomically with a manifest;
 bad rows go to ``{root}/quarantine/{version}/`` with file, line, reason and the raw line. Beside the
 shards, ``_lineage/`` indexes every written row: ``row_id`` -> source file (relative to
-``raw/{version}/``), line and split (lineage.LineageWriter), committed in the same rename.
+``raw/{version}/``), line and split (lineage.LineageWriter), committed in the same rename, and so is
+``_stats.json``: each split's statistics (datastats: rows, labels, blank and duplicate rows, per-pixel
+min, max, mean, std, zeros and histogram; train/eval image overlap), counted in the convert pass from
+the rows as they are written, merged on the driver (``--statistics off``: not computed, not written).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import csvparse, fs, inputs, paths, schema
+from . import csvparse, datastats, fs, inputs, paths, schema
 from .inputs import Input, list_inputs, read_head
 from .jobargs import ConvertParams
 from .lineage import LineageWriter, lineage_name
@@ -154,9 +157,10 @@ def plan_ranges(files: list[Input], sizes: dict[str, int], num_shards: int) -> l
 class _RangeWriter:
     """Executor side: what one range writes (its shard of each split and its part of the lineage
     index) and what it counted: ``counts`` (rows per split), ``label_counts``, ``pixel_max`` (the
-    largest pixel value written)."""
+    largest pixel value written), ``stats`` (split -> datastats.SplitStats of its written rows; empty
+    with ``--statistics off``)."""
 
-    def __init__(self, task: RangeTask, stage_dir: str, params: ConvertParams):
+    def __init__(self, task: RangeTask, stage_dir: str, num_pixels: int, params: ConvertParams):
         self.task, self.params = task, params
         self.counts = {split: 0 for split in task.splits}
         self.label_counts, self.pixel_max = Counter(), 0
@@ -164,14 +168,21 @@ class _RangeWriter:
             task.shard, params.compression))), params.compression) for split in task.splits}
         self.lineage = LineageWriter(paths.join(stage_dir, paths.LINEAGE_DIR, lineage_name(task.group, task.shard)),
                                      task.name)
+        self.stats = ({split: datastats.SplitStats(num_pixels, params.pixel_max, task.labeled) for split in task.splits}
+                      if params.statistics == "on" else {})
 
     def write(self, labels: np.ndarray, pixels: np.ndarray, lines: np.ndarray) -> None:
         """Write the good rows of one parsed block: ``labels`` int64 [n] (-1 when unlabeled), ``pixels``
-        int64 [n, H*W], ``lines`` int64 [n] (1-based line numbers), n > 0."""
+        uint16 or int64 [n, H*W], ``lines`` int64 [n] (1-based line numbers), n > 0. The rows' content keys
+        (csvparse.content_keys) are computed once: they split the labeled rows (csvparse.splits_of_keys,
+        the same split as csvparse.splits_of) and feed each split's statistics."""
         task = self.task
         row_ids = csvparse.row_ids(task.name, lines)
+        keys = image_keys = None
+        if task.labeled or self.stats:
+            keys, image_keys = csvparse.content_keys(labels, pixels)
         if task.labeled:
-            row_splits = csvparse.splits_of(labels, pixels, self.params.eval_fraction)
+            row_splits = csvparse.splits_of_keys(keys, self.params.eval_fraction)
             self.label_counts.update(labels.tolist())
         else:
             row_splits = np.full(len(labels), "score")
@@ -179,9 +190,12 @@ class _RangeWriter:
         self.pixel_max = max(self.pixel_max, int(pixels.max()) if pixels.size else 0)
         for split in task.splits:
             pick = np.flatnonzero(row_splits == split)
-            records = schema.encode_examples(pixels[pick], labels[pick] if task.labeled else None, row_ids[pick])
+            split_pixels, split_labels = pixels[pick], labels[pick] if task.labeled else None
+            records = schema.encode_examples(split_pixels, split_labels, row_ids[pick])
             self.writers[split].write(schema.tfrecord_frames(records))
             self.counts[split] += len(pick)
+            if self.stats:
+                self.stats[split].add(split_labels, split_pixels, keys[pick], image_keys[pick])
 
     def close(self) -> None:
         """Close every shard and the lineage part (a lineage part flushes its buffered rows)."""
@@ -209,14 +223,15 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
 
     Returns ``{"name", "fatal" (None or the message), "counts" (rows per split), "rows" (rows read:
     written + bad), "lineage_rows", "not_rows" (blank and header lines), "bad_kinds", "bad_samples"
-    (first 5), "label_counts", "pixel_max_observed", "span" (task start, end: epoch seconds), "python"
-    (the executor's interpreter)}``.
+    (first 5), "label_counts", "pixel_max_observed", "stats" (split -> datastats.SplitStats.partial of the
+    rows written to it; ``{}`` with ``--statistics off``), "span" (task start, end: epoch seconds),
+    "python" (the executor's interpreter)}``.
     """
     started = time.time()
     spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=params.pixel_max,
                          label_col=params.label_column if task.labeled else 0)
     bad, fatal, not_rows = [], None, Counter()
-    out = _RangeWriter(task, stage_dir, params)
+    out = _RangeWriter(task, stage_dir, num_pixels, params)
     eol = task.dialect.eol
     line_no, at_start = task.first_line, task.start == 0
     try:
@@ -246,6 +261,7 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
         "bad_samples": [f"{task.name}:{line}: {reason}" for line, _k, reason, _raw in bad[:5]],
         "label_counts": dict(out.label_counts),
         "pixel_max_observed": out.pixel_max,
+        "stats": {split: acc.partial() for split, acc in out.stats.items()},
         "span": (started, time.time()),
         "python": sys.executable,
     }
@@ -433,9 +449,30 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
     return entries
 
 
-def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds, task_spans):
+def _write_statistics(stage, params, image_shape, num_pixels, splits, stats):
+    """With ``--statistics on``: merge the tasks' partial statistics per split (datastats.merge), write
+    ``_stats.json`` (paths.STATS_FILE, datastats.version_stats) into the staging directory ``stage``, so
+    the commit publishes it with the shards, and return the manifest's short ``statistics`` entry
+    (file, per split rows, blank_rows, duplicate_rows; train_eval_overlap). ``{"state": "off"}`` when off."""
+    if params.statistics != "on":
+        return {"state": "off"}
+    merged = {}
+    for split in splits:
+        partials = [st["stats"][split] for st in stats if split in st["stats"]]
+        merged[split] = datastats.merge(partials or [
+            datastats.SplitStats(num_pixels, params.pixel_max, split != "score").partial()])
+    version_stats = datastats.version_stats(image_shape, params.pixel_max, merged)
+    fs.write_bytes(stage.file(paths.STATS_FILE), datastats.dumps(version_stats))
+    return {"state": "on", "file": paths.STATS_FILE, "format": version_stats["format"],
+            "splits": {split: {k: s[k] for k in ("rows", "blank_rows", "duplicate_rows")}
+                       for split, s in version_stats["splits"].items()},
+            "train_eval_overlap": version_stats["train_eval_overlap"]}
+
+
+def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds, task_spans,
+              statistics):
     """The conversion manifest (``_manifest.json`` of ``tfrecords/{version}/``); ``task_spans``: per pass,
-    each task's ``(start, end)`` in epoch seconds."""
+    each task's ``(start, end)`` in epoch seconds; ``statistics``: :func:`_write_statistics`'s summary."""
     return {
         "dataset_version": params.version,
         "image_shape": list(image_shape),
@@ -456,6 +493,8 @@ def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped,
         "lineage": {"dir": paths.LINEAGE_DIR, "rows": totals.lineage_rows, "columns": list(LineageWriter.COLUMNS),
                     "files": sorted(lineage_name(t.group, t.shard) for t in tasks)},
         "inputs": input_entries,
+        # the splits' statistics (datastats), committed with the shards; per-feature figures in the file
+        "statistics": statistics,
         "skipped_hidden": skipped,
         "compression": params.compression,
         "params": dataclasses.asdict(params),
@@ -510,7 +549,9 @@ def run(spark: SparkSession, params: ConvertParams, found: Found | None = None) 
     (:func:`plan_ranges`), pass 1 hashes every file and counts the lines of every range
     (inputs.file_digest, inputs.range_lines), pass 2 converts every range into
     a staging directory (:func:`convert_range`); then the totals are checked, the quarantine is
-    committed (also when too many rows are bad) and the TFRecords are committed with their manifest.
+    committed (also when too many rows are bad), the splits' statistics are merged and written as
+    ``_stats.json`` (unless ``--statistics off``) and the TFRecords are committed with them and their
+    manifest, in one rename.
 
     Returns the RESULT summary: ``output`` (``tfrecords/{version}/``), ``rows_read``, ``splits`` (rows
     per split), ``quarantined``, ``blank_lines``, ``header_lines``. Raises JobError, with nothing
@@ -550,7 +591,8 @@ def run(spark: SparkSession, params: ConvertParams, found: Found | None = None) 
                            "sample": totals.samples})
         _check_bad_rows(params, layout, totals, labeled + unlabeled)
         input_entries = _inputs(scans, dialects, unlabeled, empty, totals)
+        statistics = _write_statistics(stage, params, image_shape, num_pixels, all_splits, stats)
         stage.commit(_manifest(params, image_shape, totals, tasks, stats, input_entries, skipped, started, pass_seconds,
-                               {"scan": scan_spans, "convert": [st["span"] for st in stats]}))
+                               {"scan": scan_spans, "convert": [st["span"] for st in stats]}, statistics))
     return {"output": out, "rows_read": totals.read, "splits": totals.per_split, "quarantined": totals.bad,
             "blank_lines": totals.not_rows["blank_lines"], "header_lines": totals.not_rows["header_lines"]}

@@ -311,6 +311,10 @@ class ConvertParams(JobParams):
     compression: str = param(
         "none", "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
         one_of(*schema.COMPRESSIONS))
+    # Not a DAG param: a job setting (bench/convert_bench.py measures the job with and without it).
+    statistics: str = param(
+        "on", "on: compute the splits' statistics in the conversion pass and commit them as _stats.json beside "
+        "the shards (datastats); off: neither", one_of("on", "off"), dag=False)
 
 
 #: What a task does with an anomaly its data checks find (datachecks.decide): fail the task, log a

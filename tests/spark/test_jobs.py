@@ -9,7 +9,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 from conftest import run_job
-from tfospipe import csvparse, schema
+from tfospipe import csvparse, paths, schema
 
 pytestmark = pytest.mark.spark
 VERSION = "2026-11-01"
@@ -87,6 +87,25 @@ def test_conversion_accounts_for_every_row(converted, raw_root):
     assert {i["file"] for i in manifest["inputs"]} == {"a.csv", "b.csv.gz", "score/s.csv"}
 
 
+def test_statistics_are_committed_with_the_shards_and_agree_with_the_manifest(converted):
+    _result, manifest, out = converted
+    stats = json.load(open(out / paths.STATS_FILE))  # committed in the same rename as the shards
+    assert stats["format"] == 1 and stats["image_shape"] == [8, 8] and stats["value_max"] == manifest["pixel_max"] == 255
+    assert {s: v["rows"] for s, v in stats["splits"].items()} == manifest["splits"]
+    labels = {k: stats["splits"]["train"]["label_counts"][k] + stats["splits"]["eval"]["label_counts"][k]
+              for k in stats["splits"]["train"]["label_counts"]}
+    assert {k: v for k, v in labels.items() if v} == manifest["label_counts"]
+    assert stats["splits"]["score"]["label_counts"] == {}
+    for split, s in stats["splits"].items():
+        assert [sum(h) for h in s["features"]["histogram"]] == [s["rows"]] * 64, split
+        assert max(s["features"]["max"]) <= 16 and len(s["features"]["mean"]) == 64
+    summary = manifest["statistics"]
+    assert summary["state"] == "on" and summary["file"] == paths.STATS_FILE
+    assert summary["splits"] == {s: {k: v[k] for k in ("rows", "blank_rows", "duplicate_rows")}
+                                 for s, v in stats["splits"].items()}
+    assert summary["train_eval_overlap"] == stats["train_eval_overlap"] == 0  # identical rows share a split
+
+
 def test_quarantine_keeps_file_line_reason_and_raw_text(converted, raw_root):
     rows = [json.loads(line) for p in glob.glob(str(raw_root / "quarantine" / VERSION / "part-*.jsonl"))
             for line in open(p)]
@@ -119,10 +138,13 @@ def test_records_round_trip_to_the_csv_values(converted, raw_root):
 def test_rerun_is_deterministic_and_replaces_cleanly(converted, raw_root, build_dir, tmp_path):
     _result, manifest, out = converted
     before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
-    run = convert(raw_root, build_dir)
+    assert os.path.exists(out / paths.STATS_FILE)
+    run = convert(raw_root, build_dir, statistics="off")  # the same shards without the statistics
     assert run.returncode == 0, run.explain(4000)
     after = {p: open(p, "rb").read() for p in glob.glob(str(out / "*" / "*.tfrecord"))}
     assert before == after
+    assert not os.path.exists(out / paths.STATS_FILE)
+    assert json.load(open(out / "_manifest.json"))["statistics"] == {"state": "off"}
     assert sorted(os.listdir(out.parent)) == [VERSION]  # no staging or trash directories left
 
 
