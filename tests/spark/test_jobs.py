@@ -166,8 +166,10 @@ def test_missing_input_and_missing_executors_fail_fast_with_a_message(converted,
     assert str(raw_root / "raw" / "1999-01-01") in run.error()
     assert "Running Spark version" not in run.output  # refused by convert.prepare: no Spark application
 
+    # data_checks off: the rerun test above converted this version without statistics; this is about executors
     run = run_job("train", {"data_root": str(raw_root), "version": VERSION, "run_id": "preflight",
-                            "cluster_size": 3, "executor_wait": 5, "batch_size": 8}, build_dir, cluster_size=3)
+                            "cluster_size": 3, "executor_wait": 5, "batch_size": 8, "data_checks": "off"}, build_dir,
+                  cluster_size=3)
     assert run.returncode == 2
     assert "training needs cluster_size=3 executors" in run.error() and "got 2" in run.error()
 
