@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving
 from .paths import version_date
 from .jobargs import ValidateParams
-from .runner import JobError, executor_python, executors, git_revision, requested_executors
+from .runner import DataRefused, JobError, executor_python, executors, git_revision, requested_executors
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -358,10 +358,10 @@ def _collapsed(layout, params, cand, report, r, finding):
     report["promotion"].update(decision="rejected", rule=rule)
     _write_report(layout, cand.report_dir, report, r.results)
     serving.reject(layout, cand.mv, dict(_event(cand, r), rule=rule))
-    raise JobError(f"{finding.line()}. The serving model scores far lower on dataset version {cand.version} than on "
-                   f"its own data: the data changed (drift); model {cand.mv} is not promoted on this comparison. "
-                   f"Check the data (report: {cand.report_dir}/metrics.json), or rerun validate with "
-                   f"data_checks=warn or a higher {finding.param}")
+    raise DataRefused(f"data check failed: {finding.line()}. The serving model scores far lower on dataset "
+                      f"version {cand.version} than on its own data: the data changed (drift); model {cand.mv} is "
+                      f"not promoted on this comparison. Check the data (report: {cand.report_dir}/metrics.json), "
+                      "or rerun validate with data_checks=warn")
 
 
 def run(spark: SparkSession, params: ValidateParams) -> dict:
