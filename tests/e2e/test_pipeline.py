@@ -30,8 +30,9 @@ SCHEDULED = str(TODAY - datetime.timedelta(days=1))  # catchup is off: unpausing
 BACKFILL = [str(TODAY - datetime.timedelta(days=d)) for d in (3, 2)]
 #: Rows per version, different so each version's outputs are recognisably its own.
 ROWS = {BACKFILL[0]: 1500, BACKFILL[1]: 1600, SCHEDULED: 1797, str(TODAY): 1797}
-#: Backfill runs train briefly and are judged on a low floor: this test is about the backfill.
-BACKFILL_CONF = {"epochs": 2, "min_accuracy": 0.5, "max_regression": 1.0}
+#: Backfill runs train briefly (2 epochs, 18 steps) and are judged on a low floor: this test is about the
+#: backfill. Such a model's eval accuracy ranged 0.44-0.82 over runs (chance: 0.1), so the floor is 0.25.
+BACKFILL_CONF = {"epochs": 2, "min_accuracy": 0.25, "max_regression": 1.0}
 #: The first backfilled version also holds a score batch from another producer: the same digits on
 #: 0..255 instead of 0..16. Its infer task must refuse to score them (score skew), without a retry.
 SKEWED = BACKFILL[0]
