@@ -4,7 +4,11 @@ Input, under ``{root}/raw/{version}/``: CSV files with a label column then H*W p
 without a header; optional unlabeled ``score/`` files (pixels only). What is read (inputs.list_inputs):
 ``*.csv`` and ``*.tsv`` in any letter case, plain or compressed (``.gz``, ``.bz2``, ``.xz``), and
 directories of part files as Spark and Hadoop write them (``digits.csv/part-*.csv``), where names
-starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped as Hadoop does. Any other file fails
+starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped as Hadoop does. Files under a Hive-style
+folder ``label=K`` (Spark's ``partitionBy("label")``: ``digits.csv/label=3/part-*.csv``) hold the pixels
+only and every row takes label K from the folder, as Spark's partition discovery reads it; a ``label=``
+folder whose value is no label, and folders of other columns (``source=x/``), fail the run naming them
+(inputs.list_inputs), as does a file under ``label=K`` that holds a label column too. Any other file fails
 the run, naming it, and so does a file name that is not UTF-8 (it could not be stored as it is in the
 manifest and the lineage index). Each file's dialect (UTF-8 byte-order mark, delimiter, quoting, line terminator,
 header) is sniffed from its head (csvparse.sniff) and recorded in the manifest.
@@ -71,6 +75,12 @@ class RangeTask:
         """Whether the range's rows carry a label (the ``labeled`` group)."""
         return self.group == "labeled"
 
+    @property
+    def folder_label(self) -> int | None:
+        """The label of every row of a file under a ``label=K`` folder (inputs.partition_label), whose
+        lines hold pixels only; None for the other files (the label, if any, is a column)."""
+        return inputs.partition_label(self.name) if self.labeled else None
+
 
 def sniff_inputs(files: list[Input]) -> Dialects:
     """``{path: (Dialect, complete)}`` of every ``(name, path)`` (see :func:`read_head`, csvparse.sniff).
@@ -100,24 +110,74 @@ def no_rows_note(dialect: csvparse.Dialect, complete: bool) -> str | None:
     return "blank lines only" if dialect.blank_lines else "empty"
 
 
+def _fields_per_row(name: str, dialect: csvparse.Dialect) -> int:
+    """The fields a row of a file would have with its label as a column: the file's own (``dialect.columns``),
+    one more under a ``label=K`` folder, whose lines hold the pixels only."""
+    return dialect.columns + (inputs.partition_label(name) is not None)
+
+
+def _partition_conflict(name: str, why: str) -> JobError:
+    return JobError(f"{name} lies under a label=K folder, which gives every row of it its label, but {why}: its "
+                    "lines seem to hold the label too. Files under label=K folders must hold the pixels only (Spark's "
+                    "partitionBy('label') writes them so): write them again without the label column, or move the "
+                    "file out of the label folder to read its label from its column; nothing was written")
+
+
+def _check_partitioned(labeled: list[Input], dialects: Dialects, cols: int) -> None:
+    """JobError naming a file under a ``label=K`` folder whose lines hold a label column as well: a header
+    that names ``label``, or one field more than the pixels (``cols``: fields of a labeled row)."""
+    for name, path in labeled:
+        dialect = dialects[path][0]
+        if inputs.partition_label(name) is None:
+            continue
+        names = [f.strip().strip('"').strip().lower() for f in (dialect.header or "").split(dialect.delimiter)]
+        if inputs.PARTITION_KEY in names:
+            raise _partition_conflict(name, f"its header names a column {inputs.PARTITION_KEY!r}")
+        if dialect.columns == cols:
+            raise _partition_conflict(name, f"its lines have {cols} fields, one more than the {cols - 1} pixels "
+                                            "of the other files")
+
+
+def _check_extra_column(first: str, num_pixels: int, shape: tuple[int, int] | None) -> None:
+    """JobError when the most common field count comes from a file under a ``label=K`` folder and is one
+    more than an image's pixels (a square one, or ``shape``): its lines hold the label as well."""
+    if inputs.partition_label(first) is None:
+        return
+    pixels = num_pixels - 1
+    if shape:
+        fits = shape[0] * shape[1] == pixels
+    else:
+        fits = math.isqrt(pixels) ** 2 == pixels and math.isqrt(num_pixels) ** 2 != num_pixels
+    if fits:
+        raise _partition_conflict(first, f"its lines have {num_pixels} fields, the {pixels} pixels of "
+                                         f"{'the image' if shape else 'a square image'} and one more")
+
+
 def infer_spec(labeled: list[Input], dialects: Dialects, params: ConvertParams) -> tuple[tuple[int, int], int]:
-    """``((H, W), pixel count)`` from the data: the most common field count over the files' heads,
-    and the image shape from ``params.image_shape`` or the square root of the pixel count.
+    """``((H, W), pixel count)`` from the data: the most common field count over the files' heads (a file
+    under a ``label=K`` folder counted with its label, :func:`_fields_per_row`), and the image shape from
+    ``params.image_shape`` or the square root of the pixel count.
 
     ``params``: the parsed convert params (``label_column``, ``image_shape``). Raises JobError when no
-    file holds a data row, or the columns do not fit ``--label-column`` or the shape."""
+    file holds a data row, the columns do not fit ``--label-column`` or the shape, or a file under a
+    ``label=K`` folder holds a label column too."""
     counts = Counter()
-    for _name, path in labeled:
+    for name, path in labeled:
         dialect = dialects[path][0]
         if dialect.columns is not None:
-            counts[dialect.columns] += dialect.data_lines
+            counts[_fields_per_row(name, dialect)] += dialect.data_lines
     if not counts:
         raise JobError(f"no data rows in any labeled input file ({[n for n, _p in labeled]}): expected CSV lines "
                        "'label,pixel,pixel,...'")
     cols = counts.most_common(1)[0][0]
-    first = next(name for name, path in labeled if dialects[path][0].columns == cols)
+    _check_partitioned(labeled, dialects, cols)
+    first = next(name for name, path in labeled
+                 if dialects[path][0].columns is not None and _fields_per_row(name, dialects[path][0]) == cols)
     seen = f"{cols} fields per line (file {first}, delimiter {dialects[dict(labeled)[first]][0].delimiter!r})"
+    if inputs.partition_label(first) is not None:
+        seen = f"{cols - 1} pixel fields per line and the label from the folder (file {first})"
     num_pixels = cols - 1
+    _check_extra_column(first, num_pixels, params.image_shape)
     if not -cols <= params.label_column < cols:
         raise JobError(f"--label-column {params.label_column} is outside the {seen} "
                        f"(use 0..{cols - 1}, or -1 for the last column)")
@@ -228,8 +288,9 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
     "python" (the executor's interpreter)}``.
     """
     started = time.time()
-    spec = csvparse.Spec(num_pixels, labeled=task.labeled, pixel_max=params.pixel_max,
-                         label_col=params.label_column if task.labeled else 0)
+    folder_label = task.folder_label  # a label=K folder: pixels only in the lines, label K for every row
+    spec = csvparse.Spec(num_pixels, labeled=task.labeled and folder_label is None, pixel_max=params.pixel_max,
+                         label_col=params.label_column if task.labeled and folder_label is None else 0)
     bad, fatal, not_rows = [], None, Counter()
     out = _RangeWriter(task, stage_dir, num_pixels, params)
     eol = task.dialect.eol
@@ -240,7 +301,8 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
                                                                         not_rows):
                 bad += chunk_bad
                 if len(labels):
-                    out.write(labels, pixels, lines)
+                    out.write(labels if folder_label is None else np.full(len(labels), folder_label, np.int64),
+                              pixels, lines)
             line_no += chunk.count(eol)
             at_start = False
     except csvparse.InputError as e:
@@ -430,8 +492,9 @@ def _shards(tasks, stats, compression):
 
 def _inputs(scans, dialects, unlabeled, empty, totals):
     """The manifest's ``inputs``: one entry per file, by name (bytes, sha256, dialect, rows, lines that are
-    not rows). A file known to hold no rows was not converted: its sniffed blank and header lines are
-    counted here, into ``totals.not_rows`` too."""
+    not rows; ``partition``: ``{"label": K}`` for a file under a ``label=K`` folder). A file known to hold
+    no rows was not converted: its sniffed blank and header lines are counted here, into ``totals.not_rows``
+    too."""
     unlabeled_names = {n for n, _p in unlabeled}
     entries = []
     for s in sorted(scans, key=lambda s: s["name"]):
@@ -439,6 +502,8 @@ def _inputs(scans, dialects, unlabeled, empty, totals):
         entry = {"file": s["name"], "bytes": s["bytes"], "sha256": s["sha256"],
                  "labeled": s["name"] not in unlabeled_names, "dialect": dialect.describe(),
                  "rows": 0, "blank_lines": 0, "header_lines": 0}
+        if inputs.partition_label(s["name"]) is not None and s["name"] not in unlabeled_names:
+            entry["partition"] = {inputs.PARTITION_KEY: inputs.partition_label(s["name"])}  # the rows' label
         entry.update(totals.per_input.get(s["name"], {}))
         if empty[s["path"]]:  # not converted: its whole content was sniffed
             entry.update(no_rows=empty[s["path"]], blank_lines=dialect.blank_lines,

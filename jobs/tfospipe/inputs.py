@@ -4,7 +4,8 @@ reading them as streams of whole lines.
 What is read (:func:`list_inputs`): ``*.csv`` and ``*.tsv`` in any letter case, plain or compressed
 (``.gz``, ``.bz2``, ``.xz``: Python's standard library streams), and directories of part files as
 Spark and Hadoop write them, where names starting with ``_`` or ``.`` are skipped as Hadoop does.
-Every read streams in :data:`READ_BYTES` pieces through the storage layer (fs), so memory does not
+Hive-style partition folders ``label=K`` (Spark's ``partitionBy("label")``) give their files' rows the
+label K, as Spark's partition discovery does; folders of any other column are refused. Every read streams in :data:`READ_BYTES` pieces through the storage layer (fs), so memory does not
 grow with a file's size. Used by the convert job (both passes) and by ``scripts/lineage.py``.
 """
 
@@ -17,7 +18,7 @@ import time
 import zlib
 from typing import BinaryIO, Iterator
 
-from . import csvparse, fs, paths
+from . import csvparse, fs, paths, schema
 
 #: Lines sniffed from the head of each file, and the head's usual size limit (bytes): it reads on
 #: past it only to complete a few whole lines (an image of 600x600 pixels is a 1.4 MB line).
@@ -117,15 +118,59 @@ def what_it_is(name: str) -> str:
     return f"{name} ({NOT_CSV[ext]})" if ext else name
 
 
-def _partition_error(raw_dir: str, names: list[str]) -> csvparse.InputError:
-    """The InputError of partition directories (``label=5/``): Spark's ``partitionBy`` moves a column's
-    value out of the rows into the directory name."""
+#: The one partition column read from folder names (``label=K``, compared case-insensitively), as Spark's
+#: ``df.write.partitionBy("label")`` and ``pyarrow.dataset`` (``partitioning="hive"``) write it.
+PARTITION_KEY = "label"
+#: The folder value Spark and Hive write for a null partition value (``label=__HIVE_DEFAULT_PARTITION__``).
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def partition_of(entry: str) -> tuple[str, str] | None:
+    """``(key, value)`` of a Hive-style partition folder name (``label=3`` -> ``("label", "3")``), else None."""
+    key, eq, value = entry.partition("=")
+    return (key, value) if eq and key else None
+
+
+def partition_label(name: str) -> int | None:
+    """The label the ``label=K`` folder of an input gives its rows (``name`` relative to ``raw/{version}/``,
+    e.g. ``digits.csv/label=3/part-00000.csv`` -> 3), or None when no folder of it is one. Expects a name
+    :func:`list_inputs` accepted (K an integer)."""
+    for folder in name.split("/")[:-1]:
+        part = partition_of(folder)
+        if part and part[0].lower() == PARTITION_KEY:
+            return int(part[1])
+    return None
+
+
+def _label_value(value: str) -> int | None:
+    """The class id a ``label=`` folder's value names: an integer 0..NUM_CLASSES-1 (``3``, ``03``), else None."""
+    return int(value) if value.isascii() and value.isdigit() and int(value) < schema.NUM_CLASSES else None
+
+
+def _partition_refusal(raw_dir: str, bad_labels: list[str], others: list[tuple[str, str]]) -> csvparse.InputError:
+    """The InputError of partition folders convert cannot read: ``label=`` folders whose value is no label
+    (Spark's null folder, another value) or nested in score/ or another label folder; folders of other columns."""
+    def some(names):
+        return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    if bad_labels:
+        null = [n for n in bad_labels if n.rsplit("=", 1)[-1] == HIVE_NULL]
+        what = ("rows whose label was null when Spark wrote them (partitionBy writes them to "
+                f"label={HIVE_NULL})" if null else f"a value that is not a label 0..{schema.NUM_CLASSES - 1}")
+        return csvparse.InputError(
+            f"{raw_dir} holds label partition folders convert cannot read ({some(bad_labels)}): {what}, or a label "
+            f"folder under score/ (unlabeled) or inside another label folder. Convert reads the label of the rows "
+            f"under a folder label=K, K from 0 to {schema.NUM_CLASSES - 1}: label the rows of those folders or move "
+            "them out of the version directory (rows without a label to score go under score/), and rerun; nothing "
+            "was written")
+    keys = sorted({key for _name, key in others})
+    names = sorted(name for name, _key in others)
+    drop = ", ".join(f"'{k}'" for k in keys)
     return csvparse.InputError(
-        f"{raw_dir} holds partition directories ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}), as "
-        f"Spark's df.write.partitionBy(...).csv() writes them: the rows under them lack the column "
-        f"'{names[0].rsplit('/', 1)[-1].split('=')[0]}', whose value is in the directory name. Write the data "
-        "again without partitionBy (spark.read.csv(dir, header=True).write.csv(out, header=True) puts the "
-        "column back, last: then --label-column -1 if it is the label) and rerun; nothing was written")
+        f"{raw_dir} holds partition folders of the column{'s' if len(keys) > 1 else ''} {drop} ({some(names)}), as "
+        f"Spark's df.write.partitionBy(...).csv() writes them: convert reads only the label from folder names "
+        f"(label=K). If {'one of those columns' if len(keys) > 1 else 'that column'} is the label, rename its folders "
+        f"to label=K; otherwise write the data again without partitionBy and without that column "
+        f"(spark.read.csv(dir, header=True).drop({drop}).write.csv(out, header=True)) and rerun; nothing was written")
 
 
 def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list[str]]:
@@ -133,39 +178,49 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
 
     ``labeled`` and ``unlabeled`` (under ``score/``) are sorted ``(name, path)`` pairs, ``name``
     relative to ``raw_dir`` (``a.csv``, ``digits.csv/part-00000.csv``, ``score/s.csv``): it keys row
-    ids and the quarantine. Directories are read recursively (Spark output, partition directories).
-    ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files), as :func:`printable_name`
-    writes them. ``unreadable``: every other file, which the caller refuses. All four are sorted by name.
+    ids and the quarantine. Directories are read recursively (Spark output, partition folders).
+    A file under a Hive-style folder ``label=K`` (``digits.csv/label=3/part-00000.csv``, K an integer
+    0..NUM_CLASSES-1, the key in any letter case) is labeled: its rows hold pixels only and take label K
+    (:func:`partition_label`). ``skipped``: names starting with ``_`` or ``.`` (Hadoop's hidden files),
+    as :func:`printable_name` writes them. ``unreadable``: every other file, which the caller refuses.
+    All four are sorted by name.
 
     Raises csvparse.InputError naming every file or directory (other than skipped ones) whose name is
     not UTF-8 (e.g. ``M\\xe4rz.csv``, cp1252 bytes from a Windows tool): such a name cannot be stored
-    in the manifest or the lineage index (Parquet strings are UTF-8) as it is on disk; and naming
-    partition directories (``key=value``, Spark's ``partitionBy``), whose rows lack a column.
+    in the manifest or the lineage index (Parquet strings are UTF-8) as it is on disk; naming ``label=``
+    folders whose value is no label (Spark's null ``__HIVE_DEFAULT_PARTITION__``, ``label=12``) or that lie
+    under ``score/`` or another label folder; and naming partition folders of any other column
+    (``source=x``: its value is not in the rows, and convert reads only the label from folders).
     """
     groups = {"labeled": [], "unlabeled": []}
-    skipped, unreadable, misnamed, partitions = [], [], [], []
+    skipped, unreadable, misnamed, bad_labels, others = [], [], [], [], []
 
-    def walk(directory, prefix, group):
+    def walk(directory, prefix, group, in_label):
         for entry in fs.listdir(directory):
             path, name = paths.join(directory, entry), prefix + entry
             if entry.startswith(("_", ".")):
                 skipped.append(printable_name(name))
             elif not is_utf8_name(entry):
                 misnamed.append(name)
-            elif fs.isdir(path) and "=" in entry:
-                partitions.append(name)
             elif fs.isdir(path):
-                walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group)
+                part = partition_of(entry)
+                if part and part[0].lower() != PARTITION_KEY:
+                    others.append((name, part[0]))
+                elif part and (_label_value(part[1]) is None or in_label or group == "unlabeled"):
+                    bad_labels.append(name)
+                else:
+                    walk(path, name + "/", "unlabeled" if (prefix, entry) == ("", "score") else group,
+                         in_label or part is not None)
             elif is_csv_name(entry):
                 groups[group].append((name, path))
             else:
                 unreadable.append(name)
 
-    walk(raw_dir, "", "labeled")
+    walk(raw_dir, "", "labeled", False)
     if misnamed:
         raise _misnamed_error(raw_dir, sorted(misnamed))
-    if partitions:
-        raise _partition_error(raw_dir, sorted(partitions))
+    if bad_labels or others:
+        raise _partition_refusal(raw_dir, sorted(bad_labels), others)
     return sorted(groups["labeled"]), sorted(groups["unlabeled"]), sorted(skipped), sorted(unreadable)
 
 

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -52,10 +53,12 @@ READ_AS = {
 }
 
 
-def reference_rows(data, delimiter=",", above=0, index=False, trailing=False, decimal=".", encoding="utf-8-sig"):
+def reference_rows(data, delimiter=",", above=0, index=False, trailing=False, decimal=".", encoding="utf-8-sig",
+                   label=None):
     """{line number: row} of a CSV file by Python's csv module alone: the independent reading the job
     must agree with (BOM dropped, any line terminator, quoting; blank lines, the ``above`` lines and a
-    header on the line after them are not rows)."""
+    header on the line after them are not rows). ``label``: the rows hold pixels only and take this label
+    (a file under a label=K folder)."""
     text = data.decode(encoding)
     rows = {}
     for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
@@ -67,6 +70,8 @@ def reference_rows(data, delimiter=",", above=0, index=False, trailing=False, de
                                     or [int(f) for f in fields] == list(range(len(fields)))):
             continue  # a header: names, or pandas' integer column names
         rows[number] = [int(float(f.replace(",", "."))) if decimal == "," else int(f) for f in fields]
+        if label is not None:
+            rows[number] = [label] + rows[number]
     return rows
 
 
@@ -126,6 +131,13 @@ def producer_version(tmp_path_factory, build_dir):
         sources[name] = (data, {})
     write(str(raw / "parts.csv" / "_SUCCESS"), b"")
     write(str(raw / "parts.csv" / ".part-00000.csv.gz.crc"), b"crc")
+    # df.write.partitionBy("label").csv(..., header=True): a label=K folder per label, pixels only in the rows
+    for label, folder in ((0, "label=0"), (3, "label=3"), (7, "LABEL=7")):
+        rows = [r[1:] for r in digits_rows(400, 700) if r[0] == label]
+        name = f"partitioned.csv/{folder}/part-00000-5f1e.c000.csv"
+        write(str(raw / name), lines_of(rows, header=",".join(f"pixel{i}" for i in range(64))))
+        sources[name] = (open(raw / name, "rb").read(), {"label": label})
+    write(str(raw / "partitioned.csv" / "_SUCCESS"), b"")
     run = run_job("convert", {"data_root": str(root), "version": "dialects", "pixel_max": 16}, build_dir)
     assert run.returncode == 0, run.explain(5000)
     out = root / "tfrecords" / "dialects"
@@ -146,7 +158,23 @@ def test_every_producer_case_converts_with_its_exact_row_count(producer_version)
     assert manifest["rows_read"] == manifest["rows_written"] == expected_rows
     assert sorted(manifest["skipped_hidden"]) == sorted(
         ["parts.csv/.part-00000.csv.gz.crc", "parts.csv/_SUCCESS", "spark_dir__digits.csv/_SUCCESS",
-         "spark_dir__digits.csv/.part-00000-1b2c.c000.csv.crc"])
+         "spark_dir__digits.csv/.part-00000-1b2c.c000.csv.crc", "partitioned.csv/_SUCCESS"])
+
+
+def test_label_partition_folders_give_their_rows_the_label(producer_version):
+    """Spark's partitionBy("label") export: the label comes from each label=K folder (any letter case)."""
+    _root, sources, manifest, out = producer_version
+    by_file = {i["file"]: i for i in manifest["inputs"]}
+    partitioned = {n: how["label"] for n, (_d, how) in sources.items() if n.startswith("partitioned.csv/")}
+    assert len(partitioned) == 3
+    for name, label in partitioned.items():
+        assert by_file[name]["partition"] == {"label": label} and by_file[name]["rows"] > 10, name
+    assert not any("partition" in i for n, i in by_file.items() if n not in partitioned)
+    expected = Counter(str(row[0]) for data, how in sources.values() for row in reference_rows(data, **how).values())
+    assert manifest["label_counts"] == dict(expected) and manifest["rows_quarantined"] == 0
+    stats = json.load(open(out / "_stats.json"))
+    assert {k: stats["splits"]["train"]["label_counts"][k] + stats["splits"]["eval"]["label_counts"][k]
+            for k in expected} == dict(expected)
 
 
 def test_lines_that_are_not_rows_are_counted_apart(producer_version):

@@ -393,18 +393,98 @@ def test_files_convert_does_not_read_say_what_they_are_and_how_to_convert_them()
     assert inputs.what_it_is("README") == "README"
 
 
-def test_partition_directories_are_refused_naming_the_column_they_hold(tmp_path):
-    """df.write.partitionBy("label").csv(...): the label is in the directory name, not in the rows."""
-    for part in ["label=0", "label=1"]:
-        (tmp_path / "digits.csv" / part).mkdir(parents=True)
-        (tmp_path / "digits.csv" / part / "part-00000.csv").write_bytes(b"0,1,2,3\n")
-    (tmp_path / "digits.csv" / "_SUCCESS").write_bytes(b"")
+def _partitioned(root, folders, header="p0,p1,p2,p3", extra=None):
+    """raw/v/digits.csv/<folder>/part-00000.csv for each folder (pixels only: ROWS without their label) as
+    df.write.partitionBy("label").csv(..., header=True) writes them, and ``extra``: {name: bytes}."""
+    raw = root / "raw" / "v"
+    for folder in folders:
+        (raw / "digits.csv" / folder).mkdir(parents=True)
+        (raw / "digits.csv" / folder / "part-00000.csv").write_bytes(_table([r[1:] for r in ROWS], header=header))
+    if folders:
+        (raw / "digits.csv" / "_SUCCESS").write_bytes(b"")
+    for name, data in (extra or {}).items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(data)
+    return raw
+
+
+def test_label_partition_folders_give_their_rows_the_label(tmp_path):
+    """df.write.partitionBy("label").csv(...): the label is in the folder name (any letter case), the rows
+    hold the pixels only; read as Spark's partition discovery reads them, beside a file with a label column."""
+    from tfospipe import jobargs
+
+    raw = _partitioned(tmp_path, ["label=0", "LABEL=3", "label=09"], extra={"plain.csv": _table(ROWS, header=H)})
+    labeled, unlabeled, skipped, unreadable = inputs.list_inputs(str(raw))
+    names = [n for n, _p in labeled]
+    assert names == ["digits.csv/LABEL=3/part-00000.csv", "digits.csv/label=0/part-00000.csv",
+                     "digits.csv/label=09/part-00000.csv", "plain.csv"]
+    assert [inputs.partition_label(n) for n in names] == [3, 0, 9, None]
+    assert (unlabeled, skipped, unreadable) == ([], ["digits.csv/_SUCCESS"], [])
+    params = jobargs.ConvertParams(data_root=str(tmp_path), version="v", pixel_max=16, label_column=-1)
+    found = convert.prepare(params)  # pixels-only files count with the folder's label: 5 fields, 2x2 images
+    assert found.image_shape == (2, 2) and found.num_pixels == 4
+    stage = tmp_path / "stage"
+    for split in ("train", "eval", "_lineage"):
+        (stage / split).mkdir(parents=True)
+    for shard, (name, path) in enumerate(found.labeled):
+        task = convert.RangeTask(shard, name, path, 0, os.path.getsize(path), 1, "labeled", ("train", "eval"),
+                                 found.dialects[path][0])
+        got = convert.convert_range(task, str(stage), str(tmp_path / "q"), 4, params)
+        label = inputs.partition_label(name)
+        expected = {label: 3} if label is not None else {4: 1, 5: 1, 9: 1}  # plain.csv: --label-column -1
+        assert got["label_counts"] == expected and got["bad_kinds"] == {} and got["rows"] == 3, name
+        if label is not None:
+            keys = np.concatenate([got["stats"][s]["keys"] for s in ("train", "eval")])
+            pixels = np.array([r[1:] for r in ROWS])
+            assert sorted(keys) == sorted(csvparse.content_keys(np.full(3, label), pixels)[0])
+
+
+@pytest.mark.parametrize("folders, words", [
+    (["label=0", "label=__HIVE_DEFAULT_PARTITION__"],
+     ["digits.csv/label=__HIVE_DEFAULT_PARTITION__", "label was null", "label=K, K from 0 to 9", "nothing was written"]),
+    (["label=1", "label=12"], ["(digits.csv/label=12)", "not a label 0..9"]),
+    (["label=-1"], ["(digits.csv/label=-1)"]),
+    (["label=seven"], ["(digits.csv/label=seven)"]),
+    (["label=1/label=2"], ["(digits.csv/label=1/label=2)", "inside another label folder"]),
+    (["source=scanner", "source=web"],
+     ["partition folders of the column 'source' (digits.csv/source=scanner, digits.csv/source=web)",
+      "reads only the label from folder names", "rename its folders to label=K", ".drop('source')",
+      "nothing was written"]),
+    (["date=2026-01-01/label=3"], ["column 'date' (digits.csv/date=2026-01-01)", ".drop('date')"]),
+])
+def test_partition_folders_convert_cannot_read_are_refused_naming_them(tmp_path, folders, words):
+    raw = _partitioned(tmp_path, folders)
     with pytest.raises(csvparse.InputError) as e:
-        inputs.list_inputs(str(tmp_path))
+        inputs.list_inputs(str(raw))
     msg = str(e.value)
-    for words in ["partition directories (digits.csv/label=0, digits.csv/label=1)", "partitionBy",
-                  "lack the column 'label'", "without partitionBy", "--label-column -1", "nothing was written"]:
-        assert words in msg, msg
+    for word in words:
+        assert word in msg, msg
+    assert "--label-column" not in msg  # no hint that would read another column as the label
+
+
+def test_a_label_folder_under_score_is_refused(tmp_path):
+    raw = _partitioned(tmp_path, [], extra={"a.csv": _table(ROWS), "score/label=1/s.csv": _table(ROWS)})
+    with pytest.raises(csvparse.InputError, match=r"\(score/label=1\).*under score/"):
+        inputs.list_inputs(str(raw))
+
+
+@pytest.mark.parametrize("header, extra, words", [
+    ("label,p0,p1,p2,p3", {"plain.csv": _table(ROWS)}, ["its header names a column 'label'"]),
+    (None, {"plain.csv": _table(ROWS * 3)}, ["its lines have 5 fields, one more than the 4 pixels"]),
+    (None, {}, ["its lines have 5 fields, the 4 pixels of a square image and one more"]),
+])
+def test_a_file_under_a_label_folder_that_holds_a_label_column_is_refused(tmp_path, header, extra, words):
+    from tfospipe import jobargs
+    from tfospipe.runner import JobError
+
+    raw = _partitioned(tmp_path, ["label=2"], header=header, extra=extra)
+    with open(raw / "digits.csv" / "label=2" / "part-00000.csv", "wb") as f:  # the label kept in the rows too
+        f.write(_table(ROWS, header=header))
+    with pytest.raises(JobError) as e:
+        convert.prepare(jobargs.ConvertParams(data_root=str(tmp_path), version="v", pixel_max=16))
+    msg = str(e.value)
+    for word in ["digits.csv/label=2/part-00000.csv lies under a label=K folder", "nothing was written", *words]:
+        assert word in msg, msg
 
 
 @pytest.mark.parametrize("encoding, bom", [("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE)])
