@@ -27,13 +27,8 @@ from __future__ import annotations
 import sys
 
 from . import datachecks, fs, paths, serving
-from .jobargs import DataCheckParams, InferParams, TrainParams, ValidateParams
+from .jobargs import InferParams, TrainParams, ValidateParams
 from .runner import JobError
-
-
-def thresholds(params: DataCheckParams) -> datachecks.Thresholds:
-    """The checks' thresholds from a job's params (``jobargs.DataCheckParams``: one DAG param each)."""
-    return datachecks.Thresholds.of(params)
 
 
 def load_stats(layout: paths.Layout, version: str) -> dict | None:
@@ -94,7 +89,7 @@ def _finish(layout, version, task, mode, findings, references, stats, reference,
     datareport.write(report_path, html)
     record = datachecks.record(findings, mode, task, references)
     record["report"] = report_path
-    fs.write_json(layout.data_checks(version, task), record)
+    datachecks.save_record(layout.data_checks(version, task), record)
     for line in datachecks.decide(findings, mode, task, report=report_path):
         print(f"WARNING [{task}] {line}", file=sys.stderr, flush=True)
     return record
@@ -107,10 +102,11 @@ def check_training_data(params: TrainParams) -> dict | None:
     ``fail``, or when the version has no statistics; StorageError when the root cannot be read."""
     if params.data_checks == "off":
         return None
-    layout, version, t = paths.Layout(params.data_root), params.version, thresholds(params)
+    layout, version, t = paths.Layout(params.data_root), params.version, datachecks.Thresholds.of(params)
     stats = _require_stats(layout, version, "train")
     schema, inferred = datachecks.load_or_infer_schema(layout.schema(), stats)
-    findings = datachecks.schema_findings(stats, schema, t) + datachecks.eval_skew_findings(stats, t)
+    findings = (datachecks.schema_findings(stats, schema, t) + datachecks.eval_skew_findings(stats, t)
+                + datachecks.info_findings(stats, splits=("train", "eval")))  # duplicates, overlap: for the record
     references = {"schema": layout.schema(), "schema_inferred_now": inferred}
     reference = reference_name = None
     served = serving_training_version(layout)
@@ -141,7 +137,7 @@ def check_score_rows(params: InferParams, model_version: str, split: str) -> dic
     Raises JobError under ``fail`` when the rows are skewed, or when a side has no statistics."""
     if params.data_checks == "off" or split != "score":
         return None
-    layout, version, t = paths.Layout(params.data_root), params.version, thresholds(params)
+    layout, version, t = paths.Layout(params.data_root), params.version, datachecks.Thresholds.of(params)
     stats = _require_stats(layout, version, "infer")
     _mv, trained_on = serving_training_version(layout, model_version)
     training = _require_stats(layout, trained_on, "infer")
@@ -158,7 +154,7 @@ def check_candidate(params: ValidateParams) -> dict | None:
     (None under ``off``); raises JobError under ``fail``."""
     if params.data_checks == "off":
         return None
-    layout, version, t = paths.Layout(params.data_root), params.version, thresholds(params)
+    layout, version, t = paths.Layout(params.data_root), params.version, datachecks.Thresholds.of(params)
     stats = _require_stats(layout, version, "validate")
     schema, _inferred = datachecks.load_or_infer_schema(layout.schema(), stats)
     findings = [f for f in datachecks.schema_findings(stats, schema, t, splits=("train",))
@@ -179,4 +175,5 @@ def check_serving_collapse(params: ValidateParams, serving_mv: str, new_accuracy
         return None
     return datachecks.serving_collapse_finding(info["accuracy"], info["examples"], new_accuracy, new_rows,
                                                f"model {serving_mv} on its own eval split "
-                                               f"(dataset version {info.get('dataset_version')})", thresholds(params))
+                                               f"(dataset version {info.get('dataset_version')})",
+                                               datachecks.Thresholds.of(params))
