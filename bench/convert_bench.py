@@ -116,15 +116,24 @@ def steady(n, m):
 
 
 def print_statistics_cost(n, runs):
-    """The side-by-side of ``--statistics both``: each run's steady rows/s, off and on, and the ratio of medians."""
+    """The side-by-side of ``--statistics both``: each run's steady rows/s, off and on, the ratio of their medians
+    and the median of the ratios of each alternating pair (off, then on: the same machine state), and the
+    convert tasks' CPU microseconds per row (the manifest's ``task_cpu_seconds``: what the rows cost on the
+    executors' cores, whatever else ran meanwhile)."""
     import statistics as st
     rates = {mode: [steady(n, m) for _wall, m in runs[mode]] for mode in ("off", "on")}
+    cpu = {mode: [sum(m["task_cpu_seconds"]["convert"]) / n * 1e6 for _wall, m in runs[mode]] for mode in ("off", "on")}
     for mode in ("off", "on"):
         print(f"  (b) statistics {mode:3}, steady  {st.median(rates[mode]):8.0f} rows/s (median of "
               f"{len(rates[mode])}: {', '.join(f'{r:.0f}' for r in rates[mode])}; convert pass data seconds "
-              f"{', '.join(str(m['data_seconds']['convert']) for _w, m in runs[mode])})")
+              f"{', '.join(str(m['data_seconds']['convert']) for _w, m in runs[mode])}); convert tasks' CPU "
+              f"{st.median(cpu[mode]):.2f} us/row (median of {', '.join(f'{c:.2f}' for c in cpu[mode])})")
     ratio = st.median(rates["on"]) / st.median(rates["off"])
-    print(f"  statistics on / off: {ratio:.3f}x steady throughput ({(1 - ratio) * 100:+.1f}% cost; goal <= 10%)")
+    paired = st.median(on / off for on, off in zip(rates["on"], rates["off"]))
+    cpu_cost = st.median(cpu["on"]) / st.median(cpu["off"]) - 1
+    print(f"  statistics on / off: {ratio:.3f}x steady throughput ({(1 - ratio) * 100:+.1f}% cost; goal <= 10%); "
+          f"median of the {len(rates['on'])} pairs' ratios {paired:.3f}x; convert tasks' CPU per row "
+          f"{cpu_cost * 100:+.1f}%")
 
 
 def main():

@@ -285,9 +285,10 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
     written + bad), "lineage_rows", "not_rows" (blank and header lines), "bad_kinds", "bad_samples"
     (first 5), "label_counts", "pixel_max_observed", "stats" (split -> datastats.SplitStats.partial of the
     rows written to it; ``{}`` with ``--statistics off``), "span" (task start, end: epoch seconds),
-    "python" (the executor's interpreter)}``.
+    "cpu_seconds" (the Python worker's CPU time in the task, user + system), "python" (the executor's
+    interpreter)}``.
     """
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     folder_label = task.folder_label  # a label=K folder: pixels only in the lines, label K for every row
     spec = csvparse.Spec(num_pixels, labeled=task.labeled and folder_label is None, pixel_max=params.pixel_max,
                          label_col=params.label_column if task.labeled and folder_label is None else 0)
@@ -325,6 +326,7 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
         "pixel_max_observed": out.pixel_max,
         "stats": {split: acc.partial() for split, acc in out.stats.items()},
         "span": (started, time.time()),
+        "cpu_seconds": time.process_time() - cpu_started,
         "python": sys.executable,
     }
 
@@ -573,6 +575,9 @@ def _manifest(params, image_shape, totals, tasks, stats, input_entries, skipped,
         "data_seconds": {name: round(max(e for _s, e in xs) - min(b for b, _e in xs), 2) for name, xs in task_spans.items()},
         # each task's own seconds, in task order: how evenly the executors were loaded
         "task_seconds": {name: [round(e - b, 2) for b, e in xs] for name, xs in task_spans.items()},
+        # the convert tasks' Python CPU seconds (user + system), in task order: what the rows cost whatever
+        # else ran on the machine
+        "task_cpu_seconds": {"convert": [round(st["cpu_seconds"], 3) for st in stats]},
     }
 
 

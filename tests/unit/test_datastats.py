@@ -62,7 +62,7 @@ def test_bins_hold_whole_values_for_any_value_max():
         got = np.searchsorted(datastats._thresholds(value_max, datastats.NUM_BINS), values, side="right")
         assert (got == expected).all(), value_max
         edges = datastats.bin_edges(value_max)
-        assert (np.histogram(values, bins=edges)[0] == np.bincount(expected, minlength=16)).all()
+        assert (np.histogram(values, bins=edges)[0] == np.bincount(expected, minlength=datastats.NUM_BINS)).all()
 
 
 @pytest.mark.parametrize("value_max", [100, 1000, 65535])
@@ -82,7 +82,8 @@ def test_values_above_value_max_count_as_value_max():
     for dtype in (np.uint16, np.int64):
         stats = datastats.of_arrays({"train": (labels, pixels.astype(dtype))}, (28, 28), 255)
         feats = stats["splits"]["train"]["features"]
-        assert feats["max"][7] == 255 and feats["histogram"][7][-1] == (np.minimum(pixels[:, 7], 255) >= 240).sum()
+        assert feats["max"][7] == 255 and feats["histogram"][7][-1] == (
+            np.minimum(pixels[:, 7], 255) >= datastats._thresholds(255, datastats.NUM_BINS)[-1]).sum()
         assert stats["splits"]["train"] == reference(labels, pixels, 255)
 
 
@@ -131,7 +132,7 @@ def test_blank_duplicate_rows_and_train_eval_overlap_are_counted():
 def test_an_empty_split_has_null_figures():
     stats = datastats.of_arrays({"eval": (np.zeros(0, np.int64), np.zeros((0, 4), np.uint16))}, (2, 2), 255)
     ev = stats["splits"]["eval"]
-    assert ev["rows"] == 0 and ev["features"]["min"] == [None] * 4 and ev["features"]["histogram"] == [[0] * 16] * 4
+    assert ev["rows"] == 0 and ev["features"]["min"] == [None] * 4 and ev["features"]["histogram"] == [[0] * datastats.NUM_BINS] * 4
 
 
 def test_convert_ranges_give_the_statistics_of_their_rows(tmp_path):
