@@ -99,9 +99,13 @@ def paired_difference_interval(a: int, b: int, c: int, d: int, z: float = WILSON
     ``c`` only the second, ``d`` neither; ``p1 = (a + b) / n``, ``p2 = (a + c) / n``. Newcombe's method 10
     (Newcombe 1998, "Improved confidence intervals for the difference between binomial proportions based
     on paired data", Stat Med 17:2635-2650): with the :func:`wilson` intervals ``(l1, u1)``, ``(l2, u2)``
-    of ``p1``, ``p2`` and the phi correlation of the table (0 when a margin is 0),
+    of ``p1``, ``p2`` and Newcombe's corrected phi correlation of the table, ``A = ad - bc`` replaced by
+    ``A - n/2`` when ``A > n/2``, by 0 when ``0 <= A <= n/2`` (phi 0 also when a margin is 0),
+    ``phi = A / sqrt((a+b)(c+d)(a+c)(b+d))``:
     ``low = D - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)``,
-    ``high = D + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + (u1 - p1)^2)``, clipped to [-1, 1].
+    ``high = D + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + (u1 - p1)^2)``, clipped to [-1, 1]. The
+    same as Fagerland, Lydersen and Laake's ``Newcombe_square_and_add_CI_paired_2x2`` (R package
+    contingencytables; tests/unit/test_significance.py checks their published example).
     ``(-1, 1)`` when ``n`` is 0; raises ValueError for a negative count.
     """
     if min(a, b, c, d) < 0:
@@ -113,7 +117,9 @@ def paired_difference_interval(a: int, b: int, c: int, d: int, z: float = WILSON
     l1, u1 = wilson(a + b, n, z)
     l2, u2 = wilson(a + c, n, z)
     margins = float(a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
+    cross = a * d - b * c
+    cross = cross - n / 2 if cross > n / 2 else 0.0 if cross >= 0 else cross
+    phi = cross / math.sqrt(margins) if margins > 0 else 0.0
     diff = p1 - p2
     low = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = diff + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
