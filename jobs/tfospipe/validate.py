@@ -549,11 +549,14 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     on the model it was compared with; up to :data:`MAX_ROUNDS` rounds when serving changes meanwhile).
 
     Returns the RESULT summary: accuracy, loss (mean cross-entropy), examples, champion_accuracy,
-    report, decision (``promote``/``held``), rule, rounds, compared_with, and ``promoted`` (the model
+    report, decision (``promote``/``held``), rule, gate_rule (the gate rule that decided, ``Verdict.decided_by``),
+    rounds, compared_with, and ``promoted`` (the model
     version or None), ``serving_changed``, and ``previous`` or ``serving``. Raises JobError, leaving
     serving unchanged, when the version was not converted, the run did not finish, its model does not
     meet the serving contract, the evaluated examples differ from the manifest's eval rows, the gate
-    fails, the promotion fails, or serving changed during every round.
+    fails, the promotion fails, or serving changed during every round. A model the significance gate
+    cannot judge (too few discordant pairs, ``undecided=hold``) is held like one the promotion policy
+    holds: serving unchanged, a ``rejected`` history event with the rule, and the task succeeds.
     """
     thresholds = GateThresholds.of(params)
     sc = spark.sparkContext
@@ -576,8 +579,8 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
         _write_report(layout, out, report, r.results)
         for line in r.verdict.warnings:
             print(f"WARNING [validate] {line}", file=sys.stderr, flush=True)
-        _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by}; "
-             f"gate: {r.verdict.decided_by})")
+        gate_rule = "" if r.verdict.decided_by == r.rule else f"; gate: {r.verdict.decided_by}"
+        _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by}{gate_rule})")
         event = _event(cand, r)
         summary = _summary(cand, r, compared)
         if not r.passed:

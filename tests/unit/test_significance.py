@@ -303,3 +303,62 @@ def test_refused_gate_flags(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         jobargs.parse("validate", ["--data-root", "/tmp/x", "--version", "v", "--run-id", "r", flag, value])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+# --- the evaluation pass, without Spark --------------------------------------------------------------
+
+class _RDD:
+    """parallelize(files, n).mapPartitions(f).reduce(g) as Spark runs it, one file per partition."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def mapPartitions(self, f):
+        return _RDD([list(f(iter(p))) for p in self.parts])
+
+    def reduce(self, g):
+        items = [x for p in self.parts for x in p]
+        out = items[0]
+        for x in items[1:]:
+            out = g(out, x)
+        return out
+
+
+class _SC:
+    def parallelize(self, files, n):
+        return _RDD([[f] for f in files] + [[] for _ in range(n - len(files))])
+
+
+def test_the_evaluation_pass_counts_the_discordant_pairs_of_both_models(monkeypatch):
+    """validate._evaluate over two shards and an empty partition: the merged paired counts match the
+    predictions, and the gate reads them (the Spark tests run the same code on executors)."""
+    from tfospipe import predict
+    labels = np.arange(N) % 10
+    cand = labels.copy()
+    cand[:7] = wrong(labels[:7])                       # 7 records only the serving model gets right
+    serv = labels.copy()
+    serv[100:103] = wrong(labels[100:103])             # 3 only the candidate gets right
+    preds = {"cand": cand, "serving": serv}
+
+    def loaded_model(path, shape):
+        return lambda rows: (onehot(preds[path][rows]), None)
+
+    def batches(files, shape, size):
+        for f in files:
+            rows = np.arange(N)[:N // 2] if f == "a" else np.arange(N)[N // 2:]
+            yield rows, labels[rows], None
+
+    class Layout:
+        def serving_model(self, mv):
+            return "serving"
+
+    monkeypatch.setattr(predict, "loaded_model", loaded_model)
+    monkeypatch.setattr(predict, "batches", batches)
+    results, pairs, note, _pythons = validate._evaluate(_SC(), Layout(), "cand", (8, 8), ["a", "b"],
+                                                        {"model_version": "m0"})
+    assert "compared with serving model m0" in note and results["champion"]["examples"] == N
+    assert sum(pairs["cand_only"]) == 3 and sum(pairs["serving_only"]) == 7 and sum(pairs["records"]) == N
+    v = validate.gate(results["candidate"], results["champion"], sig(), pairs)
+    assert v.passed and v.statistics["p_serving_better"] == pytest.approx(sg.mcnemar_exact(3, 7).c_greater)
+    results, pairs, note, _pythons = validate._evaluate(_SC(), Layout(), "cand", (8, 8), ["a", "b"], None)
+    assert pairs is None and "champion" not in results and validate.gate(results["candidate"], None, sig()).passed
