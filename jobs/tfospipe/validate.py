@@ -222,9 +222,9 @@ def _significance_rules(candidate, champion, stats, t):
         warnings.append(f"too few discordant pairs to decide: candidate right alone on b={b}, the serving model on "
                         f"c={c} of {n} eval records; even {b + c} of {b + c} on one side gives p="
                         f"{_p(stats['smallest_p'])} >= alpha {t.alpha}. Resolving a difference of max_regression "
-                        f"{t.max_regression} at 80% power takes {needed} (at a discordant rate of {rate:.3g}: the observed {observed:.3g}, at "
-                        f"least max_regression; Connor 1987); "
-                        f"applying undecided={t.undecided}")
+                        f"{t.max_regression} at 80% power takes {needed} (at a discordant rate of {rate:.3g}: the "
+                        f"observed {observed:.3g}, at least max_regression; Connor 1987); applying "
+                        f"undecided={t.undecided}")
         if t.undecided == "hold":
             hold = (f"undecided: hold (b={b}, c={c} discordant pairs cannot reach p < alpha {t.alpha}; "
                     "trigger with undecided=promote to promote such a model)")
