@@ -39,7 +39,7 @@ def _report_dir(version, run):
 
 
 _COLUMNS = ("time", "action", "from", "to", "run_id", "dataset_version", "accuracy", "eval_data", "rule",
-            "triggered_by")
+            "gate", "triggered_by")
 
 
 def history_html(layout: paths.Layout, model_version: str) -> str:
@@ -55,7 +55,10 @@ def history_html(layout: paths.Layout, model_version: str) -> str:
         cells = []
         for key in _COLUMNS:
             value = ev.get(key)
-            text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+            if key == "gate":
+                text = serving.gate_line(value)  # the gate rule, discordant counts, p-values, interval
+            else:
+                text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
             cells.append(f"<td>{e(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (head + "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _COLUMNS) + "</tr>"

@@ -63,6 +63,8 @@ def format_event(e: dict) -> str:
         facts.append(f"after {e['rounds']} evaluation rounds")
     if e.get("rule"):
         facts.append(f"rule: {e['rule']}")
+    if e.get("gate"):
+        facts.append(f"gate: {serving.gate_line(e['gate'])}")
     if e.get("triggered_by"):
         facts.append(f"by {e['triggered_by']}")
     return line + "".join(f"\n    {f}" for f in facts)

@@ -83,6 +83,7 @@ import math
 
 import numpy as np
 from . import fs, jobargs, runner, schema as tfschema
+from .significance import WILSON_Z, wilson  # noqa: F401 (the one Wilson interval, 95% by default)
 
 MODES = ("fail", "warn", "off")
 #: The anomaly kinds users see (the first word of a finding's line).
@@ -94,8 +95,6 @@ INFO_KINDS = ("duplicate_rows", "train_eval_overlap")
 FLOOR_KINDS = ("class_below_min_fraction", "class_missing", "single_class")
 #: Family-wise false-alarm rate of the drift and skew tests (Bonferroni over classes or pixels).
 FALSE_ALARM = 0.01
-#: z of the Wilson intervals (95%, two-sided).
-WILSON_Z = 1.96
 #: A labeled split with fewer rows does not report a class absent as an anomaly (too few to expect all).
 MIN_ROWS_FOR_MISSING = 50
 #: Defaults of an inferred schema: a class floor of a fifth of a uniform share, a blank ceiling of 1%;
@@ -304,16 +303,6 @@ def load_or_infer_schema(path: str, stats: dict) -> tuple[Schema, bool]:
         if _write_new(path, inferred.dumps()):
             return inferred, True
     return Schema.loads(fs.read_bytes(path), path), False
-
-
-def wilson(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval ``(low, high)`` of the proportion ``k/n`` (``(0, 1)`` when ``n`` is 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _label_findings(name: str, split: dict, schema: Schema, floor: float) -> list[Finding]:

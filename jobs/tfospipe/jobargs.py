@@ -35,6 +35,14 @@ GRADIENT_COMPRESSIONS = ("none", "fp16")
 #: versions judges its models but leaves a newer one serving), "auto" always, "never" not at all.
 PROMOTION_POLICIES = ("if_not_older", "auto", "never")
 
+#: How validate's gate compares a candidate with the serving model (validate.gate): "threshold" (its
+#: accuracy may trail by at most max_regression) or "significance" (exact McNemar and per-class tests
+#: on the paired predictions at alpha).
+GATE_MODES = ("threshold", "significance")
+#: What the significance gate does when too few discordant pairs can decide at alpha: hold (not
+#: promoted, the task succeeds) or promote (the overall rules count as passed).
+UNDECIDED_FALLBACKS = ("hold", "promote")
+
 #: The date a run's data stands for (validate --data-date): empty, or YYYY-MM-DD.
 DATA_DATE = {"type": "string", "pattern": "^(|[0-9]{4}-[0-9]{2}-[0-9]{2})$(?!\\n)"}
 
@@ -385,11 +393,28 @@ class TrainParams(DataCheckParams, RunParams):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ValidateParams(DataCheckParams, RunParams):
-    """validate's params: the gate's thresholds and the promotion policy."""
+    """validate's params: the gate's thresholds and tests (validate.GateThresholds) and the promotion policy."""
 
     min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1))
     max_regression: float = param(
         0.02, "the candidate may trail the serving model's accuracy by at most this", number(0, 1))
+    gate: str = param(
+        "threshold",
+        "how the candidate is compared with the serving model: threshold = its accuracy may trail by at most "
+        "max_regression; significance = exact McNemar test on the records only one model gets right: refused "
+        "when significantly worse at alpha (one-sided), when a class's recall is significantly lower (Holm over "
+        "the classes) or when it loses a class the serving model recognizes. min_accuracy applies in both",
+        one_of(*GATE_MODES))
+    alpha: float = param(
+        0.05, "gate=significance: significance level of its one-sided tests (the overall test and, Holm-adjusted, "
+        "the per-class tests)", number(maximum=0.5, above=0))
+    require_improvement: str = param(
+        "false", "gate=significance: true = the candidate must also be significantly better than the serving "
+        "model at alpha (one-sided)", one_of("false", "true"))
+    undecided: str = param(
+        "hold", "gate=significance: what happens when too few records differ between the two models for any "
+        "decision at alpha: hold = not promoted (serving unchanged, the task succeeds); promote = the overall "
+        "tests count as passed", one_of(*UNDECIDED_FALLBACKS))
     promotion: str = param(
         "if_not_older",
         "when a model that passed the gate goes into serving: if_not_older = only if its data date (the "

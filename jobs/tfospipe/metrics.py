@@ -4,6 +4,10 @@ An accumulator (:func:`empty`) holds ``confusion`` int64 [10, 10], ``loss_sum`` 
 in nats) and ``bad_outputs`` (rows whose output is not a finite probability vector summing to 1);
 executors fill one per partition (:func:`update`), the driver merges them (:func:`merge`) and
 reports the figures (:func:`summarize`).
+
+Two models scored on the same records also fill a paired accumulator (:func:`empty_pairs`,
+:func:`update_pairs`, :func:`merge_pairs`): per true class the records and the discordant pairs, what
+the gate's paired tests need (significance.compare).
 """
 
 import numpy as np
@@ -63,3 +67,27 @@ def summarize(acc: dict) -> dict:
                       for c in range(len(cm))},
         "confusion_matrix": cm.tolist(),
     }
+
+
+def empty_pairs() -> dict:
+    """Paired accumulator of two models on the same records, int64 [10] per true class (all zero):
+    ``records``, ``cand_only`` (the candidate right, the serving model wrong), ``serving_only`` (the reverse)."""
+    return {key: np.zeros(schema.NUM_CLASSES, np.int64) for key in ("records", "cand_only", "serving_only")}
+
+
+def update_pairs(acc: dict, labels: np.ndarray, candidate: np.ndarray, serving: np.ndarray) -> dict:
+    """Add a batch to the paired accumulator ``acc`` in place and return it: ``labels`` int [N] (0..C-1),
+    ``candidate`` and ``serving`` the two models' probabilities float [N, C] on the same rows (the
+    predicted class is the argmax, as in :func:`update`)."""
+    labels = np.asarray(labels, np.int64)
+    right_c = np.asarray(candidate).argmax(axis=1) == labels
+    right_s = np.asarray(serving).argmax(axis=1) == labels
+    np.add.at(acc["records"], labels, 1)
+    np.add.at(acc["cand_only"], labels[right_c & ~right_s], 1)
+    np.add.at(acc["serving_only"], labels[right_s & ~right_c], 1)
+    return acc
+
+
+def merge_pairs(a: dict, b: dict) -> dict:
+    """The sum of two paired accumulators (a new one; neither is changed)."""
+    return {key: a[key] + b[key] for key in a}

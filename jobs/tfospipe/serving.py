@@ -27,7 +27,9 @@ generation/ETag is the one read (:func:`_swap` is the one place that writes the 
 ``serving/history/`` is the append-only record of decisions: one small JSON object per event
 (promote, rollback, rejected, unchanged), named ``<UTC time>-<random>.json``, so names sort by time
 and concurrent writers never write the same object (no file is ever appended to or rewritten,
-which object stores do not offer anyway). :func:`history` reads it back in order.
+which object stores do not offer anyway). :func:`history` reads it back in order. A validate event
+carries ``gate``: the gate rule that decided and its paired statistics (validate._gate_record), which
+:func:`gate_line` puts in words.
 """
 
 from __future__ import annotations
@@ -301,6 +303,24 @@ def promote(layout: paths.Layout, model_dir: str, mv: str, info: dict, digest: s
                                   promoted_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
         pointer = _move(layout, "promote", expected, mv, info, _pushed(now), now, event)
     return dict(pointer, changed=True)
+
+
+def gate_line(gate: dict | None) -> str:
+    """One line of a validate event's ``gate`` record (validate._gate_record): the rule that decided, then,
+    when a serving model was compared, the discordant counts (b: only the candidate right, c: only the
+    serving model), the one-sided p-values and the accuracy difference with its 95% paired interval.
+    Empty for None (an event recorded before the gate kept its statistics)."""
+    if not gate:
+        return ""
+    line = str(gate.get("decided_by", ""))
+    if "cand_only" in gate:
+        low, high = gate["difference_interval"]
+        line += (f" | b={gate['cand_only']} c={gate['serving_only']}, p(worse)={gate['p_serving_better']:.3g} "
+                 f"p(better)={gate['p_candidate_better']:.3g}, difference {gate['difference']:+.4f} "
+                 f"[{low:+.4f}, {high:+.4f}]")
+        if gate.get("lost_classes"):
+            line += f", lost classes {', '.join(gate['lost_classes'])}"
+    return line
 
 
 def reject(layout: paths.Layout, mv: str, event: dict) -> dict:

@@ -2,11 +2,18 @@
 
 Loads the chief-exported SavedModel of this run (its signature is checked against model.py and the
 dataset's image shape), evaluates it on the version's eval split distributed over the executors,
-and evaluates the model now serving (the champion) on the same records in the same pass. The gate:
+and evaluates the model now serving (the champion) on the same records in the same pass, counting the
+records only one of the two gets right (the discordant pairs, per class). The gate (:func:`gate`):
 
-1. the candidate's accuracy >= ``min_accuracy``;
-2. when a champion serves: candidate accuracy >= champion accuracy - ``max_regression``;
-3. every output is a finite probability vector summing to 1.
+1. every output is a finite probability vector summing to 1;
+2. the candidate's accuracy >= ``min_accuracy``;
+3. when a champion serves, by ``gate`` (the param): ``threshold``: candidate accuracy >= champion
+   accuracy - ``max_regression``; ``significance``: the candidate is not significantly worse (exact
+   McNemar, one-sided, at ``alpha``), no class's recall is significantly lower (Holm over the classes),
+   no class the champion recognizes is lost, and with ``require_improvement`` it is significantly
+   better. When too few records differ for any decision at ``alpha``, ``undecided`` decides (hold or
+   promote) and a WARNING line says how many eval records would resolve ``max_regression``.
+   Both modes compute and report the same statistics (:mod:`significance`).
 
 ``{root}/validation/{version}/{run}/`` gets ``metrics.json``, ``confusion_matrix.png`` and ``report.md``
 (both models side by side, and the promotion rule that decided) for every run, passed or not. Only a
@@ -36,7 +43,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving
+import numpy as np
+
+from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving, significance
 from .paths import version_date
 from .jobargs import ValidateParams
 from .runner import DataRefused, JobError, executor_python, executors, git_revision, requested_executors
@@ -55,20 +64,26 @@ def evaluate_partition(models: dict[str, str],
     """Executor side (``mapPartitions``): one metrics accumulator per model over this partition's files.
 
     ``models``: SavedModel directory by name (``candidate``, ``champion``); ``image_shape``: ``(H, W)``.
-    The returned function yields one pair per partition: ``{name: metrics.empty()-style accumulator}``
-    (empty accumulators for a partition without files) and ``{sys.executable}`` (the executor's
-    interpreter, for the manifest); every model sees the same records, :data:`EVAL_BATCH` at a time.
+    The returned function yields one triple per partition: ``{name: metrics.empty()-style accumulator}``
+    (empty accumulators for a partition without files), a ``metrics.empty_pairs()`` accumulator of the
+    candidate against the champion on the same rows (all zero without a champion) and
+    ``{sys.executable}`` (the executor's interpreter, for the manifest); every model sees the same
+    records, :data:`EVAL_BATCH` at a time.
     """
     def run(files):
         files = list(files)
         accs = {name: metrics.empty() for name in models}
+        pairs = metrics.empty_pairs()
         if files:
             fns = {name: predict.loaded_model(path, image_shape) for name, path in models.items()}
             for images, labels, _ids in predict.batches(files, image_shape, EVAL_BATCH):
+                outputs = {}
                 for name, fn in fns.items():
-                    probabilities, _classes = fn(images)
-                    metrics.update(accs[name], labels, probabilities)
-        yield accs, {sys.executable}
+                    outputs[name], _classes = fn(images)
+                    metrics.update(accs[name], labels, outputs[name])
+                if "champion" in outputs:
+                    metrics.update_pairs(pairs, labels, outputs["candidate"], outputs["champion"])
+        yield accs, pairs, {sys.executable}
     return run
 
 
@@ -123,40 +138,168 @@ def promotion_rule(policy: str, candidate_date: str, champion_mv: str | None,
 
 @dataclasses.dataclass(frozen=True)
 class GateThresholds:
-    """The gate's thresholds, fractions (0..1) of accuracy, from the validate params
-    (``jobargs.ValidateParams``: ``--min-accuracy``, ``--max-regression``)."""
+    """The gate's thresholds, from the validate params (``jobargs.ValidateParams``): accuracies are
+    fractions (0..1); ``alpha`` a probability in (0, 0.5]."""
 
     min_accuracy: float    # the candidate's accuracy must reach this
-    max_regression: float  # the candidate may trail the serving model's accuracy by at most this
+    max_regression: float  # threshold: the candidate may trail the serving model's accuracy by at most this
+    gate: str = "threshold"            # jobargs.GATE_MODES: how the candidate is compared with the serving model
+    alpha: float = 0.05                # significance: level of the one-sided tests (per class: Holm-adjusted)
+    require_improvement: bool = False  # significance: the candidate must also be significantly better
+    undecided: str = "hold"            # significance: too few discordant pairs to decide: hold or promote
 
     @classmethod
     def of(cls, params: ValidateParams) -> GateThresholds:
         """The thresholds of the parsed validate ``params``."""
-        return cls(min_accuracy=params.min_accuracy, max_regression=params.max_regression)
+        return cls(min_accuracy=params.min_accuracy, max_regression=params.max_regression, gate=params.gate,
+                   alpha=params.alpha, require_improvement=params.require_improvement == "true",
+                   undecided=params.undecided)
 
 
-def gate(candidate: dict, champion: dict | None, thresholds: GateThresholds) -> tuple[bool, list[str]]:
-    """(passed, reasons): every rule that failed, in words with the figures.
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The gate's verdict on a candidate. ``passed``: no rule refused it; ``reasons``: every refusal, in
+    words with the measured value, the threshold and the param that overrides it; ``decided_by``: the
+    rule that decided, in words (``threshold``, ``significance: not significantly worse (p=0.41)``,
+    ``undecided: hold ...``); ``hold``: why a passed candidate is held back by the gate itself (the
+    significance gate could not decide and ``undecided=hold``), else None; ``statistics``:
+    ``significance.compare`` of the candidate against the serving model (None when nothing serves);
+    ``warnings``: lines for the task log (``WARNING [validate] ...``)."""
+
+    passed: bool
+    reasons: list[str]
+    decided_by: str
+    hold: str | None = None
+    statistics: dict | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def paired_statistics(candidate: dict, champion: dict, pairs: dict, alpha: float) -> dict:
+    """``significance.compare`` of the ``candidate`` and ``champion`` summaries (``metrics.summarize``, the
+    same records) with their paired counts ``pairs`` (``metrics.empty_pairs`` keys, lists or arrays [C]).
+    Raises ValueError when the counts do not fit the two confusion matrices."""
+    cm1 = np.asarray(candidate["confusion_matrix"], np.int64)
+    cm2 = np.asarray(champion["confusion_matrix"], np.int64)
+    records = np.asarray(pairs["records"], np.int64)
+    if not (np.array_equal(cm1.sum(axis=1), records) and np.array_equal(cm2.sum(axis=1), records)):
+        raise ValueError("the paired counts' class records differ from the confusion matrices'")
+    return significance.compare(np.diag(cm1), np.diag(cm2), records, pairs["cand_only"], pairs["serving_only"],
+                                alpha)
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}"
+
+
+def _significance_rules(candidate, champion, stats, t):
+    """(reasons, refusing rules, passing rule, hold, warnings) of the significance rules: lost classes,
+    per-class recall (Holm), too few discordant pairs (``undecided``), significantly worse, and with
+    ``require_improvement`` not significantly better. ``stats``: :func:`paired_statistics`."""
+    reasons, rules, warnings = [], [], []
+    override = "trigger with gate=threshold to judge by max_regression instead"
+    for cls, m in stats["per_class"].items():
+        if m["lost"]:
+            reasons.append(f"class {cls} lost: candidate recall 0.0000 on its {m['records']} eval records, the "
+                           f"serving model's {m['serving_recall']:.4f} (gate=significance refuses a lost class "
+                           f"whatever the p-values; {override})")
+            rules.append(f"significance: class {cls} lost")
+        elif m["p_holm"] < t.alpha:
+            reasons.append(f"class {cls} recall {m['recall']:.4f} is significantly below the serving model's "
+                           f"{m['serving_recall']:.4f} ({m['serving_only']} vs {m['cand_only']} discordant records, "
+                           f"one-sided McNemar p={_p(m['p_serving_better'])}, Holm-adjusted over "
+                           f"{len(stats['per_class'])} classes p={_p(m['p_holm'])} < alpha {t.alpha}; "
+                           f"a smaller alpha, or {override})")
+            rules.append(f"significance: class {cls} recall significantly lower (Holm p={_p(m['p_holm'])})")
+    b, c = stats["cand_only"], stats["serving_only"]
+    if not stats["decidable"]:
+        n = stats["examples"]
+        observed = (b + c) / n if n else 0.0
+        rate = max(observed, t.max_regression)  # the smallest discordant rate that can hold the difference
+        try:
+            needed = f"about {significance.records_to_resolve(t.max_regression, rate, t.alpha)} eval records"
+        except ValueError:
+            needed = "an unknown number of eval records (max_regression is 0)"
+        warnings.append(f"too few discordant pairs to decide: candidate right alone on b={b}, the serving model on "
+                        f"c={c} of {n} eval records; even {b + c} of {b + c} on one side gives p="
+                        f"{_p(stats['smallest_p'])} >= alpha {t.alpha}. Resolving a difference of max_regression "
+                        f"{t.max_regression} at 80% power takes {needed} (at a discordant rate of {rate:.3g}: the "
+                        f"observed {observed:.3g}, at least max_regression; Connor 1987); applying "
+                        f"undecided={t.undecided}")
+        if t.undecided == "hold":
+            hold = (f"undecided: hold (b={b}, c={c} discordant pairs cannot reach p < alpha {t.alpha}; "
+                    "trigger with undecided=promote to promote such a model)")
+            return reasons, rules, hold, hold, warnings
+        return reasons, rules, (f"undecided: promote (b={b}, c={c} discordant pairs cannot reach p < alpha "
+                                f"{t.alpha})"), None, warnings
+    worse, better = stats["p_serving_better"], stats["p_candidate_better"]
+    if worse < t.alpha:
+        reasons.append(f"accuracy {candidate['accuracy']:.4f} trails the serving model's {champion['accuracy']:.4f} "
+                       f"significantly: {c} records only the serving model gets right vs {b} only the candidate, "
+                       f"one-sided McNemar p={_p(worse)} < alpha {t.alpha} (a smaller alpha, or {override})")
+        rules.append(f"significance: significantly worse (p={_p(worse)})")
+    if t.require_improvement and better >= t.alpha:
+        reasons.append(f"accuracy {candidate['accuracy']:.4f} is not significantly better than the serving model's "
+                       f"{champion['accuracy']:.4f}: {b} records only the candidate gets right vs {c} only the "
+                       f"serving model, one-sided McNemar p={_p(better)} >= alpha {t.alpha} "
+                       "(require_improvement=true; trigger with require_improvement=false to accept a model "
+                       "that is not significantly worse)")
+        rules.append(f"significance: not significantly better (p={_p(better)}, require_improvement)")
+    passing = (f"significance: significantly better (p={_p(better)})" if t.require_improvement
+               else f"significance: not significantly worse (p={_p(worse)})")
+    return reasons, rules, passing, None, warnings
+
+
+def gate(candidate: dict, champion: dict | None, thresholds: GateThresholds,
+         pairs: dict | None = None) -> Verdict:
+    """The gate's :class:`Verdict` on ``candidate``.
 
     ``candidate``, ``champion``: ``metrics.summarize`` results on the same eval records (``champion``
-    None when nothing serves or the serving model cannot score this data). The rules: no output that
-    is not a finite probability vector summing to 1; accuracy >= ``thresholds.min_accuracy``;
-    accuracy >= the champion's - ``thresholds.max_regression``.
+    None when nothing serves or the serving model cannot score this data); ``pairs``: their paired
+    counts (``metrics.empty_pairs`` keys), needed when ``champion`` is given. Every mode: no output that
+    is not a finite probability vector summing to 1; accuracy >= ``thresholds.min_accuracy``; nothing
+    more without a champion. With one, ``thresholds.gate`` decides: ``threshold``: accuracy >= the
+    champion's - ``max_regression``; ``significance``: no lost class, no class's recall significantly
+    lower (Holm at ``alpha``), not significantly worse (one-sided exact McNemar p >= ``alpha``) and, with
+    ``require_improvement``, significantly better; when even the most extreme split of the discordant
+    pairs could not reach ``alpha``, a warning and ``undecided`` (hold: passed but held; promote: the
+    overall rules count as passed). Both modes compute the statistics (``Verdict.statistics``).
+    Raises ValueError when ``champion`` is given without ``pairs``, or for an unknown ``thresholds.gate``.
     """
-    reasons = []
+    t = thresholds
+    if t.gate not in ("threshold", "significance"):
+        raise ValueError(f"unknown gate {t.gate!r}")
+    reasons, rules = [], []
     if candidate["bad_outputs"]:
         reasons.append(f"{candidate['bad_outputs']} outputs are not finite probabilities summing to 1")
-    if candidate["accuracy"] < thresholds.min_accuracy:
-        reasons.append(f"accuracy {candidate['accuracy']:.4f} < min_accuracy {thresholds.min_accuracy:.4f}")
-    if champion is not None and candidate["accuracy"] < champion["accuracy"] - thresholds.max_regression:
-        reasons.append(f"accuracy {candidate['accuracy']:.4f} trails the serving model's "
-                       f"{champion['accuracy']:.4f} by more than max_regression {thresholds.max_regression:.4f}")
-    return not reasons, reasons
+        rules.append("finite probabilities")
+    if candidate["accuracy"] < t.min_accuracy:
+        reasons.append(f"accuracy {candidate['accuracy']:.4f} < min_accuracy {t.min_accuracy:.4f}")
+        rules.append(f"min_accuracy {t.min_accuracy}")
+    if champion is None:
+        rules = rules or [f"{t.gate}: no serving model to compare with, min_accuracy {t.min_accuracy} alone"]
+        return Verdict(not reasons, reasons, "; ".join(rules))
+    if pairs is None:
+        raise ValueError("the gate needs the paired counts of the candidate and the serving model")
+    stats = paired_statistics(candidate, champion, pairs, t.alpha)
+    hold, warnings = None, []
+    if t.gate == "threshold":
+        if candidate["accuracy"] < champion["accuracy"] - t.max_regression:
+            reasons.append(f"accuracy {candidate['accuracy']:.4f} trails the serving model's "
+                           f"{champion['accuracy']:.4f} by more than max_regression {t.max_regression:.4f}")
+            rules.append(f"threshold: trails by more than max_regression {t.max_regression}")
+        rules = rules or [f"threshold: within max_regression {t.max_regression} of the serving model"]
+    else:
+        more, refused_by, passing, hold, warnings = _significance_rules(candidate, champion, stats, t)
+        reasons += more
+        rules = rules + refused_by or [passing]
+    passed = not reasons
+    return Verdict(passed, reasons, "; ".join(rules), hold if passed else None, stats, warnings)
 
 
 def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
-    """(results by model name, champion note, executor_python): candidate and serving model on the same
-    records in one pass."""
+    """(results by model name, paired counts, champion note, executor_python): candidate and serving model
+    on the same records in one pass; the paired counts (``metrics.empty_pairs`` keys, lists) are None
+    without a serving model that scores this data."""
     models = {"candidate": candidate_dir}
     champion_note = "no model serving yet: judged on thresholds alone"
     if current is not None:
@@ -169,9 +312,12 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
             champion_note = f"serving model {current['model_version']} cannot score this data ({e}); thresholds only"
     acc = (sc.parallelize(eval_files, max(len(eval_files), 1))
            .mapPartitions(evaluate_partition(models, image_shape))
-           .reduce(lambda a, b: ({k: metrics.merge(a[0][k], b[0][k]) for k in a[0]}, a[1] | b[1])))
-    accs, pythons = acc
-    return {name: metrics.summarize(a) for name, a in accs.items()}, champion_note, executor_python(pythons)
+           .reduce(lambda a, b: ({k: metrics.merge(a[0][k], b[0][k]) for k in a[0]},
+                                 metrics.merge_pairs(a[1], b[1]), a[2] | b[2])))
+    accs, pairs, pythons = acc
+    paired = {k: v.tolist() for k, v in pairs.items()} if "champion" in models else None
+    return ({name: metrics.summarize(a) for name, a in accs.items()}, paired, champion_note,
+            executor_python(pythons))
 
 
 def _write_report(layout, out, report, results):
@@ -235,7 +381,8 @@ def _candidate(layout, params):
 @dataclasses.dataclass(frozen=True)
 class _Round:
     """One evaluation round: the candidate against the model serving when the round started
-    (``champ_mv``, None when nothing served), the gate's verdict and the promotion rule's."""
+    (``champ_mv``, None when nothing served), the gate's verdict and the promotion rule's (``allowed``
+    False and ``rule`` the gate's hold when the gate held a passed model back)."""
 
     number: int
     champ_mv: str | None
@@ -243,11 +390,18 @@ class _Round:
     results: dict
     champion_note: str
     executor_python: list[str]
-    passed: bool
-    reasons: list[str]
+    verdict: Verdict
     allowed: bool
     rule: str
     started: float
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.verdict.reasons
 
     @property
     def candidate(self) -> dict:
@@ -271,16 +425,18 @@ def _judge(sc, layout, thresholds, cand, number):
     current = serving.current(layout)  # the champion this round compares with and the swap expects
     champ_mv = current["model_version"] if current else None
     started = time.time()
-    results, champion_note, pythons = _evaluate(sc, layout, cand.dir, cand.image_shape, cand.eval_files, current)
+    results, pairs, champion_note, pythons = _evaluate(sc, layout, cand.dir, cand.image_shape, cand.eval_files,
+                                                       current)
     candidate, champion = results["candidate"], results.get("champion")
     if candidate["examples"] != cand.eval_rows:
         raise JobError(f"evaluated {candidate['examples']} examples, the conversion manifest lists "
                        f"{cand.eval_rows} eval rows")
-    passed, reasons = gate(candidate, champion, thresholds)
+    verdict = gate(candidate, champion, thresholds, pairs)
     champ_date = champion_date(layout, current)
     allowed, rule = promotion_rule(cand.policy, cand.data_date, champ_mv, champ_date)
-    return _Round(number, champ_mv, champ_date, results, champion_note, pythons, passed, reasons, allowed, rule,
-                  started)
+    if verdict.hold:  # the significance gate could not decide and undecided=hold
+        allowed, rule = False, verdict.hold
+    return _Round(number, champ_mv, champ_date, results, champion_note, pythons, verdict, allowed, rule, started)
 
 
 def _report(thresholds, cand, r, compared):
@@ -297,6 +453,8 @@ def _report(thresholds, cand, r, compared):
         "thresholds": dataclasses.asdict(thresholds),
         "passed": r.passed,
         "failed_rules": r.reasons,
+        "gate": {"mode": thresholds.gate, "decided_by": r.verdict.decided_by, "warnings": r.verdict.warnings,
+                 "statistics": r.verdict.statistics},
         "promotion": {"policy": cand.policy, "decision": r.decision, "rule": r.decided_by,
                       "policy_rule": r.rule, "data_date": cand.data_date, "serving_model": r.champ_mv,
                       "serving_data_date": r.champ_date, "round": r.number, "compared_with": list(compared)},
@@ -315,7 +473,23 @@ def _event(cand, r):
             "eval_data": f"eval split of dataset version {cand.version} ({candidate['examples']} examples)",
             "champion_accuracy": champion["accuracy"] if champion else None, "compared_with": r.champ_mv,
             "rounds": r.number, "policy": cand.policy, "rule": r.decided_by, "gate_passed": r.passed,
-            "report": cand.report_dir}
+            "gate": _gate_record(r.verdict), "report": cand.report_dir}
+
+
+def _gate_record(verdict):
+    """The gate's decision and statistics as the serving history keeps them: the rule that decided, the
+    discordant counts, the p-values (overall both sides and two-sided; per class one-sided "serving
+    better" after Holm), the Wilson intervals of both accuracies and the paired interval of their
+    difference (None without a serving model)."""
+    stats = verdict.statistics
+    record = {"decided_by": verdict.decided_by}
+    if stats is None:
+        return record
+    return dict(record, **{k: stats[k] for k in (
+        "cand_only", "serving_only", "p_serving_better", "p_candidate_better", "p_two_sided", "decidable",
+        "accuracy_interval", "serving_accuracy_interval", "difference", "difference_interval")},
+        p_holm_by_class={cls: m["p_holm"] for cls, m in stats["per_class"].items()},
+        lost_classes=[cls for cls, m in stats["per_class"].items() if m["lost"]])
 
 
 def _summary(cand, r, compared):
@@ -323,7 +497,8 @@ def _summary(cand, r, compared):
     candidate, champion = r.candidate, r.champion
     return {"accuracy": candidate["accuracy"], "loss": candidate["loss"], "examples": candidate["examples"],
             "champion_accuracy": champion["accuracy"] if champion else None, "report": cand.report_dir,
-            "decision": r.decision, "rule": r.decided_by, "rounds": r.number, "compared_with": list(compared)}
+            "decision": r.decision, "rule": r.decided_by, "gate_rule": r.verdict.decided_by, "rounds": r.number,
+            "compared_with": list(compared)}
 
 
 def _gave_up(layout, cand, report, r, compared):
@@ -374,11 +549,14 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     on the model it was compared with; up to :data:`MAX_ROUNDS` rounds when serving changes meanwhile).
 
     Returns the RESULT summary: accuracy, loss (mean cross-entropy), examples, champion_accuracy,
-    report, decision (``promote``/``held``), rule, rounds, compared_with, and ``promoted`` (the model
+    report, decision (``promote``/``held``), rule, gate_rule (the gate rule that decided, ``Verdict.decided_by``),
+    rounds, compared_with, and ``promoted`` (the model
     version or None), ``serving_changed``, and ``previous`` or ``serving``. Raises JobError, leaving
     serving unchanged, when the version was not converted, the run did not finish, its model does not
     meet the serving contract, the evaluated examples differ from the manifest's eval rows, the gate
-    fails, the promotion fails, or serving changed during every round.
+    fails, the promotion fails, or serving changed during every round. A model the significance gate
+    cannot judge (too few discordant pairs, ``undecided=hold``) is held like one the promotion policy
+    holds: serving unchanged, a ``rejected`` history event with the rule, and the task succeeds.
     """
     thresholds = GateThresholds.of(params)
     sc = spark.sparkContext
@@ -399,7 +577,10 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
         if collapse is not None and collapse.anomaly:
             _collapsed(layout, params, cand, report, r, collapse)
         _write_report(layout, out, report, r.results)
-        _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by})")
+        for line in r.verdict.warnings:
+            print(f"WARNING [validate] {line}", file=sys.stderr, flush=True)
+        gate_rule = "" if r.verdict.decided_by == r.rule else f"; gate: {r.verdict.decided_by}"
+        _log(f"round {round_}: {mv} vs {r.champ_mv or 'nothing serving'}: {r.decision} ({r.decided_by}{gate_rule})")
         event = _event(cand, r)
         summary = _summary(cand, r, compared)
         if not r.passed:

@@ -42,3 +42,16 @@ def test_merge_adds_partitions_and_bad_outputs_are_counted():
     metrics.update(b, [2], bad)
     s = metrics.summarize(metrics.merge(a, b))
     assert s["examples"] == 2 and s["bad_outputs"] == 1
+
+
+def test_paired_counts_per_class_and_their_merge():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    cand = onehot([0, 1, 1, 0, 2, 0])     # right on records 0, 2, 4
+    serving = onehot([0, 0, 0, 1, 0, 2])  # right on records 0, 1, 3, 5
+    acc = metrics.update_pairs(metrics.empty_pairs(), labels, cand, serving)
+    assert acc["records"].tolist()[:3] == [2, 2, 2] and acc["records"].sum() == 6
+    assert acc["cand_only"].tolist()[:3] == [0, 1, 1]       # records 2 (class 1) and 4 (class 2)
+    assert acc["serving_only"].tolist()[:3] == [1, 1, 1]    # records 1, 3, 5
+    merged = metrics.merge_pairs(acc, metrics.update_pairs(metrics.empty_pairs(), labels[:2], cand[:2], serving[:2]))
+    assert merged["records"].tolist()[:3] == [4, 2, 2] and merged["serving_only"].tolist()[:3] == [2, 1, 1]
+    assert acc["records"].sum() == 6  # neither input changed

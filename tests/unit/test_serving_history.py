@@ -344,3 +344,47 @@ def test_history_events_are_plain_json_objects_named_by_time(tmp_path):
     with open(os.path.join(serving.history_dir(layout), name)) as f:
         assert json.load(f) == event
     assert name[:8].isdigit() and name[8] == "T" and event["triggered_by"]
+
+
+def test_a_validate_event_records_the_gate_statistics_and_the_history_shows_them(tmp_path):
+    import numpy as np
+
+    import tfos_ui
+    from tfospipe import metrics, validate
+
+    sys.path.insert(0, os.path.join(PROJECT_DIR, "scripts"))
+    try:
+        import serving as serving_script
+    finally:
+        sys.path.pop(0)
+    labels = np.arange(360) % 10
+    cand, serv = labels.copy(), labels.copy()
+    cand[:9] = (labels[:9] + 1) % 10                     # 9 records only the serving model gets right
+    accs, pairs = {}, metrics.empty_pairs()
+    for name, pred in (("candidate", cand), ("champion", serv)):
+        accs[name] = metrics.summarize(metrics.update(metrics.empty(), labels, np.eye(10)[pred]))
+    metrics.update_pairs(pairs, labels, np.eye(10)[cand], np.eye(10)[serv])
+    t = validate.GateThresholds(min_accuracy=0.8, max_regression=0.02, gate="significance")
+    verdict = validate.gate(accs["candidate"], accs["champion"], t, pairs)
+    assert not verdict.passed
+    layout = paths.Layout(str(tmp_path))
+    cand_info = validate._Candidate(version="v1", run_id="r1", policy="auto", params={}, dir="d", digest="x",
+                                    mv="v1__r1__0123456789ab", data_date="2026-11-28", image_shape=(8, 8),
+                                    eval_files=[], eval_rows=360, report_dir="rep")
+    r = validate._Round(1, None, None, accs, "compared", [], verdict, True, "promotion=auto", time.time())
+    event = serving.reject(layout, cand_info.mv, validate._event(cand_info, r))
+    (stored,) = serving.history(layout)
+    assert stored == event and stored["gate"]["decided_by"] == "significance: significantly worse (p=0.00195)"
+    g = stored["gate"]
+    assert (g["cand_only"], g["serving_only"]) == (0, 9) and g["p_serving_better"] == 0.5 ** 9
+    assert g["p_two_sided"] == 2 * 0.5 ** 9 and g["p_candidate_better"] == 1.0 and g["decidable"]
+    assert len(g["accuracy_interval"]) == len(g["serving_accuracy_interval"]) == len(g["difference_interval"]) == 2
+    assert g["difference"] == -9 / 360 and set(g["p_holm_by_class"]) == {str(c) for c in range(10)}
+    assert g["lost_classes"] == []
+    line = serving.gate_line(g)
+    assert line.startswith("significance: significantly worse (p=0.00195) | b=0 c=9, p(worse)=0.00195 p(better)=1")
+    assert "difference -0.0250 [" in line
+    assert "gate: " + line in serving_script.format_event(stored)
+    page = tfos_ui.history_html(layout, cand_info.mv)
+    assert "<th>gate</th>" in page and "b=0 c=9" in page
+    assert serving.gate_line(None) == "" and serving.gate_line({"decided_by": "threshold"}) == "threshold"
