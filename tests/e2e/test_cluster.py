@@ -7,7 +7,7 @@ connection, the data root and the executors' Python setting is all a real cluste
   outside the project, each in its own mount namespace where the checkout, its ``.venv``, the test
   data and Airflow home, and ``/tmp`` are empty (tests/e2e/cluster.py).
 * Python on the executors: ``TFOS_EXECUTOR_PYTHON_ENV=archive``, the environment `make executor-env`
-  packs, shipped with ``spark.archives`` (uncompressed: see the ``archive`` fixture).
+  packs, shipped with ``spark.archives``.
 * Airflow 3 (scheduler, API server, dag-processor) runs the DAG as a user triggers it.
 
 One DAG run does everything: its train task is killed mid-way (the driver, SIGKILL), Airflow puts it up for
@@ -49,23 +49,12 @@ COLLECTED = time.time()
 
 @pytest.fixture(scope="module")
 def archive():
-    """The environment `make executor-env` packs (build/executor-env.tar.gz, built or found up to date), as an
-    uncompressed tar beside it (build/executor-env.tar), which the deployment ships instead
-    (``TFOS_EXECUTOR_ARCHIVE``, a setting users have too): the same files, but Spark unpacks a ``.tar``
-    without inflating it. This cluster's "network" is loopback and its CPU the test's bottleneck: the driver
-    and both executors of each of the run's five applications unpack the archive, 15 unpacks of 2.1 GB at
-    ~21 CPU s each from the tar.gz (gzip inflate, ~14 s of it) against ~3 s from the tar."""
-    import gzip
+    """build/executor-env.tar.gz, built (or found up to date) by `make executor-env`."""
     import subprocess
     proc = subprocess.run(["make", "-s", "executor-env"], cwd=PROJECT_DIR, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=1200)
     assert proc.returncode == 0 and os.path.isfile(launch.EXECUTOR_ARCHIVE), proc.stdout[-5000:]
-    tar = launch.EXECUTOR_ARCHIVE[:-len(".gz")]
-    if not os.path.isfile(tar) or os.path.getmtime(tar) < os.path.getmtime(launch.EXECUTOR_ARCHIVE):
-        with gzip.open(launch.EXECUTOR_ARCHIVE, "rb") as src, open(tar + ".tmp", "wb") as dst:
-            shutil.copyfileobj(src, dst, 4 << 20)
-        os.replace(tar + ".tmp", tar)
-    return tar
+    return launch.EXECUTOR_ARCHIVE
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +83,7 @@ def deployment(tmp_path_factory, archive, store):
     """Airflow on this host, the isolated cluster, the data root in the bucket, the archive on the executors."""
     root, aws = store
     nodes = tempfile.mkdtemp(prefix="tfos-nodes-", dir="/var/tmp")  # outside /tmp, which the workers do not see
-    env = dict(aws, AIRFLOW_VAR_TFOS_DATA_ROOT=root, TFOS_EXECUTOR_PYTHON_ENV="archive", TFOS_EXECUTOR_ARCHIVE=archive)
+    env = dict(aws, AIRFLOW_VAR_TFOS_DATA_ROOT=root, TFOS_EXECUTOR_PYTHON_ENV="archive")
     hidden = [PROJECT_DIR, sys.prefix, str(tmp_path_factory.getbasetemp())]
     free_port = e2e_module("services").free_port
     cluster = e2e_module("cluster").IsolatedCluster(nodes, hidden, port=free_port(), webui_port=free_port())
@@ -284,7 +273,6 @@ def _job(deployment, job, args, build_dir, env):
     _stack, cluster = deployment
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TFOS_EXECUTOR_PYTHON_ENV", "archive")
-        mp.setenv("TFOS_EXECUTOR_ARCHIVE", launch.EXECUTOR_ARCHIVE[:-len(".gz")])  # the archive fixture's tar
         for k, v in env.items():
             mp.setenv(k, v)
         return run_job(job, args, build_dir, timeout=300, master=cluster.master)
