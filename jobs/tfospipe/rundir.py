@@ -18,6 +18,8 @@ checked and committed after it ends.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +135,24 @@ def run_manifest(params: TrainParams, plan: Plan, done: dict[str, dict[str, Any]
         "parameter_servers": sorted((m for m in done.values() if m.get("job_name") == "ps"),
                                     key=lambda m: m["task_index"]),
         "train_seconds": round(time.time() - started, 1),
+        # what the run read: a rerun from this manifest checks it (scripts/reproduce.py)
+        "dataset": dataset_identity(paths.Layout(params.data_root), params.version, plan),
         "versions": library_versions(),
         "executor_python": executor_python(m["python"] for m in done.values() if "python" in m),
         "git_revision": git_revision(),
     }
+
+
+def dataset_identity(layout: paths.Layout, version: str, plan: Plan) -> dict[str, Any]:
+    """What identifies the data a run read, cheaply (no shard is read): the sha256 of the version's
+    conversion manifest (which holds every input file's sha256 and every shard's record count) and the
+    bytes of every shard the plan gave the nodes, by path relative to ``tfrecords/{version}/``."""
+    base = layout.tfrecords(version)
+    files = sorted({f for shares in plan.shares.values() for share in shares for f in share["files"]})
+
+    def relative(path):
+        rel = path[len(base):] if path.startswith(base) else os.path.basename(path)
+        return rel.replace("\\", "/").strip("/")
+
+    return {"manifest_sha256": hashlib.sha256(fs.read_bytes(paths.join(base, fs.MANIFEST))).hexdigest(),
+            "shard_bytes": {relative(f): fs.size(f) for f in files}}
