@@ -166,3 +166,32 @@ def test_differences_name_versions_revision_and_a_missing_seed():
     notes = reproduce.differences(manifest, {"tensorflow": "2.21.0", "python": "3.12.0"}, "def")
     assert notes[0] == "tensorflow 2.21.0 here, the run had 2.20.0"
     assert "git revision def here, the run had abc" in notes and "no seed" in notes[-1]
+
+
+# --- the command's errors: one line, exit status 2, before any Spark application ------------------------------
+
+def run_script(*argv):
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_DIR
+
+    return subprocess.run([sys.executable, os.path.join(PROJECT_DIR, "scripts", "reproduce.py"), *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_error(proc):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR [reproduce] ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return errors[0]
+
+
+def test_the_command_refuses_an_unknown_model_a_missing_manifest_and_changed_data(tmp_path):
+    layout, raw = promoted_root(tmp_path)
+    assert f"unknown model version 'nope'" in one_error(run_script("nope", "--root", layout.root))
+    with open(raw, "a") as f:
+        f.write("2,3\n")
+    assert f"input file {raw} has sha256" in one_error(run_script(MV, "--root", layout.root))
+    os.remove(os.path.join(layout.model_run(VERSION, RUN), "_manifest.json"))
+    assert "no training manifest" in one_error(run_script(MV, "--root", layout.root))
