@@ -151,8 +151,10 @@ def retrain_args(manifest: dict, data_root: str, run_id: str) -> dict[str, Any]:
 
 
 def differences(manifest: dict, versions: dict[str, str], revision: str) -> list[str]:
-    """What differs between the run's recorded circumstances and this rerun's (lines, empty when
-    nothing): library versions, git revision, a seed the manifest lacks."""
+    """What differs between the run's recorded circumstances and this rerun's, and why the models may
+    differ (lines, empty when nothing): library versions, git revision, a run resumed from its backup, a
+    mode that is not bit-for-bit reproducible (parameter servers, spark input mode), a seed the manifest
+    lacks."""
     notes = []
     for name, recorded in sorted((manifest.get("versions") or {}).items()):
         if versions.get(name) != recorded:
@@ -160,6 +162,17 @@ def differences(manifest: dict, versions: dict[str, str], revision: str) -> list
     if manifest.get("git_revision") not in (None, revision):
         notes.append(f"git revision {revision} here, the run had {manifest['git_revision']}")
     params = manifest.get("params") or {}
+    budget = (params.get("epochs") or 0) * (manifest.get("steps_per_epoch") or 0)
+    if not params.get("num_ps") and manifest.get("steps_run") is not None and manifest["steps_run"] < budget:
+        notes.append(f"the run resumed from its backup after a failure ({manifest['steps_run']} of {budget} steps in "
+                     "its last attempt): the data order and dropout started again at the resumed epoch, so the "
+                     "rerun, which is not interrupted, cannot give the same model")
+    if params.get("num_ps"):
+        notes.append(f"num_ps={params['num_ps']}: parameter-server training is asynchronous (the order of the "
+                     "workers' updates depends on timing); the models will differ")
+    elif params.get("input_mode") == "spark":
+        notes.append("input_mode=spark: Spark decides which node is fed which partition, so the nodes' batches "
+                     "and the models will differ")
     if "seed" not in params:
         notes.append("the manifest records no seed (trained before runs were seeded): the rerun uses the "
                      "default seed and cannot give the same model")

@@ -195,3 +195,14 @@ def test_the_command_refuses_an_unknown_model_a_missing_manifest_and_changed_dat
     assert f"input file {raw} has sha256" in one_error(run_script(MV, "--root", layout.root))
     os.remove(os.path.join(layout.model_run(VERSION, RUN), "_manifest.json"))
     assert "no training manifest" in one_error(run_script(MV, "--root", layout.root))
+
+
+def test_differences_name_a_resumed_run_and_the_modes_that_are_not_reproducible():
+    resumed = {"params": {"seed": 1, "epochs": 2, "num_ps": 0, "input_mode": "tensorflow"}, "steps_per_epoch": 10,
+               "steps_run": 10}
+    assert "resumed from its backup" in reproduce.differences(resumed, {}, "r")[0]
+    assert reproduce.differences(dict(resumed, steps_run=20), {}, "r") == []
+    ps = {"params": {"seed": 1, "num_ps": 1, "input_mode": "tensorflow"}}
+    assert "asynchronous" in reproduce.differences(ps, {}, "r")[0]
+    spark = {"params": {"seed": 1, "num_ps": 0, "input_mode": "spark"}}
+    assert "which node is fed which partition" in reproduce.differences(spark, {}, "r")[0]
