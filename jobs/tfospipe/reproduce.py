@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import re
 from typing import Any
 
 import numpy as np
@@ -232,11 +233,16 @@ def variable_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan")
 
 
+def natural(name: str) -> list:
+    """Sort key that puts ``_variables/2`` before ``_variables/10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def compare_models(a: str, b: str) -> Comparison:
     """Compare the SavedModels at ``a`` and ``b``: their digests (``serving.model_digest``) and every
     variable of their checkpoints (:func:`read_variables`)."""
     va, vb = read_variables(a), read_variables(b)
-    names = sorted(set(va) | set(vb))
+    names = sorted(set(va) | set(vb), key=natural)
     diffs = {name: (variable_difference(va[name], vb[name]) if name in va and name in vb else None)
              for name in names}
     same = frozenset(name for name in names if name in va and name in vb and va[name].dtype == vb[name].dtype
