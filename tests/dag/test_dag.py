@@ -273,7 +273,7 @@ def test_a_conf_key_that_is_no_param_fails_the_first_task_before_spark_submit(da
 def test_valid_confs_reach_spark_submit(dag, monkeypatch, conf):
     if conf == "every param":
         conf = {name: p.value for name, p in dag.params.items()}
-        assert len(conf) == 28  # 20, and the data checks (jobargs.DataCheckParams): a mode and 7 thresholds
+        assert len(conf) == 29  # 21 (seed included), and the data checks (jobargs.DataCheckParams): a mode and 7 thresholds
     for task in dag.tasks:
         reached = []
         _execute_with_conf(task, conf, monkeypatch, reached)
