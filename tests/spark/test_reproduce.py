@@ -29,6 +29,8 @@ def test_training_again_from_the_manifest_gives_the_same_model(served_version, t
     digest = next(line for line in lines if line.startswith("digest: "))
     assert digest == f"digest: original {info['digest']}, retrained {info['digest']}: the same", proc.stdout[-4000:]
     assert "identical" in lines and not any(line.startswith("ERROR") for line in lines)
-    assert any("checked: 1 input files" in line for line in lines)
+    # digits.csv and score/old-mac.csv.bz2 against the conversion's sha256, the shards against the run's sizes
+    assert any("checked: 2 input files" in line for line in lines), proc.stdout[-4000:]
+    assert any("shard sizes as the run read them" in line for line in lines), proc.stdout[-4000:]
     assert sorted(os.listdir(layout.model_runs(VERSION))) == before  # the scratch run removed
     assert serving.current(layout)["model_version"] == mv  # serving untouched
