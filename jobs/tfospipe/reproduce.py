@@ -172,8 +172,8 @@ def differences(manifest: dict, versions: dict[str, str], revision: str) -> list
         notes.append(f"num_ps={params['num_ps']}: parameter-server training is asynchronous (the order of the "
                      "workers' updates depends on timing); the models will differ")
     elif params.get("input_mode") == "spark":
-        notes.append("input_mode=spark: Spark decides which node is fed which partition, so the nodes' batches "
-                     "and the models will differ")
+        notes.append("input_mode=spark: Spark decides which node is fed which partition (whichever executor is "
+                     "free), so the nodes' batches, and the models, may differ")
     if "seed" not in params:
         notes.append("the manifest records no seed (trained before runs were seeded): the rerun uses the "
                      "default seed and cannot give the same model")
