@@ -84,7 +84,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     layout = paths.Layout(root)
     original = reproduce.find_run(layout, args.model_version)
     manifest = original.manifest
-    params = manifest["params"]
     print(f"reproduce: {original.model_version}: dataset version {manifest['dataset_version']}, run "
           f"{manifest['run_id']} ({original.run_dir})", flush=True)
     for line in reproduce.check_dataset(layout, manifest):
