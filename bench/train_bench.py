@@ -48,9 +48,15 @@ tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 VERSION = "bench"
 
 
-def single_process(root, steps, batch_size):
-    """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s as JSON."""
+def single_process(root, steps, batch_size, deterministic="off"):
+    """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s and CPU
+    seconds per steady step as JSON. ``deterministic`` "on": seeded and under op determinism, as the train
+    job's nodes run with ``--deterministic on`` (node.make_reproducible)."""
     import tensorflow as tf
+
+    if deterministic == "on":
+        tf.keras.utils.set_random_seed(1)
+        tf.config.experimental.enable_op_determinism()
 
     from tfospipe import dataset, model, node, paths, schema
 
@@ -65,13 +71,14 @@ def single_process(root, steps, batch_size):
 
     class Clock(tf.keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            marks.append((batch + 1, time.time()))
+            marks.append((batch + 1, time.time(), time.process_time()))
 
     t0 = time.time()
     cnn.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-    (first_steps, first), (last_steps, last) = marks[0], marks[-1]  # the first execution: tracing, warm-up
+    (first_steps, first, first_cpu), (last_steps, last, last_cpu) = marks[0], marks[-1]  # first: tracing, warm-up
     steady = (last_steps - first_steps) * batch_size / (last - first)
-    print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0}))
+    print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0,
+                      "cpu_per_step": (last_cpu - first_cpu) / (last_steps - first_steps)}))
 
 
 def collective_worker(index, ports, compression, batch_size, iterations=30):
@@ -179,6 +186,22 @@ def train_runs(root, layout, args, overrides, settings):
     return runs
 
 
+def print_single_cost(singles, batch_size, steps):
+    """The side-by-side of ``--single-only``: (a)'s CPU ms per step and examples/s, off and on, medians, ratio."""
+    import statistics as st
+
+    cpu = {s: [x["cpu_per_step"] * 1000 for x in singles if x["deterministic"] == s] for s in ("off", "on")}
+    rate = {s: [x["examples_per_second"] for x in singles if x["deterministic"] == s] for s in ("off", "on")}
+    print(f"(a) one tf.keras process, 1 core, {steps} steps x {batch_size}")
+    for s in ("off", "on"):
+        print(f"  op determinism {s:3}: {st.median(cpu[s]):6.1f} ms CPU a step (median of "
+              f"{', '.join(f'{x:.1f}' for x in cpu[s])}), {st.median(rate[s]):5.0f} examples/s wall (median of "
+              f"{', '.join(f'{x:.0f}' for x in rate[s])})")
+    ratio = st.median(cpu["off"]) / st.median(cpu["on"])
+    print(f"  op determinism on / off: {ratio:.3f}x throughput per CPU second ({(1 - ratio) * 100:+.1f}% cost; "
+          "on by default when <= 10%)")
+
+
 def print_determinism_cost(runs):
     """The side-by-side of ``--deterministic both``: per input mode, each run's steady examples/s with the
     setting off and on, the medians and their ratio (the issue's rule: on by default at a cost <= 10%)."""
@@ -210,11 +233,14 @@ def main():
                    help="the train job's --deterministic for (b) and (c): on (its default), off, or both side by side")
     p.add_argument("--repeat", type=int, default=1, help="with --deterministic both: runs of each, alternating")
     p.add_argument("--job-only", action="store_true", help="only the train job's runs: no (a), no per-step figures")
+    p.add_argument("--single-only", action="store_true",
+                   help="with --deterministic both: only (a), op determinism off and on alternating --repeat times: "
+                        "CPU seconds per step, which other load on the machine does not change as it changes wall time")
     p.add_argument("--single", nargs=2, metavar=("ROOT", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--collective-worker", nargs=3, metavar=("INDEX", "PORT0", "PORT1"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.single:
-        return single_process(args.single[0], int(args.single[1]), args.batch_size)
+        return single_process(args.single[0], int(args.single[1]), args.batch_size, args.deterministic)
     if args.collective_worker:
         index, *ports = args.collective_worker
         return collective_worker(int(index), ports, args.gradient_compression, args.batch_size)
@@ -240,6 +266,19 @@ def main():
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                **({"LD_PRELOAD": malloc} if malloc else {}), **overrides}
         settings = ["off", "on"] * args.repeat if args.deterministic == "both" else [args.deterministic]
+        if args.single_only:
+            singles = []
+            for setting in settings:
+                out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2), "--batch-size",
+                                      str(args.batch_size), "--deterministic", setting], env=env, check=True,
+                                     stdout=subprocess.PIPE, text=True).stdout
+                singles.append(dict(json.loads(out.strip().splitlines()[-1]), deterministic=setting))
+                print(f"  (a) deterministic {setting}: {singles[-1]['examples_per_second']:.0f} examples/s steady, "
+                      f"{singles[-1]['cpu_per_step'] * 1000:.1f} ms CPU a step", flush=True)
+            print()
+            common.print_facts()
+            print_single_cost(singles, args.batch_size, steps * 2)
+            return
         if args.job_only:
             runs = train_runs(root, layout, args, overrides, settings)
             print()
