@@ -9,7 +9,8 @@ checked and committed after it ends.
     workers/         one done marker per node: worker index, train and eval steps run, share, final loss;
                      or <node>.error with the traceback of a node that failed
     model/           the exported SavedModel (signature in model.py), renamed into place complete
-    _manifest.json   dataset version, params, plan, final metrics, git revision; then _SUCCESS
+    _manifest.json   dataset version, params (seed included), plan, final metrics, the data's identity
+                     (dataset_identity), library versions, git revision; then _SUCCESS
 
 :func:`prepare_run_dir` starts an attempt, :func:`check_markers` reads the nodes' done markers,
 :func:`run_manifest` describes the run and :func:`commit_run` commits it.
@@ -111,8 +112,8 @@ def finish_run(setup: NodeSetup, layout: paths.Layout, started: float,
 def run_manifest(params: TrainParams, plan: Plan, done: dict[str, dict[str, Any]], model_dir: str,
                  started: float) -> dict[str, Any]:
     """The run's ``_manifest.json``: dataset version, params (``dataclasses.asdict(params)``), plan, the
-    chief's final metrics, every node's done marker, seconds since ``started`` (epoch seconds), library
-    versions, git revision."""
+    chief's final metrics, every node's done marker, seconds since ``started`` (epoch seconds), what
+    identifies the data read (:func:`dataset_identity`), library versions, git revision."""
     chief = done[markers.name_of("chief", 0)]
     return {
         "dataset_version": params.version,
