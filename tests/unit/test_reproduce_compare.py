@@ -206,3 +206,21 @@ def test_differences_name_a_resumed_run_and_the_modes_that_are_not_reproducible(
     assert "asynchronous" in reproduce.differences(ps, {}, "r")[0]
     spark = {"params": {"seed": 1, "num_ps": 0, "input_mode": "spark"}}
     assert "which node is fed which partition" in reproduce.differences(spark, {}, "r")[0]
+
+
+def test_each_node_seeds_from_the_run_seed_and_its_index_before_op_determinism():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tfospipe import node
+
+    calls = []
+    fake_tf = SimpleNamespace(
+        keras=SimpleNamespace(utils=SimpleNamespace(set_random_seed=lambda s: calls.append(("seed", s)))),
+        config=SimpleNamespace(experimental=SimpleNamespace(enable_op_determinism=lambda: calls.append("determinism"))))
+    params = jobargs.TrainParams(data_root="/r", version="v", run_id="r", seed=5)
+    assert params.deterministic == "on" and jobargs.TrainParams(data_root="/r", version="v", run_id="r").seed == \
+        jobargs.DEFAULT_SEED
+    node.make_reproducible(fake_tf, params, 1)
+    node.make_reproducible(fake_tf, dataclasses.replace(params, deterministic="off"), 0)
+    assert calls == [("seed", 6), "determinism", ("seed", 5)]
