@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 TEST_STAMP := $(VENV)/.installed-test-$(shell cat requirements.txt pyproject.toml requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install install-test system-deps runtime-deps demo test test-fast ui tensorboard executor-env clean
+.PHONY: install install-test system-deps runtime-deps demo test test-fast ui tensorboard executor-env reproduce clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -53,6 +53,12 @@ ui: install runtime-deps
 # TensorBoard over every training run's event logs: http://127.0.0.1:6006
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir "$${AIRFLOW_VAR_TFOS_DATA_ROOT:-data}/models" --host 127.0.0.1 --port 6006
+
+# Train a promoted model again from its training manifest and compare it with the original, bit for bit
+# (scripts/reproduce.py): `make reproduce MODEL=<model_version>` (`python scripts/serving.py list` names them).
+reproduce: install
+	@test -n "$(MODEL)" || { echo "usage: make reproduce MODEL=<model_version>" >&2; exit 2; }
+	bash -c 'source scripts/env.sh && exec python scripts/reproduce.py "$$0"' "$(MODEL)"
 
 clean:
 	rm -rf .airflow data build artifacts .spark-standalone

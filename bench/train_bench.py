@@ -23,7 +23,12 @@ Then the figure explains itself, per step of one worker (all measured here, on t
                 side" is (a) run twice at once (both cores computing, as the 2 workers do): with both
                 cores computing, the all-reduce's CPU cannot hide behind the other worker's compute
   efficiency    (b) / (2 x (a)) as a fraction of that ceiling (goal >= 0.9 in tensorflow mode)
-Run:  .venv/bin/python bench/train_bench.py [--rows 12000]
+
+``--deterministic both`` runs (b) (and (c), per ``--modes``) with the train job's ``--deterministic off`` and
+``on`` (op determinism and the forced ring all-reduce), alternating ``--repeat`` times, and prints each
+run's steady examples/s, the medians and their ratio (the issue's rule: on by default when it costs at
+most 10%); ``--job-only`` skips (a) and the per-step measurements.
+Run:  .venv/bin/python bench/train_bench.py [--rows 12000] [--deterministic both [--repeat 2] [--job-only]]
 """
 
 import argparse
@@ -43,9 +48,15 @@ tfenv.prepare_tensorflow(quiet=True)  # before anything imports TensorFlow
 VERSION = "bench"
 
 
-def single_process(root, steps, batch_size):
-    """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s as JSON."""
+def single_process(root, steps, batch_size, deterministic="off"):
+    """(a), run in a child process whose TensorFlow has one thread: prints steady examples/s and CPU
+    seconds per steady step as JSON. ``deterministic`` "on": seeded and under op determinism, as the train
+    job's nodes run with ``--deterministic on`` (node.make_reproducible)."""
     import tensorflow as tf
+
+    if deterministic == "on":
+        tf.keras.utils.set_random_seed(1)
+        tf.config.experimental.enable_op_determinism()
 
     from tfospipe import dataset, model, node, paths, schema
 
@@ -60,13 +71,14 @@ def single_process(root, steps, batch_size):
 
     class Clock(tf.keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            marks.append((batch + 1, time.time()))
+            marks.append((batch + 1, time.time(), time.process_time()))
 
     t0 = time.time()
     cnn.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Clock()])
-    (first_steps, first), (last_steps, last) = marks[0], marks[-1]  # the first execution: tracing, warm-up
+    (first_steps, first, first_cpu), (last_steps, last, last_cpu) = marks[0], marks[-1]  # first: tracing, warm-up
     steady = (last_steps - first_steps) * batch_size / (last - first)
-    print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0}))
+    print(json.dumps({"examples_per_second": steady, "seconds": time.time() - t0,
+                      "cpu_per_step": (last_cpu - first_cpu) / (last_steps - first_steps)}))
 
 
 def collective_worker(index, ports, compression, batch_size, iterations=30):
@@ -151,6 +163,62 @@ def collectives(env, compression, batch_size):
     return {k: sum(o[k] for o in outs) / len(outs) for k in outs[0]}
 
 
+def train_runs(root, layout, args, overrides, settings):
+    """(b) and (c), per ``args.modes``, once per entry of ``settings`` (the train job's --deterministic),
+    modes inner: each run's mode, setting, steady examples/s, seconds and allocator."""
+    import common
+    from tfospipe import fs
+
+    runs = []
+    for i, setting in enumerate(settings):
+        for mode in args.modes.split(","):
+            run_id = f"{mode}-{setting}-{i}"
+            t = time.time()
+            common.run_job("train", {"data_root": root, "version": VERSION, "run_id": run_id, "input_mode": mode,
+                                     "epochs": 1, "batch_size": args.batch_size, "deterministic": setting,
+                                     "gradient_compression": args.gradient_compression}, args.master, env=overrides)
+            m = json.load(open(os.path.join(layout.model_run(VERSION, run_id), fs.MANIFEST)))
+            runs.append({"mode": mode, "deterministic": setting, "rate": m["steady_examples_per_second"],
+                         "train": m["train_seconds"], "wall": time.time() - t, "steps": m["steps_run"],
+                         "malloc": m["workers"][0]["malloc"]})
+            print(f"  train {mode} deterministic {setting}: {runs[-1]['rate']:.0f} examples/s steady, "
+                  f"{m['train_seconds']:.1f} s in the TFoS cluster", flush=True)
+    return runs
+
+
+def print_single_cost(singles, batch_size, steps):
+    """The side-by-side of ``--single-only``: (a)'s CPU ms per step and examples/s, off and on, medians, ratio."""
+    import statistics as st
+
+    cpu = {s: [x["cpu_per_step"] * 1000 for x in singles if x["deterministic"] == s] for s in ("off", "on")}
+    rate = {s: [x["examples_per_second"] for x in singles if x["deterministic"] == s] for s in ("off", "on")}
+    print(f"(a) one tf.keras process, 1 core, {steps} steps x {batch_size}")
+    for s in ("off", "on"):
+        print(f"  op determinism {s:3}: {st.median(cpu[s]):6.1f} ms CPU a step (median of "
+              f"{', '.join(f'{x:.1f}' for x in cpu[s])}), {st.median(rate[s]):5.0f} examples/s wall (median of "
+              f"{', '.join(f'{x:.0f}' for x in rate[s])})")
+    ratio = st.median(cpu["off"]) / st.median(cpu["on"])
+    print(f"  op determinism on / off: {ratio:.3f}x throughput per CPU second ({(1 - ratio) * 100:+.1f}% cost; "
+          "on by default when <= 10%)")
+
+
+def print_determinism_cost(runs):
+    """The side-by-side of ``--deterministic both``: per input mode, each run's steady examples/s with the
+    setting off and on, the medians and their ratio (the issue's rule: on by default at a cost <= 10%)."""
+    import statistics as st
+
+    for mode in dict.fromkeys(r["mode"] for r in runs):
+        rates = {s: [r["rate"] for r in runs if r["mode"] == mode and r["deterministic"] == s] for s in ("off", "on")}
+        for s in ("off", "on"):
+            if rates[s]:
+                print(f"  {mode} mode, deterministic {s:3}: {st.median(rates[s]):7.0f} examples/s steady (median of "
+                      f"{', '.join(f'{x:.0f}' for x in rates[s])})")
+        if rates["off"] and rates["on"]:
+            ratio = st.median(rates["on"]) / st.median(rates["off"])
+            print(f"  {mode} mode, deterministic on / off: {ratio:.3f}x steady throughput "
+                  f"({(1 - ratio) * 100:+.1f}% cost; on by default when <= 10%)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=12_000, help="MNIST-size rows to generate (90%% train)")
@@ -161,11 +229,18 @@ def main():
     p.add_argument("--modes", default="tensorflow,spark", help="TFoS input modes to run")
     p.add_argument("--gradient-compression", default="none", choices=["none", "fp16"],
                    help="the train job's gradient_compression for (b) and (c); (a) all-reduces nothing")
+    p.add_argument("--deterministic", choices=("on", "off", "both"), default="on",
+                   help="the train job's --deterministic for (b) and (c): on (its default), off, or both side by side")
+    p.add_argument("--repeat", type=int, default=1, help="with --deterministic both: runs of each, alternating")
+    p.add_argument("--job-only", action="store_true", help="only the train job's runs: no (a), no per-step figures")
+    p.add_argument("--single-only", action="store_true",
+                   help="with --deterministic both: only (a), op determinism off and on alternating --repeat times: "
+                        "CPU seconds per step, which other load on the machine does not change as it changes wall time")
     p.add_argument("--single", nargs=2, metavar=("ROOT", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--collective-worker", nargs=3, metavar=("INDEX", "PORT0", "PORT1"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.single:
-        return single_process(args.single[0], int(args.single[1]), args.batch_size)
+        return single_process(args.single[0], int(args.single[1]), args.batch_size, args.deterministic)
     if args.collective_worker:
         index, *ports = args.collective_worker
         return collective_worker(int(index), ports, args.gradient_compression, args.batch_size)
@@ -190,6 +265,28 @@ def main():
         malloc = launch.executor_malloc()  # the executors' allocator, for (a) too
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                **({"LD_PRELOAD": malloc} if malloc else {}), **overrides}
+        settings = ["off", "on"] * args.repeat if args.deterministic == "both" else [args.deterministic]
+        if args.single_only:
+            singles = []
+            for setting in settings:
+                out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2), "--batch-size",
+                                      str(args.batch_size), "--deterministic", setting], env=env, check=True,
+                                     stdout=subprocess.PIPE, text=True).stdout
+                singles.append(dict(json.loads(out.strip().splitlines()[-1]), deterministic=setting))
+                print(f"  (a) deterministic {setting}: {singles[-1]['examples_per_second']:.0f} examples/s steady, "
+                      f"{singles[-1]['cpu_per_step'] * 1000:.1f} ms CPU a step", flush=True)
+            print()
+            common.print_facts()
+            print_single_cost(singles, args.batch_size, steps * 2)
+            return
+        if args.job_only:
+            runs = train_runs(root, layout, args, overrides, settings)
+            print()
+            common.print_facts()
+            print(f"{examples} examples per run ({steps} steps x {args.batch_size} x 2 workers), model: seed CNN "
+                  f"28x28, gradient compression {args.gradient_compression}")
+            print_determinism_cost(runs)
+            return
         t = time.time()
         out = subprocess.run([sys.executable, __file__, "--single", root, str(steps * 2),
                               "--batch-size", str(args.batch_size)], env=env, check=True,
@@ -203,15 +300,8 @@ def main():
 
         coll = collectives(env, args.gradient_compression, args.batch_size)
 
-        results = {}
-        for mode in args.modes.split(","):
-            t = time.time()
-            common.run_job("train", {"data_root": root, "version": VERSION, "run_id": mode, "input_mode": mode,
-                                     "epochs": 1, "batch_size": args.batch_size,
-                                     "gradient_compression": args.gradient_compression}, args.master, env=overrides)
-            m = json.load(open(os.path.join(layout.model_run(VERSION, mode), fs.MANIFEST)))
-            results[mode] = {"rate": m["steady_examples_per_second"], "train": m["train_seconds"],
-                             "wall": time.time() - t, "steps": m["steps_run"], "malloc": m["workers"][0]["malloc"]}
+        runs = train_runs(root, layout, args, overrides, settings)
+        results = {mode: next(r for r in runs if r["mode"] == mode) for mode in args.modes.split(",")}
 
         a = single["examples_per_second"]
         print()
@@ -247,7 +337,10 @@ def main():
             if mode in results:
                 e = results[mode]["rate"] / (2 * a)
                 print(f"  {label}: efficiency {e:.2f} = {e / ceiling:.2f} of the ceiling"
-                      + ("   (goal >= 0.9 in tensorflow mode)" if mode == "tensorflow" else ""))
+                      + ("   (goal >= 0.9 in tensorflow mode)" if mode == "tensorflow" else "")
+                      + f"   (deterministic {results[mode]['deterministic']})")
+        if args.deterministic == "both":
+            print_determinism_cost(runs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

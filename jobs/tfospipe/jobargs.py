@@ -30,6 +30,13 @@ from . import fs, paths, schema
 #: How all-reduce training sends gradients: "none" (float32) or "fp16" (model.HalfPrecisionAllReduceAdam).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 
+#: The train job's default seed (``--seed``), and the largest seed: a seed plus a worker index or an input
+#: pipeline's index stays below 2**31 (TensorFlow's seeds are int64, NumPy's and Python's any size).
+DEFAULT_SEED = 20261207
+MAX_SEED = 2**31 - 1 - 65536
+#: The train job's ``--deterministic`` setting: on (op determinism, the default) or off.
+DETERMINISTIC = ("on", "off")
+
 #: When validate may move serving to a model that passed the gate (validate.promotion_rule):
 #: "if_not_older" only when its data date is not older than the serving model's (a backfill of old
 #: versions judges its models but leaves a newer one serving), "auto" always, "never" not at all.
@@ -386,6 +393,16 @@ class TrainParams(DataCheckParams, RunParams):
     epochs: int = param(5, "passes over the train split", integer(1, 1000))
     batch_size: int = param(64, "batch size per worker", integer(1, 65536))
     learning_rate: float = param(0.001, "Adam learning rate", number(maximum=1, above=0))
+    seed: int = param(
+        DEFAULT_SEED, "the run's random seed: each node seeds Python, NumPy and TensorFlow (weights, dropout) with "
+        "seed + its worker index and shuffles its share with seed + its input pipeline; the same seed, data, "
+        "params and cluster give the same model (scripts/reproduce.py)", integer(0, MAX_SEED))
+    # Not a DAG param: a job setting (bench/train_bench.py --deterministic both measures its cost).
+    deterministic: str = param(
+        "on", "on: TensorFlow's op determinism (tf.config.experimental.enable_op_determinism) on every node and "
+        "the ring all-reduce forced, so a rerun with the same seed gives the same weights bit for bit "
+        "(input_mode tensorflow, all-reduce); off: TensorFlow's defaults (the seeds still apply)",
+        one_of(*DETERMINISTIC), dag=False)
     # Not a DAG param: a job setting (tests shorten it), checked by the same kind of rule.
     executor_wait: int = param(120, "seconds to wait for cluster_size executors before failing", integer(1),
                                dag=False)

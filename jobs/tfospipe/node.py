@@ -86,20 +86,52 @@ def node_main(setup: NodeSetup, ctx: Any) -> None:
         scratch.cleanup()
 
 
-def _tensorflow(ps_mode: bool):
-    """TensorFlow, imported with tf-keras (and, under ParameterServerStrategy, PS_THREADS) set first."""
+def _tensorflow(ps_mode: bool, params: TrainParams, seed_index: int):
+    """TensorFlow, imported with tf-keras (and, under ParameterServerStrategy, PS_THREADS) set first, then
+    made reproducible before any op runs (:func:`make_reproducible`)."""
     tfenv.prepare_tensorflow(force=True)
     if ps_mode:
         os.environ.update(PS_THREADS)
     import tensorflow as tf
 
+    make_reproducible(tf, params, seed_index)
     return tf
+
+
+def node_seed(seed: int, index: int) -> int:
+    """The seed of the node or input pipeline ``index`` of a run seeded ``seed`` (``jobargs.MAX_SEED``
+    keeps it below 2**31)."""
+    return seed + index
+
+
+def make_reproducible(tf: Any, params: TrainParams, index: int) -> None:
+    """Before this node's first op: seed Python's, NumPy's and TensorFlow's generators with
+    :func:`node_seed` of ``params.seed`` and ``index`` (``tf.keras.utils.set_random_seed``: the weights'
+    initializers, dropout), and with ``params.deterministic`` "on" turn on TensorFlow's op determinism
+    (``tf.config.experimental.enable_op_determinism``: kernels that have a deterministic variant use it, the
+    others raise instead of running nondeterministically; tf.data keeps its order)."""
+    tf.keras.utils.set_random_seed(node_seed(params.seed, index))
+    if params.deterministic == "on":
+        tf.config.experimental.enable_op_determinism()
+
+
+def all_reduce_strategy(tf: Any, params: TrainParams) -> Any:
+    """``MultiWorkerMirroredStrategy``; with ``params.deterministic`` "on" its all-reduce is the ring
+    (``CommunicationImplementation.RING``, what AUTO picks on CPU): each chunk of a gradient is summed
+    around the ring in the order of the workers' task indices, the same order in every run, so the sums
+    are the same bits (see the README's reproducibility section)."""
+    if params.deterministic != "on":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
 def _serve(setup: NodeSetup, ctx: Any) -> None:
     """A parameter server or worker under ParameterServerStrategy: a TensorFlow server that the chief's
     coordinator drives. Returns once the chief has left its done marker, or any node an error marker."""
-    tf = _tensorflow(ps_mode=True)
+    tf = _tensorflow(True, setup.params, markers.worker_index(ctx.job_name, ctx.task_index)
+                     if ctx.job_name == "worker" else 1000 + ctx.task_index)
     started = time.time()
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     tf.distribute.Server(resolver.cluster_spec(), job_name=ctx.job_name, task_index=ctx.task_index,
@@ -117,10 +149,12 @@ def _serve(setup: NodeSetup, ctx: Any) -> None:
 
 # --- input pipelines ---------------------------------------------------------------------------------
 
-def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) -> "tf.data.Dataset":
+def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle_seed: int | None) -> "tf.data.Dataset":
     """This input pipeline's planned share of a split (never empty), repeated: the node meets any step
     budget, a smaller share repeating its records within the epoch. A ``tf.data.Dataset`` of serialized
-    Examples (scalar strings); shuffled with a seed per pipeline when ``shuffle``. On a root
+    Examples (scalar strings) in the shards' order; shuffled when ``shuffle_seed`` is not None, with
+    :func:`node_seed` of it and the pipeline's index (reshuffled every epoch, the same sequence of orders
+    in every run with that seed). On a root
     ``tf.io.gfile`` cannot reach, the share's files are read from local copies (scratch.local_copy, in
     this process's scratch directory; under ParameterServerStrategy the coordinator's, see train.py).
 
@@ -140,8 +174,9 @@ def from_share(shares: list[dict[str, Any]], input_context: Any, shuffle: bool) 
     if share["every"] > 1:
         ds = ds.shard(share["every"], share["offset"])
     ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=input_context.input_pipeline_id, reshuffle_each_iteration=True)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=node_seed(shuffle_seed, input_context.input_pipeline_id),
+                        reshuffle_each_iteration=True)
     return ds.repeat()
 
 
@@ -174,13 +209,13 @@ def train_fn(setup: NodeSetup, feed: Feed | None, input_context: Any) -> "tf.dat
     if feed is not None:
         blocks = tf.data.Dataset.from_generator(feed.blocks, output_signature=tf.TensorSpec([None], tf.string))
         return finish(blocks.unbatch(), setup.params.batch_size, setup.plan.image_shape)
-    return finish(from_share(setup.plan.shares["train"], input_context, shuffle=True), setup.params.batch_size,
+    return finish(from_share(setup.plan.shares["train"], input_context, setup.params.seed), setup.params.batch_size,
                   setup.plan.image_shape)
 
 
 def eval_fn(setup: NodeSetup, input_context: Any) -> "tf.data.Dataset":
     """The evaluation input of ``DatasetCreator``: this node's eval share, in order, batched."""
-    return finish(from_share(setup.plan.shares["eval"], input_context, shuffle=False), setup.params.batch_size,
+    return finish(from_share(setup.plan.shares["eval"], input_context, None), setup.params.batch_size,
                   setup.plan.image_shape)
 
 
@@ -202,7 +237,7 @@ class _Role:
 def _train(setup: NodeSetup, ctx: Any) -> None:
     """Train, export (chief), and leave the done marker: an all-reduce node, or the PS coordinator."""
     ps_mode = setup.params.num_ps > 0
-    tf = _tensorflow(ps_mode)
+    tf = _tensorflow(ps_mode, setup.params, markers.worker_index(ctx.job_name, ctx.task_index))
     from tensorflowonspark import marker
 
     from . import model as model_lib
@@ -211,7 +246,7 @@ def _train(setup: NodeSetup, ctx: Any) -> None:
     if ps_mode:
         strategy = tf.distribute.ParameterServerStrategy(tf.distribute.cluster_resolver.TFConfigClusterResolver())
     else:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = all_reduce_strategy(tf, setup.params)
     role = _Role(ps_mode, markers.worker_index(ctx.job_name, ctx.task_index),
                  setup.params.batch_size * (1 if ps_mode else ctx.num_workers))
     feed = None

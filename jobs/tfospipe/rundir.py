@@ -9,7 +9,8 @@ checked and committed after it ends.
     workers/         one done marker per node: worker index, train and eval steps run, share, final loss;
                      or <node>.error with the traceback of a node that failed
     model/           the exported SavedModel (signature in model.py), renamed into place complete
-    _manifest.json   dataset version, params, plan, final metrics, git revision; then _SUCCESS
+    _manifest.json   dataset version, params (seed included), plan, final metrics, the data's identity
+                     (dataset_identity), library versions, git revision; then _SUCCESS
 
 :func:`prepare_run_dir` starts an attempt, :func:`check_markers` reads the nodes' done markers,
 :func:`run_manifest` describes the run and :func:`commit_run` commits it.
@@ -18,6 +19,8 @@ checked and committed after it ends.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +112,8 @@ def finish_run(setup: NodeSetup, layout: paths.Layout, started: float,
 def run_manifest(params: TrainParams, plan: Plan, done: dict[str, dict[str, Any]], model_dir: str,
                  started: float) -> dict[str, Any]:
     """The run's ``_manifest.json``: dataset version, params (``dataclasses.asdict(params)``), plan, the
-    chief's final metrics, every node's done marker, seconds since ``started`` (epoch seconds), library
-    versions, git revision."""
+    chief's final metrics, every node's done marker, seconds since ``started`` (epoch seconds), what
+    identifies the data read (:func:`dataset_identity`), library versions, git revision."""
     chief = done[markers.name_of("chief", 0)]
     return {
         "dataset_version": params.version,
@@ -133,7 +136,24 @@ def run_manifest(params: TrainParams, plan: Plan, done: dict[str, dict[str, Any]
         "parameter_servers": sorted((m for m in done.values() if m.get("job_name") == "ps"),
                                     key=lambda m: m["task_index"]),
         "train_seconds": round(time.time() - started, 1),
+        # what the run read: a rerun from this manifest checks it (scripts/reproduce.py)
+        "dataset": dataset_identity(paths.Layout(params.data_root), params.version, plan),
         "versions": library_versions(),
         "executor_python": executor_python(m["python"] for m in done.values() if "python" in m),
         "git_revision": git_revision(),
     }
+
+
+def dataset_identity(layout: paths.Layout, version: str, plan: Plan) -> dict[str, Any]:
+    """What identifies the data a run read, cheaply (no shard is read): the sha256 of the version's
+    conversion manifest (which holds every input file's sha256 and every shard's record count) and the
+    bytes of every shard the plan gave the nodes, by path relative to ``tfrecords/{version}/``."""
+    base = layout.tfrecords(version)
+    files = sorted({f for shares in plan.shares.values() for share in shares for f in share["files"]})
+
+    def relative(path):
+        rel = path[len(base):] if path.startswith(base) else os.path.basename(path)
+        return rel.replace("\\", "/").strip("/")
+
+    return {"manifest_sha256": hashlib.sha256(fs.read_bytes(paths.join(base, fs.MANIFEST))).hexdigest(),
+            "shard_bytes": {relative(f): fs.size(f) for f in files}}

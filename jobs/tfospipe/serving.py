@@ -108,14 +108,21 @@ def _files(root):
     return sorted(found)
 
 
+#: A SavedModel's ``fingerprint.pb`` (TensorFlow >= 2.12): hashes of ``saved_model.pb`` and of the
+#: checkpoint, and (TensorFlow >= 2.15) a random ``uuid`` drawn at every save, so two exports of the same
+#: graph and weights differ in it. Left out of :func:`model_digest`: what it hashes is in the digest already.
+FINGERPRINT = "fingerprint.pb"
+
+
 def model_digest(model_dir: str) -> str:
     """sha256 (64 hex digits) of a SavedModel directory: every file's relative path, size and bytes.
 
     Identical files give the identical digest wherever they lie (a training run's ``model/`` and its
-    copy in the serving area); ``_SUCCESS`` and ``_manifest.json`` at the top are not part of it.
+    copy in the serving area); ``_SUCCESS``, ``_manifest.json`` and :data:`FINGERPRINT` at the top are not
+    part of it, so the same graph and weights exported twice (a reproduced training) give the same digest.
     Raises ValueError when the directory holds no file.
     """
-    files = _files(model_dir)
+    files = [rel for rel in _files(model_dir) if rel != FINGERPRINT]
     if not files:
         raise ValueError(f"no model files under {model_dir}")
     h = hashlib.sha256()

@@ -29,6 +29,10 @@ Input modes (``--input-mode``):
   leaves no collective half-done (a barrier after the chief's export), stops its feed with
   ``terminate()``, and feeding is bounded by ``feed_timeout``.
 
+Every node seeds its generators from the ``seed`` param and its worker index, and with ``deterministic``
+on (the default) runs under TensorFlow's op determinism and the ring all-reduce: the same manifest trains
+the same model bit for bit in tensorflow input mode (``node.make_reproducible``, ``scripts/reproduce.py``).
+
 Both modes evaluate on the eval split after every epoch (each node reads its share of the eval
 shards) and resume from the last finished epoch when the task is retried (``BackupAndRestore``).
 
@@ -204,13 +208,14 @@ class _Tail(threading.Thread):
 
 
 def describe_run(setup: node.NodeSetup) -> str:
-    """One log line: input mode, topology, rows, step budget, epochs, batch size and run directory."""
+    """One log line: input mode, topology, rows, step budget, epochs, batch size, seed, determinism and run
+    directory."""
     params, plan = setup.params, setup.plan
     topology = (f"{params.num_ps} parameter servers + chief + {plan.workers - 1} workers (ParameterServerStrategy)"
                 if params.num_ps else f"{plan.workers} nodes (MultiWorkerMirroredStrategy)")
     return (f"training in {params.input_mode} input mode on {topology}: {plan.train_rows} rows, "
             f"{plan.steps_per_epoch} steps/epoch x {params.epochs} epochs, batch {params.batch_size}/worker, "
-            f"run dir {setup.run_dir}")
+            f"seed {params.seed}, deterministic {params.deterministic}, run dir {setup.run_dir}")
 
 
 def prepare(params: TrainParams) -> dict[str, Any] | None:

@@ -273,9 +273,9 @@ def test_a_conf_key_that_is_no_param_fails_the_first_task_before_spark_submit(da
 def test_valid_confs_reach_spark_submit(dag, monkeypatch, conf):
     if conf == "every param":
         conf = {name: p.value for name, p in dag.params.items()}
-        # 20, the data checks (jobargs.DataCheckParams): a mode and 7 thresholds, and the gate's gate, alpha,
-        # require_improvement and undecided
-        assert len(conf) == 32
+        # 21 (seed included), the data checks (jobargs.DataCheckParams): a mode and 7 thresholds, and the gate's
+        # gate, alpha, require_improvement and undecided
+        assert len(conf) == 33
     for task in dag.tasks:
         reached = []
         _execute_with_conf(task, conf, monkeypatch, reached)
