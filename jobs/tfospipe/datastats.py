@@ -48,7 +48,7 @@ FORMAT = 1
 #: default for numeric features (``StatsOptions.num_histogram_buckets`` = 10). Few enough that a split of a
 #: few hundred rows fills them (~30 rows per bin when spread evenly), and each costs one comparison pass
 #: over the block's pixels (:meth:`SplitStats._add_histogram`): 16 bins cost 1.65 us a 784-pixel row against
-#: 0.92 for 10 (one core of an AMD EPYC), the largest part of the statistics' cost in the convert job.
+#: 0.73 for 10 (one core of an AMD EPYC), the largest part of the statistics' cost in the convert job.
 NUM_BINS = 10
 
 
