@@ -228,7 +228,7 @@ def _keep_reported(stage_dir, written):
 
 def _tfos_predictions(spark, files, setup, nodes):
     """Predictions of the rows in ``files`` through a TFoS cluster fed by Spark (the cluster and its RDD)."""
-    from tensorflowonspark import TFCluster
+    TFCluster = tfos.tfcluster()
 
     sc = spark.sparkContext
     cluster = TFCluster.run(sc, tfos_node, setup, nodes, num_ps=0, tensorboard=False,
@@ -242,9 +242,7 @@ def _shutdown(cluster):
     try:
         tfos.shutdown(cluster)
     except SystemExit:
-        from tensorflowonspark import TFCluster
-
-        error = TFCluster.tf_status.get("error")
+        error = tfos.tfcluster().tf_status.get("error")
         loss = executor_loss(error)
         if loss is not None:
             raise JobError(executor_loss_message("infer", loss)) from None

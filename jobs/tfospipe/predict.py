@@ -16,10 +16,6 @@ import numpy as np
 
 from . import fs, schema, scratch, tfenv
 
-tfenv.prepare_tensorflow()
-
-from . import model as model_lib  # noqa: E402  (imports TensorFlow)
-
 #: Serving functions loaded in this process, by (SavedModel path, image shape).
 _LOADED = {}
 
@@ -37,6 +33,9 @@ def loaded_model(path: str, image_shape: tuple[int, int], on_load: Callable[[], 
     """
     key = (path, tuple(image_shape))
     if key not in _LOADED:
+        tfenv.prepare_tensorflow()
+        from . import model as model_lib  # imports TensorFlow: only where a model is loaded, not in infer's driver
+
         _LOADED[key] = model_lib.load_serving(scratch.local_copy(path), image_shape)
         if on_load is not None:
             on_load()
@@ -57,6 +56,7 @@ def batches(files: Iterable[str], image_shape: tuple[int, int],
     on an AMD EPYC, 3,975 alone), and ran at full speed with this reader (3,820 each); see the README's
     inference benchmark section.
     """
+    tfenv.prepare_tensorflow()
     import tensorflow as tf
 
     files = list(files)

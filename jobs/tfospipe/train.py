@@ -107,7 +107,7 @@ def start_cluster(sc: Any, setup: node.NodeSetup) -> None:
     ``setup``: what every node gets (the run directory, the params, the plan). Raises JobError naming the
     failed or lost node (``nodefailure.cluster_failure``).
     """
-    from tensorflowonspark import TFCluster
+    TFCluster = tfos.tfcluster()
 
     run_dir, params, plan = setup.run_dir, setup.params, setup.plan
     tail = _Tail(paths.join(run_dir, paths.PROGRESS_LOG))

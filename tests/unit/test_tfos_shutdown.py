@@ -55,3 +55,24 @@ def test_a_cluster_with_parameter_servers_keeps_tfos_poll_interval(monkeypatch):
     tfos.shutdown(Noop(["chief", "worker", "ps"]))
     tfos.shutdown(Noop(["chief", "worker"]))
     assert polls == [tfos.TFOS_POLL_SECONDS, tfos.POLL_SECONDS] and tfos.TFOS_POLL_SECONDS == 5
+
+
+def test_the_drivers_of_train_and_infer_import_tfcluster_without_tensorflow():
+    """tfos.tfcluster() defers tensorflowonspark.compat (which imports TensorFlow) until a node uses it: the
+    train and infer drivers never import TensorFlow, and the nodes' helpers still work once used."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "from tfospipe import infer, train, tfos\n"
+        "TFCluster = tfos.tfcluster()\n"
+        "assert TFCluster.InputMode.SPARK == 1 and callable(TFCluster.run)\n"
+        "print('driver', 'tensorflow' in sys.modules)\n"
+        "from tensorflowonspark import TFNode, compat\n"
+        "assert TFNode.compat is compat and compat.__name__ == 'tensorflowonspark.compat'\n"
+        "helper = TFNode.compat.disable_auto_shard\n"  # the first use imports the real module
+        "print('node', 'tensorflow' in sys.modules, helper.__module__, sys.modules['tensorflowonspark.compat'].tf.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[:2] == ["driver False", "node True tensorflowonspark.compat tensorflow"], out.stdout
