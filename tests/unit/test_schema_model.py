@@ -200,3 +200,15 @@ def test_the_package_runs_tensorflow_with_tf_keras():
                          text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1].startswith("tf_keras.")
+
+
+def test_validate_checks_the_serving_contract_where_it_evaluates(tmp_path):
+    """validate.serving_contract_errors (run on an executor, so validate's driver never imports TensorFlow):
+    None for a model that takes the data's shape, the loader's message for one that does not or is missing."""
+    from tfospipe import validate
+    model.export(model.build_model((8, 8), 16), str(tmp_path / "m"), (8, 8))
+    models = {"candidate": str(tmp_path / "m"), "missing": str(tmp_path / "none")}
+    (fits,) = validate.serving_contract_errors(models, (8, 8))(iter([0]))
+    assert fits["candidate"] is None and fits["missing"], fits
+    (wrong,) = validate.serving_contract_errors({"candidate": str(tmp_path / "m")}, (28, 28))(iter([0]))
+    assert "expected float32 [None, 28, 28, 1]" in wrong["candidate"], wrong
