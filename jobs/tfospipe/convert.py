@@ -37,7 +37,7 @@ from . import csvparse, datastats, fs, inputs, paths, schema
 from .inputs import Input, list_inputs, read_head
 from .jobargs import ConvertParams
 from .lineage import LineageWriter, lineage_name
-from .runner import JobError, executor_python, git_revision, library_versions
+from .runner import JobError, executor_python, executors, git_revision, library_versions, requested_executors
 
 if TYPE_CHECKING:  # Spark is only needed at run time
     from pyspark.sql import SparkSession
@@ -632,6 +632,9 @@ def run(spark: SparkSession, params: ConvertParams, found: Found | None = None) 
     sc = spark.sparkContext
     layout = paths.Layout(params.data_root)
     found = found if found is not None else prepare(params)
+    # Spark schedules on the first executor that registers: without this wait, an executor still unpacking the
+    # shipped environment (spark.archives, ~2 GiB) got no range, and one executor did both passes
+    executors(sc, requested_executors(sc), timeout=30)
     labeled, unlabeled, skipped, dialects = found.labeled, found.unlabeled, found.skipped, found.dialects
     image_shape, num_pixels = found.image_shape, found.num_pixels
     started = time.time()
