@@ -60,22 +60,33 @@ MAX_ROUNDS = 3
 
 
 def evaluate_partition(models: dict[str, str],
-                       image_shape: tuple[int, int]) -> Callable[[Iterable[str]], Iterator[dict[str, dict]]]:
+                       image_shape: tuple[int, int]) -> Callable[[Iterable[str]], Iterator[tuple]]:
     """Executor side (``mapPartitions``): one metrics accumulator per model over this partition's files.
 
     ``models``: SavedModel directory by name (``candidate``, ``champion``); ``image_shape``: ``(H, W)``.
-    The returned function yields one triple per partition: ``{name: metrics.empty()-style accumulator}``
-    (empty accumulators for a partition without files), a ``metrics.empty_pairs()`` accumulator of the
-    candidate against the champion on the same rows (all zero without a champion) and
-    ``{sys.executable}`` (the executor's interpreter, for the manifest); every model sees the same
-    records, :data:`EVAL_BATCH` at a time.
+    The returned function yields one 4-tuple per partition: ``{name: metrics.empty()-style accumulator}``
+    (empty for a partition without files), a ``metrics.empty_pairs()`` accumulator of the candidate
+    against the champion on the same rows (all zero without a champion), ``{sys.executable}`` (the
+    executor's interpreter, for the manifest) and ``{name: error text}`` of the models that do not meet
+    the serving contract for ``image_shape`` (predict.loaded_model: missing, not a SavedModel, another
+    signature). Every model sees the same records, :data:`EVAL_BATCH` at a time; a model with an error
+    gets no accumulator, and no records are read when it is the candidate.
+
+    Every partition loads the models, files or not: the contract is checked here, on the executors,
+    where the models are loaded anyway (predict's per-process cache), so validate's driver never
+    imports TensorFlow (5.5-7.6 CPU s and ~700 MB of RSS on an AMD EPYC).
     """
     def run(files):
         files = list(files)
-        accs = {name: metrics.empty() for name in models}
+        fns, errors = {}, {}
+        for name, path in models.items():
+            try:
+                fns[name] = predict.loaded_model(path, image_shape)
+            except Exception as e:  # what loading or the signature check raised: reported to the driver
+                errors[name] = str(e) or type(e).__name__
+        accs = {name: metrics.empty() for name in fns}
         pairs = metrics.empty_pairs()
-        if files:
-            fns = {name: predict.loaded_model(path, image_shape) for name, path in models.items()}
+        if files and "candidate" in fns:
             for images, labels, _ids in predict.batches(files, image_shape, EVAL_BATCH):
                 outputs = {}
                 for name, fn in fns.items():
@@ -83,35 +94,16 @@ def evaluate_partition(models: dict[str, str],
                     metrics.update(accs[name], labels, outputs[name])
                 if "champion" in outputs:
                     metrics.update_pairs(pairs, labels, outputs["candidate"], outputs["champion"])
-        yield accs, pairs, {sys.executable}
+        yield accs, pairs, {sys.executable}, errors
     return run
 
 
-def serving_contract_errors(models: dict[str, str],
-                            image_shape: tuple[int, int]) -> Callable[[Iterable[object]], Iterator[dict]]:
-    """Executor side (``mapPartitions`` of a one-element RDD): whether each model meets the serving
-    contract for ``image_shape`` ``(H, W)`` (predict.loaded_model: its serving signature takes float32
-    [n, H, W, 1]). Yields one ``{name: None, or the error's text}`` for ``models`` (SavedModel directory by
-    name).
-
-    On an executor, not the driver: the driver then never imports TensorFlow (5.5-7.6 CPU s and ~700 MB
-    of RSS on an AMD EPYC), and the executor that checks keeps the model loaded for the evaluation pass
-    (predict's per-process cache)."""
-    def run(_items):
-        errors = {}
-        for name, path in models.items():
-            try:
-                predict.loaded_model(path, image_shape)
-                errors[name] = None
-            except Exception as e:  # what loading or the signature check raised: reported, not raised
-                errors[name] = str(e) or type(e).__name__
-        yield errors
-    return run
-
-
-def _contract_errors(sc, models: dict[str, str], image_shape: tuple[int, int]) -> dict[str, str | None]:
-    """:func:`serving_contract_errors` of ``models``, run as one Spark task."""
-    return sc.parallelize([0], 1).mapPartitions(serving_contract_errors(models, image_shape)).collect()[0]
+def _merge_partitions(a: tuple, b: tuple) -> tuple:
+    """Two :func:`evaluate_partition` results summed: accumulators of the models both hold, paired counts,
+    interpreters and errors (a model with an error in either is dropped by :func:`_evaluate`)."""
+    accs = {k: metrics.merge(a[0][k], b[0][k]) for k in a[0].keys() & b[0].keys()}
+    accs.update({k: v for side in (a[0], b[0]) for k, v in side.items() if k not in a[0] or k not in b[0]})
+    return accs, metrics.merge_pairs(a[1], b[1]), a[2] | b[2], {**a[3], **b[3]}
 
 
 def data_date(version: str, given: str = "") -> str:
@@ -326,23 +318,25 @@ def gate(candidate: dict, champion: dict | None, thresholds: GateThresholds,
 def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
     """(results by model name, paired counts, champion note, executor_python): candidate and serving model
     on the same records in one pass; the paired counts (``metrics.empty_pairs`` keys, lists) are None
-    without a serving model that scores this data."""
+    without a serving model that scores this data. Raises JobError when the candidate does not meet the
+    serving contract (checked on the executors, :func:`evaluate_partition`)."""
     models = {"candidate": candidate_dir}
-    champion_note = "no model serving yet: judged on thresholds alone"
     if current is not None:
-        champion_dir = layout.serving_model(current["model_version"])
-        error = _contract_errors(sc, {"champion": champion_dir}, image_shape)["champion"]
-        if error is None:
-            models["champion"] = champion_dir
-            champion_note = f"compared with serving model {current['model_version']} on the same records"
-        else:  # e.g. the serving model takes another image shape
-            champion_note = f"serving model {current['model_version']} cannot score this data ({error}); thresholds only"
-    acc = (sc.parallelize(eval_files, max(len(eval_files), 1))
-           .mapPartitions(evaluate_partition(models, image_shape))
-           .reduce(lambda a, b: ({k: metrics.merge(a[0][k], b[0][k]) for k in a[0]},
-                                 metrics.merge_pairs(a[1], b[1]), a[2] | b[2])))
-    accs, pairs, pythons = acc
-    paired = {k: v.tolist() for k, v in pairs.items()} if "champion" in models else None
+        models["champion"] = layout.serving_model(current["model_version"])
+    accs, pairs, pythons, errors = (sc.parallelize(eval_files, max(len(eval_files), 1))
+                                    .mapPartitions(evaluate_partition(models, image_shape))
+                                    .reduce(_merge_partitions))
+    if "candidate" in errors:
+        raise JobError(f"the model at {candidate_dir} does not meet the serving contract: {errors['candidate']}")
+    if current is None:
+        champion_note = "no model serving yet: judged on thresholds alone"
+    elif "champion" in errors:  # e.g. the serving model takes another image shape
+        accs.pop("champion", None)
+        champion_note = (f"serving model {current['model_version']} cannot score this data ({errors['champion']}); "
+                         "thresholds only")
+    else:
+        champion_note = f"compared with serving model {current['model_version']} on the same records"
+    paired = {k: v.tolist() for k, v in pairs.items()} if "champion" in accs else None
     return ({name: metrics.summarize(a) for name, a in accs.items()}, paired, champion_note,
             executor_python(pythons))
 
@@ -384,7 +378,7 @@ class _Candidate:
 
 def _candidate(layout, params):
     """The candidate of ``params.run_id``; JobError when the version was not converted or the run did not
-    finish (:func:`run` checks the serving contract on an executor, :func:`serving_contract_errors`)."""
+    finish (the serving contract is checked by the evaluation pass, :func:`evaluate_partition`)."""
     version, run_id = params.version, params.run_id
     date = data_date(version, params.data_date)
     eval_files = dataset.shard_files(layout, version, "eval")
@@ -588,9 +582,6 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     # a model trained on a single class or without a class of the schema is never promoted
     data_checks = datagate.check_candidate(params)
     executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
-    error = _contract_errors(sc, {"candidate": cand.dir}, cand.image_shape)["candidate"]
-    if error is not None:  # checked once, on one executor, before the evaluation pass
-        raise JobError(f"the model at {cand.dir} does not meet the serving contract: {error}")
     mv, out = cand.mv, cand.report_dir
     compared = []  # the serving model of each round, in order
 

@@ -203,12 +203,17 @@ def test_the_package_runs_tensorflow_with_tf_keras():
 
 
 def test_validate_checks_the_serving_contract_where_it_evaluates(tmp_path):
-    """validate.serving_contract_errors (run on an executor, so validate's driver never imports TensorFlow):
-    None for a model that takes the data's shape, the loader's message for one that does not or is missing."""
-    from tfospipe import validate
+    """validate.evaluate_partition loads the models on the executor (so validate's driver never imports
+    TensorFlow) and reports the ones that do not meet the contract, with the loader's message; the merge
+    of partitions keeps every error and drops no accumulator of a model both partitions hold."""
+    from tfospipe import metrics, validate
     model.export(model.build_model((8, 8), 16), str(tmp_path / "m"), (8, 8))
-    models = {"candidate": str(tmp_path / "m"), "missing": str(tmp_path / "none")}
-    (fits,) = validate.serving_contract_errors(models, (8, 8))(iter([0]))
-    assert fits["candidate"] is None and fits["missing"], fits
-    (wrong,) = validate.serving_contract_errors({"candidate": str(tmp_path / "m")}, (28, 28))(iter([0]))
+    models = {"candidate": str(tmp_path / "m"), "champion": str(tmp_path / "none")}
+    ((accs, pairs, pythons, errors),) = validate.evaluate_partition(models, (8, 8))(iter([]))
+    assert set(accs) == {"candidate"} and set(errors) == {"champion"} and errors["champion"], errors
+    assert int(accs["candidate"]["confusion"].sum()) == 0 and int(pairs["records"].sum()) == 0 and pythons
+    ((_a, _p, _py, wrong),) = validate.evaluate_partition({"candidate": str(tmp_path / "m")}, (28, 28))(iter([]))
     assert "expected float32 [None, 28, 28, 1]" in wrong["candidate"], wrong
+    one = ({"candidate": metrics.empty(), "champion": metrics.empty()}, metrics.empty_pairs(), {"a"}, {})
+    merged = validate._merge_partitions(one, (accs, pairs, {"b"}, errors))
+    assert set(merged[0]) == {"candidate", "champion"} and merged[2] == {"a", "b"} and merged[3] == errors
