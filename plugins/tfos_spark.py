@@ -35,7 +35,15 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from tfospipe import jobspec, launch, paths
-from tfospipe.runner import EXIT_DATA_REFUSED
+from tfospipe.runner import EXIT_DATA_REFUSED, EXIT_USER_ERROR
+
+#: What a job's exit status says about a retry: the statuses of failures a retry cannot mend (the job's
+#: ERROR line says what to fix), with the reason the task log gives for not retrying.
+NOT_RETRIED = {
+    EXIT_DATA_REFUSED: "its data checks refused the data; fix the data, or rerun with data_checks=warn",
+    EXIT_USER_ERROR: "the same input and params would fail the same way; fix what the line names, then clear the "
+                     "task or trigger a new run",
+}
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
@@ -171,6 +179,20 @@ class TFoSSparkSubmitHook(SparkSubmitHook):
     #: escalates to SIGKILL 5 s after its own SIGTERM, so this stays short.
     KILL_GRACE_S = 3
 
+    #: The last ``ERROR [job] ...`` line spark-submit's output held (the job's own, whole), or None.
+    error_line: str | None = None
+
+    def _process_spark_submit_log(self, itr: Iterable[Any]) -> None:
+        """The provider's processing of spark-submit's output (every line logged), remembering the last
+        line that starts with ``ERROR [`` as :attr:`error_line`."""
+        def lines():
+            for line in itr:
+                text = line.strip() if isinstance(line, str) else line
+                if isinstance(text, str) and text.startswith("ERROR ["):
+                    self.error_line = text
+                yield line
+        super()._process_spark_submit_log(lines())
+
     def on_kill(self) -> None:
         """Stop the Spark application: :meth:`stop_submit_tree`, then the provider's own kill steps
         (driver kill in cluster mode, Kubernetes pod deletion, post-submit commands)."""
@@ -226,7 +248,8 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             application=spec.application,
             application_args=spec.argv(job_args),
             conf=launch.spark_conf(cluster_size, tfos=spec.tfos),
-            env_vars=dict(launch.TF_ENV),
+            # a runner.UserError exits with EXIT_USER_ERROR, which fails the task without a retry
+            env_vars=dict(launch.TF_ENV, TFOS_EXIT_USER_ERROR=str(EXIT_USER_ERROR)),
             name=spec.app_name,
             conn_id=kwargs.pop("conn_id", "spark_default"),
             outlets=[ASSETS[job]],
@@ -271,18 +294,25 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             self.log.error(line)
             raise AirflowFailException(line)
 
-    def fail_refused_data(self) -> None:
-        """After spark-submit failed: when the job exited with runner.EXIT_DATA_REFUSED (its data checks
-        refused the data under data_checks=fail; its ERROR line is in the log above), raise
-        AirflowFailException, so the task fails without a retry: the same data would fail the same way.
-        Nothing for any other failure (a lost executor, a killed job: those are retried)."""
-        proc = getattr(self._hook, "_submit_sp", None)
-        if proc is not None and proc.returncode == EXIT_DATA_REFUSED:
-            line = (f"the {self.job} job's data checks refused dataset version {self.job_args.get('version')} "
-                    "(its ERROR line above names the anomaly): not retried; fix the data, or rerun with "
-                    "data_checks=warn")
-            self.log.error(line)
-            raise AirflowFailException(line)
+    def fail_user_error(self) -> None:
+        """After spark-submit failed: when the job exited with a status of :data:`NOT_RETRIED`
+        (runner.EXIT_DATA_REFUSED: its data checks refused the data under data_checks=fail;
+        runner.EXIT_USER_ERROR: a runner.UserError such as no input, too many bad rows, a failed gate, params
+        that do not fit together, too few executors, or an argument the job refused), raise
+        AirflowFailException, so the task fails at once without a retry. Its message, which ends the task
+        log, is the job's whole ``ERROR [job] ...`` line (as spark-submit printed it) and why it is not retried.
+        Nothing for any other failure (a lost executor, a store timing out, a killed job: those are retried)."""
+        hook = getattr(self, "_hook", None)
+        proc = getattr(hook, "_submit_sp", None)
+        why = NOT_RETRIED.get(getattr(proc, "returncode", None))
+        if why is None:
+            return
+        error = getattr(hook, "error_line", None) or (
+            f"ERROR [{self.job}] the {self.job} job refused its arguments or input for dataset version "
+            f"{self.job_args.get('version')} (see its output above)")
+        line = f"{error} -- not retried: {why}"
+        self.log.error(line)
+        raise AirflowFailException(line)
 
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
@@ -297,7 +327,7 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         try:
             result = super().execute(context)
         except AirflowException:
-            self.fail_refused_data()
+            self.fail_user_error()
             raise
         context["outlet_events"][ASSETS[self.job]].extra = {
             "dataset_version": str(self.job_args["version"]), "path": spec.written(self.job_args)}
