@@ -227,11 +227,12 @@ IMAGE_SHAPE = {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0
 #: job's --version accepts (paths.check_segment; tests/unit/test_param_rules.py checks they agree). Written
 #: as two plain rules, so that jsonschema's message for a refused value stays readable where Airflow shows
 #: it (the CLI, a backfill): the characters and length, then no ``..`` (``\\Z``: no trailing newline).
+#: What a valid dataset_version is, in words (the trigger form's description says it).
+DATASET_VERSION_TEXT = "empty, or 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 DATASET_VERSION = {
     "type": ["null", "string"],
-    "description": "empty, or 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'",
     "pattern": "^(|[A-Za-z0-9][A-Za-z0-9._-]{0,127})\\Z",
-    "not": {"description": "two dots in a row ('..')", "pattern": "\\.\\."},
+    "not": {"description": "two dots in a row ('..')", "type": "string", "pattern": "\\.\\."},
 }
 
 #: The DAG's data_wait_timeout param: seconds a scheduled run waits for its dataset version's input

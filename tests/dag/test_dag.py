@@ -12,6 +12,10 @@ from tfospipe import jobargs, launch
 DAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dags")
 
 
+#: The Spark tasks, in order (the DAG's first task, wait_for_data, is a sensor).
+JOBS = ("convert", "train", "validate", "infer")
+
+
 @pytest.fixture(scope="module")
 def dag():
     from airflow.dag_processing.dagbag import DagBag
@@ -20,11 +24,16 @@ def dag():
     return bag.get_dag("tfos_pipeline")
 
 
-def test_four_spark_tasks_in_order(dag):
-    assert [t.task_id for t in dag.topological_sort()] == ["convert", "train", "validate", "infer"]
-    for upstream, downstream in [("convert", "train"), ("train", "validate"), ("validate", "infer")]:
+def spark_tasks(dag):
+    return [dag.get_task(job) for job in JOBS]
+
+
+def test_a_sensor_then_four_spark_tasks_in_order(dag):
+    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_data", "convert", "train", "validate", "infer"]
+    for upstream, downstream in [("wait_for_data", "convert"), ("convert", "train"), ("train", "validate"),
+                                 ("validate", "infer")]:
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         assert isinstance(task, SparkSubmitOperator)
         assert os.path.isfile(task.application), task.application
         assert task.application.endswith(f"jobs/{task.task_id}.py")
@@ -52,7 +61,7 @@ def test_every_pool_the_dag_uses_is_created_by_each_deployment(dag):
 
 def test_tfos_spark_conf_is_set_on_every_task(dag):
     import tfos_spark
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         conf = task.conf
         assert conf["spark.dynamicAllocation.enabled"] == "false"
         assert conf["spark.task.cpus"] == "1" and conf["spark.executor.cores"] == "1"
@@ -74,7 +83,7 @@ def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expec
     params["dataset_version"] = version_param
     var = types.SimpleNamespace(value=types.SimpleNamespace(get=lambda key, default=None: default))
     context = {"params": params, "ds": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00", "var": var}
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         argv = [_render(a, context) for a in task.application_args]
         args = jobargs.parse(task.task_id, argv)
         assert args.version == expected
@@ -93,7 +102,7 @@ def test_a_run_without_a_logical_date_renders_the_day_it_was_triggered_for(dag, 
     var = types.SimpleNamespace(value=types.SimpleNamespace(get=lambda key, default=None: default))
     dag_run = types.SimpleNamespace(run_after=datetime.datetime(2026, 11, 29, 21, 8, tzinfo=datetime.timezone.utc))
     context = {"params": params, "run_id": "manual__2026-11-29T21:08:06+00:00", "var": var, "dag_run": dag_run}
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         args = jobargs.parse(task.task_id, [_render(a, context) for a in task.application_args])
         assert args.version == expected
         if task.task_id == "validate":
@@ -105,7 +114,7 @@ def test_executor_counts_render_as_integers(dag, cluster_size, rendered):
     """Spark reads spark.executor.instances / spark.cores.max as ints: a JSON-schema integer given as
     2.0 or 1e1 must not reach the conf as "2.0"."""
     copy.copy(dag.params.get_param("cluster_size")).resolve(cluster_size)  # the trigger accepts it
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         conf = task.render_template(task.conf, {"params": {"cluster_size": cluster_size}})
         assert conf["spark.executor.instances"] == conf["spark.cores.max"] == rendered
 
@@ -130,14 +139,14 @@ def test_default_params_are_valid(dag):
 
 
 def test_each_task_declares_the_asset_it_produces(dag):
-    uris = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks}
+    uris = {t.task_id: [a.uri for a in t.outlets] for t in spark_tasks(dag)}
     assert uris == {"convert": ["tfos://pipeline/tfrecords"], "train": ["tfos://pipeline/models"],
                     "validate": ["tfos://pipeline/serving"], "infer": ["tfos://pipeline/predictions"]}
 
 
 def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
     import tfos_spark
-    names = {t.task_id: sorted(link.name for link in t.operator_extra_links) for t in dag.tasks}
+    names = {t.task_id: sorted(link.name for link in t.operator_extra_links) for t in spark_tasks(dag)}
     assert names == {"convert": [], "train": ["Data report", "TensorBoard"],
                      "validate": ["Data report", "TensorBoard", "Validation report"], "infer": ["Data report"]}
     task = dag.get_task("validate")
@@ -148,7 +157,7 @@ def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
 
 
 def test_retries_back_off_and_every_task_has_a_timeout(dag):
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         assert task.execution_timeout is not None
         assert task.retry_exponential_backoff and task.max_retry_delay is not None
     assert dag.get_task("train").retries == 1 and dag.get_task("validate").retries == 0
@@ -162,7 +171,7 @@ def test_tasks_run_the_argv_of_their_rendered_job_args(dag, monkeypatch):
     import tfos_spark
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from tfospipe import launch
-    assert all("job_args" in t.template_fields and "application_args" not in t.template_fields for t in dag.tasks)
+    assert all("job_args" in t.template_fields and "application_args" not in t.template_fields for t in spark_tasks(dag))
     task = tfos_spark.TFoSSparkSubmitOperator(
         task_id="train", job="train",
         job_args={"data_root": "/d", "version": "{{ ds }}", "run_id": "{{ run_id }}", "epochs": "{{ params.epochs }}"})
@@ -276,7 +285,7 @@ def test_valid_confs_reach_spark_submit(dag, monkeypatch, conf):
         # 21 (seed included), the data checks (jobargs.DataCheckParams): a mode and 7 thresholds, and the gate's
         # gate, alpha, require_improvement and undecided
         assert len(conf) == 33
-    for task in dag.tasks:
+    for task in spark_tasks(dag):
         reached = []
         _execute_with_conf(task, conf, monkeypatch, reached)
         assert reached == ["zip", "spark-submit"], task.task_id
