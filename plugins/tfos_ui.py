@@ -87,10 +87,25 @@ def report(version: str, run: str) -> str:
     if fs.exists(metrics_path):
         body += history_html(_layout(), fs.read_json(metrics_path)["model_version"])
     title = html.escape(f"Validation {version} / {run}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
-            "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}</style></head>"
-            f"<body>{body}</body></html>")
+    back = html.escape(f"{_ui_base()}/dags/tfos_pipeline")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<style>{REPORT_CSS}</style></head>"
+            f"<body><p><a href='{back}'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}</body></html>")
+
+
+#: The report's style: it fits a 1280 px window (and narrower ones): the text column is at most 72em and
+#: never wider than the window; a table wider than the column scrolls inside itself, long cells (model
+#: versions, gate lines) wrap, and images shrink to the column.
+REPORT_CSS = ("*{box-sizing:border-box}body{font-family:sans-serif;max-width:min(72em,100%);margin:1em auto;padding:0 1em}"
+              "table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}"
+              "td,th{border:1px solid #ccc;padding:.2em .6em;overflow-wrap:anywhere}"
+              "code,pre{white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%;height:auto}")
+
+
+def _ui_base() -> str:
+    from airflow.configuration import conf
+    return conf.get("api", "base_url", fallback="").rstrip("/")
 
 
 @app.get("/reports/{version}/{run}/confusion_matrix.png")
