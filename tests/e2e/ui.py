@@ -222,8 +222,9 @@ def page_width(page, url):
 
 
 def extra_link(page, url, dag_id, run_id, task_id, name):
-    """The task instance's extra link ``name`` as the UI renders it: (href, target)."""
-    page.goto(f"{url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}/tasks/{task_id}")
+    """The task instance's extra link ``name`` as the UI renders it on the instance's Details tab (under
+    "Extra Links"): (href, target)."""
+    page.goto(f"{url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}/tasks/{task_id}/details")
     link = page.get_by_role("link", name=name, exact=True)
     link.first.wait_for()
     return link.first.get_attribute("href"), link.first.get_attribute("target")
