@@ -108,7 +108,7 @@ def pipeline_params() -> dict[str, Param]:
             wait_default, title=title("data_wait_timeout"), **jobargs.DATA_WAIT_TIMEOUT,
             description=jobargs.describe(
                 "how long a scheduled run waits for its dataset version's input files under raw/<version>/ "
-                "before it ends failed (task wait_for_data, checking every 1-5 min); 0 = look once. Manual runs "
+                "before it ends failed (task wait_for_data, looking every 30 s to 5 min); 0 = look once. Manual runs "
                 "and backfills do not wait: they fail at once when the version has no input",
                 jobargs.DATA_WAIT_TIMEOUT, "seconds")),
     }
@@ -439,7 +439,7 @@ class TFoSInputSensor(BaseSensorOperator):
 
     * **Scheduled runs wait**, in ``reschedule`` mode (no worker slot is held between looks), up to
       ``wait_timeout`` seconds (the ``data_wait_timeout`` param, rendered), looking every
-      :meth:`poke_seconds`. When the time is up the task fails, not retried (Airflow's
+      :meth:`poke_seconds` (30 s to 5 min). When the time is up the task fails, not retried (Airflow's
       AirflowSensorTimeout), and its log ends with one ``ERROR [wait_for_data]`` line naming the version,
       the directory, how long it waited and what to do.
     * **Manual runs and backfills do not wait**: they name a version that should exist, so they go on at
@@ -460,10 +460,17 @@ class TFoSInputSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.data_root, self.version, self.wait_timeout = data_root, version, wait_timeout
 
-    @staticmethod
-    def poke_seconds(timeout: float) -> float:
-        """Seconds between two looks: a tenth of the timeout, at least 5 s and at most 300 s."""
-        return min(300.0, max(5.0, timeout / 10))
+    #: The shortest time between two looks. Shorter ones meet a race in Airflow 3.3's scheduler: when the
+    #: reschedule date passes before the executor has reported the previous look's end (a worker finishing
+    #: a few seconds late on a busy machine), the scheduler queues the next look under the same key and then
+    #: takes the old "success" event for it, and fails the task ("finished with state success, but the task
+    #: instance's state attribute is queued"), which happened with 5 s.
+    MIN_POKE_S = 30.0
+
+    @classmethod
+    def poke_seconds(cls, timeout: float) -> float:
+        """Seconds between two looks: a tenth of the timeout, at least :data:`MIN_POKE_S` and at most 300 s."""
+        return min(300.0, max(cls.MIN_POKE_S, timeout / 10))
 
     def raw_dir(self) -> str:
         return paths.Layout(str(self.data_root)).raw(str(self.version))

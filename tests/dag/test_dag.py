@@ -445,7 +445,7 @@ def test_the_sensor_reschedules_with_its_timeout_from_the_param(dag):
     assert task.mode == "reschedule" and task.retries == 0 and task.downstream_task_ids == {"convert"}
     assert task.wait_timeout == "{{ params.data_wait_timeout }}" and "wait_timeout" in task.template_fields
     assert dag.params["data_wait_timeout"] == 6 * 3600
-    assert [task.poke_seconds(t) for t in (0, 20, 600, 21600)] == [5, 5, 60, 300]
+    assert [task.poke_seconds(t) for t in (0, 20, 600, 21600)] == [30, 30, 60, 300]
 
 
 @pytest.mark.parametrize("files, ready", [([], False), (["_SUCCESS", ".digits.csv.crc", "_tmp"], False),
@@ -483,7 +483,7 @@ def test_a_scheduled_run_whose_data_does_not_come_times_out_with_one_line(dag, t
     context = dict(_context("scheduled"), ti=ti)
     with pytest.raises(AirflowRescheduleException):
         task.execute(context)
-    assert task.timeout == 20 and task.poke_interval == 5
+    assert task.timeout == 20 and task.poke_interval == 30
     started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=25)
     context["ti"] = types.SimpleNamespace(get_first_reschedule_date=lambda ctx: started)
     with pytest.raises(AirflowSensorTimeout) as e:
