@@ -421,8 +421,8 @@ def test_the_jobs_raise_user_errors_for_what_a_retry_cannot_mend():
     import inspect
 
     from tfospipe import convert, train, trainplan, validate
-    assert 'UserError(f"no input for dataset version' in inspect.getsource(convert)
-    assert "UserError(\n            f\"{totals.bad} of {totals.read} rows" in inspect.getsource(convert)
+    assert 'runner.UserError(f"no input for dataset version' in inspect.getsource(convert)
+    assert "runner.UserError(\n            f\"{totals.bad} of {totals.read} rows" in inspect.getsource(convert)
     assert 'UserError(f"model {mv} rejected' in inspect.getsource(validate)
     assert 'UserError(\n            f"training needs cluster_size=' in inspect.getsource(train)
     assert inspect.getsource(trainplan).count("raise UserError(") >= 3
