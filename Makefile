@@ -46,7 +46,8 @@ test-fast: install-test
 executor-env: install
 	bash scripts/executor_env.sh
 
-# The Airflow UI (airflow standalone) on http://127.0.0.1:8080, user admin
+# The Airflow UI (airflow standalone) on http://127.0.0.1:8080, user admin (password: the last line it prints),
+# and TensorBoard on http://127.0.0.1:6006, started and stopped with it
 ui: install runtime-deps
 	bash scripts/ui.sh
 

@@ -3,31 +3,26 @@
 Every task is a spark-submit of a job in ``jobs/``, built from the job's spec (``tfospipe/jobspec.py``;
 the Spark conf in ``tfospipe/launch.py``, the operator in plugins/tfos_spark.py).
 The dataset version is the run's logical date (``ds``) for scheduled runs and backfills; a manual
-trigger may name another version with the ``dataset_version`` param.
+trigger may name another version with the ``dataset_version`` param. The first task, ``wait_for_data``,
+waits for the version's input files under ``raw/<version>/`` in a scheduled run (up to the
+``data_wait_timeout`` param, seconds) and fails a manual run or backfill at once when there are none.
 """
 
 import datetime
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
-from tfos_spark import DATA_DATE, DATA_ROOT, RUN_ID, VERSION, TFoSSparkSubmitOperator
+from tfos_spark import (DATA_DATE, DATA_ROOT, RUN_ID, VERSION, TFoSInputSensor, TFoSSparkSubmitOperator,
+                        pipeline_params)
 from tfospipe import jobargs, jobspec
 
-# The trigger form: the dataset version, then every field of the jobs' params dataclasses that jobargs
-# marks as a DAG param (jobargs.dag_params), with its default and JSON schema. Each param's schema is
-# the rule its job checks the flag with, so a value the trigger accepts is one every job accepts, and
-# an invalid one is refused before any Spark job starts.
-params = {
-    # Optional (null allowed), so the UI's trigger form accepts it left empty.
-    "dataset_version": Param(
-        None, title="Dataset version", **jobargs.DATASET_VERSION,
-        description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD). "
-                    "1-128 letters, digits, '.', '_', '-', starting with a letter or digit, no '..'."),
-}
-for _spec in jobspec.SPECS.values():
-    for _name, _default, _help, _schema in jobargs.dag_params(_spec.name):
-        params[_name] = Param(_default, description=f"{_spec.name}: {_help}", **_schema)
+# The trigger form (tfos_spark.pipeline_params): the dataset version, how long a scheduled run waits for
+# it, then every field of the jobs' params dataclasses that jobargs marks as a DAG param, each with a title,
+# a description ending with its range and unit, and its JSON schema. Each param's schema is the rule its job
+# checks the flag with, so a value the trigger accepts is one every job accepts, and an invalid one is
+# refused before any Spark job starts.
+params = pipeline_params()
 
 #: The params the DAG fills itself, whichever job has them. data_date: what the promotion policy orders
 #: models by when the dataset version is not a date (the logical date, or the day a manual run was
@@ -68,13 +63,16 @@ with DAG(
     max_active_runs=1,
     params=params,
     # A lost executor or a killed job is retried (training resumes from its last checkpoint), with
-    # exponential backoff; every task also has an execution_timeout, and a killed task stops its
+    # exponential backoff; a user's error (the job's exit status says so: tfos_spark.NOT_RETRIED) is not; every task also has an execution_timeout, and a killed task stops its
     # Spark application (TFoSSparkSubmitHook.on_kill).
     default_args={"retries": 1, "retry_delay": datetime.timedelta(minutes=1), "retry_exponential_backoff": 2.0,
                   "max_retry_delay": datetime.timedelta(minutes=15)},
     tags=["tensorflowonspark", "spark", "ml"],
     doc_md=__doc__,
 ) as dag:
+    # Waits for raw/<version>/ to hold input: a scheduled run up to data_wait_timeout seconds (reschedule
+    # mode, no worker slot held), a manual run or backfill not at all (fails at once without input).
+    wait_for_data = TFoSInputSensor(task_id="wait_for_data")
     convert = job_task("convert", execution_timeout=datetime.timedelta(hours=1))
     train = job_task("train", pool="tfos_training", execution_timeout=datetime.timedelta(hours=4))
     # Promotions one at a time (pool tfos_serving, 1 slot); the job's compare-and-swap of the serving
@@ -84,4 +82,4 @@ with DAG(
                     execution_timeout=datetime.timedelta(hours=1))
     infer = job_task("infer", execution_timeout=datetime.timedelta(hours=2))
 
-    convert >> train >> validate >> infer
+    wait_for_data >> convert >> train >> validate >> infer

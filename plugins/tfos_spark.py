@@ -26,16 +26,26 @@ Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else na
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset, BaseOperatorLink
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from tfospipe import jobspec, launch, paths
-from tfospipe.runner import EXIT_DATA_REFUSED
+from airflow.sdk import Asset, BaseOperatorLink, BaseSensorOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from tfospipe import fs, jobargs, jobspec, launch, paths
+from tfospipe.runner import EXIT_DATA_REFUSED, EXIT_USER_ERROR
+
+#: What a job's exit status says about a retry: the statuses of failures a retry cannot mend (the job's
+#: ERROR line says what to fix), with the reason the task log gives for not retrying.
+NOT_RETRIED = {
+    EXIT_DATA_REFUSED: "its data checks refused the data; fix the data, or rerun with data_checks=warn",
+    EXIT_USER_ERROR: "the same input and params would fail the same way; fix what the line names, then clear the "
+                     "task or trigger a new run",
+}
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.join(PROJECT_DIR, "data")
@@ -58,6 +68,87 @@ CLUSTER_SIZE = "{{ params.cluster_size | int }}"
 #: What each job produces, as Airflow Assets (lineage in the UI), from the job specs. Each event's
 #: extra names the dataset version and the path written; the data root itself is a runtime Variable.
 ASSETS = {job: Asset(name=spec.asset_name, uri=spec.asset_uri) for job, spec in jobspec.SPECS.items()}
+
+
+#: Titles of the trigger form's fields where the param's name, capitalized, would read badly.
+TITLES = {"dataset_version": "Dataset version", "data_wait_timeout": "Wait for data (seconds)",
+          "num_shards": "Shards per split", "max_bad_fraction": "Max bad-row fraction", "pixel_max": "Largest pixel value",
+          "image_shape": "Image shape (HxW)", "label_column": "Label column index", "compression": "TFRecord compression",
+          "input_mode": "Training input mode", "cluster_size": "Cluster size (executors)",
+          "num_ps": "Parameter servers", "batch_size": "Training batch size", "learning_rate": "Learning rate",
+          "min_accuracy": "Gate: min accuracy", "max_regression": "Gate: max regression", "gate": "Gate rule",
+          "alpha": "Gate: significance level alpha", "require_improvement": "Gate: require improvement",
+          "undecided": "Gate: when undecided", "promotion": "Promotion policy", "data_checks": "Data checks",
+          "inference_batch_size": "Inference batch size", "inference_mode": "Inference mode"}
+
+#: The default of ``data_wait_timeout`` (seconds): how long a scheduled run waits for its data. A deployment
+#: may set another with the environment variable ``TFOS_DATA_WAIT_TIMEOUT`` where the DAG is parsed.
+DATA_WAIT_TIMEOUT_S = 6 * 3600
+
+
+def title(name: str) -> str:
+    """The trigger form's label of param ``name``: :data:`TITLES`, else the name capitalized with spaces."""
+    return TITLES.get(name) or name.replace("_", " ").capitalize()
+
+
+def pipeline_params() -> dict[str, Param]:
+    """The DAG's params, in the trigger form's order: the dataset version, how long a scheduled run waits
+    for it, then every field of the jobs' params dataclasses that jobargs marks as a DAG param
+    (jobargs.dag_params), each with a title, its JSON schema (the rule its job checks the flag with, so a
+    value the trigger accepts is one every job accepts) and a description that ends with its valid range
+    and unit (jobargs.describe)."""
+    wait_default = int(os.environ.get("TFOS_DATA_WAIT_TIMEOUT") or DATA_WAIT_TIMEOUT_S)
+    params = {
+        # Optional (null allowed), so the UI's trigger form accepts it left empty.
+        "dataset_version": Param(
+            None, title=title("dataset_version"), **jobargs.DATASET_VERSION,
+            description="Directory under raw/ to process; empty = the run's logical date (YYYY-MM-DD). Valid: "
+                        + jobargs.DATASET_VERSION_TEXT + "."),
+        "data_wait_timeout": Param(
+            wait_default, title=title("data_wait_timeout"), **jobargs.DATA_WAIT_TIMEOUT,
+            description=jobargs.describe(
+                "how long a scheduled run waits for its dataset version's input files under raw/<version>/ "
+                "before it ends failed (task wait_for_data, looking every 30 s to 5 min); 0 = look once. Manual runs "
+                "and backfills do not wait: they fail at once when the version has no input",
+                jobargs.DATA_WAIT_TIMEOUT, "seconds")),
+    }
+    for spec in jobspec.SPECS.values():
+        for name, default, _help, schema in jobargs.dag_params(spec.name):
+            if name in params:
+                continue
+            arg = jobargs.dag_param_specs()[name]
+            params[name] = Param(default, title=title(name), **schema,
+                                 description=f"{spec.name}: " + jobargs.describe(arg.help, schema, arg.unit, arg.hint))
+    return params
+
+
+_REFUSAL = re.compile(r"Invalid input for param (\w+): ")
+_INSTANCE = re.compile(r"\nOn instance:\n(.*)\Z", re.S)
+
+
+@functools.cache
+def _params_by_name() -> dict[str, Param]:
+    return pipeline_params()
+
+
+def readable_refusal(detail: str) -> str | None:
+    """A plain sentence for Airflow's refusal of a run's param (``Invalid input for param NAME: <jsonschema's
+    message, the failed subschema and the value>``, the API server's HTTP 400 detail): the param's title and
+    name, the value given, and what a valid one is (its range and unit, from the param's description), e.g.
+    ``Epochs (epochs): 5000 is refused: use an integer from 1 to 1000 (unit: epochs). No run was created;
+    correct the value and trigger again.`` None when ``detail`` is no such refusal or names no param of
+    this DAG."""
+    m = _REFUSAL.match(detail or "")
+    param = _params_by_name().get(m.group(1)) if m else None
+    if param is None:
+        return None
+    name = m.group(1)
+    found = _INSTANCE.search(detail)
+    value = " ".join(found.group(1).split()) if found else None
+    valid = (param.description or "").split("Valid: ", 1)[-1].rstrip(".") or jobargs.expected(param.schema)
+    given = f"{value} is refused" if value is not None else "the value is refused"
+    return (f"{title(name)} ({name}): {given}: use {valid}. No run was created; correct the value and "
+            "trigger again.")
 
 
 def _link_base() -> str:
@@ -164,12 +255,41 @@ def unknown_conf_keys(conf: Mapping[str, Any] | None, valid: Iterable[str]) -> s
             "param with its meaning")
 
 
+def check_conf(task: Any, context: Any, name: str) -> None:
+    """Refuse a run whose conf (``context["dag_run"].conf``) has a key that is no param of ``task``'s DAG:
+    log ``ERROR [<name>] unknown conf key ...`` (:func:`unknown_conf_keys`) and raise AirflowFailException
+    with the same line, so the task fails at once and is not retried. Nothing when the conf is empty or
+    every key is a param, or the context has no run (a bare ``execute``)."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    conf = getattr(dag_run, "conf", None)
+    valid = set(task.params or {}) | (set(task.dag.params) if task.has_dag() else set())
+    problem = unknown_conf_keys(conf, valid)
+    if problem is not None:
+        line = f"ERROR [{name}] {problem}"
+        task.log.error(line)
+        raise AirflowFailException(line)
+
+
 class TFoSSparkSubmitHook(SparkSubmitHook):
     """The provider's hook, stopping spark-submit's whole process tree when the task is killed."""
 
     #: Seconds between the SIGTERM and the SIGKILL of what is left. Airflow's task supervisor
     #: escalates to SIGKILL 5 s after its own SIGTERM, so this stays short.
     KILL_GRACE_S = 3
+
+    #: The last ``ERROR [job] ...`` line spark-submit's output held (the job's own, whole), or None.
+    error_line: str | None = None
+
+    def _process_spark_submit_log(self, itr: Iterable[Any]) -> None:
+        """The provider's processing of spark-submit's output (every line logged), remembering the last
+        line that starts with ``ERROR [`` as :attr:`error_line`."""
+        def lines():
+            for line in itr:
+                text = line.strip() if isinstance(line, str) else line
+                if isinstance(text, str) and text.startswith("ERROR ["):
+                    self.error_line = text
+                yield line
+        super()._process_spark_submit_log(lines())
 
     def on_kill(self) -> None:
         """Stop the Spark application: :meth:`stop_submit_tree`, then the provider's own kill steps
@@ -226,7 +346,8 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             application=spec.application,
             application_args=spec.argv(job_args),
             conf=launch.spark_conf(cluster_size, tfos=spec.tfos),
-            env_vars=dict(launch.TF_ENV),
+            # a runner.UserError exits with EXIT_USER_ERROR, which fails the task without a retry
+            env_vars=dict(launch.TF_ENV, TFOS_EXIT_USER_ERROR=str(EXIT_USER_ERROR)),
             name=spec.app_name,
             conn_id=kwargs.pop("conn_id", "spark_default"),
             outlets=[ASSETS[job]],
@@ -258,31 +379,28 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         return hook
 
     def check_conf(self, context: Any) -> None:
-        """Refuse a run whose conf (``context["dag_run"].conf``) has a key that is no param of this task's
-        DAG: log ``ERROR [<job>] unknown conf key ...`` (:func:`unknown_conf_keys`) and raise
-        AirflowFailException with the same line, so the task fails at once and is not retried. Nothing
-        when the conf is empty or every key is a param, or the context has no run (a bare ``execute``)."""
-        dag_run = context.get("dag_run") if hasattr(context, "get") else None
-        conf = getattr(dag_run, "conf", None)
-        valid = set(self.params or {}) | (set(self.dag.params) if self.has_dag() else set())
-        problem = unknown_conf_keys(conf, valid)
-        if problem is not None:
-            line = f"ERROR [{self.job}] {problem}"
-            self.log.error(line)
-            raise AirflowFailException(line)
+        """:func:`check_conf` for this task (its lines name the job)."""
+        check_conf(self, context, self.job)
 
-    def fail_refused_data(self) -> None:
-        """After spark-submit failed: when the job exited with runner.EXIT_DATA_REFUSED (its data checks
-        refused the data under data_checks=fail; its ERROR line is in the log above), raise
-        AirflowFailException, so the task fails without a retry: the same data would fail the same way.
-        Nothing for any other failure (a lost executor, a killed job: those are retried)."""
-        proc = getattr(self._hook, "_submit_sp", None)
-        if proc is not None and proc.returncode == EXIT_DATA_REFUSED:
-            line = (f"the {self.job} job's data checks refused dataset version {self.job_args.get('version')} "
-                    "(its ERROR line above names the anomaly): not retried; fix the data, or rerun with "
-                    "data_checks=warn")
-            self.log.error(line)
-            raise AirflowFailException(line)
+    def fail_user_error(self) -> None:
+        """After spark-submit failed: when the job exited with a status of :data:`NOT_RETRIED`
+        (runner.EXIT_DATA_REFUSED: its data checks refused the data under data_checks=fail;
+        runner.EXIT_USER_ERROR: a runner.UserError such as no input, too many bad rows, a failed gate, params
+        that do not fit together, too few executors, or an argument the job refused), raise
+        AirflowFailException, so the task fails at once without a retry. Its message, which ends the task
+        log, is the job's whole ``ERROR [job] ...`` line (as spark-submit printed it) and why it is not retried.
+        Nothing for any other failure (a lost executor, a store timing out, a killed job: those are retried)."""
+        hook = getattr(self, "_hook", None)
+        proc = getattr(hook, "_submit_sp", None)
+        why = NOT_RETRIED.get(getattr(proc, "returncode", None))
+        if why is None:
+            return
+        error = getattr(hook, "error_line", None) or (
+            f"ERROR [{self.job}] the {self.job} job refused its arguments or input for dataset version "
+            f"{self.job_args.get('version')} (see its output above)")
+        line = f"{error} -- not retried: {why}"
+        self.log.error(line)
+        raise AirflowFailException(line)
 
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
@@ -297,8 +415,98 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         try:
             result = super().execute(context)
         except AirflowException:
-            self.fail_refused_data()
+            self.fail_user_error()
             raise
         context["outlet_events"][ASSETS[self.job]].extra = {
             "dataset_version": str(self.job_args["version"]), "path": spec.written(self.job_args)}
         return result
+
+
+def input_files(raw_dir: str) -> list[str]:
+    """The names in ``raw_dir`` (a version's input directory, on any store tfospipe.fs reaches) that convert
+    would read or refuse: every entry whose name does not start with ``_`` or ``.`` (Hadoop's hidden names,
+    which convert skips: ``_SUCCESS``, ``.crc``, a producer's ``.part`` file before its rename). ``[]``
+    when the directory is missing or holds none."""
+    return [n for n in fs.listdir(raw_dir) if not n.startswith(("_", "."))]
+
+
+class TFoSInputSensor(BaseSensorOperator):
+    """Waits until the run's dataset version has input: ``raw/<version>/`` holds a file (:func:`input_files`).
+
+    It looks for the input files themselves, not for a ``_SUCCESS`` marker (most producers of CSV write
+    none); a producer that writes a version's files in place should write each under a hidden name and
+    rename it, as Spark and Hadoop do, so that a half-written file is never seen.
+
+    * **Scheduled runs wait**, in ``reschedule`` mode (no worker slot is held between looks), up to
+      ``wait_timeout`` seconds (the ``data_wait_timeout`` param, rendered), looking every
+      :meth:`poke_seconds` (30 s to 5 min). When the time is up the task fails, not retried (Airflow's
+      AirflowSensorTimeout), and its log ends with one ``ERROR [wait_for_data]`` line naming the version,
+      the directory, how long it waited and what to do.
+    * **Manual runs and backfills do not wait**: they name a version that should exist, so they go on at
+      once when it has input and otherwise fail at once, not retried (AirflowFailException), with one
+      ``ERROR [wait_for_data] no input for dataset version ...`` line.
+
+    The run's conf is checked first (:func:`check_conf`), as the Spark tasks do, so that a misspelt key
+    fails the run before it waits for anything.
+    """
+
+    template_fields = ("data_root", "version", "wait_timeout")
+    ui_color = "#f3e8d0"
+
+    def __init__(self, *, data_root: str = DATA_ROOT, version: str = VERSION,
+                 wait_timeout: str = "{{ params.data_wait_timeout }}", **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("retries", 0)  # a timeout is final (Airflow does not retry AirflowSensorTimeout either)
+        super().__init__(**kwargs)
+        self.data_root, self.version, self.wait_timeout = data_root, version, wait_timeout
+
+    #: The shortest time between two looks. Shorter ones meet a race in Airflow 3.3's scheduler: when the
+    #: reschedule date passes before the executor has reported the previous look's end (a worker finishing
+    #: a few seconds late on a busy machine), the scheduler queues the next look under the same key and then
+    #: takes the old "success" event for it, and fails the task ("finished with state success, but the task
+    #: instance's state attribute is queued"), which happened with 5 s.
+    MIN_POKE_S = 30.0
+
+    @classmethod
+    def poke_seconds(cls, timeout: float) -> float:
+        """Seconds between two looks: a tenth of the timeout, at least :data:`MIN_POKE_S` and at most 300 s."""
+        return min(300.0, max(cls.MIN_POKE_S, timeout / 10))
+
+    def raw_dir(self) -> str:
+        return paths.Layout(str(self.data_root)).raw(str(self.version))
+
+    def poke(self, context: Any) -> bool:
+        raw_dir = self.raw_dir()
+        found = input_files(raw_dir)
+        if found:
+            self.log.info("Dataset version %s has input in %s: %s", self.version, raw_dir,
+                          ", ".join(found[:10]) + (" ..." if len(found) > 10 else ""))
+            return True
+        run_type = getattr(context.get("dag_run"), "run_type", None)
+        if str(getattr(run_type, "value", run_type)) != "scheduled":
+            line = (f"ERROR [{self.task_id}] no input for dataset version {self.version}: {raw_dir} holds no input "
+                    f"file (a {getattr(run_type, 'value', run_type) or 'manual'} run does not wait for data; "
+                    "only scheduled runs do). Put the version's CSV files there, or name another version in "
+                    "dataset_version, then clear this task or trigger a new run -- not retried")
+            self.log.error(line)
+            raise AirflowFailException(line)
+        self.log.info("Waiting for dataset version %s: no input file in %s yet (looking every %.0f s, up to %.0f s "
+                      "in all: data_wait_timeout)", self.version, raw_dir, self.poke_interval, self.timeout)
+        return False
+
+    def execute(self, context: Any) -> Any:
+        """:func:`check_conf`, then the sensor's loop with ``timeout`` = the rendered ``wait_timeout``; a
+        timeout becomes one ``ERROR [wait_for_data]`` line (logged, and the AirflowSensorTimeout's message)."""
+        check_conf(self, context, self.task_id)
+        self.timeout = float(self.wait_timeout)
+        self.poke_interval = self.poke_seconds(self.timeout)
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            line = (f"ERROR [{self.task_id}] dataset version {self.version} did not arrive: no input file in "
+                    f"{self.raw_dir()} after waiting {self.timeout:.0f} s (data_wait_timeout), so this run ends "
+                    "here with nothing processed -- not retried. When the files are there, clear this task (the run "
+                    f"goes on) or trigger a run with dataset_version {self.version}; to wait longer every day, set "
+                    "TFOS_DATA_WAIT_TIMEOUT (seconds) where the DAG is parsed")
+            self.log.error(line)
+            raise AirflowSensorTimeout(line) from None

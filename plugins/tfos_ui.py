@@ -10,11 +10,13 @@ jobs write to (local, HDFS, GCS, S3, Azure: through tfospipe.fs) is readable.
 """
 
 import html
+import json
+import re
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
-from tfos_spark import DEFAULT_DATA_ROOT
+from tfos_spark import DEFAULT_DATA_ROOT, readable_refusal
 from tfospipe import fs, paths, serving
 
 try:  # signed-in users only (the UI's session cookie or a bearer token)
@@ -85,10 +87,25 @@ def report(version: str, run: str) -> str:
     if fs.exists(metrics_path):
         body += history_html(_layout(), fs.read_json(metrics_path)["model_version"])
     title = html.escape(f"Validation {version} / {run}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
-            "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}</style></head>"
-            f"<body>{body}</body></html>")
+    back = html.escape(f"{_ui_base()}/dags/tfos_pipeline")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<style>{REPORT_CSS}</style></head>"
+            f"<body><p><a href='{back}'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}</body></html>")
+
+
+#: The report's style: it fits a 1280 px window (and narrower ones): the text column is at most 72em and
+#: never wider than the window; a table wider than the column scrolls inside itself, long cells (model
+#: versions, gate lines) wrap, and images shrink to the column.
+REPORT_CSS = ("*{box-sizing:border-box}body{font-family:sans-serif;max-width:min(72em,100%);margin:1em auto;padding:0 1em}"
+              "table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}"
+              "td,th{border:1px solid #ccc;padding:.2em .6em;overflow-wrap:anywhere}"
+              "code,pre{white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%;height:auto}")
+
+
+def _ui_base() -> str:
+    from airflow.configuration import conf
+    return conf.get("api", "base_url", fallback="").rstrip("/")
 
 
 @app.get("/reports/{version}/{run}/confusion_matrix.png")
@@ -113,6 +130,66 @@ def data_report(version: str, task: str) -> str:
     return fs.read_bytes(path).decode("utf-8")
 
 
+#: The REST call by which the UI's trigger form (and any client) creates a run of the pipeline's DAG.
+TRIGGER_PATH = re.compile(r"^/api/v2/dags/tfos_pipeline/dagRuns/?$")
+
+
+class ReadableParamRefusals:
+    """ASGI middleware of the API server: when Airflow refuses to trigger ``tfos_pipeline`` because a param
+    is invalid (HTTP 400 ``Invalid input for param ...``, jsonschema's message with the schema dumped), the
+    400's ``detail`` becomes one plain sentence naming the param, the value and its valid range and unit
+    (tfos_spark.readable_refusal), which the trigger form shows. The validation itself stays Airflow's
+    (the params' JSON schemas); every other response passes through untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not TRIGGER_PATH.match(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        held = {}
+        chunks = []
+
+        async def send_readable(message):
+            if message["type"] == "http.response.start":
+                if message["status"] != 400:
+                    held["through"] = True
+                    await send(message)
+                else:
+                    held["start"] = message
+                return
+            if held.get("through") or "start" not in held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            body = _readable_body(body)
+            start = held["start"]
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send(dict(start, headers=headers))
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_readable)
+
+
+def _readable_body(body: bytes) -> bytes:
+    """A 400 body with its ``detail`` made readable (:func:`tfos_spark.readable_refusal`), or ``body`` as it was."""
+    try:
+        payload = json.loads(body)
+        sentence = readable_refusal(payload.get("detail")) if isinstance(payload.get("detail"), str) else None
+    except (ValueError, AttributeError):
+        return body
+    if sentence is None:
+        return body
+    return json.dumps(dict(payload, detail=sentence)).encode()
+
+
 class TFoSUIPlugin(AirflowPlugin):
     name = "tfos_ui"
     fastapi_apps = [{"app": app, "url_prefix": "/tfos", "name": "TFoS pipeline reports"}]
+    fastapi_root_middlewares = [{"middleware": ReadableParamRefusals, "args": [], "kwargs": {},
+                                 "name": "tfos_pipeline readable param refusals"}]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import csvparse, datastats, fs, inputs, paths, schema
+from . import csvparse, datastats, fs, inputs, paths, runner, schema
 from .inputs import Input, list_inputs, read_head
 from .jobargs import ConvertParams
 from .lineage import LineageWriter, lineage_name
@@ -333,7 +333,7 @@ def convert_range(task: RangeTask, stage_dir: str, quarantine_dir: str, num_pixe
 
 def _refuse_unreadable(raw_dir, unreadable):
     if unreadable:
-        raise JobError(
+        raise runner.UserError(
             f"{raw_dir} holds files convert does not read: {[inputs.what_it_is(n) for n in unreadable[:10]]}"
             f"{' ...' if len(unreadable) > 10 else ''}. "
             f"It reads {', '.join('*' + e for e in inputs.CSV_EXTENSIONS)} in any letter case, optionally compressed "
@@ -351,7 +351,7 @@ def _sniffed_inputs(layout, version):
     except csvparse.InputError as e:  # a file name that is not UTF-8
         raise JobError(str(e)) from None
     if not labeled:
-        raise JobError(f"no input for dataset version {version}: no *.csv or *.csv.gz files in {raw_dir} "
+        raise runner.UserError(f"no input for dataset version {version}: no *.csv or *.csv.gz files in {raw_dir} "
                        "(nor .tsv, .bz2, .xz, or directories of part files). Put the version's CSV files there "
                        "(scripts/make_sample_data.py writes sample versions).")
     _refuse_unreadable(raw_dir, unreadable)
@@ -472,10 +472,10 @@ def _check_lineage(totals):
 def _check_bad_rows(params, layout, totals, files):
     """JobError when no row was read, or more than ``--max-bad-fraction`` of the rows are bad."""
     if totals.read == 0:
-        raise JobError(f"the input files of dataset version {params.version} hold no rows: {[n for n, _p in files]}")
+        raise runner.UserError(f"the input files of dataset version {params.version} hold no rows: {[n for n, _p in files]}")
     bad_fraction = totals.bad / totals.read
     if bad_fraction > params.max_bad_fraction:
-        raise JobError(
+        raise runner.UserError(
             f"{totals.bad} of {totals.read} rows ({bad_fraction:.1%}) are bad, more than --max-bad-fraction "
             f"{params.max_bad_fraction:.1%}; by kind: {dict(totals.bad_kinds)}; first: {totals.samples}. All bad rows "
             f"are in {layout.quarantine(params.version)}; fix the input or raise max_bad_fraction.")

@@ -59,23 +59,41 @@ DATA_DATE = {"type": "string", "pattern": "^(|[0-9]{4}-[0-9]{2}-[0-9]{2})$(?!\\n
 NOT_NAN = {"description": "NaN (not a number)", "type": "number", "minimum": 1, "maximum": 0}
 
 
+# The bounds of a number rule sit in an ``allOf`` subschema, not at its top level: Airflow's trigger form
+# gives a number field the schema's top-level ``minimum``/``maximum``, and that field clamps a value outside
+# them to the bound when it loses focus, so 5000 epochs would become 1000 without a word. Under ``allOf``
+# the field takes any number, and the API server refuses one out of range (jsonschema reads the subschema
+# as it reads the top level); :func:`bounds` reads them back.
+
 def integer(minimum: int, maximum: int | None = None) -> dict:
     """JSON schema of a whole number in [minimum, maximum] (no upper bound when ``maximum`` is None)."""
-    rule = {"type": "integer", "minimum": minimum}
-    return rule if maximum is None else dict(rule, maximum=maximum)
+    limits = {"minimum": minimum} if maximum is None else {"minimum": minimum, "maximum": maximum}
+    return {"type": "integer", "allOf": [limits]}
 
 
 def number(minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> dict:
     """JSON schema of a finite number in [minimum, maximum], and > ``above`` when given; never NaN."""
-    rule = {"type": "number"}
+    limits = {}
     if minimum is not None:
-        rule["minimum"] = minimum
+        limits["minimum"] = minimum
     if above is not None:
-        rule["exclusiveMinimum"] = above
+        limits["exclusiveMinimum"] = above
     if maximum is not None:
-        rule["maximum"] = maximum
+        limits["maximum"] = maximum
+    rule = {"type": "number"}
+    if limits:
+        rule["allOf"] = [limits]
     rule["not"] = NOT_NAN
     return rule
+
+
+def bounds(rule: dict) -> dict:
+    """The ``minimum``, ``exclusiveMinimum`` and ``maximum`` of a number rule, wherever they sit (the top
+    level or its ``allOf`` subschemas), as a dict holding the ones it has."""
+    found = {k: rule[k] for k in ("minimum", "exclusiveMinimum", "maximum") if k in rule}
+    for sub in rule.get("allOf", []):
+        found.update({k: sub[k] for k in ("minimum", "exclusiveMinimum", "maximum") if k in sub})
+    return found
 
 
 def optional(rule: dict) -> dict:
@@ -95,14 +113,15 @@ def expected(rule: dict) -> str:
     if "enum" in rule:
         return "one of " + ", ".join(map(str, rule["enum"]))
     if "pattern" in rule:
-        return f"a string matching {rule['pattern']}"
+        return rule.get("description") or f"a string matching {rule['pattern']}"
     types = rule.get("type")
     if isinstance(types, list) and "null" in types:
         return expected(dict(rule, type=[t for t in types if t != "null"][0])) + ", or empty (null)"
     kind = {"integer": "an integer", "number": "a number"}.get(types, "a " + str(types))
-    low, high = rule.get("minimum"), rule.get("maximum")
-    if "exclusiveMinimum" in rule:
-        return f"{kind} above {rule['exclusiveMinimum']}" + (f" and at most {high}" if high is not None else "")
+    limits = bounds(rule)
+    low, high = limits.get("minimum"), limits.get("maximum")
+    if "exclusiveMinimum" in limits:
+        return f"{kind} above {limits['exclusiveMinimum']}" + (f" and at most {high}" if high is not None else "")
     if low is not None and high is not None:
         return f"{kind} from {low} to {high}"
     if low is not None:
@@ -204,9 +223,21 @@ def _run_id(text):
 #: ``image_shape``: auto, or HxW with H and W from 1 to 9999 (no leading zeros, lowercase x).
 IMAGE_SHAPE = {"type": "string", "pattern": "^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})$(?!\\n)"}
 
-#: The DAG's dataset_version param: null or empty = the run's logical date, else a path segment under
-#: the same pattern as every job's --version (paths.check_segment).
-DATASET_VERSION = {"type": ["null", "string"], "pattern": "^$(?!\\n)|" + paths.SEGMENT_PATTERN}
+#: The DAG's dataset_version param: null or empty = the run's logical date, else a path segment that every
+#: job's --version accepts (paths.check_segment; tests/unit/test_param_rules.py checks they agree). Written
+#: as two plain rules, so that jsonschema's message for a refused value stays readable where Airflow shows
+#: it (the CLI, a backfill): the characters and length, then no ``..`` (``\\Z``: no trailing newline).
+#: What a valid dataset_version is, in words (the trigger form's description says it).
+DATASET_VERSION_TEXT = "empty, or 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
+DATASET_VERSION = {
+    "type": ["null", "string"],
+    "pattern": "^(|[A-Za-z0-9][A-Za-z0-9._-]{0,127})\\Z",
+    "not": {"description": "two dots in a row ('..')", "type": "string", "pattern": "\\.\\."},
+}
+
+#: The DAG's data_wait_timeout param: seconds a scheduled run waits for its dataset version's input
+#: (the DAG's wait_for_data sensor); 0 = look once.
+DATA_WAIT_TIMEOUT = integer(0, 7 * 86400)
 
 
 def _date(value):
@@ -241,8 +272,10 @@ class ParamSpec:
 
     def __init__(self, name: str, default: object, help: str, rule: dict | None = None, *,
                  type: Callable[[str], object] | None = None, param: str | bool | None = None,
-                 convert: Callable[[object], object] | None = None, hint: str | None = None) -> None:
-        self.name, self.default, self.help, self.schema = name, default, help, rule
+                 convert: Callable[[object], object] | None = None, hint: str | None = None,
+                 unit: str | None = None) -> None:
+        self.name, self.default, self.help, self.schema, self.unit = name, default, help, rule, unit
+        self.hint = hint
         self.param = (param or name) if rule is not None and param is not False else None
         self.type = schema_type(rule, self.flag, convert, hint) if rule is not None else type
 
@@ -269,12 +302,13 @@ SPEC = "tfospipe.param"
 
 def param(default: object, help: str, rule: dict | None = None, *,
           type: Callable[[str], object] | None = None, dag: str | bool | None = None,
-          convert: Callable[[object], object] | None = None, hint: str | None = None) -> Any:
+          convert: Callable[[object], object] | None = None, hint: str | None = None, unit: str | None = None) -> Any:
     """One field of a job's params dataclass, written once: its flag default (None = a required flag),
-    help, JSON-schema ``rule`` and the rest of :class:`ParamSpec` (``dag``: its ``param``). The field's
-    own default is the flag default as the job holds it (``convert(default)``, e.g. ``auto`` -> None)."""
+    help, JSON-schema ``rule``, ``unit`` (what a number counts, for the trigger form) and the rest of
+    :class:`ParamSpec` (``dag``: its ``param``). The field's own default is the flag default as the job
+    holds it (``convert(default)``, e.g. ``auto`` -> None)."""
     meta = {"default": default, "help": help, "rule": rule, "type": type, "param": dag, "convert": convert,
-            "hint": hint}
+            "hint": hint, "unit": unit}
     if default is None:
         return dataclasses.field(metadata={SPEC: meta})
     if default is NULL:
@@ -313,16 +347,17 @@ class ConvertParams(JobParams):
     """convert's params: CSV rows -> TFRecord shards."""
 
     eval_fraction: float = param(0.2, "fraction of rows for the eval split (by a hash of the row's content)",
-                                 number(0.01, 0.9))
-    num_shards: int = param(4, "TFRecord shards per split (at least the training cluster size)", integer(1, 1024))
-    max_bad_fraction: float = param(0.05, "fail when more than this fraction of rows is quarantined", number(0, 1))
-    pixel_max: int = param(255, "largest valid pixel value; larger values are quarantined", integer(1, 65535))
+                                 number(0.01, 0.9), unit="fraction of the rows")
+    num_shards: int = param(4, "TFRecord shards per split (at least the training cluster size)", integer(1, 1024), unit="shards")
+    max_bad_fraction: float = param(0.05, "fail when more than this fraction of rows is quarantined", number(0, 1),
+                                    unit="fraction of the rows read")
+    pixel_max: int = param(255, "largest valid pixel value; larger values are quarantined", integer(1, 65535), unit="pixel value")
     image_shape: tuple[int, int] | None = param(
         "auto", "HxW, or auto: square root of the pixel column count", IMAGE_SHAPE,
         convert=_image_shape, hint="auto, or HxW with H and W from 1 to 9999 (e.g. 28x28)")
     label_column: int = param(
         0, "index of the label column in the labeled CSV (0 = first, -1 = last); the others are the pixels",
-        integer(-1, 1000000))
+        integer(-1, 1000000), unit="column index")
     compression: str = param(
         "none", "TFRecord shard compression: none, or gzip (*.tfrecord.gz; the readers follow the file names)",
         one_of(*schema.COMPRESSIONS))
@@ -350,26 +385,31 @@ class DataCheckParams:
         one_of(*DATA_CHECK_MODES))
     min_class_fraction: float | None = param(
         NULL, "smallest fraction of a labeled split each class must have (its 95% upper bound); empty = the "
-        "schema's (schema/schema.json under the data root)", optional(number(0, 1)))
+        "schema's (schema/schema.json under the data root)", optional(number(0, 1)),
+        unit="fraction of the split's rows")
     max_blank_fraction: float | None = param(
         NULL, "largest fraction of all-zero images in a split (its 95% lower bound); empty = the schema's",
-        optional(number(0, 1)))
+        optional(number(0, 1)), unit="fraction of the split's images")
     max_label_drift: float = param(
         0.03, "largest change of a class's fraction (L-infinity distance of the label distributions) from the "
-        "serving model's training data and from the previous version, beyond sampling noise", number(0, 1))
+        "serving model's training data and from the previous version, beyond sampling noise", number(0, 1),
+        unit="L-infinity distance of two label distributions (difference of a class's fractions)")
     max_feature_drift: float = param(
         0.02, "largest Jensen-Shannon divergence (bits, 0-1) of a pixel's histogram from the serving model's "
-        "training data and from the previous version, beyond sampling noise", number(0, 1))
+        "training data and from the previous version, beyond sampling noise", number(0, 1),
+        unit="bits of Jensen-Shannon divergence")
     max_eval_skew: float = param(
         0.03, "largest Jensen-Shannon divergence (bits) of a pixel's histogram, or L-infinity distance of the "
-        "labels, between a version's eval and train splits, beyond sampling noise", number(0, 1))
+        "labels, between a version's eval and train splits, beyond sampling noise", number(0, 1),
+        unit="bits of Jensen-Shannon divergence (pixels), L-infinity distance (labels)")
     max_score_skew: float = param(
         0.02, "largest Jensen-Shannon divergence (bits) of a pixel's histogram between the score rows and the "
-        "serving model's training data, beyond sampling noise", number(0, 1))
+        "serving model's training data, beyond sampling noise", number(0, 1),
+        unit="bits of Jensen-Shannon divergence")
     max_serving_drop: float = param(
         0.05, "largest drop of the serving model's accuracy from its own eval split to the new version's, "
         "beyond sampling noise, before the data counts as changed (drift) rather than the candidate as better",
-        number(0, 1))
+        number(0, 1), unit="accuracy (fraction of the eval rows)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -381,22 +421,24 @@ class TrainParams(DataCheckParams, RunParams):
         "tensorflow",
         "tensorflow: each node reads its TFRecord shards with tf.data; spark: Spark feeds the rows (TFNode.DataFeed)",
         one_of("tensorflow", "spark"))
-    cluster_size: int = param(2, "TensorFlow nodes = Spark executors (chief + workers)", integer(2, 256))
+    cluster_size: int = param(2, "TensorFlow nodes = Spark executors (chief + workers)", integer(2, 256),
+                              unit="nodes (Spark executors)")
     num_ps: int = param(
         0, "parameter servers among the cluster_size nodes: 0 = all-reduce (MultiWorkerMirroredStrategy); "
         "> 0 = ParameterServerStrategy (needs cluster_size >= num_ps + 2 and input_mode tensorflow)",
-        integer(0, 16))
+        integer(0, 16), unit="nodes (Spark executors)")
     gradient_compression: str = param(
         "none", "how all-reduce training sends gradients: none (float32) or fp16 (half the bytes and CPU of the "
         "all-reduce, gradients rounded to float16; num_ps=0 only)",
         one_of(*GRADIENT_COMPRESSIONS))
-    epochs: int = param(5, "passes over the train split", integer(1, 1000))
-    batch_size: int = param(64, "batch size per worker", integer(1, 65536))
-    learning_rate: float = param(0.001, "Adam learning rate", number(maximum=1, above=0))
+    epochs: int = param(5, "passes over the train split", integer(1, 1000), unit="epochs")
+    batch_size: int = param(64, "batch size per worker", integer(1, 65536), unit="rows per worker and step")
+    learning_rate: float = param(0.001, "Adam learning rate", number(maximum=1, above=0),
+                                  unit="none (a step-size factor)")
     seed: int = param(
         DEFAULT_SEED, "the run's random seed: each node seeds Python, NumPy and TensorFlow (weights, dropout) with "
         "seed + its worker index and shuffles its share with seed + its input pipeline; the same seed, data, "
-        "params and cluster give the same model (scripts/reproduce.py)", integer(0, MAX_SEED))
+        "params and cluster give the same model (scripts/reproduce.py)", integer(0, MAX_SEED), unit="none")
     # Not a DAG param: a job setting (bench/train_bench.py --deterministic both measures its cost).
     deterministic: str = param(
         "on", "on: TensorFlow's op determinism (tf.config.experimental.enable_op_determinism) on every node and "
@@ -412,9 +454,11 @@ class TrainParams(DataCheckParams, RunParams):
 class ValidateParams(DataCheckParams, RunParams):
     """validate's params: the gate's thresholds and tests (validate.GateThresholds) and the promotion policy."""
 
-    min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1))
+    min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1),
+                                 unit="accuracy (fraction of the eval rows)")
     max_regression: float = param(
-        0.02, "the candidate may trail the serving model's accuracy by at most this", number(0, 1))
+        0.02, "the candidate may trail the serving model's accuracy by at most this", number(0, 1),
+        unit="accuracy (fraction of the eval rows)")
     gate: str = param(
         "threshold",
         "how the candidate is compared with the serving model: threshold = its accuracy may trail by at most "
@@ -424,7 +468,7 @@ class ValidateParams(DataCheckParams, RunParams):
         one_of(*GATE_MODES))
     alpha: float = param(
         0.05, "gate=significance: significance level of its one-sided tests (the overall test and, Holm-adjusted, "
-        "the per-class tests)", number(maximum=0.5, above=0))
+        "the per-class tests)", number(maximum=0.5, above=0), unit="probability")
     require_improvement: str = param(
         "false", "gate=significance: true = the candidate must also be significantly better than the serving "
         "model at alpha (one-sided)", one_of("false", "true"))
@@ -451,7 +495,7 @@ class InferParams(DataCheckParams, JobParams):
     """infer's params: which model, how many rows per model call, and where it runs."""
 
     batch_size: int = param(256, "rows per prediction batch in each executor", integer(1, 65536),
-                            dag="inference_batch_size")
+                            dag="inference_batch_size", unit="rows")
     model_version: str = param("", "promoted model version to use; empty = the one serving now", type=str)
     mode: str = param(
         "executors",
@@ -494,6 +538,25 @@ def dag_params(job: str) -> list[tuple]:
     """(param name, default, help, JSON schema) of the params a DAG run may set for ``job`` (the fields of
     its params dataclass that have a rule and are not marked ``dag=False``)."""
     return [(a.param, None if a.default is NULL else a.default, a.help, a.schema) for a in JOBS[job] if a.param]
+
+
+def dag_param_specs() -> dict[str, ParamSpec]:
+    """{DAG param name: its :class:`ParamSpec`} over the four jobs (the first job's, for a param several read)."""
+    out = {}
+    for specs_ in JOBS.values():
+        for a in specs_:
+            if a.param:
+                out.setdefault(a.param, a)
+    return out
+
+
+def describe(help: str, rule: dict, unit: str | None = None, hint: str | None = None) -> str:
+    """A param's description for the trigger form: what it does, then what a valid value is (its range,
+    :func:`expected`, or ``hint``) and its unit, e.g. ``passes over the train split. Valid: an integer from
+    1 to 1000 (unit: epochs).``"""
+    text = help.rstrip(". ")
+    valid = hint or expected(rule)
+    return f"{text}. Valid: {valid}" + (f" (unit: {unit})." if unit else ".")
 
 
 def to_argv(job: str, values: Mapping[str, object]) -> list[str]:

@@ -301,7 +301,11 @@ def _callbacks(tf: Any, setup: NodeSetup, role: _Role) -> tuple[list, Any, Any]:
         logs = log_sync.local_logs
     callbacks += [counted] if counted else []
     if role.is_chief:
-        callbacks.append(tf.keras.callbacks.TensorBoard(logs, update_freq="epoch" if role.ps_mode else 10))
+        # Batch scalars at every end of a Keras execution (steps_per_execution steps, fewer at an epoch's end):
+        # TensorBoard records when the step counter is a multiple of update_freq, and with 10 steps per
+        # execution and epochs of e.g. 11 steps the counter runs 10, 11, 21, 22, ..., so update_freq=10 drew
+        # one point in all; 1 draws two per epoch here (a curve). Parameter servers: per epoch only.
+        callbacks.append(tf.keras.callbacks.TensorBoard(logs, update_freq="epoch" if role.ps_mode else 1))
         callbacks += [log_sync] if log_sync else []
     return callbacks, shown, counted
 

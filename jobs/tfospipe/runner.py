@@ -2,7 +2,10 @@
 
 A job raises :class:`JobError` for anything a user must fix (bad input, missing upstream output, a
 failed gate); it is printed as one ``ERROR`` line that ends up at the end of the Airflow task log,
-and the process exits with status 2. A Spark job that failed because an executor was lost (its JVM
+and the process exits with status 2. A :class:`UserError` (a JobError no retry can mend: no input, too
+many bad rows, a failed gate, params that do not fit together, too few executors) exits with
+:data:`EXIT_USER_ERROR` when the Airflow operator asks for it (``TFOS_EXIT_USER_ERROR``), so that the task
+fails without a retry. A Spark job that failed because an executor was lost (its JVM
 killed, out of memory, its host gone) is reported the same way: one ``ERROR`` line with the executor,
 its host, Spark's reason and whether a retry is safe (:data:`RETRY_AFTER_EXECUTOR_LOSS`), status 2.
 So is one whose executors could not run their Python (:func:`executor_python_failure`: an interpreter
@@ -39,6 +42,33 @@ class JobError(Exception):
 #: Exit status of a job whose data checks refused its data (:class:`DataRefused`): a retry of the same
 #: data fails the same way, so the Airflow operator fails the task without retrying it (plugins/tfos_spark.py).
 EXIT_DATA_REFUSED = 3
+
+
+#: Exit status of a job that failed with a :class:`UserError` when the environment variable
+#: ``TFOS_EXIT_USER_ERROR`` names one (the Airflow operator sets it to this, and fails such a task without a
+#: retry); otherwise such a job exits with 2, as for any JobError.
+EXIT_USER_ERROR = 4
+
+
+class UserError(JobError):
+    """A JobError only the user can fix (no input, too many bad rows, a failed gate, params that do not fit
+    together, too few executors): the same run fails the same way, so it is not worth a retry. Exits with
+    :func:`user_error_status`."""
+
+
+def user_error_status() -> int:
+    """The exit status of a :class:`UserError` (and of refused arguments): ``TFOS_EXIT_USER_ERROR`` when set
+    (the operator's :data:`EXIT_USER_ERROR`), else 2."""
+    try:
+        return int(os.environ.get("TFOS_EXIT_USER_ERROR") or 2)
+    except ValueError:
+        return 2
+
+
+def _status(error: BaseException) -> int:
+    if isinstance(error, DataRefused):
+        return EXIT_DATA_REFUSED
+    return user_error_status() if isinstance(error, UserError) else 2
 
 
 class DataRefused(JobError):
@@ -354,14 +384,20 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
     ``tfos-{job}-{version}`` and prints ``RESULT [job] {json}`` (status 0), or
     ``ERROR [job] message`` for a JobError, a StorageError, executors that could not run their Python
     or a lost executor (:func:`job_failure`; status 2; :data:`EXIT_DATA_REFUSED` for :class:`DataRefused`). Any other exception propagates (status 1).
-    Raises SystemExit (status 2) for invalid arguments, as argparse does."""
-    params = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
+    Invalid arguments return :func:`user_error_status` (2 unless the operator asks for
+    :data:`EXIT_USER_ERROR`), after argparse's usage and reason on stderr; a :class:`UserError` returns the same."""
+    try:
+        params = jobargs.parse(job, sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # argparse refused an argument (usage and the reason are on stderr)
+        if e.code == 2:
+            return user_error_status()
+        raise
     try:  # credentials and reachability of the root, and the job's own checks, before Spark starts
         fs.check_access(params.data_root)
         prepared = prepare(params) if prepare is not None else None
     except (JobError, fs.StorageError) as e:
         print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
-        return EXIT_DATA_REFUSED if isinstance(e, DataRefused) else 2
+        return _status(e)
     spark = session(f"tfos-{job}-{params.version}", params.data_root)
     spark.sparkContext.setLogLevel("WARN")
     # read now: a failed TensorFlow cluster stops the SparkContext before the job reports it
@@ -372,7 +408,7 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
         summary = run(spark, params) if prepare is None else run(spark, params, prepared)
     except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
-        status = EXIT_DATA_REFUSED if isinstance(e, DataRefused) else 2
+        status = _status(e)
     except Exception as e:
         failure = job_failure(job, e, python_conf)
         if failure is None:

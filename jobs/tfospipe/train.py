@@ -59,7 +59,7 @@ from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_pa
 from .jobargs import TrainParams
 from .nodefailure import cluster_failure, failure_error
 from .rundir import finish_run, start_run
-from .runner import JobError, executors
+from .runner import JobError, UserError, executors
 from .trainplan import Share, plan_run
 
 #: After a node failed, how long the others get to fail or finish before the driver cancels their tasks.
@@ -73,7 +73,7 @@ def check_executors(sc: Any, nodes: int, wait: float) -> None:
     Spark conf to change when the application has fewer."""
     if executors(sc, nodes, wait) < nodes:
         conf = sc.getConf()
-        raise JobError(
+        raise UserError(
             f"training needs cluster_size={nodes} executors (one TensorFlow node each) but the Spark "
             f"application got {executors(sc)} after {wait}s from master {sc.master}. Make the "
             f"cluster offer {nodes} executors with one task slot each (spark.executor.instances="

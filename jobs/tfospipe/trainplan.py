@@ -22,7 +22,7 @@ from typing import Any
 
 from . import dataset, fs, paths
 from .jobargs import TrainParams
-from .runner import JobError
+from .runner import JobError, UserError
 
 #: A node's share of a split: ``{"files": [paths], "offset": int, "every": int, "records": int}``.
 Share = dict[str, Any]
@@ -31,15 +31,15 @@ Share = dict[str, Any]
 def check_topology(cluster_size: int, num_ps: int, input_mode: str, gradient_compression: str = "none") -> None:
     """Refuse a cluster ParameterServerStrategy cannot run, with what to change (raises JobError)."""
     if num_ps and gradient_compression != "none":
-        raise JobError(f"gradient_compression={gradient_compression} applies to all-reduce training (num_ps=0); "
+        raise UserError(f"gradient_compression={gradient_compression} applies to all-reduce training (num_ps=0); "
                        f"with num_ps={num_ps} the workers send gradients to the parameter servers as they are. "
                        "Use gradient_compression=none, or num_ps=0")
     if num_ps and cluster_size < num_ps + 2:
-        raise JobError(f"cluster_size={cluster_size} with num_ps={num_ps} leaves no worker: parameter-server "
+        raise UserError(f"cluster_size={cluster_size} with num_ps={num_ps} leaves no worker: parameter-server "
                        f"training needs the parameter servers, a chief (the coordinator) and at least one worker, "
                        f"so cluster_size >= num_ps + 2 = {num_ps + 2}; or use num_ps=0 (all-reduce)")
     if num_ps and input_mode != "tensorflow":
-        raise JobError(f"num_ps={num_ps} needs input_mode=tensorflow: under ParameterServerStrategy the workers "
+        raise UserError(f"num_ps={num_ps} needs input_mode=tensorflow: under ParameterServerStrategy the workers "
                        "are TensorFlow servers that read the TFRecords themselves; Spark cannot feed them rows. "
                        "Use input_mode=tensorflow, or num_ps=0 to feed rows from Spark")
 

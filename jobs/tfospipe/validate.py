@@ -48,7 +48,7 @@ import numpy as np
 from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving, significance
 from .paths import version_date
 from .jobargs import ValidateParams
-from .runner import DataRefused, JobError, executor_python, executors, git_revision, requested_executors
+from .runner import DataRefused, JobError, UserError, executor_python, executors, git_revision, requested_executors
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -602,7 +602,7 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
         summary = _summary(cand, r, compared)
         if not r.passed:
             serving.reject(layout, mv, event)
-            raise JobError(f"model {mv} rejected, serving unchanged: {'; '.join(r.reasons)}. "
+            raise UserError(f"model {mv} rejected, serving unchanged: {'; '.join(r.reasons)}. "
                            f"Report: {out}/metrics.json")
         if not r.allowed:
             serving.reject(layout, mv, event)

@@ -4,6 +4,10 @@
   (``scripts/spark_standalone.sh``, the same ``spark-class`` commands as the compose services).
 * Airflow 3: ``api-server``, ``scheduler`` and ``dag-processor`` with the LocalExecutor, a
   project-local AIRFLOW_HOME (SQLite), the simple auth manager with one admin user.
+* TensorBoard over the data root's ``models/`` (a local root), where the task links point, as ``make ui``
+  starts it.
+* A scheduled run waits :data:`DATA_WAIT_S` seconds for its data (``TFOS_DATA_WAIT_TIMEOUT``: the DAG's
+  ``data_wait_timeout`` default), not the deployment's hours.
 
 ``python tests/e2e/services.py up DIR`` starts the same stack by hand (Ctrl-C stops it).
 """
@@ -19,6 +23,8 @@ import urllib.request
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER, PASSWORD = "admin", "tfos-e2e-password"
+#: Seconds a scheduled run of these stacks waits for its dataset version's input (wait_for_data).
+DATA_WAIT_S = 20
 
 
 def free_port():
@@ -40,6 +46,8 @@ class Stack:
         self.root = os.path.join(self.base, "data")
         self.spark_dir = os.path.join(self.base, "spark")
         self.api_port, self.spark_ui_port = free_port(), free_port()
+        self.tensorboard_port = free_port()
+        self.tensorboard = f"http://127.0.0.1:{self.tensorboard_port}"
         self.spark_port = free_port()
         self.spark_master = f"spark://127.0.0.1:{self.spark_port}" if cluster is None else cluster.master
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -58,6 +66,8 @@ class Stack:
             # for the lock (pysqlite gives up after 5 s, which a busy 2-core machine can exceed)
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{self.home}/airflow.db?timeout=60",
             AIRFLOW_VAR_TFOS_DATA_ROOT=self.root,
+            AIRFLOW_VAR_TFOS_TENSORBOARD_URL=self.tensorboard,
+            TFOS_DATA_WAIT_TIMEOUT=str(DATA_WAIT_S),
             AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": self.spark_master}),
             TFOS_BUILD_DIR=os.path.join(self.base, "build"),
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
@@ -107,6 +117,10 @@ class Stack:
         else:
             self.cluster.start()
         self.sh("bash scripts/airflow_setup.sh", timeout=300)
+        if "://" not in self.root:  # TensorBoard reads local logs here (remote ones need TensorFlow I/O plugins)
+            os.makedirs(os.path.join(self.root, "models"), exist_ok=True)
+            self._daemon("tensorboard", f"tensorboard --logdir {self.root}/models --host 127.0.0.1 "
+                                        f"--port {self.tensorboard_port}")
         self._daemon("api-server", f"airflow api-server --host 127.0.0.1 --port {self.api_port}")
         self._daemon("scheduler", "airflow scheduler")
         self._daemon("dag-processor", "airflow dag-processor")

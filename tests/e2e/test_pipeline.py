@@ -9,6 +9,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -94,8 +95,9 @@ def layout(stack):
 
 
 @pytest.fixture(scope="module")
-def scheduled(stack, layout):
-    """Unpause the DAG: the scheduler creates and runs the latest day's scheduled run."""
+def scheduled(stack, layout, late_data):
+    """Unpause the DAG: the scheduler creates and runs the latest day's scheduled run (whose data came late:
+    ``late_data``, at the end of this module)."""
     stack.request("PATCH", "/api/v2/dags/tfos_pipeline", {"is_paused": False})
     (run,) = stack.wait_runs(lambda r: r["run_type"] == "scheduled", 1, 900)
     assert run["state"] == "success", stack.task_instances(run["dag_run_id"])
@@ -125,7 +127,7 @@ def backfill(stack, scheduled):
 def test_the_scheduled_run_processes_its_logical_date_on_the_standalone_cluster(stack, scheduled, layout):
     assert scheduled["logical_date"].startswith(SCHEDULED) and scheduled["conf"] in ({}, None)
     assert {t: ti["state"] for t, ti in stack.task_instances(scheduled["dag_run_id"]).items()} == \
-        {t: "success" for t in JOBS}
+        {t: "success" for t in ("wait_for_data",) + JOBS}
     active, completed = stack.spark_apps()
     assert not active
     names = [app["name"] for app in completed]
@@ -348,8 +350,16 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
         for bad in ({"dataset_version": "../etc"}, {"dataset_version": "a b"}, {"dataset_version": "x;rm -rf"},
                     {"dataset_version": "/abs"}, {"learning_rate": "0"}, {"image_shape": "28 x 28"}):
             error = ui.refused(page, stack.url, "tfos_pipeline", bad)
-            assert "400" in error and ("does not match" in error or "minimum" in error), (bad, error)
-        # the number fields clamp to their bounds in the form; the API refuses what gets past it
+            assert "is refused: use " in error and "No run was created" in error, (bad, error)
+            assert "Failed validating" not in error and "allOf" not in error and "\\Z" not in error, (bad, error)
+        # out of range: the number fields keep what was typed (no clamping to a bound), and the refusal is one
+        # plain sentence naming the range
+        for bad, words in (({"epochs": 5000}, "Epochs (epochs): 5000 is refused: use an integer from 1 to 1000"),
+                           ({"epochs": -1}, "Epochs (epochs): -1 is refused: use an integer from 1 to 1000"),
+                           ({"eval_fraction": 0.95}, "(eval_fraction): 0.95 is refused: use a number from 0.01 to 0.9")):
+            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
+            assert words in error and "No run was created" in error, (bad, error)
+        # the API refuses what a client sends past the form
         for bad in ({"epochs": 0}, {"cluster_size": 1}, {"dataset_version": "../../etc"}):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": bad})
@@ -431,3 +441,120 @@ def test_a_task_killed_by_airflow_stops_its_spark_application(stack, backfill, l
     assert tis["train"]["state"] == "failed" and tis["infer"]["state"] == "upstream_failed"
     # the killed run published nothing: no committed model for it
     assert not os.path.exists(os.path.join(layout.model_run(version, paths.run_slug(run_id)), "_SUCCESS"))
+
+
+# -- the first hour in the UI: late data, user errors, links -----------------------------------------------
+
+from services import DATA_WAIT_S  # noqa: E402 - the stacks' data_wait_timeout default (seconds)
+
+
+@pytest.fixture(scope="module")
+def late_data(stack, layout):
+    """The scheduled day's data is late: unpause the DAG with ``raw/SCHEDULED/`` moved aside. The scheduled run
+    waits (wait_for_data, reschedule mode), then ends failed after data_wait_timeout (DATA_WAIT_S here) with
+    one ERROR line and without a retry. Then the data arrives, the task is cleared, and the run goes on (the
+    ``scheduled`` fixture waits for it). Returns what was seen while it waited."""
+    raw = layout.raw(SCHEDULED)
+    aside = raw + ".late"
+    os.rename(raw, aside)
+    try:
+        started = time.monotonic()
+        stack.request("PATCH", "/api/v2/dags/tfos_pipeline", {"is_paused": False})
+        run = stack.wait(lambda: next((r for r in stack.runs() if r["run_type"] == "scheduled"), None), 120,
+                         "the scheduler to create the scheduled run")
+        run_id = run["dag_run_id"]
+        seen = set()
+
+        def ended():
+            tis = stack.task_instances(run_id)
+            seen.add((tis["wait_for_data"]["state"], tis["convert"]["state"]))
+            (found,) = [r for r in stack.runs() if r["dag_run_id"] == run_id]
+            return (found, tis) if found["state"] in ("success", "failed") else None
+
+        failed, tis = stack.wait(ended, 300, "the scheduled run to wait for its data and end")
+        waited = time.monotonic() - started
+        log = task_log(stack, failed, "wait_for_data")
+    finally:
+        os.rename(aside, raw)  # the data arrives
+    stack.request("POST", "/api/v2/dags/tfos_pipeline/clearTaskInstances",
+                  {"dag_run_id": run_id, "only_failed": True, "reset_dag_runs": True, "dry_run": False})
+    stack.wait(lambda: [r for r in stack.runs() if r["dag_run_id"] == run_id][0]["state"] != "failed", 120,
+               "the cleared scheduled run to start again")
+    return {"run": failed, "tis": tis, "log": log, "waited": waited, "seen": seen}
+
+
+def test_the_unpaused_daily_run_waits_for_late_data_and_then_ends_clearly(stack, late_data, scheduled):
+    run, tis, log = late_data["run"], late_data["tis"], late_data["log"]
+    assert run["run_type"] == "scheduled" and run["logical_date"].startswith(SCHEDULED)
+    assert run["state"] == "failed", tis
+    # it waited: looked more than once, handing its slot back in between, and started no Spark job
+    assert log.count(f"Waiting for dataset version {SCHEDULED}: no input file in") >= 2, log[-3000:]
+    assert ("up_for_reschedule", None) in late_data["seen"] or log.count("UP_FOR_RESCHEDULE") >= 1, late_data["seen"]
+    assert late_data["waited"] >= DATA_WAIT_S
+    # ... then ended, not retried, with one clear line
+    assert tis["wait_for_data"]["state"] == "failed" and tis["wait_for_data"]["try_number"] == 1, tis
+    assert tis["convert"]["state"] == "upstream_failed" and tis["infer"]["state"] == "upstream_failed"
+    errors = [line for line in log.splitlines() if f"ERROR [wait_for_data] dataset version {SCHEDULED} did not arrive" in line]
+    assert errors and f"after waiting {DATA_WAIT_S} s (data_wait_timeout)" in errors[-1] and "not retried" in errors[-1]
+    assert "up_for_retry" not in log.lower()
+    # once the data came and the task was cleared, the same run processed the day (the scheduled fixture)
+    assert scheduled["dag_run_id"] == run["dag_run_id"] and scheduled["state"] == "success"
+
+
+def _trigger(stack, conf):
+    return stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+
+
+def test_a_missing_input_fails_at_once_without_a_retry(stack, scheduled, layout):
+    """A manual run does not wait: a version with no input fails its first task at once (AirflowFailException,
+    though the DAG's tasks have retries); a version whose only file is no CSV gets past the sensor, and convert
+    finds no input: its spark-submit ends with the job's user-error status, not retried either."""
+    started = time.monotonic()
+    missing = _trigger(stack, {"dataset_version": "never-arrived"})
+    (run,) = stack.wait_runs(lambda r: r["dag_run_id"] == missing, 1, 240)
+    tis = stack.task_instances(missing)
+    assert run["state"] == "failed" and time.monotonic() - started < 120, tis
+    assert tis["wait_for_data"]["state"] == "failed" and tis["wait_for_data"]["try_number"] == 1, tis
+    assert tis["convert"]["state"] == "upstream_failed", tis
+    log = task_log(stack, run, "wait_for_data")
+    assert "ERROR [wait_for_data] no input for dataset version never-arrived: " in log, log[-3000:]
+    assert "up_for_retry" not in log.lower()
+
+    os.makedirs(layout.raw("notes-only"), exist_ok=True)
+    with open(os.path.join(layout.raw("notes-only"), "notes.txt"), "w") as f:
+        f.write("the digits follow tomorrow\n")
+    unreadable = _trigger(stack, {"dataset_version": "notes-only"})
+    (run,) = stack.wait_runs(lambda r: r["dag_run_id"] == unreadable, 1, 300)
+    tis = stack.task_instances(unreadable)
+    assert run["state"] == "failed", tis
+    assert tis["wait_for_data"]["state"] == "success" and tis["convert"]["state"] == "failed", tis
+    assert tis["convert"]["try_number"] == 1 and tis["convert"]["max_tries"] >= 1, tis  # it had a retry to spend
+    log = task_log(stack, run, "convert")
+    error = [line for line in log.splitlines() if "ERROR [convert] " in line and "-- not retried: " in line]
+    assert error and "ERROR [convert] no input for dataset version notes-only: " in error[-1], log[-3000:]
+    assert "up_for_retry" not in log.lower()
+
+
+def test_the_tensorboard_link_answers_and_the_report_fits_a_1280_px_window(stack, scheduled, layout):
+    import ui
+    run_id = scheduled["dag_run_id"]
+    base = f"/api/v2/dags/tfos_pipeline/dagRuns/{run_id}/taskInstances"
+    link = stack.get(f"{base}/train/links")["extra_links"]["TensorBoard"]
+    assert link.startswith(stack.tensorboard + "/")
+    with urllib.request.urlopen(link, timeout=30) as r:
+        assert r.status == 200 and b"TensorBoard" in r.read()
+    # the run's training curve: batch scalars at more than one step per epoch
+    events = glob.glob(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "tensorboard", "train",
+                                    "events.out.tfevents.*"))
+    steps = {e.step for path in events for e in tf.compat.v1.train.summary_iterator(path)
+             for v in e.summary.value if v.tag == "batch_loss"}
+    manifest = load(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "_manifest.json"))
+    executions_per_epoch = -(-manifest["steps_per_epoch"] // 10)  # steps_per_execution 10
+    assert len(steps) >= manifest["params"]["epochs"] * executions_per_epoch >= manifest["params"]["epochs"], sorted(steps)
+    report = stack.get(f"{base}/validate/links")["extra_links"]["Validation report"]
+    with ui.browser(width=1280, height=900) as page:
+        ui.login(page, stack.url, stack.user, stack.password)
+        href, target = ui.extra_link(page, stack.url, "tfos_pipeline", run_id, "train", "TensorBoard")
+        assert href == link and target == "_blank"  # another origin: the UI opens it in a new tab
+        assert ui.page_width(page, report) <= 1280
+        assert page.get_by_role("link", name=re.compile("tfos_pipeline in the Airflow UI")).count() == 1

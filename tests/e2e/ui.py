@@ -11,8 +11,11 @@ What the trigger dialog does (Airflow 3.3), and so what these helpers rely on:
 * The only client-side check is "required": a param whose type does not allow null is required, and
   an empty value ("") disables the Trigger button and shows "This field is required". Patterns,
   enums and bounds are checked by the API server, whose 400 the dialog shows in its error alert.
-* A spinbutton clamps a number outside [minimum, maximum] to the bound when it loses focus, with no
-  error (epochs 0 becomes 1): such a value never reaches the server, so the helpers fail loudly on it.
+* A spinbutton clamps a number outside the schema's top-level [minimum, maximum] to the bound when it
+  loses focus, with no error (epochs 0 would become 1). The pipeline's params keep their bounds under
+  ``allOf`` (jobargs.integer, jobargs.number), so the field takes any number and the API server refuses one
+  out of range, in one sentence naming the range (the tfos_ui plugin's middleware). Should a field clamp
+  again, :func:`_fill` fails loudly rather than trigger with the changed value.
 
 The REST calls made here authenticate with the session's ``_token`` cookie that the login sets.
 """
@@ -29,12 +32,12 @@ TIMEOUT_MS = 30_000
 
 
 @contextlib.contextmanager
-def browser(headless=True):
-    """A fresh headless Chromium page (1600x1000, 30 s timeouts); the browser is closed on exit."""
+def browser(headless=True, width=1600, height=1000):
+    """A fresh headless Chromium page (``width`` x ``height``, 30 s timeouts); the browser is closed on exit."""
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, headless=headless)
         try:
-            context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+            context = chromium.new_context(viewport={"width": width, "height": height})
             context.set_default_timeout(TIMEOUT_MS)
             yield context.new_page()
         finally:
@@ -209,3 +212,19 @@ def screenshot_grid(page, url, dag_id, path):
     with contextlib.suppress(PlaywrightTimeout):  # the UI polls while runs are active
         page.wait_for_load_state("networkidle", timeout=10_000)
     page.screenshot(path=str(path), full_page=True)
+
+
+def page_width(page, url):
+    """Open ``url`` and return how wide its page is (the document's scroll width, in CSS pixels)."""
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def extra_link(page, url, dag_id, run_id, task_id, name):
+    """The task instance's extra link ``name`` as the UI renders it on the instance's Details tab (under
+    "Extra Links"): (href, target)."""
+    page.goto(f"{url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}/tasks/{task_id}/details")
+    link = page.get_by_role("link", name=name, exact=True)
+    link.first.wait_for()
+    return link.first.get_attribute("href"), link.first.get_attribute("target")

@@ -34,7 +34,8 @@ REFUSED = object()
 def _readers():
     """DAG param -> [(job, Arg)] of the job flags it reaches; dataset_version reaches every job's --version."""
     readers = {"dataset_version": [(job, a) for job, args in jobargs.JOBS.items() for a in args
-                                   if a.name == "version"]}
+                                   if a.name == "version"],
+               "data_wait_timeout": []}  # read by the DAG's wait_for_data sensor, no job
     for job, args in jobargs.JOBS.items():
         for a in args:
             if a.param:
@@ -75,8 +76,9 @@ def _json_type(rule):
 
 
 def _number_cases(rule):
-    low = rule.get("minimum", rule.get("exclusiveMinimum"))
-    high = rule.get("maximum")
+    limits = jobargs.bounds(rule)  # under allOf (jobargs.integer, jobargs.number)
+    low = limits.get("minimum", limits.get("exclusiveMinimum"))
+    high = limits.get("maximum")
     edges = [x for x in (low, high) if x is not None]
     cases = [0, 1, -1, 2, 10, 0.0, -0.0, 0.5, 2.0, 2.5, 1e1, 1e-05, 5e-324, 1e300, -1e300, 10 ** 100,
              -(10 ** 100), math.inf, -math.inf, math.nan, True, False, None]
@@ -186,6 +188,7 @@ def expected_value(name, value):
 
 def test_every_dag_param_is_a_job_flag_with_the_same_schema(dag, served):
     assert set(dag.params) == set(READERS)
+    assert served.params.get_param("data_wait_timeout").schema == dict(jobargs.DATA_WAIT_TIMEOUT, title="Wait for data (seconds)")
     for name, readers in READERS.items():
         schema = dict(served.params.get_param(name).schema)
         schema.pop("title", None)
