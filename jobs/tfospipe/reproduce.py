@@ -117,13 +117,14 @@ def check_dataset(layout: paths.Layout, manifest: dict) -> list[str]:
         checked.append("the run's manifest records no shard sizes (trained before they were recorded): "
                        "shards not checked")
         return checked
-    conversion = paths.join(layout.tfrecords(version), fs.MANIFEST)
+    converted_dir = fs.resolve(layout.tfrecords(version))
+    conversion = paths.join(converted_dir, fs.MANIFEST)
     got = file_sha256(conversion)
     if got != recorded["manifest_sha256"]:
         raise ReproduceError(f"dataset version {version} changed: {conversion} has sha256 {got}, the run read "
                              f"{recorded['manifest_sha256']} (the version was converted again)")
     for rel, size in sorted(recorded["shard_bytes"].items()):
-        path = paths.join(layout.tfrecords(version), rel)
+        path = paths.join(converted_dir, rel)
         if not fs.exists(path):
             raise ReproduceError(f"dataset version {version} changed: shard {path} is gone")
         if fs.size(path) != size:

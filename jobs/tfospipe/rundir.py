@@ -148,7 +148,7 @@ def dataset_identity(layout: paths.Layout, version: str, plan: Plan) -> dict[str
     """What identifies the data a run read, cheaply (no shard is read): the sha256 of the version's
     conversion manifest (which holds every input file's sha256 and every shard's record count) and the
     bytes of every shard the plan gave the nodes, by path relative to ``tfrecords/{version}/``."""
-    base = layout.tfrecords(version)
+    base = fs.resolve(layout.tfrecords(version))
     files = sorted({f for shares in plan.shares.values() for share in shares for f in share["files"]})
 
     def relative(path):

@@ -303,7 +303,7 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
     models = {"candidate": candidate_dir}
     champion_note = "no model serving yet: judged on thresholds alone"
     if current is not None:
-        champion_dir = layout.serving_model(current["model_version"])
+        champion_dir = serving.promoted_dir(layout, current["model_version"])
         try:
             predict.loaded_model(champion_dir, image_shape)
             models["champion"] = champion_dir
