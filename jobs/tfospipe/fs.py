@@ -1019,4 +1019,7 @@ class Staging:
     def __exit__(self, exc_type, exc, tb):
         if not self._committed:
             rmtree(self.path)  # our own attempt, never published: no pointer names it
+            if not _remote(self.path):
+                with contextlib.suppress(OSError):  # only when empty: another attempt may be writing
+                    os.rmdir(_local(attempts_dir(self.final)))
         return False

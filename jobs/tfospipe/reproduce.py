@@ -135,9 +135,10 @@ def check_dataset(layout: paths.Layout, manifest: dict) -> list[str]:
 
 
 def scratch_run_id(run: str, now: datetime.datetime | None = None) -> str:
-    """The run id of a rerun of ``run``: ``reproduce-<UTC time>-<run>`` (a path segment)."""
+    """The run id of a rerun of ``run`` (its folder name): ``reproduce-<UTC time>-<run>``, given to the
+    train job as its run id; the job's folder is ``paths.run_slug`` of it."""
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%S")
-    return paths.run_slug(f"reproduce-{stamp}-{run}")
+    return f"reproduce-{stamp}-{run}"
 
 
 def retrain_args(manifest: dict, data_root: str, run_id: str) -> dict[str, Any]:

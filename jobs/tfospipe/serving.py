@@ -291,6 +291,7 @@ def promote(layout: paths.Layout, model_dir: str, mv: str, info: dict, digest: s
     """
     event = {**info, "model_version": mv, **(event or {})}
     target = layout.serving_model(mv)
+    _check_promoted(layout, target, mv, digest)
     for _ in range(100):
         now, token = _state(layout)
         if now and now["model_version"] == mv:
@@ -309,14 +310,21 @@ def promote(layout: paths.Layout, model_dir: str, mv: str, info: dict, digest: s
     raise ChampionChanged(None, current(layout), "promotion", ": 100 other writers moved it first")
 
 
+def _check_promoted(layout, target, mv, digest):
+    """Whether ``mv`` is promoted already; ValueError when it is, with other files than ``digest``."""
+    if not fs.is_committed(target):
+        return False
+    recorded = model_info(layout, mv).get("digest")
+    if recorded != digest:
+        raise ValueError(f"{target} already holds a promoted model with digest {recorded}, not {digest}: "
+                         "a promoted model is never replaced; promote these files under their own "
+                         "model version")
+    return True
+
+
 def _publish_model(layout, target, model_dir, mv, info, digest):
     """Copy the model into ``serving/models/<mv>`` unless it is there (with the same digest)."""
-    if fs.is_committed(target):
-        recorded = model_info(layout, mv).get("digest")
-        if recorded != digest:
-            raise ValueError(f"{target} already holds a promoted model with digest {recorded}, not {digest}: "
-                             "a promoted model is never replaced; promote these files under their own "
-                             "model version")
+    if _check_promoted(layout, target, mv, digest):
         return
     try:
         with fs.Staging(target) as stage:
