@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
