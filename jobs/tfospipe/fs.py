@@ -374,7 +374,9 @@ def makedirs(path: str) -> None:
 def rmtree(path: str) -> None:
     """Remove a file or a directory tree (every object under the prefix); nothing there is fine."""
     if not _remote(path):
-        if os.path.isdir(_local(path)):
+        if os.path.islink(_local(path)):  # a published output's pointer: the link goes, not its attempt
+            os.remove(_local(path))
+        elif os.path.isdir(_local(path)):
             shutil.rmtree(_local(path))
         elif os.path.lexists(_local(path)):
             os.remove(_local(path))
@@ -739,8 +741,14 @@ def read_versioned(path: str) -> tuple[bytes | None, str | None]:
     fsys = _client(path)
     with _translated(path):
         try:
-            if spec is _S3:
-                etag = fsys.info(path)["ETag"]
+            if spec is _S3:  # HEAD of the key alone (fsspec's info would also list a missing key's prefix)
+                bucket, key, _ = fsys.split_path(path)
+                try:
+                    etag = fsys.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+                except OSError as exc:
+                    if isinstance(exc, FileNotFoundError) or _precondition(exc):
+                        return None, None
+                    raise
                 return fsys.cat_file(path), etag
             data = fsys.cat_file(path)
         except FileNotFoundError:
@@ -977,20 +985,30 @@ class Staging:
     A kill at any step leaves the pointer naming the previous complete output or the new one: readers
     that resolve it (:func:`resolve`) never see none or a mix. An output committed before attempts
     existed (files directly in ``final``) is read as it is until the first commit replaces it.
+
+    ``once``: an output that is published once and never replaced (a promoted model). Its commit is
+    create-only: on a local root the attempt, a hidden sibling ``.{name}.attempt-{id}``, is renamed to
+    ``final`` (``rename(2)`` onto a name that exists fails), elsewhere ``_COMMIT.json`` is written with
+    ``If-None-Match: *``; CommitConflict when another attempt published it first.
     """
 
-    def __init__(self, final: str):
+    def __init__(self, final: str, once: bool = False):
         self.final = final.rstrip("/")
+        self.once = once
         self.attempt = _attempt_name()
-        self.path = _join(attempts_dir(self.final), self.attempt)
+        if once and not _remote(self.final):
+            self.path = sibling(self.final, f".{basename(self.final)}.attempt-{self.attempt}")
+        else:
+            self.path = _join(attempts_dir(self.final), self.attempt)
         self._seen = None
         self._committed = False
 
     def __enter__(self):
         check_commits(self.final)
         makedirs(parent(self.final))
-        makedirs(attempts_dir(self.final))
-        self._seen = _read_pointer(self.final)[1]
+        if not self.once:
+            makedirs(attempts_dir(self.final))
+            self._seen = _read_pointer(self.final)[1]
         makedirs(self.path)
         return self
 
@@ -1005,6 +1023,15 @@ class Staging:
         write_json(self.file(MANIFEST), dict(manifest, attempt=self.attempt))
         write_bytes(self.file(SUCCESS), b"")
         try:
+            if self.once and not _remote(self.final):
+                try:
+                    os.rename(_local(self.path), _local(self.final))
+                except OSError as exc:
+                    if os.path.exists(_local(self.final)):
+                        raise PreconditionFailed(self.final, None) from None
+                    raise exc
+                self._committed = True
+                return
             _publish(self.final, self.attempt, self._seen)
         except PreconditionFailed:
             now = _read_pointer(self.final)[0]
@@ -1019,7 +1046,7 @@ class Staging:
     def __exit__(self, exc_type, exc, tb):
         if not self._committed:
             rmtree(self.path)  # our own attempt, never published: no pointer names it
-            if not _remote(self.path):
+            if not _remote(self.path) and not self.once:
                 with contextlib.suppress(OSError):  # only when empty: another attempt may be writing
                     os.rmdir(_local(attempts_dir(self.final)))
         return False

@@ -97,9 +97,10 @@ def run_slug(run_id: object) -> str:
     Letters, digits, and ``_``/``-`` after the first character stay as they are; every other character
     (``.`` included) becomes ``.`` and the two lowercase hex digits of each of its UTF-8 bytes (``exp:1``
     -> ``exp.3a1``, ``exp+1`` -> ``exp.2b1``, ``a.b`` -> ``a.2eb``). A name that would start with an
-    escape gets an ``x`` in front (``_r`` -> ``x.5fr``; no kept character makes ``.5f``). A name over
-    128 characters keeps its first 111 and ends in ``.h`` and 15 hex digits of the run id's sha256 (an
-    escape never makes ``.h``). Raises PathError for an empty run id.
+    escape gets ``x.-`` in front (``_r`` -> ``x.-.5fr``; an escape never makes ``.-``). A name over
+    128 characters keeps at most its first 111 (no escape cut) and ends in ``.h`` and 15 hex digits of
+    the run id's sha256 (an escape never makes ``.h``): only such long names could share a folder, if
+    those 60 bits of their digests were equal. Raises PathError for an empty run id.
 
     Before this encoding, runs of other characters became one ``_`` (:func:`legacy_run_slug`), so
     ``exp:1`` and ``exp+1`` shared ``exp_1``; such a folder is never read for a run id whose folder name
@@ -115,10 +116,13 @@ def run_slug(run_id: object) -> str:
             out.append("".join(f".{b:02x}" for b in ch.encode("utf-8")))
     name = "".join(out)
     if not name[0].isalnum():
-        name = "x" + name
+        name = "x.-" + name  # an escape never makes ".-"
     if len(name) > 128:
         import hashlib
-        name = name[:111] + ".h" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
+        cut = name[:111]
+        if "." in cut[-3:]:  # no escape cut in two, no '.' before the '.h'
+            cut = cut[:cut.rfind(".", len(cut) - 3)]
+        name = cut + ".h" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
     return check_segment(name, "run id")
 
 

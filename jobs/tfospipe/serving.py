@@ -327,7 +327,7 @@ def _publish_model(layout, target, model_dir, mv, info, digest):
     if _check_promoted(layout, target, mv, digest):
         return
     try:
-        with fs.Staging(target) as stage:
+        with fs.Staging(target, once=True) as stage:
             fs.copytree(model_dir, stage.path)
             copied = model_digest(stage.path)
             if copied != digest:

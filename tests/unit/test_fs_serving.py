@@ -68,7 +68,7 @@ def test_promote_swaps_pointer_and_rollback_restores(tmp_path):
         assert f.read() == "two"
     assert serving.versions(layout) == [mv1, mv2]
     # a promotion killed between its attempt's _SUCCESS and its publication is not a version
-    killed = os.path.join(layout.serving(), "models", f".{mv2}x.attempts", "20261207T000000Z-0123456789ab")
+    killed = os.path.join(layout.serving(), "models", f".{mv2}x.attempt-20261207T000000Z-0123456789ab")
     os.makedirs(killed)
     open(os.path.join(killed, "_SUCCESS"), "w").close()
     assert serving.versions(layout) == [mv1, mv2]
