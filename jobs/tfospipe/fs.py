@@ -12,13 +12,14 @@ Credentials come from each client's standard environment variables (:data:`SCHEM
 never from the URI. Missing or wrong credentials, or an unreachable store, raise
 :class:`StorageError`, whose one-line message names the path and what to set, never a secret value.
 
-A job is a transaction (:class:`Staging`): it writes a staging directory next to its output and
-publishes it on commit, with ``_manifest.json`` and then ``_SUCCESS`` (the commit marker) last.
-Stores whose rename is atomic (``Scheme.atomic_rename``: local, HDFS) publish by one directory rename;
-object stores (S3, GCS, Azure Blob) have none, so the staged objects are copied into place and
-``_SUCCESS`` is written last. A failed or
-killed run leaves only a hidden staging directory behind (removed by the next run); a rerun
-replaces the old output whole.
+A job is a transaction (:class:`Staging`), under one protocol for every store, rename or not: each
+attempt writes an immutable attempt directory of its own (``_manifest.json``, then ``_SUCCESS``, last),
+and publishes it by a conditional write of the output's pointer (:func:`write_if`: ``If-Match`` /
+``If-None-Match: *`` on S3; a symbolic link renamed under an ``flock`` locally). Readers resolve the
+pointer (:func:`resolve`); superseded attempts are removed once unreferenced and past a grace period
+(:func:`collect_attempts`). A failed or killed run leaves the previous output as it was; a rerun
+replaces it whole. A store this layer cannot write conditionally is refused (:func:`check_commits`)
+unless the single-writer mode is on (:data:`SINGLE_WRITER_ENV`).
 """
 
 import contextlib
@@ -53,7 +54,7 @@ class Scheme:
 
     * ``atomic_rename``: POSIX ``rename(2)`` (local), the HDFS NameNode's ``rename`` (one metadata
       operation); S3, GCS and Azure Blob (through adlfs's blob API) have no rename, fsspec's ``mv`` is a
-      copy and a delete.
+      copy and a delete. Where a root's outputs are published: :class:`Staging`.
     * ``conditional_write``: a create-only write the store offers: ``O_CREAT|O_EXCL`` (local), HDFS
       ``create`` without overwrite, S3 ``PutObject`` with ``If-None-Match: *`` (since August 2024), GCS
       ``ifGenerationMatch=0``, Azure Blob ``If-None-Match: *``, and a replace-only-if-unchanged write
@@ -80,7 +81,7 @@ class Scheme:
     protocol: str | None       # fsspec protocol; None: the OS (os/shutil), no client library
     package: str               # pip package that implements it (pinned in requirements.txt)
     module: str                # its import name
-    atomic_rename: bool        # a directory rename is atomic: Staging publishes by one rename
+    atomic_rename: bool        # a directory rename is atomic
     conditional_write: bool    # write_if performs create-only and replace-if-unchanged writes on it
     consistent_listing: bool   # listings show every finished write
     tf_gfile: bool             # tf.io.gfile reaches it; else TensorFlow goes through scratch copies
@@ -96,8 +97,8 @@ class Scheme:
 
     @property
     def object_store(self) -> bool:
-        """No directories and no rename: ``makedirs`` does nothing, a commit copies the staged objects
-        into place with ``_SUCCESS`` last, a small document flips by one PUT."""
+        """No directories and no rename: ``makedirs`` does nothing, and a commit is published by a
+        pointer object (``_COMMIT.json``) written conditionally."""
         return self.remote and not self.atomic_rename
 
 

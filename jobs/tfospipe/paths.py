@@ -28,6 +28,12 @@ executor can reach. Local paths are joined with ``os.path``, URIs with ``/`` (:f
     {root}/serving/history/                         one JSON object per serving decision
     {root}/predictions/{version}/                   Parquet predictions, _manifest.json, _SUCCESS
 
+Every output but a training run is published through its commit pointer (``fs.Staging``): its files lie
+in a hidden attempt directory beside it, ``{parent}/.{name}.attempts/{UTC start}Z-{random}/``, and the
+output path is a symbolic link to it (local root) or holds ``_COMMIT.json`` naming it (object stores);
+read it through ``fs.resolve``. A promoted model is published once, by a rename (local) or a create-only
+``_COMMIT.json``.
+
 The names of the entries inside a directory (a run's ``model/``, ``progress.log``...) are the constants
 below; :class:`Layout` builds the paths that start at the root. Versions, run ids and model versions
 become path segments, so they are checked here (:func:`check_segment`): no separators, no ``..``, no
@@ -236,10 +242,6 @@ class Layout:
     def serving_pointer(self) -> str:
         """``{root}/serving/CURRENT.json``: which model serves."""
         return join(self.serving(), "CURRENT.json")
-
-    def serving_lock(self) -> str:
-        """``{root}/serving/.pointer.lock``: the file a local root's promotions lock (``serving.pointer_lock``)."""
-        return join(self.serving(), ".pointer.lock")
 
     def serving_history(self) -> str:
         """``{root}/serving/history``: one JSON object per serving decision."""

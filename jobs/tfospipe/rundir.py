@@ -49,8 +49,8 @@ def prepare_run_dir(run_dir: str) -> None:
 def commit_run(run_dir: str, manifest: dict[str, Any]) -> None:
     """Commit the run: write ``_manifest.json``, then ``_SUCCESS``, the commit marker readers trust.
 
-    Training commits its run directory in place, not with ``fs.Staging`` (a staging directory renamed
-    over the output) as the other jobs do: a retried task must resume from ``backup/`` (BackupAndRestore
+    Training commits its run directory in place, not with ``fs.Staging`` (an attempt directory published
+    by a conditional write of a pointer) as the other jobs do: a retried task must resume from ``backup/`` (BackupAndRestore
     state) inside the run directory, which a fresh staging directory would not hold, and TensorFlow's
     nodes write into the run directory while they train. So an attempt starts by removing everything
     but ``backup/`` (:func:`prepare_run_dir`), the chief renames its complete export
