@@ -941,6 +941,14 @@ def collect_attempts(final: str, grace: float | None = None) -> list[str]:
     return removed
 
 
+def delete_output(final: str) -> None:
+    """Remove the output ``final`` outright: its pointer (or, for the layout before attempts, its files)
+    first, so readers stop taking it, then every attempt of it. For tools that discard an output (the
+    benchmarks); a job never deletes one, it publishes a new attempt."""
+    rmtree(final)
+    rmtree(attempts_dir(final))
+
+
 def _publish(final, attempt, seen):
     """Point ``final`` at ``attempt`` if its pointer is still ``seen`` (the token read when the attempt
     started). Raises PreconditionFailed otherwise."""
