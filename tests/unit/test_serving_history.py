@@ -143,8 +143,8 @@ print(rounds)
 """
 
 
-def test_processes_racing_to_promote_are_serialised_by_the_lock(tmp_path):
-    """Separate processes, as two validate drivers are: the flock and the compare-and-swap hold."""
+def test_processes_racing_to_promote_are_serialised_by_the_compare_and_swap(tmp_path):
+    """Separate processes, as two validate drivers are: the conditional write of the pointer holds."""
     root = tmp_path / "root"
     layout = paths.Layout(str(root))
     first = fake_model(tmp_path / "first", "first")
