@@ -216,39 +216,51 @@ def fake_model(d, text):
     return str(d)
 
 
-PROMOTER = r"""
-import os, sys, time
+PROMOTERS = r"""
+import os, sys, threading, time
 from tfospipe import paths, serving
-root, model, run, sync, rounds = sys.argv[1:6]
+root, sync, rounds, *runs = sys.argv[1:]
 layout = paths.Layout(root)
-digest = serving.model_digest(model)
-mv = paths.model_version("v1", run, digest)
-for r in range(int(rounds)):
-    now = serving.current(layout)
-    expected = now["model_version"] if now else None
-    open(os.path.join(sync, f"ready-{r}-{run}"), "w").close()
-    while not os.path.exists(os.path.join(sync, f"go-{r}")):
-        time.sleep(0.05)
-    try:
-        pointer = serving.promote(layout, model, mv, {"run_id": run}, digest, expected=expected,
-                                  event={"run_id": run, "compared_with": expected})
-        result = "won" if pointer["changed"] else "serving already"
-    except serving.ChampionChanged as e:
-        serving.reject(layout, mv, {"run_id": run, "compared_with": expected, "rule": f"lost the race: {e}"})
-        result = "lost"
-    with open(os.path.join(sync, f"done-{r}-{run}"), "w") as f:
-        f.write(result)
+
+def promoter(model, run):
+    digest = serving.model_digest(model)
+    mv = paths.model_version("v1", run, digest)
+    for r in range(int(rounds)):
+        now = serving.current(layout)
+        expected = now["model_version"] if now else None
+        open(os.path.join(sync, f"ready-{r}-{run}"), "w").close()
+        while not os.path.exists(os.path.join(sync, f"go-{r}")):
+            time.sleep(0.05)
+        try:
+            pointer = serving.promote(layout, model, mv, {"run_id": run}, digest, expected=expected,
+                                      event={"run_id": run, "compared_with": expected})
+            result = "won" if pointer["changed"] else "serving already"
+        except serving.ChampionChanged as e:
+            serving.reject(layout, mv, {"run_id": run, "compared_with": expected, "rule": f"lost the race: {e}"})
+            result = "lost"
+        with open(os.path.join(sync, f"done-{r}-{run}"), "w") as f:
+            f.write(result)
+
+threads = [threading.Thread(target=promoter, args=(runs[i], runs[i + 1])) for i in range(0, len(runs), 2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 """
 
 
 def test_20_concurrent_promoters_one_winner_per_round_and_every_decision_recorded(root, tmp_path):
-    n, rounds = 20, (3 if "://" not in root else 2)
+    """20 promoters of different models, 5 threads in each of 4 processes (fewer interpreters to start on
+    2 cores), all comparing with the same serving model before they race for the pointer."""
+    n, rounds, per_process = 20, 3, 5
     layout = paths.Layout(root)
     sync = tmp_path / "sync"
     sync.mkdir()
     runs = [f"p{i:02d}" for i in range(n)]
-    procs = [_python(PROMOTER, root, fake_model(tmp_path / run, f"model {run}"), run, str(sync), str(rounds))
-             for run in runs]
+    models = {run: fake_model(tmp_path / run, f"model {run}") for run in runs}
+    procs = [_python(PROMOTERS, root, str(sync), str(rounds),
+                     *[x for run in runs[i:i + per_process] for x in (models[run], run)])
+             for i in range(0, n, per_process)]
     winners = []
     try:
         for r in range(rounds):
