@@ -106,7 +106,7 @@ def run_convert(root, version, n, master, statistics):
     m = json.load(open(os.path.join(layout.tfrecords(version), fs.MANIFEST)))
     assert m["rows_written"] == n, m["rows_written"]
     assert os.path.exists(layout.stats(version)) == (statistics == "on")
-    shutil.rmtree(layout.tfrecords(version))
+    fs.delete_output(layout.tfrecords(version))
     return job_wall, m
 
 

@@ -167,7 +167,7 @@ def main() -> None:
                    help="executors' environment, e.g. LD_PRELOAD= (glibc's malloc) or TCMALLOC_AGGRESSIVE_DECOMMIT=true")
     p.add_argument("--dir", default=None, help="where to write the data (default: a temporary directory)")
     args = p.parse_args()
-    from tfospipe import paths
+    from tfospipe import fs, paths
 
     env = dict(kv.split("=", 1) for kv in args.env)
     common.print_facts()
@@ -192,7 +192,7 @@ def main() -> None:
                 wall, manifest, peaks = convert_with_sampler(root, version, args.master, args.interval, env)
                 results.append((f"{name} ({csv_bytes / 1e9:.2f} GB of CSV)", os.path.getsize(path), csv_bytes, rows,
                                 wall, manifest, peaks))
-                shutil.rmtree(layout.tfrecords(version))
+                fs.delete_output(layout.tfrecords(version))
                 os.remove(path)
         print()
         common.print_facts()

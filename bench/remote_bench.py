@@ -240,14 +240,14 @@ def main() -> None:
                 run = timed_job("convert", {"data_root": root, "version": CONVERT, "num_shards": 4},
                                 args.master, moto_log)
                 convert[name].append(convert_figures(run, args.rows, csv_bytes))
-                fs.rmtree(paths.Layout(root).tfrecords(CONVERT))
+                fs.delete_output(paths.Layout(root).tfrecords(CONVERT))
                 print(f"convert on {name}: {run['wall']:.1f} s", flush=True)
         for _ in range(args.repeat):
             for name, root in roots.items():
                 run = timed_job("infer", {"data_root": root, "version": INFER, "batch_size": args.batch_size},
                                 args.master, moto_log)
                 infer[name].append(infer_figures(run, tfrecord_bytes))
-                fs.rmtree(paths.Layout(root).predictions(INFER))
+                fs.delete_output(paths.Layout(root).predictions(INFER))
                 print(f"infer on {name}: {run['wall']:.1f} s", flush=True)
 
         print()

@@ -76,7 +76,7 @@ with DAG(
     convert = job_task("convert", execution_timeout=datetime.timedelta(hours=1))
     train = job_task("train", pool="tfos_training", execution_timeout=datetime.timedelta(hours=4))
     # Promotions one at a time (pool tfos_serving, 1 slot); the job's compare-and-swap of the serving
-    # pointer also covers writers outside Airflow.
+    # pointer (a conditional write, on S3 as on local disk) also covers writers outside Airflow.
     validate = job_task("validate", pool="tfos_serving",
                     retries=0,  # a failed gate is deterministic: do not retry it
                     execution_timeout=datetime.timedelta(hours=1))

@@ -58,7 +58,7 @@ def lineage_rows(layout: paths.Layout, version: str, row_id: int) -> list[dict]:
 
     Raises LineageError when the version was converted without an index.
     """
-    index = layout.lineage(version)
+    index = paths.join(dataset.version_dir(layout, version), paths.LINEAGE_DIR)
     files = fs.glob(paths.join(index, "*.parquet"))
     if not files:
         raise LineageError(f"dataset version {version} has no lineage index ({index} is missing or empty): it was "
@@ -109,8 +109,9 @@ def _prediction(layout: paths.Layout, version: str, row_id: int) -> dict:
     if not fs.is_committed(pred_dir):
         raise LineageError(f"no predictions for dataset version {version} ({pred_dir} has no _SUCCESS): run the infer "
                            "task for this version first")
-    pred_manifest = fs.read_json(paths.join(pred_dir, fs.MANIFEST))
-    predictions = _rows(fs.glob(paths.join(pred_dir, "*.parquet")), row_id)
+    published = fs.resolve(pred_dir)  # the attempt its commit pointer names
+    pred_manifest = fs.read_json(paths.join(published, fs.MANIFEST))
+    predictions = _rows(fs.glob(paths.join(published, "*.parquet")), row_id)
     if not predictions:
         where = lineage_rows(layout, version, row_id)
         if where:

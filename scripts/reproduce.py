@@ -99,7 +99,7 @@ def _reproduce(args: argparse.Namespace) -> int:
           f"deterministic {job_args.get('deterministic', 'unrecorded')}, epochs {job_args.get('epochs')}", flush=True)
     build = os.path.join(tempfile.gettempdir(), "tfos-reproduce-build")
     retrain(job_args, master, cluster_size, build)
-    scratch = layout.model_run(manifest["dataset_version"], run_id)
+    scratch = layout.model_run(manifest["dataset_version"], paths.run_slug(run_id))
     comparison = reproduce.compare_models(original.model_dir, paths.join(scratch, paths.MODEL_DIR))
     if original.digest and original.digest != comparison.digest_a:
         print(f"  WARNING: the promoted model's files have digest {comparison.digest_a}, its serving manifest "

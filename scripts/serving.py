@@ -3,17 +3,20 @@
     python scripts/serving.py list                        promoted models, the serving one marked *
     python scripts/serving.py rollback                    back to the model that served before the current one
     python scripts/serving.py rollback --to MODEL_VERSION point at a given promoted model
+    python scripts/serving.py rollback --expect MV        only if MV (as list showed it) still serves
     python scripts/serving.py history [--model MV]        every decision: promote, rollback, rejected, unchanged
 
 Promoted models are never replaced or deleted, so every one of them can be rolled back to. A plain
 rollback steps back one model each time it runs (the pointer keeps the order in which models served);
 ``rollback --to`` a model and a plain rollback returns to the one that served before. Every
 rollback is recorded in ``serving/history/`` with who ran it, like every promotion and rejection.
+A rollback is a compare-and-swap on the pointer state it read (``--expect``: and that state must name
+the model you saw): if a promotion or another rollback lands first, it changes nothing and says so.
 
 ``--root`` defaults to $AIRFLOW_VAR_TFOS_DATA_ROOT, else ``data``. Exit status 0, or 2 with one
 ``error: ...`` line: a root that cannot be read (an unsupported scheme, refused or missing credentials,
 an unreachable store, a bucket or root that does not exist: fs.check_access), or a rollback that
-cannot be made.
+cannot be made (nothing to roll back to, or serving changed since it was read).
 """
 import argparse
 import os
@@ -80,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="promoted models (the serving one marked *) and the models rollback returns to")
     rb = sub.add_parser("rollback", help="point serving at an earlier model")
     rb.add_argument("--to", default=None, help="promoted model version (default: the one that served before)")
+    rb.add_argument("--expect", default=None, metavar="MODEL_VERSION",
+                    help="the model version you saw serving (list): refuse if another one serves now")
     hist = sub.add_parser("history", help="every serving decision, oldest first")
     hist.add_argument("--model", default=None, help="only the events naming this model version")
     args = p.parse_args(argv)
     try:
         fs.check_access(args.root, must_exist=True)
         return _command(args)
-    except (fs.StorageError, ValueError, TimeoutError, OSError) as e:
+    except (fs.StorageError, ValueError, TimeoutError, OSError, serving.ChampionChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -114,7 +119,9 @@ def _command(args: argparse.Namespace) -> int:
             print(format_event(e))
         return 0
     by = f"scripts/serving.py rollback{' --to ' + args.to if args.to else ''} by {serving.user()}"
-    pointer = serving.rollback(layout, args.to, by=by)
+    fs.check_commits(args.root)  # the pointer moves by a conditional write
+    pointer = serving.rollback(layout, args.to, by=by,
+                               expected=serving.ANY if args.expect is None else args.expect)
     print(f"serving {pointer['model_version']} (was {pointer['from']}; previous now {pointer['previous']})")
     return 0
 

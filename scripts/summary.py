@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     layout = paths.Layout(args.root)
     out = []
-    conv = fs.read_json(paths.join(layout.tfrecords(args.version), fs.MANIFEST))
+    conv = fs.read_json(paths.join(fs.resolve(layout.tfrecords(args.version)), fs.MANIFEST))
     out.append(f"convert   {conv['rows_read']} rows read, {conv['rows_written']} written "
                f"(train {conv['splits'].get('train')}, eval {conv['splits'].get('eval')}), "
                f"{conv['rows_quarantined']} quarantined, image {conv['image_shape']}, {conv['seconds']} s")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         out.append(f"train     {tm['params']['cluster_size']} TFoS nodes, {tm['steps_run']} steps, final loss "
                    f"{tm['final_loss']:.4f}, train accuracy {tm['final_accuracy']:.4f}, {tm['train_seconds']} s")
         out.append(f"          -> SavedModel {tm['model_dir']}")
-        report = layout.validation_metrics(args.version, run)
+        report = paths.join(fs.resolve(layout.validation(args.version, run)), paths.METRICS_FILE)
         if fs.exists(report):
             vm = fs.read_json(report)
             c = vm["candidate"]
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         out.append(f"serving   {now['model_version']} -> {now['path']}")
     pred = layout.predictions(args.version)
     if fs.is_committed(pred):
-        pm = fs.read_json(paths.join(pred, fs.MANIFEST))
+        pm = fs.read_json(paths.join(fs.resolve(pred), fs.MANIFEST))
         out.append(f"infer     {pm['rows_out']} predictions for {pm['rows_in']} {pm['split']} rows with "
                    f"{pm['model_version']} ({pm['model_loads']} model loads, {pm['partitions']} partitions), "
                    f"{pm['seconds']} s")

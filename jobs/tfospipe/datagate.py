@@ -34,7 +34,7 @@ from .runner import JobError
 def load_stats(layout: paths.Layout, version: str) -> dict | None:
     """The committed ``_stats.json`` of ``version`` (datastats), or None when the version was not
     converted or was converted without statistics. Raises OSError/ValueError when it exists but cannot be read."""
-    path = layout.stats(version)
+    path = paths.join(fs.resolve(layout.tfrecords(version)), paths.STATS_FILE)
     if not fs.is_committed(layout.tfrecords(version)) or not fs.exists(path):
         return None
     return fs.read_json(path)
@@ -73,7 +73,8 @@ def previous_version(layout: paths.Layout, version: str) -> str | None:
     older = sorted(v for v in (e.rstrip("/") for e in fs.listdir(base))
                    if paths.version_date(v) is not None and v < date)
     for candidate in reversed(older):
-        if fs.exists(layout.stats(candidate)) and fs.is_committed(layout.tfrecords(candidate)):
+        if fs.is_committed(layout.tfrecords(candidate)) and \
+                fs.exists(paths.join(fs.resolve(layout.tfrecords(candidate)), paths.STATS_FILE)):
             return candidate
     return None
 

@@ -8,6 +8,8 @@ version through this module; ``convert.py`` writes it. Layout (``paths.Layout.tf
     {root}/tfrecords/{version}/_lineage/                                    the lineage index (lineage.py)
     {root}/tfrecords/{version}/_manifest.json, _SUCCESS                     the manifest, then the commit marker
 
+(``{root}/tfrecords/{version}`` as its commit pointer resolves it: ``fs.resolve``, :func:`version_dir`.)
+
 A shard is a TFRecord file (GZIP when its name ends in ``.gz``) of serialized ``tf.train.Example``
 records under ``schema.feature_spec``: ``image`` int64 [H*W], ``label`` and ``row_id`` int64 [1]
 (``label`` -1 for unlabeled rows). Records are read in Python (``schema.shard_records``), with their
@@ -34,11 +36,22 @@ def read_manifest(layout: paths.Layout, version: str) -> dict:
     Raises JobError when the version has no commit marker (``_SUCCESS``): it was never converted, or
     its conversion did not finish; OSError or fs.StorageError when the manifest cannot be read.
     """
-    out = layout.tfrecords(version)
-    if not fs.is_committed(out):
-        raise JobError(f"no converted data for dataset version {version} at {out} (no _SUCCESS): "
-                       "run the convert task for this version first")
+    out = version_dir(layout, version)
+    if not fs.exists(paths.join(out, fs.SUCCESS)):
+        raise JobError(f"no converted data for dataset version {version} at {layout.tfrecords(version)} (no "
+                       "_SUCCESS): run the convert task for this version first")
     return fs.read_json(paths.join(out, fs.MANIFEST))
+
+
+def version_dir(layout: paths.Layout, version: str) -> str:
+    """The directory the committed conversion of ``version`` is read from: the attempt its commit pointer
+    names (``fs.resolve``). Resolve it once and read every file of the version under it."""
+    return fs.resolve(layout.tfrecords(version))
+
+
+def split_dir(layout: paths.Layout, version: str, split: str) -> str:
+    """The directory of one split's shards in the committed conversion (:func:`version_dir`)."""
+    return paths.join(version_dir(layout, version), split)
 
 
 def shard_files(layout: paths.Layout, version: str, split: str) -> list[str]:
@@ -46,7 +59,7 @@ def shard_files(layout: paths.Layout, version: str, split: str) -> list[str]:
     ``eval`` or ``score``) of ``version``, as the storage lists them (``schema.SHARD_PATTERN``); empty
     when the split has none or was never written. The commit marker is not checked here
     (:func:`read_manifest` does)."""
-    return fs.glob(paths.join(layout.split(version, split), schema.SHARD_PATTERN))
+    return fs.glob(paths.join(split_dir(layout, version, split), schema.SHARD_PATTERN))
 
 
 def image_shape(manifest: dict) -> tuple[int, int]:

@@ -12,13 +12,14 @@ Credentials come from each client's standard environment variables (:data:`SCHEM
 never from the URI. Missing or wrong credentials, or an unreachable store, raise
 :class:`StorageError`, whose one-line message names the path and what to set, never a secret value.
 
-A job is a transaction (:class:`Staging`): it writes a staging directory next to its output and
-publishes it on commit, with ``_manifest.json`` and then ``_SUCCESS`` (the commit marker) last.
-Stores whose rename is atomic (``Scheme.atomic_rename``: local, HDFS) publish by one directory rename;
-object stores (S3, GCS, Azure Blob) have none, so the staged objects are copied into place and
-``_SUCCESS`` is written last. A failed or
-killed run leaves only a hidden staging directory behind (removed by the next run); a rerun
-replaces the old output whole.
+A job is a transaction (:class:`Staging`), under one protocol for every store, rename or not: each
+attempt writes an immutable attempt directory of its own (``_manifest.json``, then ``_SUCCESS``, last),
+and publishes it by a conditional write of the output's pointer (:func:`write_if`: ``If-Match`` /
+``If-None-Match: *`` on S3; a symbolic link renamed under an ``flock`` locally). Readers resolve the
+pointer (:func:`resolve`); superseded attempts are removed once unreferenced and past a grace period
+(:func:`collect_attempts`). A failed or killed run leaves the previous output as it was; a rerun
+replaces it whole. A store this layer cannot write conditionally is refused (:func:`check_commits`)
+unless the single-writer mode is on (:data:`SINGLE_WRITER_ENV`).
 """
 
 import contextlib
@@ -53,11 +54,16 @@ class Scheme:
 
     * ``atomic_rename``: POSIX ``rename(2)`` (local), the HDFS NameNode's ``rename`` (one metadata
       operation); S3, GCS and Azure Blob (through adlfs's blob API) have no rename, fsspec's ``mv`` is a
-      copy and a delete.
+      copy and a delete. Where a root's outputs are published: :class:`Staging`.
     * ``conditional_write``: a create-only write the store offers: ``O_CREAT|O_EXCL`` (local), HDFS
       ``create`` without overwrite, S3 ``PutObject`` with ``If-None-Match: *`` (since August 2024), GCS
-      ``ifGenerationMatch=0``, Azure Blob ``If-None-Match: *``. Not used yet: the serving pointer's
-      compare-and-swap would use it (``serving._swap``).
+      ``ifGenerationMatch=0``, Azure Blob ``If-None-Match: *``, and a replace-only-if-unchanged write
+      (S3 ``If-Match: <ETag>``, GCS ``ifGenerationMatch=<generation>``, Azure ``If-Match``). True here only
+      where this layer performs both (:func:`write_if`): local (an exclusive ``link(2)``, and a rename
+      under an ``flock``) and S3 (s3fs passes ``IfNoneMatch``/``IfMatch`` to botocore's ``PutObject``).
+      gcsfs 2026.10 and pyarrow's HDFS client expose no such write, and adlfs's is not tested here, so
+      ``gs``, ``hdfs`` and ``abfs`` roots are refused for writing (:func:`check_commits`) unless the
+      single-writer mode is chosen (:data:`SINGLE_WRITER_ENV`).
     * ``consistent_listing``: a listing shows every write that finished before it: local and HDFS
       (NameNode), S3 (strong read-after-write and list consistency since December 2020), GCS and Azure
       Blob (strong). The clients are built without fsspec's listings cache (:func:`_client`), so the
@@ -75,8 +81,8 @@ class Scheme:
     protocol: str | None       # fsspec protocol; None: the OS (os/shutil), no client library
     package: str               # pip package that implements it (pinned in requirements.txt)
     module: str                # its import name
-    atomic_rename: bool        # a directory rename is atomic: Staging publishes by one rename
-    conditional_write: bool    # the store offers a create-only write
+    atomic_rename: bool        # a directory rename is atomic
+    conditional_write: bool    # write_if performs create-only and replace-if-unchanged writes on it
     consistent_listing: bool   # listings show every finished write
     tf_gfile: bool             # tf.io.gfile reaches it; else TensorFlow goes through scratch copies
     spark_parquet: bool        # Spark's Parquet writer reaches it; else executors write through fs
@@ -91,8 +97,8 @@ class Scheme:
 
     @property
     def object_store(self) -> bool:
-        """No directories and no rename: ``makedirs`` does nothing, a commit copies the staged objects
-        into place with ``_SUCCESS`` last, a small document flips by one PUT."""
+        """No directories and no rename: ``makedirs`` does nothing, and a commit is published by a
+        pointer object (``_COMMIT.json``) written conditionally."""
         return self.remote and not self.atomic_rename
 
 
@@ -114,7 +120,7 @@ _AZURE = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STOR
           "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET",
           "AZURE_STORAGE_TENANT_ID", "AZURE_STORAGE_ANON", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
           "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE")
-_ABFS = Scheme("abfs", "abfs", "adlfs", "adlfs", atomic_rename=False, conditional_write=True, consistent_listing=True,
+_ABFS = Scheme("abfs", "abfs", "adlfs", "adlfs", atomic_rename=False, conditional_write=False, consistent_listing=True,
                tf_gfile=False, spark_parquet=False,
                credentials="name the account in the URI (abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/...) or set "
                "AZURE_STORAGE_ACCOUNT_NAME, and set one of AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, "
@@ -129,13 +135,13 @@ SCHEMES = {
     "file": LOCAL,
     "s3": _S3,
     "s3a": _S3,
-    "gs": Scheme("gs", "gs", "gcsfs", "gcsfs", atomic_rename=False, conditional_write=True, consistent_listing=True,
+    "gs": Scheme("gs", "gs", "gcsfs", "gcsfs", atomic_rename=False, conditional_write=False, consistent_listing=True,
                  tf_gfile=True, spark_parquet=True,
                  credentials="set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on a node "
                  "with a service account attached",
                  env=("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "NO_GCE_CHECK"),
                  forward=("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")),
-    "hdfs": Scheme("hdfs", "hdfs", "pyarrow", "pyarrow", atomic_rename=True, conditional_write=True,
+    "hdfs": Scheme("hdfs", "hdfs", "pyarrow", "pyarrow", atomic_rename=True, conditional_write=False,
                    consistent_listing=True, tf_gfile=False, spark_parquet=True,
                    credentials="set JAVA_HOME, HADOOP_HOME (libhdfs.so in $HADOOP_HOME/lib/native, or "
                    "ARROW_LIBHDFS_DIR) and CLASSPATH=$(hadoop classpath --glob); on a Kerberos cluster run kinit "
@@ -369,7 +375,9 @@ def makedirs(path: str) -> None:
 def rmtree(path: str) -> None:
     """Remove a file or a directory tree (every object under the prefix); nothing there is fine."""
     if not _remote(path):
-        if os.path.isdir(_local(path)):
+        if os.path.islink(_local(path)):  # a published output's pointer: the link goes, not its attempt
+            os.remove(_local(path))
+        elif os.path.isdir(_local(path)):
             shutil.rmtree(_local(path))
         elif os.path.lexists(_local(path)):
             os.remove(_local(path))
@@ -402,9 +410,35 @@ def listdir(path: str) -> list:
         except (FileNotFoundError, NotADirectoryError):
             return []
     own = fsys._strip_protocol(path).rstrip("/")
-    if len(entries) == 1 and entries[0]["type"] == "file" and entries[0]["name"].rstrip("/") == own:
+    if len(entries) == 1 and entries[0]["type"] == "file" and entries[0]["name"].rstrip("/") == own \
+            and not _is_marker(entries[0]):
         return []
-    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries)
+    return sorted(n for n in (posixpath.basename(e["name"].rstrip("/")) for e in entries
+                              if e["name"].rstrip("/") != own and not _is_marker(e))
+                  if not _emr_marker(_join(path, n)))
+
+
+#: EMR's folder marker: an empty object ``<folder>_$folder$`` beside the folder (EMRFS, old Hadoop s3n).
+EMR_MARKER_SUFFIX = "_$folder$"
+_MARKERS_LOGGED = set()
+
+
+def _is_marker(entry):
+    """A folder marker, not a file: a zero-byte key ending in '/' (the S3 console's "Create folder",
+    S3A's directory markers), as s3fs, Hadoop and Trino treat it."""
+    return entry.get("type") == "file" and entry.get("size", 0) == 0 and str(entry.get("Key", entry["name"])).endswith("/")
+
+
+def _emr_marker(path):
+    """Whether ``path`` is an EMR ``*_$folder$`` marker; each one skipped is said once on stderr."""
+    if not path.endswith(EMR_MARKER_SUFFIX):
+        return False
+    if path not in _MARKERS_LOGGED:
+        _MARKERS_LOGGED.add(path)
+        import sys
+        print(f"INFO [storage] skipping {path}: an EMR folder marker (an empty object named "
+              f"'<folder>{EMR_MARKER_SUFFIX}'), not data", file=sys.stderr, flush=True)
+    return True
 
 
 def _visible(pattern, found):
@@ -424,7 +458,7 @@ def glob(pattern: str) -> list:
     fixed = pattern[:pattern.rfind("/", 0, cut)] if cut < len(pattern) else parent(pattern)
     with _translated(pattern):
         found = _to_uri(fixed, fsys, fsys.glob(pattern))
-    return sorted(p for p in found if _visible(pattern, p))
+    return sorted(p for p in found if _visible(pattern, p) and not _emr_marker(p))
 
 
 def walk(path: str) -> Iterator:
@@ -437,7 +471,9 @@ def walk(path: str) -> Iterator:
     with _translated(path):
         found = list(fsys.walk(path))
     for dirpath, dirs, files in found:
-        yield _to_uri(path, fsys, [dirpath])[0], sorted(dirs), sorted(files)
+        uri = _to_uri(path, fsys, [dirpath])[0]
+        # '' is a folder marker (a zero-byte key ending in '/') that fsspec lists as a nameless file
+        yield uri, sorted(dirs), sorted(f for f in files if f and not _emr_marker(_join(uri, f)))
 
 
 def size(path: str) -> int:
@@ -567,11 +603,6 @@ def copytree(src: str, dst: str) -> None:
             shutil.copyfileobj(fin, fout, 8 << 20)
 
 
-def is_committed(path: str) -> bool:
-    """Whether the output at ``path`` carries its commit marker ``_SUCCESS``."""
-    return exists(_join(path, SUCCESS))
-
-
 def _container(root):
     """``scheme://bucket`` of an object-store URI (``abfs://container@account...`` for Azure)."""
     scheme, rest = root.split("://", 1)
@@ -635,56 +666,396 @@ def _reach(root, must_exist=False):
                            "path") from None
 
 
-class Staging:
-    """A staging directory beside ``final`` that becomes ``final`` on commit.
 
-    Leftovers of earlier failed attempts (``.staging-*``/``.trash-*`` of the same output) are
-    removed when a new attempt starts, so a rerun is always clean.
+# --- conditional writes: the one primitive every commit and pointer uses -----------------------------
+
+#: Set to ``1`` to use a root whose store this layer cannot write conditionally (``gs``, ``hdfs``,
+#: ``abfs``: ``Scheme.conditional_write`` False) on the promise that one task at a time writes to it:
+#: pointers are then replaced by plain writes, and two concurrent writers can lose an update.
+SINGLE_WRITER_ENV = "TFOS_SINGLE_WRITER"
+
+
+class PreconditionFailed(Exception):
+    """A conditional write (:func:`write_if`) found ``path`` not as the writer last read it: it exists
+    when ``token`` was None (create-only), or it changed or vanished since ``token`` was read."""
+
+    def __init__(self, path: str, token: str | None):
+        self.path, self.token = path, token
+        want = "absent" if token is None else f"unchanged since it was read (token {token})"
+        super().__init__(f"{path} was written by someone else: this write required it {want}")
+
+
+def single_writer() -> bool:
+    """Whether the user chose the single-writer mode (:data:`SINGLE_WRITER_ENV` = ``1``)."""
+    return os.environ.get(SINGLE_WRITER_ENV, "") == "1"
+
+
+def check_commits(root: str) -> None:
+    """Refuse, before anything is written, a root whose store this layer cannot write conditionally
+    (:attr:`Scheme.conditional_write`), unless the single-writer mode is on. Every output and the
+    serving pointer are published by a conditional write (:class:`Staging`, :func:`write_if`); without
+    one two concurrent attempts or promotions could silently overwrite each other. Raises StorageError."""
+    spec = scheme_of(check_root(root))
+    if spec.conditional_write or single_writer():
+        return
+    raise StorageError(
+        f"data root {root}: the pipeline publishes every output and the serving pointer by a conditional "
+        f"write, which it cannot make on {spec.name}:// through {spec.package}; use a local or s3:// root, or, "
+        f"if only one task at a time ever writes to this root (one DAG run, no retries overlapping a live "
+        f"attempt, no manual rollback during a run), set {SINGLE_WRITER_ENV}=1 (README: Storage guarantees)")
+
+
+def _sha(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _flock(lock_path):
+    """An exclusive ``flock`` on ``lock_path`` (created if missing), released by the kernel if we die."""
+    import fcntl
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_of(local_path):
+    head, name = os.path.split(local_path)
+    return os.path.join(head, f".{name}.lock")
+
+
+def read_versioned(path: str) -> tuple[bytes | None, str | None]:
+    """``(content, token)`` of the small object at ``path``, ``(None, None)`` when there is none. Pass
+    ``token`` to :func:`write_if` to replace the object only if nobody wrote it meanwhile. The token is
+    the object's ETag on S3 (read before the content, so a write racing the read makes the conditional
+    write fail rather than succeed on stale content), the sha256 of the content elsewhere."""
+    if not _remote(path):
+        try:
+            data = read_bytes(path)
+        except FileNotFoundError:
+            return None, None
+        return data, _sha(data)
+    spec = scheme_of(check_root(path))
+    fsys = _client(path)
+    with _translated(path):
+        try:
+            if spec is _S3:  # HEAD of the key alone (fsspec's info would also list a missing key's prefix)
+                bucket, key, _ = fsys.split_path(path)
+                try:
+                    etag = fsys.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+                except OSError as exc:
+                    if isinstance(exc, FileNotFoundError) or _precondition(exc):
+                        return None, None
+                    raise
+                return fsys.cat_file(path), etag
+            data = fsys.cat_file(path)
+        except FileNotFoundError:
+            return None, None
+    return data, _sha(data)
+
+
+def _precondition(exc):
+    """Whether a client error means a failed S3 condition (412 PreconditionFailed, 409
+    ConditionalRequestConflict of two racing conditional writes, or If-Match on a missing key)."""
+    seen = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, FileExistsError)
+
+
+def write_if(path: str, data: bytes, token: str | None) -> None:
+    """Write ``data`` as the object at ``path`` only if it is as the caller last saw it: absent when
+    ``token`` is None (create-only), else unchanged since :func:`read_versioned` returned ``token``.
+    Readers see the old object or the new one, never a part of either.
+
+    Local: create-only is ``link(2)`` of a complete temporary file (fails if the name exists); a
+    replace compares the content's digest and renames a temporary file over it while holding an
+    ``flock`` on ``.<name>.lock`` beside it (released by the kernel if the writer is killed). S3:
+    one ``PutObject`` with ``If-None-Match: *`` or ``If-Match: <ETag>``. In the single-writer mode
+    (:data:`SINGLE_WRITER_ENV`) on a store without conditional writes: a plain write.
+
+    Raises PreconditionFailed when the condition does not hold (nothing is written), StorageError
+    when the store cannot be reached or (without the single-writer mode) cannot write conditionally.
+    """
+    if not _remote(path):
+        target = _local(path)
+        head = os.path.dirname(target) or "."
+        os.makedirs(head, exist_ok=True)
+        tmp = os.path.join(head, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            if token is None:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    raise PreconditionFailed(path, token) from None
+                return
+            with _flock(_lock_of(target)):
+                try:
+                    now = read_bytes(target)
+                except FileNotFoundError:
+                    raise PreconditionFailed(path, token) from None
+                if _sha(now) != token:
+                    raise PreconditionFailed(path, token)
+                os.replace(tmp, target)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+        return
+    spec = scheme_of(check_root(path))
+    fsys = _client(path)
+    if spec is not _S3:
+        check_commits(path)  # the single-writer mode: the user promised there is no other writer
+        with _translated(path):
+            fsys.pipe_file(path, data)
+        return
+    condition = {"mode": "create"} if token is None else {"IfMatch": token}
+    try:
+        with _translated(path):
+            fsys.pipe_file(path, data, **condition)
+    except OSError as exc:
+        if _precondition(exc):
+            raise PreconditionFailed(path, token) from None
+        raise
+
+
+# --- the commit protocol: immutable attempts, published by a conditional write of a pointer ----------
+
+#: The commit pointer of an output on a store without rename: ``{output}/_COMMIT.json`` names the
+#: attempt directory that holds the output (``attempt``, ``path``, ``committed_at``).
+COMMIT = "_COMMIT.json"
+#: How long (seconds) after it started an attempt that no pointer names may be removed
+#: (:func:`collect_attempts`); longer than any attempt runs, so a live one is never removed, and
+#: longer than any read, so a reader that resolved an older pointer finishes first. Override with the
+#: environment variable of the same name.
+ATTEMPT_GRACE_ENV = "TFOS_ATTEMPT_GRACE_S"
+ATTEMPT_GRACE_S = 6 * 3600.0
+#: An attempt's name: its UTC start, then 12 random hex digits.
+_ATTEMPT_RE = re.compile(r"^(\d{8}T\d{6})Z-[0-9a-f]{12}$")
+
+
+class CommitConflict(Exception):
+    """Another attempt published the same output after this attempt started: this one's files are not
+    published (the other attempt's complete output stays), and are removed after the grace period."""
+
+
+def attempts_dir(final: str) -> str:
+    """``{parent}/.{name}.attempts``: the attempt directories of the output ``final``, one per attempt."""
+    return sibling(final.rstrip("/"), f".{basename(final)}.attempts")
+
+
+def commit_pointer(final: str) -> str:
+    """Where the output ``final`` is published: ``final`` itself on a local root (a symbolic link,
+    replaced by an atomic rename), ``{final}/_COMMIT.json`` on any other store."""
+    return final.rstrip("/") if not _remote(final) else _join(final, COMMIT)
+
+
+def _read_pointer(final):
+    """``(attempt name or None, token)`` of the output's pointer. Local: the link's target (a legacy
+    output directory gives ``'(legacy)'``); elsewhere the content and token of ``_COMMIT.json``."""
+    if not _remote(final):
+        target = _local(final).rstrip("/")
+        if os.path.islink(target):
+            link = os.readlink(target)
+            return basename(link), link
+        return ("(legacy)", "(legacy)") if os.path.isdir(target) else (None, None)
+    data, token = read_versioned(commit_pointer(final))
+    if data is None:
+        return None, None
+    return json.loads(data.decode("utf-8"))["attempt"], token
+
+
+def resolve(final: str) -> str:
+    """The directory to read the output ``final`` from: the attempt its pointer names; ``final`` itself
+    for an output committed before attempts existed (``_SUCCESS`` directly in it) or never committed
+    (then its ``_SUCCESS`` is missing and :func:`is_committed` is False). Resolve once per read and read
+    every file of the output under the result: a later commit never changes or removes it within the
+    grace period (:data:`ATTEMPT_GRACE_S`)."""
+    final = final.rstrip("/")
+    if not _remote(final):
+        target = _local(final)
+        if os.path.islink(target):
+            return os.path.join(os.path.dirname(target), os.readlink(target))
+        return final
+    data, _ = read_versioned(commit_pointer(final))
+    if data is None:
+        return final
+    return _join(attempts_dir(final), json.loads(data.decode("utf-8"))["attempt"])
+
+
+def is_committed(path: str) -> bool:
+    """Whether the output at ``path`` is published: its pointer names an attempt carrying ``_SUCCESS``
+    (or, for an output of the layout before attempts, ``_SUCCESS`` is in it)."""
+    return exists(_join(resolve(path), SUCCESS))
+
+
+def _attempt_name():
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S") + "Z-" + uuid.uuid4().hex[:12]
+
+
+def _attempt_age(name):
+    import datetime
+    m = _ATTEMPT_RE.match(name)
+    if not m:
+        return None
+    started = datetime.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=datetime.timezone.utc)
+    return (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+
+
+def attempt_grace() -> float:
+    """The grace period in seconds (:data:`ATTEMPT_GRACE_ENV`, default :data:`ATTEMPT_GRACE_S`)."""
+    value = os.environ.get(ATTEMPT_GRACE_ENV, "")
+    try:
+        return float(value) if value else ATTEMPT_GRACE_S
+    except ValueError:
+        raise StorageError(f"{ATTEMPT_GRACE_ENV}={value!r} is not a number of seconds: set it to e.g. 21600") from None
+
+
+def collect_attempts(final: str, grace: float | None = None) -> list[str]:
+    """Remove the attempt directories of ``final`` that its pointer does not name and that started more
+    than ``grace`` seconds ago (default :func:`attempt_grace`); returns the names removed. The pointer
+    is read again before each removal, so an attempt published meanwhile is kept."""
+    grace = attempt_grace() if grace is None else grace
+    base = attempts_dir(final)
+    removed = []
+    for name in listdir(base):
+        age = _attempt_age(name)
+        if age is None or age <= grace:
+            continue
+        if _read_pointer(final)[0] == name:
+            continue
+        rmtree(_join(base, name))
+        removed.append(name)
+    return removed
+
+
+def delete_output(final: str) -> None:
+    """Remove the output ``final`` outright: its pointer (or, for the layout before attempts, its files)
+    first, so readers stop taking it, then every attempt of it. For tools that discard an output (the
+    benchmarks); a job never deletes one, it publishes a new attempt."""
+    rmtree(final)
+    rmtree(attempts_dir(final))
+
+
+def _publish(final, attempt, seen):
+    """Point ``final`` at ``attempt`` if its pointer is still ``seen`` (the token read when the attempt
+    started). Raises PreconditionFailed otherwise."""
+    if not _remote(final):
+        target = _local(final).rstrip("/")
+        head = os.path.dirname(target)
+        link = os.path.join(os.path.basename(_local(attempts_dir(final))), attempt)
+        with _flock(os.path.join(_local(attempts_dir(final)), ".lock")):
+            now = _read_pointer(final)[1]
+            if now != seen:
+                raise PreconditionFailed(final, seen)
+            tmp = os.path.join(head, f".{os.path.basename(target)}.link-{uuid.uuid4().hex[:12]}")
+            os.symlink(link, tmp)
+            try:
+                if now == "(legacy)":  # an output written before attempts: kept as an attempt of its own
+                    os.rename(target, os.path.join(_local(attempts_dir(final)), _attempt_name()))
+                os.replace(tmp, target)
+            finally:
+                if os.path.lexists(tmp):
+                    os.remove(tmp)
+        return
+    import datetime
+    body = {"attempt": attempt, "path": _join(attempts_dir(final), attempt),
+            "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    write_if(commit_pointer(final), (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"), seen)
+
+
+class Staging:
+    """One attempt at the output ``final``: an immutable attempt directory of its own, published on
+    commit by a conditional write of the output's pointer.
+
+    * ``__enter__`` reads the pointer as it is (the state this attempt replaces) and creates
+      ``{parent}/.{name}.attempts/{UTC start}Z-{random}/`` (:attr:`path`); the job writes there only. No
+      other attempt is touched: a concurrent one (a retry beside a zombie, a backfill beside a cleared
+      task) keeps its files.
+    * :meth:`commit` writes ``_manifest.json``, then ``_SUCCESS``, into the attempt, then moves the
+      pointer to it only if the pointer is still as read at the start (:func:`write_if`; a local root:
+      a symbolic link ``final`` replaced by ``rename(2)`` under an ``flock``). If another attempt
+      published meanwhile, CommitConflict is raised and that output stays.
+    * Then attempts that no pointer names and that started more than the grace period ago are removed
+      (:func:`collect_attempts`).
+
+    A kill at any step leaves the pointer naming the previous complete output or the new one: readers
+    that resolve it (:func:`resolve`) never see none or a mix. An output committed before attempts
+    existed (files directly in ``final``) is read as it is until the first commit replaces it.
+
+    ``once``: an output that is published once and never replaced (a promoted model). Its commit is
+    create-only: on a local root the attempt, a hidden sibling ``.{name}.attempt-{id}``, is renamed to
+    ``final`` (``rename(2)`` onto a name that exists fails), elsewhere ``_COMMIT.json`` is written with
+    ``If-None-Match: *``; CommitConflict when another attempt published it first.
     """
 
-    def __init__(self, final: str):
+    def __init__(self, final: str, once: bool = False):
         self.final = final.rstrip("/")
-        name = basename(self.final)
-        self._prefix_staging = f".{name}.staging-"
-        self._prefix_trash = f".{name}.trash-"
-        token = uuid.uuid4().hex[:12]
-        self.path = sibling(self.final, self._prefix_staging + token)
-        self._trash = sibling(self.final, self._prefix_trash + token)
+        self.once = once
+        self.attempt = _attempt_name()
+        if once and not _remote(self.final):
+            self.path = sibling(self.final, f".{basename(self.final)}.attempt-{self.attempt}")
+        else:
+            self.path = _join(attempts_dir(self.final), self.attempt)
+        self._seen = None
+        self._committed = False
 
     def __enter__(self):
-        head = parent(self.final)
-        makedirs(head)
-        for entry in listdir(head):
-            if entry.startswith(self._prefix_staging) or entry.startswith(self._prefix_trash):
-                rmtree(_join(head, entry))
+        check_commits(self.final)
+        makedirs(parent(self.final))
+        if not self.once:
+            makedirs(attempts_dir(self.final))
+            self._seen = _read_pointer(self.final)[1]
         makedirs(self.path)
         return self
 
     def file(self, *parts: str) -> str:
-        """Path of a file inside the staging directory."""
+        """Path of a file inside the attempt directory."""
         return _join(self.path, "/".join(parts)) if "://" in self.path else os.path.join(self.path, *parts)
 
     def commit(self, manifest: dict) -> None:
-        """Write the manifest, then _SUCCESS, then publish by rename (replacing an older output).
-
-        Object stores have no rename: the older output loses its ``_SUCCESS`` first (readers stop
-        taking it), is removed, the staged objects (manifest included) are copied into place, and
-        ``_SUCCESS`` is written last, so a commit that fails midway leaves no committed output.
-        """
-        write_json(self.file(MANIFEST), manifest)
-        if scheme_of(check_root(self.final)).object_store:
-            rmtree(_join(self.final, SUCCESS))
-            rmtree(self.final)
-            copytree(self.path, self.final)
-            write_bytes(_join(self.final, SUCCESS), b"")
-            rmtree(self.path)
-            return
+        """Write the manifest and ``_SUCCESS`` into the attempt, publish it (see the class), then remove
+        superseded attempts past the grace period. Raises CommitConflict (nothing of this attempt is
+        published) when another attempt published the output after this one started."""
+        write_json(self.file(MANIFEST), dict(manifest, attempt=self.attempt))
         write_bytes(self.file(SUCCESS), b"")
-        if exists(self.final):
-            rename(self.final, self._trash)
-        rename(self.path, self.final)
-        rmtree(self._trash)
+        try:
+            if self.once and not _remote(self.final):
+                try:
+                    os.rename(_local(self.path), _local(self.final))
+                except OSError as exc:
+                    if os.path.exists(_local(self.final)):
+                        raise PreconditionFailed(self.final, None) from None
+                    raise exc
+                self._committed = True
+                return
+            _publish(self.final, self.attempt, self._seen)
+        except PreconditionFailed:
+            now = _read_pointer(self.final)[0]
+            raise CommitConflict(
+                f"{self.final}: another attempt ({now}) published this output after this attempt "
+                f"({self.attempt}) started; that output stays and this attempt's files in {self.path} were "
+                "not published (they are removed after the grace period). If this attempt's output should "
+                "replace it, run the task again") from None
+        self._committed = True
+        collect_attempts(self.final)
 
     def __exit__(self, exc_type, exc, tb):
-        rmtree(self.path)
+        if not self._committed:
+            rmtree(self.path)  # our own attempt, never published: no pointer names it
+            if not _remote(self.path) and not self.once:
+                with contextlib.suppress(OSError):  # only when empty: another attempt may be writing
+                    os.rmdir(_local(attempts_dir(self.final)))
         return False

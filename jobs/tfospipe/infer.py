@@ -308,7 +308,7 @@ def run(spark: SparkSession, params: InferParams) -> dict:
     rows_in = manifest["splits"][split]
     files = dataset.shard_files(layout, params.version, split)
     mv = _model(layout, params.model_version)
-    model_dir = layout.serving_model(mv)
+    model_dir = serving.promoted_dir(layout, mv)  # the published attempt (fs.resolve)
     # the score rows against the model's training data: no prediction is published for skewed rows
     data_checks = datagate.check_score_rows(params, mv, split)
 

@@ -28,6 +28,12 @@ executor can reach. Local paths are joined with ``os.path``, URIs with ``/`` (:f
     {root}/serving/history/                         one JSON object per serving decision
     {root}/predictions/{version}/                   Parquet predictions, _manifest.json, _SUCCESS
 
+Every output but a training run is published through its commit pointer (``fs.Staging``): its files lie
+in a hidden attempt directory beside it, ``{parent}/.{name}.attempts/{UTC start}Z-{random}/``, and the
+output path is a symbolic link to it (local root) or holds ``_COMMIT.json`` naming it (object stores);
+read it through ``fs.resolve``. A promoted model is published once, by a rename (local) or a create-only
+``_COMMIT.json``.
+
 The names of the entries inside a directory (a run's ``model/``, ``progress.log``...) are the constants
 below; :class:`Layout` builds the paths that start at the root. Versions, run ids and model versions
 become path segments, so they are checked here (:func:`check_segment`): no separators, no ``..``, no
@@ -91,10 +97,45 @@ def check_segment(value: object, what: str = "dataset version") -> str:
 
 
 def run_slug(run_id: object) -> str:
-    """Turn an Airflow run id (``manual__2026-11-28T10:00:00+00:00``) into a path segment.
+    """The folder name of an Airflow run id: ``manual__2026-11-28T10:00:00+00:00`` ->
+    ``manual__2026-11-28T10.3a00.3a00.2b00.3a00``. Injective: two different run ids never share a folder.
 
-    Runs of characters outside :data:`SEGMENT_PATTERN` (and of dots) become ``_``, the ends are
-    stripped of ``._-``, the result is cut at 128 characters (``run`` when nothing is left)."""
+    Letters, digits, and ``_``/``-`` after the first character stay as they are; every other character
+    (``.`` included) becomes ``.`` and the two lowercase hex digits of each of its UTF-8 bytes (``exp:1``
+    -> ``exp.3a1``, ``exp+1`` -> ``exp.2b1``, ``a.b`` -> ``a.2eb``). A name that would start with an
+    escape gets ``x.-`` in front (``_r`` -> ``x.-.5fr``; an escape never makes ``.-``). A name over
+    128 characters keeps at most its first 111 (no escape cut) and ends in ``.h`` and 15 hex digits of
+    the run id's sha256 (an escape never makes ``.h``): only such long names could share a folder, if
+    those 60 bits of their digests were equal. Raises PathError for an empty run id.
+
+    Before this encoding, runs of other characters became one ``_`` (:func:`legacy_run_slug`), so
+    ``exp:1`` and ``exp+1`` shared ``exp_1``; such a folder is never read for a run id whose folder name
+    differs (validate names such a folder when it refuses a missing run: ``validate._legacy_run_note``)."""
+    text = str(run_id)
+    if not text:
+        raise PathError("invalid run id '': it is empty")
+    out = []
+    for i, ch in enumerate(text):
+        if ch.isascii() and (ch.isalnum() or (i > 0 and ch in "_-")):
+            out.append(ch)
+        else:
+            out.append("".join(f".{b:02x}" for b in ch.encode("utf-8")))
+    name = "".join(out)
+    if not name[0].isalnum():
+        name = "x.-" + name  # an escape never makes ".-"
+    if len(name) > 128:
+        import hashlib
+        cut = name[:111]
+        if "." in cut[-3:]:  # no escape cut in two, no '.' before the '.h'
+            cut = cut[:cut.rfind(".", len(cut) - 3)]
+        name = cut + ".h" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
+    return check_segment(name, "run id")
+
+
+def legacy_run_slug(run_id: object) -> str:
+    """The folder name the pipeline gave a run id before :func:`run_slug` was injective: runs of
+    characters outside :data:`SEGMENT_PATTERN` (and of dots) became ``_``, the ends stripped of ``._-``,
+    cut at 128 characters (``run`` when nothing was left). Only to recognise old folders."""
     slug = re.sub(r"\.{2,}", "_", _RUN_UNSAFE.sub("_", str(run_id))).strip("._-")  # Airflow allows 'a..b'
     return check_segment(slug[:128] or "run", "run id")
 
@@ -201,10 +242,6 @@ class Layout:
     def serving_pointer(self) -> str:
         """``{root}/serving/CURRENT.json``: which model serves."""
         return join(self.serving(), "CURRENT.json")
-
-    def serving_lock(self) -> str:
-        """``{root}/serving/.pointer.lock``: the file a local root's promotions lock (``serving.pointer_lock``)."""
-        return join(self.serving(), ".pointer.lock")
 
     def serving_history(self) -> str:
         """``{root}/serving/history``: one JSON object per serving decision."""

@@ -117,13 +117,14 @@ def check_dataset(layout: paths.Layout, manifest: dict) -> list[str]:
         checked.append("the run's manifest records no shard sizes (trained before they were recorded): "
                        "shards not checked")
         return checked
-    conversion = paths.join(layout.tfrecords(version), fs.MANIFEST)
+    converted_dir = fs.resolve(layout.tfrecords(version))
+    conversion = paths.join(converted_dir, fs.MANIFEST)
     got = file_sha256(conversion)
     if got != recorded["manifest_sha256"]:
         raise ReproduceError(f"dataset version {version} changed: {conversion} has sha256 {got}, the run read "
                              f"{recorded['manifest_sha256']} (the version was converted again)")
     for rel, size in sorted(recorded["shard_bytes"].items()):
-        path = paths.join(layout.tfrecords(version), rel)
+        path = paths.join(converted_dir, rel)
         if not fs.exists(path):
             raise ReproduceError(f"dataset version {version} changed: shard {path} is gone")
         if fs.size(path) != size:
@@ -134,9 +135,10 @@ def check_dataset(layout: paths.Layout, manifest: dict) -> list[str]:
 
 
 def scratch_run_id(run: str, now: datetime.datetime | None = None) -> str:
-    """The run id of a rerun of ``run``: ``reproduce-<UTC time>-<run>`` (a path segment)."""
+    """The run id of a rerun of ``run`` (its folder name): ``reproduce-<UTC time>-<run>``, given to the
+    train job as its run id; the job's folder is ``paths.run_slug`` of it."""
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%S")
-    return paths.run_slug(f"reproduce-{stamp}-{run}")
+    return f"reproduce-{stamp}-{run}"
 
 
 def retrain_args(manifest: dict, data_root: str, run_id: str) -> dict[str, Any]:

@@ -49,8 +49,8 @@ def prepare_run_dir(run_dir: str) -> None:
 def commit_run(run_dir: str, manifest: dict[str, Any]) -> None:
     """Commit the run: write ``_manifest.json``, then ``_SUCCESS``, the commit marker readers trust.
 
-    Training commits its run directory in place, not with ``fs.Staging`` (a staging directory renamed
-    over the output) as the other jobs do: a retried task must resume from ``backup/`` (BackupAndRestore
+    Training commits its run directory in place, not with ``fs.Staging`` (an attempt directory published
+    by a conditional write of a pointer) as the other jobs do: a retried task must resume from ``backup/`` (BackupAndRestore
     state) inside the run directory, which a fresh staging directory would not hold, and TensorFlow's
     nodes write into the run directory while they train. So an attempt starts by removing everything
     but ``backup/`` (:func:`prepare_run_dir`), the chief renames its complete export
@@ -148,7 +148,7 @@ def dataset_identity(layout: paths.Layout, version: str, plan: Plan) -> dict[str
     """What identifies the data a run read, cheaply (no shard is read): the sha256 of the version's
     conversion manifest (which holds every input file's sha256 and every shard's record count) and the
     bytes of every shard the plan gave the nodes, by path relative to ``tfrecords/{version}/``."""
-    base = layout.tfrecords(version)
+    base = fs.resolve(layout.tfrecords(version))
     files = sorted({f for shares in plan.shares.values() for share in shares for f in share["files"]})
 
     def relative(path):

@@ -394,6 +394,7 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
         raise
     try:  # credentials and reachability of the root, and the job's own checks, before Spark starts
         fs.check_access(params.data_root)
+        fs.check_commits(params.data_root)  # outputs are published by conditional writes
         prepared = prepare(params) if prepare is not None else None
     except (JobError, fs.StorageError) as e:
         print(f"ERROR [{job}] {e}", file=sys.stderr, flush=True)
@@ -406,7 +407,7 @@ def main(job: str, run: Callable[..., dict | None], argv: list[str] | None = Non
     failure, status = None, 2
     try:
         summary = run(spark, params) if prepare is None else run(spark, params, prepared)
-    except (JobError, fs.StorageError) as e:  # StorageError: e.g. a credential that expires mid-job
+    except (JobError, fs.StorageError, fs.CommitConflict) as e:  # StorageError: e.g. a credential that expires mid-job
         failure = str(e)
         status = _status(e)
     except Exception as e:

@@ -177,7 +177,7 @@ def _split_shares(params: TrainParams, layout: paths.Layout, manifest: dict[str,
                   readers: int, step_batches: int) -> list[Share]:
     """One split's shares (:func:`plan_shares`), after checking its shards are there and fill a step."""
     on_disk = set(dataset.shard_files(layout, params.version, split))
-    split_dir = layout.split(params.version, split)
+    split_dir = dataset.split_dir(layout, params.version, split)
     rows = manifest["splits"][split]
     shards = manifest.get("shards", {}).get(split)
     if shards is None:

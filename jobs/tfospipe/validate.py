@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -315,6 +316,22 @@ def gate(candidate: dict, champion: dict | None, thresholds: GateThresholds,
     return Verdict(passed, reasons, "; ".join(rules), hold if passed else None, stats, warnings)
 
 
+def _legacy_run_note(layout, version, airflow_run_id):
+    """``''``, or a clause for the missing-run error when a folder of ``airflow_run_id`` under the old,
+    lossy run-id encoding (``paths.legacy_run_slug``) exists: it is not read as this run's."""
+    if not airflow_run_id:
+        return ""
+    try:
+        old = layout.model_run(version, paths.legacy_run_slug(airflow_run_id))
+    except paths.PathError:
+        return ""
+    if old == layout.model_run(version, paths.run_slug(airflow_run_id)) or not fs.exists(old):
+        return ""
+    return (f"; {old} was written under the old run-id encoding, which gave different run ids one folder "
+            "(e.g. 'exp:1' and 'exp+1' both 'exp_1'), so it is not read as this run's: train again under "
+            "this run id")
+
+
 def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
     """(results by model name, paired counts, champion note, executor_python): candidate and serving model
     on the same records in one pass; the paired counts (``metrics.empty_pairs`` keys, lists) are None
@@ -322,7 +339,7 @@ def _evaluate(sc, layout, candidate_dir, image_shape, eval_files, current):
     serving contract (checked on the executors, :func:`evaluate_partition`)."""
     models = {"candidate": candidate_dir}
     if current is not None:
-        models["champion"] = layout.serving_model(current["model_version"])
+        models["champion"] = serving.promoted_dir(layout, current["model_version"])
     accs, pairs, pythons, errors = (sc.parallelize(eval_files, max(len(eval_files), 1))
                                     .mapPartitions(evaluate_partition(models, image_shape))
                                     .reduce(_merge_partitions))
@@ -386,7 +403,8 @@ def _candidate(layout, params):
     image_shape = tuple(manifest["image_shape"])
     run_dir = layout.model_run(version, run_id)
     if not fs.is_committed(run_dir):
-        raise JobError(f"no finished training run at {run_dir} (no _SUCCESS): run the train task first")
+        raise JobError(f"no finished training run at {run_dir} (no _SUCCESS): run the train task first"
+                       + _legacy_run_note(layout, version, os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "")))
     candidate_dir = layout.exported_model(version, run_id)
     digest = serving.model_digest(candidate_dir)  # names the model; promote checks the copy against it
     return _Candidate(version=version, run_id=run_id, policy=params.promotion, params=dataclasses.asdict(params),

@@ -89,7 +89,7 @@ def test_rendered_arguments_parse_with_the_job_parsers(dag, version_param, expec
         assert args.version == expected
         assert os.path.isabs(args.data_root)
         if hasattr(args, "run_id"):
-            assert args.run_id == "scheduled__2026-11-28T00_00_00_00_00"
+            assert args.run_id == "scheduled__2026-11-28T00.3a00.3a00.2b00.3a00"
 
 
 @pytest.mark.parametrize("version_param, expected", [(None, "2026-11-29"), ("mnist-v2", "mnist-v2")])
@@ -152,7 +152,7 @@ def test_task_links_point_at_the_runs_report_and_tensorboard(dag):
     task = dag.get_task("validate")
     task.job_args = {"data_root": "/d", "version": "2026-11-28", "run_id": "scheduled__2026-11-28T00:00:00+00:00"}
     link = tfos_spark.ValidationReportLink().get_link(task, ti_key=None)
-    assert link.endswith("/tfos/reports/2026-11-28/scheduled__2026-11-28T00_00_00_00_00/")
+    assert link.endswith("/tfos/reports/2026-11-28/scheduled__2026-11-28T00.3a00.3a00.2b00.3a00/")
     assert tfos_spark.DataReportLink().get_link(task, ti_key=None).endswith("/tfos/data-checks/2026-11-28/validate")
 
 
@@ -187,7 +187,7 @@ def test_tasks_run_the_argv_of_their_rendered_job_args(dag, monkeypatch):
     assert submitted == {"argv": declared, "py_files": "/b/tfospipe-x.zip"}
     assert jobargs.parse("train", submitted["argv"]).epochs == 3
     assert vars(events[tfos_spark.ASSETS["train"]]) == {"extra": {
-        "dataset_version": "2026-11-28", "path": "/d/models/2026-11-28/scheduled__2026-11-28T00_00_00_00_00"}}
+        "dataset_version": "2026-11-28", "path": "/d/models/2026-11-28/scheduled__2026-11-28T00.3a00.3a00.2b00.3a00"}}
 
 
 def test_the_operator_hook_is_the_providers_with_every_setting_passed_through(dag):

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import MOTO_BUCKET, PROJECT_DIR, e2e_module, live_stack, run_job
-from tfospipe import fs, launch, paths
+from tfospipe import fs, launch, markers, paths, serving
 from tfospipe.sample_data import write_version
 
 pytestmark = pytest.mark.e2e
@@ -163,7 +163,7 @@ def _files(root):
 
 
 def _manifest(path):
-    return fs.read_json(paths.join(path, fs.MANIFEST))
+    return fs.read_json(paths.join(fs.resolve(path), fs.MANIFEST))  # through the output's commit pointer
 
 
 @pytest.fixture
@@ -205,18 +205,28 @@ def test_every_output_is_committed_in_the_bucket_and_ran_on_the_shipped_python(d
     report = layout.validation(VERSION, slug)
     out = layout.predictions(VERSION)
     for output in (data, run_dir, report, out):
-        assert fs.is_committed(output) and fs.exists(paths.join(output, fs.MANIFEST)), output
+        assert fs.is_committed(output) and fs.exists(paths.join(fs.resolve(output), fs.MANIFEST)), output
+    for output in (data, report, out):  # published by a conditional write of their pointer, not in place
+        assert fs.exists(paths.join(output, fs.COMMIT)) and fs.resolve(output) != output, output
     converted = _manifest(data)
     assert converted["rows_written"] == ROWS and converted["rows_quarantined"] == 0
     assert fs.exists(paths.join(layout.exported_model(VERSION, slug), "saved_model.pb"))
     assert _manifest(run_dir)["params"]["epochs"] == EPOCHS
-    metrics = fs.read_json(paths.join(report, "metrics.json"))
+    # the training run's own checks on the S3 root: TensorBoard logs, every node's done marker, the
+    # export renamed into place (no .model.staging left)
+    assert any("tfevents" in p for p in _files(paths.join(run_dir, paths.TENSORBOARD_DIR)))
+    done = markers.read_done(run_dir)
+    assert sorted(done) == markers.worker_names(2), done
+    assert not fs.exists(paths.join(run_dir, paths.MODEL_STAGING_DIR))
+    metrics = fs.read_json(paths.join(fs.resolve(report), "metrics.json"))
     pointer = fs.read_json(layout.serving_pointer())
     assert metrics["passed"] and pointer["model_version"] == metrics["model_version"]
-    assert fs.exists(paths.join(layout.serving_model(pointer["model_version"]), "saved_model.pb"))
+    assert fs.exists(paths.join(serving.promoted_dir(layout, pointer["model_version"]), "saved_model.pb"))
     predicted = _manifest(out)
-    rows = sum(pq.read_table(fs.open_read(p)).num_rows for p in fs.glob(paths.join(out, "part-*.parquet")))
+    rows = sum(pq.read_table(fs.open_read(p)).num_rows
+               for p in fs.glob(paths.join(fs.resolve(out), "part-*.parquet")))
     assert rows == predicted["rows_out"] == converted["splits"]["eval"]
+    assert predicted["model_loads"] >= 1  # the executors loaded the promoted model from the bucket
     assert predicted["model_version"] == pointer["model_version"]
 
     # every job's executors ran the archive's interpreter, unpacked in their own working directories

@@ -145,7 +145,7 @@ def test_rerun_is_deterministic_and_replaces_cleanly(converted, raw_root, build_
     assert before == after
     assert not os.path.exists(out / paths.STATS_FILE)
     assert json.load(open(out / "_manifest.json"))["statistics"] == {"state": "off"}
-    assert sorted(os.listdir(out.parent)) == [VERSION]  # no staging or trash directories left
+    assert sorted(os.listdir(out.parent)) == [f".{VERSION}.attempts", VERSION]  # attempts hidden beside it
 
 
 def test_too_many_bad_rows_fails_clearly_and_keeps_previous_output(converted, raw_root, build_dir):

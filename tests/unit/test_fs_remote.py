@@ -165,10 +165,15 @@ def test_write_json_atomic_replaces_with_one_object(root):
 
 @pytest.fixture(params=["local", "s3"])
 def any_root(request, tmp_path):
-    """The commit tests run on a local root (published by rename) and on the S3 root (copies, _SUCCESS last)."""
+    """The commit tests run on a local root (a symbolic link renamed over the output) and on the S3 root
+    (a conditional write of ``_COMMIT.json``)."""
     if request.param == "local":
         return str(tmp_path / "local-root")
     return request.getfixturevalue("root")
+
+
+def _visible(names):
+    return [n for n in names if not n.startswith(".")]
 
 
 def test_staging_commit_publishes_whole_and_replaces_older_output(any_root):
@@ -180,14 +185,19 @@ def test_staging_commit_publishes_whole_and_replaces_older_output(any_root):
         fs.write_bytes(st.file("sub", "b.txt"), b"deep")
         assert not fs.exists(final) and not fs.is_committed(final)
         st.commit({"n": 1})
-    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "a.txt", "sub"]
-    assert fs.read_bytes(f"{final}/sub/b.txt") == b"deep" and fs.is_committed(final)
+    first = fs.resolve(final)
+    assert first == st.path and fs.listdir(first) == ["_SUCCESS", "_manifest.json", "a.txt", "sub"]
+    assert fs.read_bytes(f"{first}/sub/b.txt") == b"deep" and fs.is_committed(final)
     with fs.Staging(final) as st:
         fs.write_bytes(st.file("c.txt"), b"second")
         st.commit({"n": 2})
-    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "c.txt"]
-    assert fs.read_json(f"{final}/_manifest.json") == {"n": 2}
-    assert fs.listdir(f"{root}/out") == ["v1"]                           # no staging left behind
+    second = fs.resolve(final)
+    assert fs.listdir(second) == ["_SUCCESS", "_manifest.json", "c.txt"]
+    assert fs.read_json(f"{second}/_manifest.json") == {"n": 2, "attempt": st.attempt}
+    assert _visible(fs.listdir(f"{root}/out")) == ["v1"]
+    # the superseded attempt stays readable for the grace period (a reader that resolved it finishes)
+    assert fs.read_bytes(f"{first}/a.txt") == b"first"
+    assert fs.collect_attempts(final) == [] and fs.exists(f"{first}/a.txt")
 
 
 def test_failed_job_leaves_previous_output_intact_and_nothing_partial(any_root):
@@ -197,24 +207,29 @@ def test_failed_job_leaves_previous_output_intact_and_nothing_partial(any_root):
         fs.write_bytes(st.file("good.txt"), b"good")
         st.commit({"n": 1})
     with pytest.raises(RuntimeError):
-        with fs.Staging(final) as st:
-            fs.write_bytes(st.file("half.txt"), b"half")
+        with fs.Staging(final) as failed:
+            fs.write_bytes(failed.file("half.txt"), b"half")
             raise RuntimeError("killed midway")
-    assert fs.listdir(final) == ["_SUCCESS", "_manifest.json", "good.txt"]
-    assert fs.listdir(root) == ["v1"]
+    assert fs.listdir(fs.resolve(final)) == ["_SUCCESS", "_manifest.json", "good.txt"]
+    assert _visible(fs.listdir(root)) == ["v1"] and not fs.exists(failed.path)
+    assert [n for n in fs.listdir(fs.attempts_dir(final)) if not n.startswith(".")] == [st.attempt]
 
 
-def test_leftovers_of_a_killed_attempt_are_removed_by_the_next(root):
-    fs.write_bytes(f"{root}/.v1.staging-dead/part-0", b"x")
-    fs.write_bytes(f"{root}/.v1.trash-dead/part-0", b"x")
-    with fs.Staging(f"{root}/v1") as st:
+def test_an_output_of_the_layout_before_attempts_is_read_then_replaced(any_root):
+    final = f"{any_root}/v1"
+    fs.makedirs(final)
+    fs.write_bytes(f"{final}/old.txt", b"old")                           # committed in place, as before
+    fs.write_bytes(f"{final}/_SUCCESS", b"")
+    assert fs.resolve(final) == final and fs.is_committed(final)
+    with fs.Staging(final) as st:
+        fs.write_bytes(st.file("new.txt"), b"new")
         st.commit({})
-    assert fs.listdir(root) == ["v1"] and fs.listdir(f"{root}/v1") == ["_SUCCESS", "_manifest.json"]
+    assert fs.resolve(final) == st.path and fs.read_bytes(f"{fs.resolve(final)}/new.txt") == b"new"
 
 
-def test_commit_writes_the_marker_last(root, monkeypatch, s3_env):
-    """A commit that cannot write _SUCCESS (refused by policy) has published the data and the manifest
-    but leaves no committed output: the older output lost its marker before anything else changed."""
+def test_a_commit_that_cannot_write_its_pointer_leaves_the_previous_output(root, monkeypatch, s3_env):
+    """A commit refused at its last step (the marker of the new attempt, by policy) publishes nothing:
+    the previous output stays committed and whole."""
     endpoint, keys = s3_env
     final = f"{root}/v1"
     with fs.Staging(final) as st:
@@ -225,10 +240,8 @@ def test_commit_writes_the_marker_last(root, monkeypatch, s3_env):
         with fs.Staging(final) as st:
             fs.write_bytes(st.file("new.txt"), b"new")
             st.commit({"n": 2})
-    assert not fs.is_committed(final)
-    assert fs.listdir(final) == ["_manifest.json", "new.txt"]
-    assert fs.read_json(f"{final}/_manifest.json") == {"n": 2}
-    assert fs.listdir(root) == ["v1"]                                    # the staging copy was removed
+    assert fs.is_committed(final) and fs.read_bytes(f"{fs.resolve(final)}/old.txt") == b"old"
+    assert not fs.exists(st.path)                                        # the refused attempt was removed
 
 
 @pytest.mark.parametrize("root_uri", ["ftp://host/data", "http://host/data", "memory://data", "gcs://b/data",
@@ -260,7 +273,8 @@ def test_each_scheme_says_what_its_store_can_do(tmp_path):
         spec = fs.scheme_of(root)
         assert (spec.name, spec.tf_gfile, spec.spark_parquet, spec.atomic_rename) == want, root
         assert spec.object_store == (spec.remote and not spec.atomic_rename)
-        assert spec.consistent_listing and spec.conditional_write
+        assert spec.consistent_listing
+        assert spec.conditional_write == (spec.name in ("local", "s3")), root  # what fs.write_if performs
     assert fs.scheme_of("s3://b/p") is fs.scheme_of("S3A://b/p") and not fs.scheme_of(str(tmp_path)).remote
 
 

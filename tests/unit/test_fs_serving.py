@@ -3,6 +3,7 @@ import os
 import random
 import shutil
 import string
+import time
 
 import pytest
 
@@ -13,11 +14,18 @@ def listing(d):
     return sorted(os.listdir(d))
 
 
-def test_leftovers_of_a_killed_attempt_are_removed_by_the_next(tmp_path):
-    os.makedirs(tmp_path / ".v1.staging-dead")
+def test_a_commit_publishes_its_own_attempt_and_leaves_other_attempts_alone(tmp_path):
+    other = tmp_path / ".v1.attempts" / fs._attempt_name()  # a live (or killed) attempt, started just now
+    os.makedirs(other)
     with fs.Staging(str(tmp_path / "v1")) as st:
         st.commit({})
-    assert listing(tmp_path) == ["v1"]
+    assert listing(tmp_path) == [".v1.attempts", "v1"]
+    assert os.path.islink(tmp_path / "v1") and fs.resolve(str(tmp_path / "v1")) == st.path
+    attempts = tmp_path / ".v1.attempts"
+    assert [n for n in listing(attempts) if n != ".lock"] == sorted([other.name, st.attempt])  # within the grace
+    time.sleep(1.01)  # attempt names have whole seconds
+    assert fs.collect_attempts(str(tmp_path / "v1"), grace=0) == [other.name]     # past it: unreferenced goes
+    assert [n for n in listing(attempts) if n != ".lock"] == [st.attempt]
 
 
 def _fake_model(d, text, weights=b"w"):
@@ -59,8 +67,8 @@ def test_promote_swaps_pointer_and_rollback_restores(tmp_path):
     with open(os.path.join(now["path"], "saved_model.pb")) as f:
         assert f.read() == "two"
     assert serving.versions(layout) == [mv1, mv2]
-    # a promotion killed between its staging directory's _SUCCESS and its rename is not a version
-    killed = os.path.join(layout.serving(), "models", f".{mv2}x.staging-dead")
+    # a promotion killed between its attempt's _SUCCESS and its publication is not a version
+    killed = os.path.join(layout.serving(), "models", f".{mv2}x.attempt-20261207T000000Z-0123456789ab")
     os.makedirs(killed)
     open(os.path.join(killed, "_SUCCESS"), "w").close()
     assert serving.versions(layout) == [mv1, mv2]
@@ -132,7 +140,7 @@ def test_a_copy_that_differs_from_the_named_digest_is_not_published(tmp_path):
     with pytest.raises(ValueError, match="changed while it was being promoted"):
         serving.promote(layout, m1, mv, {}, stale)
     assert serving.versions(layout) == [] and serving.current(layout) is None
-    assert os.listdir(os.path.join(layout.serving(), "models")) == []  # no staging left behind
+    assert os.listdir(os.path.join(layout.serving(), "models")) == []  # no attempt left behind
 
 
 def test_previous_never_names_the_current_model(tmp_path):

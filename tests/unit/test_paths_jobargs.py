@@ -60,9 +60,30 @@ def test_a_lost_executor_is_read_from_sparks_failure_and_told_in_one_line():
 
 def test_airflow_run_ids_become_segments():
     slug = paths.run_slug("manual__2026-11-28T10:00:00.123+00:00")
-    assert slug == "manual__2026-11-28T10_00_00.123_00_00"
+    assert slug == "manual__2026-11-28T10.3a00.3a00.2e123.2b00.3a00"
     assert paths.run_slug("scheduled__2026-11-28T00:00:00+00:00") != slug
-    assert paths.run_slug("manual..run") == "manual_run"  # Airflow allows '..' in a run id; a segment may not
+    assert paths.run_slug("manual..run") == "manual.2e.2erun"  # Airflow allows '..' in a run id; a segment may not
+    assert paths.legacy_run_slug("manual..run") == "manual_run"
+
+
+def test_run_ids_that_the_old_encoding_merged_get_folders_of_their_own():
+    import random
+    assert paths.run_slug("exp:1") == "exp.3a1" and paths.run_slug("exp+1") == "exp.2b1"
+    assert paths.legacy_run_slug("exp:1") == paths.legacy_run_slug("exp+1") == "exp_1"   # the collision fixed
+    assert paths.run_slug("exp_1") == "exp_1" and paths.run_slug("_r") == "x.-.5fr" and paths.run_slug("x_r") == "x_r"
+    assert paths.run_slug("März") == "M.c3.a4rz"
+    rng = random.Random(5)
+    alphabet = "ab_-.:+~ xX0é"
+    seen = {}
+    for _ in range(20000):
+        run = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+        folder = paths.run_slug(run)
+        assert paths.check_segment(folder, "run id") == folder
+        assert seen.setdefault(folder, run) == run, (run, seen[folder])      # injective
+    long = [paths.run_slug("m" * 200 + c) for c in "ab"] + [paths.run_slug("m" * 110 + ":" * 50)]
+    assert len(set(long)) == 3 and all(len(f) <= 128 for f in long)
+    with pytest.raises(paths.PathError):
+        paths.run_slug("")
 
 
 def test_argv_round_trip_for_every_job():
