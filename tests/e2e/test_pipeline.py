@@ -365,10 +365,12 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
                 stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": bad})
             assert refused.value.code == 400, bad
         assert len(stack.runs()) == runs_before  # nothing was triggered
-        # max_regression 1: this run is about re-processing one version, not the gate; its fresh model and the
-        # serving one are close, so the default 0.02 would fail it on training noise alone
+        # one epoch, min_accuracy 0 and max_regression 1: this run is about re-processing one version, not
+        # training or the gate (a fresh model and the serving one are close, and the default 0.02 would fail
+        # it on training noise alone)
         run_id = ui.trigger(page, stack.url, "tfos_pipeline",
-                            {"dataset_version": target, "inference_batch_size": "8", "max_regression": "1"})
+                            {"dataset_version": target, "inference_batch_size": "8", "epochs": "1",
+                             "min_accuracy": "0", "max_regression": "1"})
         assert run_id
         (run,) = stack.wait_runs(lambda r: r["dag_run_id"] == run_id, 1, 900)
         os.makedirs(os.path.join(PROJECT_DIR, "artifacts"), exist_ok=True)
@@ -376,6 +378,8 @@ def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version
         ui.screenshot_grid(page, stack.url, "tfos_pipeline", shot)
     assert run["state"] == "success", stack.task_instances(run_id)
     assert run["run_type"] == "manual" and run["conf"]["dataset_version"] == target
+    trained = load(os.path.join(layout.model_run(target, paths.run_slug(run_id)), "_manifest.json"))
+    assert trained["params"]["epochs"] == 1  # the form's value reached the job
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     after = snapshot(layout.root, BACKFILL + [SCHEDULED])
