@@ -82,6 +82,16 @@ def run_job(job, job_args, tmp_build, cluster_size=2, timeout=600, master=TEST_M
     return JobRun(proc)
 
 
+def fake_model(d, text):
+    """A directory shaped like a SavedModel with its own bytes."""
+    os.makedirs(os.path.join(d, "variables"))
+    with open(os.path.join(d, "saved_model.pb"), "w") as f:
+        f.write(text)
+    with open(os.path.join(d, "variables", "variables.data-00000-of-00001"), "w") as f:
+        f.write(text * 3)
+    return str(d)
+
+
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("build")

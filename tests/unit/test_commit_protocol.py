@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import free_port
+from conftest import fake_model, free_port
 from tfospipe import fs, inputs, jobspec, paths, serving
 
 PARTS = 4
@@ -205,15 +205,6 @@ def test_two_attempts_at_once_give_one_complete_output(root, tmp_path):
     loser = ({"a", "b"} - set(winners)).pop()
     assert results[loser].startswith("conflict:") and "run the task again" in results[loser]
     assert read_output(final) == winners[0]    # every part of the winner: the loser deleted nothing of it
-
-
-def fake_model(d, text):
-    os.makedirs(os.path.join(d, "variables"))
-    with open(os.path.join(d, "saved_model.pb"), "w") as f:
-        f.write(text)
-    with open(os.path.join(d, "variables", "variables.data-00000-of-00001"), "w") as f:
-        f.write(text * 3)
-    return str(d)
 
 
 PROMOTERS = r"""

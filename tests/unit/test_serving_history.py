@@ -10,19 +10,10 @@ import time
 
 import pytest
 
+from conftest import fake_model
 from tfospipe import paths, serving
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def fake_model(d, text):
-    """A directory shaped like a SavedModel with its own bytes."""
-    os.makedirs(os.path.join(d, "variables"))
-    with open(os.path.join(d, "saved_model.pb"), "w") as f:
-        f.write(text)
-    with open(os.path.join(d, "variables", "variables.data-00000-of-00001"), "w") as f:
-        f.write(text * 3)
-    return str(d)
 
 
 def named(model_dir, version="v1", run="r1"):
