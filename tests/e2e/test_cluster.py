@@ -43,6 +43,8 @@ ROWS = 1000
 EPOCHS = 12
 CONF = {"dataset_version": VERSION, "epochs": EPOCHS, "batch_size": 32, "num_shards": 2, "min_accuracy": 0.5}
 JOBS = ("convert", "train", "validate", "infer")
+#: The DAG's tasks: the data's arrival check (no Spark application), then the four jobs.
+TASKS = ("wait_for_data",) + JOBS
 #: When this module was collected: scratch directories older than this belong to an earlier test run.
 COLLECTED = time.time()
 
@@ -190,7 +192,7 @@ def test_the_dag_run_succeeds_with_the_train_task_retried(deployment, dag_run):
     run, _killed_after = dag_run
     tis = stack.task_instances(run["dag_run_id"])
     assert run["state"] == "success", tis
-    assert {t: ti["state"] for t, ti in tis.items()} == {t: "success" for t in JOBS}
+    assert {t: ti["state"] for t, ti in tis.items()} == {t: "success" for t in TASKS}
     assert tis["train"]["try_number"] == 2 and all(tis[t]["try_number"] == 1 for t in ("convert", "validate", "infer"))
     completed = [a["name"] for a in cluster.status()["completedapps"] if a["name"].endswith(VERSION)]
     assert sorted(completed) == sorted([f"tfos-{job}-{VERSION}" for job in JOBS] + [f"tfos-train-{VERSION}"])
@@ -270,7 +272,7 @@ def test_no_secret_reaches_a_task_log(deployment, dag_run, store):
     secret = store[1]["AWS_SECRET_ACCESS_KEY"]
     logs = glob.glob(os.path.join(stack.home, "logs", "dag_id=tfos_pipeline", f"run_id={run['dag_run_id']}",
                                   "task_id=*", "attempt=*.log"))
-    assert len(logs) == len(JOBS) + 1  # train's two attempts
+    assert len(logs) == len(TASKS) + 1  # train's two attempts
     for path in logs:
         with open(path) as f:
             assert secret not in f.read(), path
