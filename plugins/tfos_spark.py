@@ -387,8 +387,8 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         (runner.EXIT_DATA_REFUSED: its data checks refused the data under data_checks=fail;
         runner.EXIT_USER_ERROR: a runner.UserError such as no input, too many bad rows, a failed gate, params
         that do not fit together, too few executors, or an argument the job refused), raise
-        AirflowFailException, so the task fails at once without a retry. Its message, which ends the task
-        log, is the job's whole ``ERROR [job] ...`` line (as spark-submit printed it) and why it is not retried.
+        AirflowFailException (its context suppressed), so the task fails at once without a retry. Its message,
+        which ends the task log, is the job's whole ``ERROR [job] ...`` line (as spark-submit printed it) and why it is not retried.
         Nothing for any other failure (a lost executor, a store timing out, a killed job: those are retried)."""
         hook = getattr(self, "_hook", None)
         proc = getattr(hook, "_submit_sp", None)
@@ -400,7 +400,9 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
             f"{self.job_args.get('version')} (see its output above)")
         line = f"{error} -- not retried: {why}"
         self.log.error(line)
-        raise AirflowFailException(line)
+        # from None: Airflow's closing "Task failed with exception" entry then holds this line alone, not the
+        # provider's chained "Cannot execute: spark-submit ..." with the whole argv and output tail again
+        raise AirflowFailException(line) from None
 
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,

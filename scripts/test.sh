@@ -24,9 +24,12 @@ if [ "${TFOS_TEST_CDS:-1}" != 0 ]; then
     esac
   done < <(bash "$TFOS_PROJECT_DIR/scripts/spark_cds.sh")
 fi
-# Two workers (pytest-xdist), a module's tests on one worker, modules handed out in collection order (the
-# end-to-end modules first: tests/conftest.py). TFOS_TEST_WORKERS=0 runs everything in this one process.
-workers="${TFOS_TEST_WORKERS:-2}"
+# Three workers (pytest-xdist), a module's tests on one worker, modules handed out in collection order
+# (the end-to-end modules first, then the other Spark modules: tests/conftest.py). Three on 2 cores: the
+# suite mostly waits (Airflow's scheduling, a TensorFlow cluster's start-up barriers, JVM and executor
+# start-ups); with two workers the machine was busy ~53% of a run (AMD EPYC with AVX-512: 32 CPU-minutes
+# in 30 minutes on 2 cores). TFOS_TEST_WORKERS=0 runs everything in this one process.
+workers="${TFOS_TEST_WORKERS:-3}"
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 # No path here: pytest.ini's testpaths (tests/) is the default, and paths given as arguments replace it

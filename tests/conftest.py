@@ -28,8 +28,8 @@ FOLDER_MARKERS = {"unit": ("unit",), "dag": ("dag",), "spark": ("spark",), "e2e"
 
 def pytest_collection_modifyitems(config, items):
     """Mark each test by its folder (:data:`FOLDER_MARKERS`), so ``-m`` selects whole parts of the suite,
-    and put the end-to-end modules first. scripts/test.sh runs ``pytest -n 2 --dist loadfile
-    --no-loadscope-reorder``: a module's tests stay on one worker, so its module-scoped set-up (a deployment,
+    and put the end-to-end modules first, then the other Spark modules. scripts/test.sh runs ``pytest -n 3
+    --dist loadfile --no-loadscope-reorder``: a module's tests stay on one worker, so its module-scoped set-up (a deployment,
     a converted version, a trained model) runs once, and modules are handed out in this order. The
     end-to-end modules are the longest: each starts on its own worker (their deployments take free ports),
     and the other modules fill the time they wait on Airflow."""
@@ -38,7 +38,9 @@ def pytest_collection_modifyitems(config, items):
         part = os.path.relpath(str(item.path), tests_dir).split(os.sep)[0]
         for name in FOLDER_MARKERS.get(part, ()):
             item.add_marker(name)
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: e2e first, else as collected
+    # stable: the end-to-end modules, then the other Spark modules, then the rest (short tests that fill the
+    # workers' last minutes), each part as collected
+    items.sort(key=lambda item: (item.get_closest_marker("e2e") is None, item.get_closest_marker("spark") is None))
 
 
 #: A real multi-executor Spark cluster: 2 executor JVMs with one core each.

@@ -387,6 +387,8 @@ def test_a_user_error_fails_at_once_with_the_whole_error_line(dag, monkeypatch, 
     assert isinstance(e.value, AirflowFailException) is not retried
     if not retried:
         assert str(e.value).startswith(LONG_ERROR + " -- not retried: ") and "\n" not in str(e.value)
+        # the task log's closing exception is this line alone: not chained to the provider's "Cannot execute"
+        assert e.value.__suppress_context__ and e.value.__cause__ is None
 
 
 def test_the_operator_asks_the_jobs_for_the_user_error_status(dag):

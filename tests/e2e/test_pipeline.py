@@ -1,9 +1,10 @@
 """The whole pipeline on a live deployment: Airflow's scheduler, API server and dag-processor (LocalExecutor)
 driving every task on a Spark standalone cluster (master + 2 workers on 127.0.0.1).
 
-In order: the scheduled run of the latest day; a backfill over two dataset versions; a manual run
-triggered in a browser through the params form, which re-processes one version; a run whose task is
-killed by Airflow. Each test asserts on the files the jobs wrote and on what Airflow and Spark report.
+In order: the scheduled run of the latest day (its data late: the run waits, times out, and is cleared once the
+data is there); a backfill over two dataset versions, while the browser checks the params form's refusals and
+the task links; a manual run triggered in the browser through the params form, which re-processes one
+version; a run whose task is killed by Airflow; runs whose input is missing. Each test asserts on the files the jobs wrote and on what Airflow and Spark report.
 """
 import datetime
 import glob
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import PROJECT_DIR, run_job
+from conftest import PROJECT_DIR
 from tfospipe import model, paths, schema
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +106,9 @@ def scheduled(stack, layout, late_data):
 
 
 @pytest.fixture(scope="module")
-def backfill(stack, scheduled):
+def backfill_created(stack, scheduled):
+    """The backfill over :data:`BACKFILL`, created (its runs queued, one at a time), not waited for: the
+    browser's refusals run meanwhile (they create no run, and need no finished one)."""
     conf = json.dumps(BACKFILL_CONF)
     command = (f"airflow backfill create --dag-id tfos_pipeline --from-date {BACKFILL[0]} --to-date {BACKFILL[-1]} "
                f"--max-active-runs 1 --dag-run-conf '{conf}'")
@@ -119,6 +122,10 @@ def backfill(stack, scheduled):
             if "database is locked" not in str(e) or attempt == 2:
                 raise
             time.sleep(5)
+
+
+@pytest.fixture(scope="module")
+def backfill(stack, backfill_created):
     return stack.wait_runs(lambda r: r["run_type"] == "backfill", len(BACKFILL), 1800)
 
 
@@ -244,42 +251,64 @@ def test_task_links_report_page_and_asset_events(stack, scheduled):
     assert produced["infer"]["uri"] == "tfos://pipeline/predictions"
 
 
-def test_tfos_inference_mode_predicts_the_same_rows(scheduled, layout, build_dir):
-    """The seed's second way: a TFoS cluster in InputMode.SPARK fed by Spark, same output contract."""
-    def table():
-        return pq.read_table(layout.predictions(SCHEDULED)).to_pandas().set_index("row_id").sort_index()
+# -- the params form refuses, while the backfill runs --------------------------------------------
 
-    before = table()
-    run = run_job("infer", {"data_root": layout.root, "version": SCHEDULED, "mode": "tfos",
-                            "model_version": before["model_version"].iloc[0]}, build_dir)
-    assert run.returncode == 0, run.explain(4000)
-    manifest = load(os.path.join(layout.predictions(SCHEDULED), "_manifest.json"))
-    assert manifest["mode"] == "tfos" and manifest["tfos_nodes"] == 2
-    assert manifest["rows_out"] == manifest["rows_in"] == len(before)
-    after = table()
-    assert list(after.index) == list(before.index)
-    assert (after["predicted_class"] == before["predicted_class"]).all()
-    assert np.allclose(np.stack(after["probabilities"]), np.stack(before["probabilities"]), atol=1e-5)
-    assert (after["label"] == before["label"]).all() and set(after["dataset_version"]) == {SCHEDULED}
+def test_the_ui_refuses_bad_params_without_creating_a_run(stack, backfill_created):
+    """While the backfill runs: every refusal of the params form is one plain sentence, and no run is created
+    (by the form or by a client that posts past it)."""
+    import ui
+
+    def not_backfill():
+        return [r["dag_run_id"] for r in stack.runs() if r["run_type"] != "backfill"]
+
+    runs_before = not_backfill()
+    with ui.browser() as page:
+        ui.login(page, stack.url, stack.user, stack.password)
+        for bad in ({"dataset_version": "../etc"}, {"dataset_version": "a b"}, {"dataset_version": "x;rm -rf"},
+                    {"dataset_version": "/abs"}, {"learning_rate": "0"}, {"image_shape": "28 x 28"}):
+            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
+            assert "is refused: use " in error and "No run was created" in error, (bad, error)
+            assert "Failed validating" not in error and "allOf" not in error and "\\Z" not in error, (bad, error)
+        # out of range: the number fields keep what was typed (no clamping to a bound), and the refusal is one
+        # plain sentence naming the range
+        for bad, words in (({"epochs": 5000}, "Epochs (epochs): 5000 is refused: use an integer from 1 to 1000"),
+                           ({"epochs": -1}, "Epochs (epochs): -1 is refused: use an integer from 1 to 1000"),
+                           ({"eval_fraction": 0.95}, "(eval_fraction): 0.95 is refused: use a number from 0.01 to 0.9")):
+            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
+            assert words in error and "No run was created" in error, (bad, error)
+        # the API refuses what a client sends past the form
+        for bad in ({"epochs": 0}, {"cluster_size": 1}, {"dataset_version": "../../etc"}):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": bad})
+            assert refused.value.code == 400, bad
+    assert not_backfill() == runs_before  # nothing was triggered
 
 
-def test_a_degraded_model_is_rejected_against_the_serving_model(scheduled, layout, build_dir):
-    """An untrained model passes a zero threshold but trails the serving model: the champion rule rejects it."""
-    before = load(layout.serving_pointer())
-    run_dir = layout.model_run(SCHEDULED, "degraded")
-    model.export(model.build_model((8, 8), 16), os.path.join(run_dir, "model"), (8, 8))
-    open(os.path.join(run_dir, "_SUCCESS"), "w").close()
-    run = run_job("validate", {"data_root": layout.root, "version": SCHEDULED, "run_id": "degraded",
-                               "min_accuracy": 0.0}, build_dir)
-    assert run.returncode == 2, run.explain(4000)
-    assert "trails the serving model's" in run.error() and "serving unchanged" in run.error()
-    assert load(layout.serving_pointer()) == before
-    report = load(os.path.join(layout.validation(SCHEDULED, "degraded"), "metrics.json"))
-    assert report["champion"]["accuracy"] > report["candidate"]["accuracy"] + 0.02
-    assert report["champion"]["examples"] == report["candidate"]["examples"]  # the same eval data
-    with open(os.path.join(layout.validation(SCHEDULED, "degraded"), "report.md")) as f:
-        md = f.read()
-    assert "REJECTED" in md and before["model_version"] in md
+def test_the_tensorboard_link_answers_and_the_report_fits_a_1280_px_window(stack, scheduled, layout,
+                                                                          backfill_created):
+    """While the backfill runs (it needs the scheduled run only)."""
+    import ui
+    run_id = scheduled["dag_run_id"]
+    base = f"/api/v2/dags/tfos_pipeline/dagRuns/{run_id}/taskInstances"
+    link = stack.get(f"{base}/train/links")["extra_links"]["TensorBoard"]
+    assert link.startswith(stack.tensorboard + "/")
+    with urllib.request.urlopen(link, timeout=30) as r:
+        assert r.status == 200 and b"TensorBoard" in r.read()
+    # the run's training curve: batch scalars at more than one step per epoch
+    events = glob.glob(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "tensorboard", "train",
+                                    "events.out.tfevents.*"))
+    steps = {e.step for path in events for e in tf.compat.v1.train.summary_iterator(path)
+             for v in e.summary.value if v.tag == "batch_loss"}
+    manifest = load(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "_manifest.json"))
+    executions_per_epoch = -(-manifest["steps_per_epoch"] // 10)  # steps_per_execution 10
+    assert len(steps) >= manifest["params"]["epochs"] * executions_per_epoch >= manifest["params"]["epochs"], sorted(steps)
+    report = stack.get(f"{base}/validate/links")["extra_links"]["Validation report"]
+    with ui.browser(width=1280, height=900) as page:
+        ui.login(page, stack.url, stack.user, stack.password)
+        href, target = ui.extra_link(page, stack.url, "tfos_pipeline", run_id, "train", "TensorBoard")
+        assert href == link and target == "_blank"  # another origin: the UI opens it in a new tab
+        assert ui.page_width(page, report) <= 1280
+        assert page.get_by_role("link", name=re.compile("tfos_pipeline in the Airflow UI")).count() == 1
 
 
 # -- backfill ----------------------------------------------------------------------------------
@@ -340,31 +369,12 @@ def test_a_skewed_score_batch_is_not_scored_and_not_retried(stack, backfill, lay
 
 # -- a manual run from the browser: params form, validation, re-processing one version ----------
 
-def test_the_ui_refuses_bad_params_and_a_manual_run_reprocesses_only_its_version(stack, backfill, layout):
+def test_a_manual_run_from_the_form_reprocesses_only_its_version(stack, backfill, layout):
     import ui
     target = BACKFILL[1]
     before = snapshot(layout.root, BACKFILL + [SCHEDULED])
-    runs_before = len(stack.runs())
     with ui.browser() as page:
         ui.login(page, stack.url, stack.user, stack.password)
-        for bad in ({"dataset_version": "../etc"}, {"dataset_version": "a b"}, {"dataset_version": "x;rm -rf"},
-                    {"dataset_version": "/abs"}, {"learning_rate": "0"}, {"image_shape": "28 x 28"}):
-            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
-            assert "is refused: use " in error and "No run was created" in error, (bad, error)
-            assert "Failed validating" not in error and "allOf" not in error and "\\Z" not in error, (bad, error)
-        # out of range: the number fields keep what was typed (no clamping to a bound), and the refusal is one
-        # plain sentence naming the range
-        for bad, words in (({"epochs": 5000}, "Epochs (epochs): 5000 is refused: use an integer from 1 to 1000"),
-                           ({"epochs": -1}, "Epochs (epochs): -1 is refused: use an integer from 1 to 1000"),
-                           ({"eval_fraction": 0.95}, "(eval_fraction): 0.95 is refused: use a number from 0.01 to 0.9")):
-            error = ui.refused(page, stack.url, "tfos_pipeline", bad)
-            assert words in error and "No run was created" in error, (bad, error)
-        # the API refuses what a client sends past the form
-        for bad in ({"epochs": 0}, {"cluster_size": 1}, {"dataset_version": "../../etc"}):
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                stack.request("POST", "/api/v2/dags/tfos_pipeline/dagRuns", {"logical_date": None, "conf": bad})
-            assert refused.value.code == 400, bad
-        assert len(stack.runs()) == runs_before  # nothing was triggered
         # one epoch, min_accuracy 0 and max_regression 1: this run is about re-processing one version, not
         # training or the gate (a fresh model and the serving one are close, and the default 0.02 would fail
         # it on training noise alone)
@@ -537,28 +547,3 @@ def test_a_missing_input_fails_at_once_without_a_retry(stack, scheduled, layout)
     error = [line for line in log.splitlines() if "ERROR [convert] " in line and "-- not retried: " in line]
     assert error and "ERROR [convert] no input for dataset version notes-only: " in error[-1], log[-3000:]
     assert "up_for_retry" not in log.lower()
-
-
-def test_the_tensorboard_link_answers_and_the_report_fits_a_1280_px_window(stack, scheduled, layout):
-    import ui
-    run_id = scheduled["dag_run_id"]
-    base = f"/api/v2/dags/tfos_pipeline/dagRuns/{run_id}/taskInstances"
-    link = stack.get(f"{base}/train/links")["extra_links"]["TensorBoard"]
-    assert link.startswith(stack.tensorboard + "/")
-    with urllib.request.urlopen(link, timeout=30) as r:
-        assert r.status == 200 and b"TensorBoard" in r.read()
-    # the run's training curve: batch scalars at more than one step per epoch
-    events = glob.glob(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "tensorboard", "train",
-                                    "events.out.tfevents.*"))
-    steps = {e.step for path in events for e in tf.compat.v1.train.summary_iterator(path)
-             for v in e.summary.value if v.tag == "batch_loss"}
-    manifest = load(os.path.join(layout.model_run(SCHEDULED, run_slug(scheduled)), "_manifest.json"))
-    executions_per_epoch = -(-manifest["steps_per_epoch"] // 10)  # steps_per_execution 10
-    assert len(steps) >= manifest["params"]["epochs"] * executions_per_epoch >= manifest["params"]["epochs"], sorted(steps)
-    report = stack.get(f"{base}/validate/links")["extra_links"]["Validation report"]
-    with ui.browser(width=1280, height=900) as page:
-        ui.login(page, stack.url, stack.user, stack.password)
-        href, target = ui.extra_link(page, stack.url, "tfos_pipeline", run_id, "train", "TensorBoard")
-        assert href == link and target == "_blank"  # another origin: the UI opens it in a new tab
-        assert ui.page_width(page, report) <= 1280
-        assert page.get_by_role("link", name=re.compile("tfos_pipeline in the Airflow UI")).count() == 1
