@@ -4,7 +4,9 @@
 as HTML with its confusion-matrix PNG, followed by the serving history of the model it judged (every
 promotion, rollback, rejection of it, from ``serving/history/``); the ``validate`` task's "Validation report" link points here
 (see ``tfos_spark.ValidationReportLink``). ``GET /tfos/data-checks/{version}/{task}`` serves the data
-report of a task's data checks (``tfos_spark.DataReportLink`` on train, validate and infer). Only signed-in Airflow users can read it. The data root is
+report of a task's data checks (``tfos_spark.DataReportLink`` on train, validate and infer).
+``GET /tfos/runs/{dag_id}/{run_id}/`` lists one DAG run's reports: the "Validation report" tab of a run's page
+in the UI (the plugin's external view). Only signed-in Airflow users can read it. The data root is
 the same Airflow Variable the tasks use (``tfos_data_root``), so a report on any filesystem the
 jobs write to (local, HDFS, GCS, S3, Azure: through tfospipe.fs) is readable.
 """
@@ -73,25 +75,39 @@ def _read(path):
     return fs.read_bytes(path)
 
 
-@app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
-def report(version: str, run: str) -> str:
-    """The validation report of dataset ``version`` and training run ``run`` (its path segment) as an
-    HTML page: ``report.md`` rendered, then the serving history of the model it judged.
+def report_body(layout: paths.Layout, version: str, run: str) -> str:
+    """The HTML body of the validation report of dataset ``version`` and training run ``run`` (its folder
+    name) under ``layout``: ``report.md`` rendered, then the serving history of the model it judged.
 
-    HTTP 400 when ``version`` or ``run`` is no safe path segment, 404 when the run has no report."""
+    HTTPException 404 when the run has no report."""
     import markdown
-    report_dir = _report_dir(version, run)
+    report_dir = layout.validation(version, run)
     text = _read(paths.join(report_dir, paths.REPORT_FILE))
     body = markdown.markdown(text.decode("utf-8"), extensions=["tables"])
     metrics_path = paths.join(report_dir, paths.METRICS_FILE)
     if fs.exists(metrics_path):
-        body += history_html(_layout(), fs.read_json(metrics_path)["model_version"])
-    title = html.escape(f"Validation {version} / {run}")
+        body += history_html(layout, fs.read_json(metrics_path)["model_version"])
+    return body
+
+
+def _page(title: str, body: str) -> str:
+    """A whole HTML page in the reports' style (:data:`REPORT_CSS`), with a link back to the DAG in the UI
+    (``target=_top``: inside the UI's iframe it leaves the frame)."""
     back = html.escape(f"{_ui_base()}/dags/tfos_pipeline")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<style>{REPORT_CSS}</style></head>"
-            f"<body><p><a href='{back}'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}</body></html>")
+            f"<body><p><a href='{back}' target='_top'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}</body></html>")
+
+
+@app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
+def report(version: str, run: str) -> str:
+    """The validation report of dataset ``version`` and training run ``run`` (its path segment) as an
+    HTML page (:func:`report_body`).
+
+    HTTP 400 when ``version`` or ``run`` is no safe path segment, 404 when the run has no report."""
+    _report_dir(version, run)  # 400 for an unsafe segment
+    return _page(f"Validation {version} / {run}", report_body(_layout(), version, run))
 
 
 #: The report's style: it fits a 1280 px window (and narrower ones): the text column is at most 72em and
@@ -128,6 +144,45 @@ def data_report(version: str, task: str) -> str:
         raise HTTPException(status_code=404, detail=f"no data report at {path} (data checks off, or the task has "
                                                     "not run)")
     return fs.read_bytes(path).decode("utf-8")
+
+
+def run_reports_html(layout: paths.Layout, run_id: str) -> str:
+    """HTML page: the reports of one DAG run of the pipeline, for the "Validation report" tab of a DAG run in
+    Airflow's UI (the plugin's external view; Airflow shows it in an iframe inside the run's page, so the report
+    never replaces the UI). The run's training folder name is ``paths.run_slug(run_id)``; its dataset version is
+    the one ``validation/*/<slug>/`` exists under. For each such version (one, for a run of the DAG): links to
+    the data reports its tasks wrote, then its validation report (:func:`report_body`); or one sentence when the
+    run has none yet. Raises paths.PathError for a run id that makes no folder name."""
+    e = html.escape
+    slug = paths.run_slug(run_id)
+    versions = sorted({p.rstrip("/").split("/")[-2]
+                       for p in fs.glob(paths.join(layout.root, "validation", "*", slug))})
+    parts = []
+    for version in versions:
+        links = [f"<a href='../../../data-checks/{e(version)}/{task}'>data report of {task}</a>"
+                 for task in ("train", "validate", "infer") if fs.exists(layout.data_report(version, task))]
+        parts.append(f"<p>Dataset version <code>{e(version)}</code>" + (f": {', '.join(links)}" if links else "")
+                     + "</p>")
+        try:
+            # the report's image beside it, as the report's own page serves it
+            parts.append(report_body(layout, version, slug).replace(
+                f'src="{paths.CONFUSION_FILE}"', f'src="../../../reports/{e(version)}/{e(slug)}/{paths.CONFUSION_FILE}"'))
+        except HTTPException:  # validate has begun but not committed its report
+            parts.append("<p>No validation report yet.</p>")
+    body = "".join(parts) or ("<p>This run has no validation report yet: its validate task has not run, or "
+                              "ended before it wrote one (see the task's log).</p>")
+    return _page(f"Reports of {run_id}", f"<h1>Reports of run <code>{e(run_id)}</code></h1>{body}")
+
+
+@app.get("/runs/{dag_id}/{run_id}/", response_class=HTMLResponse)
+def run_reports(dag_id: str, run_id: str) -> str:
+    """:func:`run_reports_html` of run ``run_id`` (``dag_id`` is the UI's; the reports are the pipeline's).
+
+    HTTP 400 when the run id makes no folder name."""
+    try:
+        return run_reports_html(_layout(), run_id)
+    except paths.PathError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
 
 
 #: The REST call by which the UI's trigger form (and any client) creates a run of the pipeline's DAG.
@@ -191,5 +246,11 @@ def _readable_body(body: bytes) -> bytes:
 class TFoSUIPlugin(AirflowPlugin):
     name = "tfos_ui"
     fastapi_apps = [{"app": app, "url_prefix": "/tfos", "name": "TFoS pipeline reports"}]
+    #: A "Validation report" tab on every DAG run's page: Airflow 3's UI opens an extra link of its own origin
+    #: (the validate task's "Validation report") in the same tab (it compares the link's origin with its own),
+    #: so the run's reports are also shown inside the UI, in an iframe of this tab (``{DAG_ID}``/``{RUN_ID}``
+    #: are filled in by the UI).
+    external_views = [{"name": "Validation report", "href": "/tfos/runs/{DAG_ID}/{RUN_ID}/",
+                       "destination": "dag_run", "url_route": "validation-report"}]
     fastapi_root_middlewares = [{"middleware": ReadableParamRefusals, "args": [], "kwargs": {},
                                  "name": "tfos_pipeline readable param refusals"}]

@@ -634,7 +634,7 @@ def run(spark: SparkSession, params: ConvertParams, found: Found | None = None) 
     found = found if found is not None else prepare(params)
     # Spark schedules on the first executor that registers: without this wait, an executor still unpacking the
     # shipped environment (spark.archives, ~2 GiB) got no range, and one executor did both passes
-    executors(sc, requested_executors(sc), timeout=30)
+    executors(sc, requested_executors(sc), timeout=runner.SPREAD_WAIT_S)
     labeled, unlabeled, skipped, dialects = found.labeled, found.unlabeled, found.skipped, found.dialects
     image_shape, num_pixels = found.image_shape, found.num_pixels
     started = time.time()

@@ -28,7 +28,7 @@ from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import datagate, dataset, fs, paths, predict, serving, tfos
 from .jobargs import InferParams
-from .runner import (JobError, executor_loss, executor_loss_message, executor_python, executors,
+from .runner import (SPREAD_WAIT_S, JobError, executor_loss, executor_loss_message, executor_python, executors,
                      requested_executors)
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ def run(spark: SparkSession, params: InferParams) -> dict:
     with fs.Staging(out) as stage:
         # one partition per shard file, scheduled once the requested executors are there (else the first
         # executor to register would take them all)
-        nodes = executors(sc, requested_executors(sc), timeout=30)
+        nodes = executors(sc, requested_executors(sc), timeout=SPREAD_WAIT_S)
         slices = max(len(files), 1)
         cluster = None
         if params.mode == "tfos":

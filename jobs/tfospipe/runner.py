@@ -338,6 +338,14 @@ def executor_python(pythons: Iterable[str]) -> list[str]:
     return sorted(set(pythons))
 
 
+#: Seconds convert, validate and infer wait for the executors they were submitted for before they go on with
+#: those they have (:func:`executors`): Spark hands tasks to the first executors that register, so one that
+#: registers late (a busy node; a JVM that starts in a fresh container or unpacks the shipped environment)
+#: would get no work. 120 s, as train's ``executor_wait`` (where fewer executors fail the job instead): a
+#: loaded 2-core test machine started the second executor of a share-nothing cluster more than 30 s late.
+SPREAD_WAIT_S = 120
+
+
 def executors(sc: SparkContext, wanted: int = 0, timeout: float = 0) -> int:
     """Executors the app holds, after waiting up to ``timeout`` s for ``wanted`` of them to register.
 

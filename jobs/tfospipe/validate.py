@@ -49,7 +49,8 @@ import numpy as np
 from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving, significance
 from .paths import version_date
 from .jobargs import ValidateParams
-from .runner import DataRefused, JobError, UserError, executor_python, executors, git_revision, requested_executors
+from .runner import (SPREAD_WAIT_S, DataRefused, JobError, UserError, executor_python, executors, git_revision,
+                     requested_executors)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -599,7 +600,7 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     cand = _candidate(layout, params)
     # a model trained on a single class or without a class of the schema is never promoted
     data_checks = datagate.check_candidate(params)
-    executors(sc, requested_executors(sc), timeout=30)  # spread the shards over every executor
+    executors(sc, requested_executors(sc), timeout=SPREAD_WAIT_S)  # spread the shards over every executor
     mv, out = cand.mv, cand.report_dir
     compared = []  # the serving model of each round, in order
 

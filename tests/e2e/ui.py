@@ -228,3 +228,15 @@ def extra_link(page, url, dag_id, run_id, task_id, name):
     link = page.get_by_role("link", name=name, exact=True)
     link.first.wait_for()
     return link.first.get_attribute("href"), link.first.get_attribute("target")
+
+
+def run_tab(page, url, dag_id, run_id, name, expect):
+    """Open the DAG run's page, click its tab ``name`` (a plugin's external view, which the UI shows in an
+    iframe titled ``name``), wait until the iframe shows ``expect``, and return (the iframe's text, the
+    page's scroll width in CSS pixels)."""
+    page.goto(f"{url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}")
+    tab = page.get_by_role("tab", name=name)
+    (tab if tab.count() else page.get_by_text(name, exact=True)).first.click()
+    body = page.frame_locator(f"iframe[title='{name}']").locator("body")
+    body.get_by_text(expect).first.wait_for(timeout=60000)
+    return body.inner_text(), page.evaluate("document.documentElement.scrollWidth")

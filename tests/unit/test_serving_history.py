@@ -3,6 +3,7 @@ for the pointer, concurrent history writers, rollbacks recorded with who ran the
 report page, and the DAG serialising validate runs."""
 import json
 import os
+import urllib.parse
 import subprocess
 import sys
 import threading
@@ -280,6 +281,44 @@ def test_the_report_page_shows_the_history_of_the_model_it_judged(tmp_path):
     assert page.status_code == 200, page.text
     assert f"<h1>Validation of model {mv_a}</h1>" in page.text and f"Serving history of <code>{mv_a}</code>" in page.text
     assert page.text.index("<h1>") < page.text.index("Serving history") and "<td>rejected</td>" in page.text
+
+
+def test_a_dag_runs_validation_report_tab_shows_its_report_inside_the_ui(tmp_path):
+    """The plugin's external view: a "Validation report" tab on each DAG run's page, whose iframe loads
+    /tfos/runs/<dag>/<run>/: the run's report found by its folder name under any dataset version, its image
+    and data reports linked where their own pages serve them; a run without a report says so."""
+    import tfos_ui
+    from fastapi.testclient import TestClient
+
+    (view,) = tfos_ui.TFoSUIPlugin.external_views
+    assert view["destination"] == "dag_run" and view["href"] == "/tfos/runs/{DAG_ID}/{RUN_ID}/"
+    layout = paths.Layout(str(tmp_path))
+    run_id = "manual__2026-11-28T10:00:00+00:00"
+    report_dir = layout.validation("v7", paths.run_slug(run_id))
+    os.makedirs(report_dir)
+    with open(os.path.join(report_dir, "report.md"), "w") as f:
+        f.write("# Validation of run r\n\n![confusion matrices](confusion_matrix.png)\n")
+    os.makedirs(layout.data_checks_dir("v7"))
+    open(layout.data_report("v7", "train"), "w").close()
+    tfos_ui.app.dependency_overrides = {dep.dependency: (lambda: None) for dep in tfos_ui._signed_in}
+    original = tfos_ui._layout
+    tfos_ui._layout = lambda: layout
+    try:
+        client = TestClient(tfos_ui.app)
+        page = client.get("/runs/tfos_pipeline/" + urllib.parse.quote(run_id, safe="") + "/")
+        none = client.get("/runs/tfos_pipeline/scheduled__2026-11-29T00:00:00+00:00/")
+        odd = client.get("/runs/tfos_pipeline/..%20x/")  # any run id makes a safe folder name
+    finally:
+        tfos_ui._layout = original
+        tfos_ui.app.dependency_overrides = {}
+    assert page.status_code == 200, page.text
+    assert "<h1>Validation of run r</h1>" in page.text and "<code>v7</code>" in page.text
+    slug = paths.run_slug(run_id)
+    # relative to /tfos/runs/<dag>/<run>/: the report page's image and the data report page
+    assert f'src="../../../reports/v7/{slug}/confusion_matrix.png"' in page.text
+    assert "href='../../../data-checks/v7/train'" in page.text and "data-checks/v7/infer" not in page.text
+    assert none.status_code == 200 and "has no validation report yet" in none.text
+    assert odd.status_code == 200 and "has no validation report yet" in odd.text
 
 
 def test_the_dag_runs_one_validate_at_a_time_and_passes_the_data_date():
