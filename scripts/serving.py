@@ -30,6 +30,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfospipe import fs, paths, serving, tracking
+from tfospipe.runner import JobError
 
 
 def _describe(layout, mv):
@@ -80,8 +81,8 @@ def format_event(e: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 with one ``error:`` line on
-    stderr when the root cannot be read (fs.StorageError, also mid-command; an OSError) or a rollback
-    cannot be made (ValueError, TimeoutError)."""
+    stderr when the root cannot be read (fs.StorageError, also mid-command; an OSError), a rollback
+    cannot be made (ValueError, TimeoutError), or sync-mlflow cannot reach MLflow (JobError)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
     sub = p.add_subparsers(dest="command", required=True)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fs.check_access(args.root, must_exist=True)
         return _command(args)
-    except (fs.StorageError, ValueError, TimeoutError, OSError, serving.ChampionChanged, tracking.JobError) as e:
+    except (fs.StorageError, ValueError, TimeoutError, OSError, serving.ChampionChanged, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -121,6 +121,7 @@ def mirror(job: str, what: str, action: Callable[[Any], Any], *, retry_seconds: 
     if uri is None:
         return None
     import tenacity
+    mlflow = client()  # the import and set-up, before the clock of the retries starts
     tries = tenacity.Retrying(stop=tenacity.stop_after_delay(retry_seconds),
                               wait=tenacity.wait_exponential(multiplier=0.5, max=8),
                               retry=tenacity.retry_if_exception(_retried), reraise=True)
@@ -129,7 +130,7 @@ def mirror(job: str, what: str, action: Callable[[Any], Any], *, retry_seconds: 
         for attempt in tries:
             with attempt:
                 count += 1
-                return action(client())
+                return action(mlflow)
     except Exception as e:  # noqa: BLE001 -- a mirror never fails a job that succeeded unless required
         error = " ".join(f"{type(e).__name__}: {e}".split())[:400]
         spent = time.time() - started
