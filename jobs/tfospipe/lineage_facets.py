@@ -257,7 +257,8 @@ def task_lineage(job: str, values: Mapping[str, Any], complete: bool) -> tuple[l
         if manifest is not None:
             mv = manifest.get("model_version")
         else:
-            mv = str(values.get("model_version") or "") or ((_read(layout.serving_pointer()) or {}).get("model_version"))
+            pointer = _read(layout.serving_pointer()) or {}
+            mv = str(values.get("model_version") or "") or pointer.get("model_version")
         inputs = [_dataset(InputDataset, records, data)]
         if mv:
             inputs.append(_dataset(InputDataset, layout.serving_model(mv)))

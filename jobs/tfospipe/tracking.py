@@ -71,6 +71,20 @@ _EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ step (\d+) loss (\S+) accuracy (\S+)
                          r"eval_accuracy (\S+)", re.M)
 
 
+#: The Spark properties naming the OpenLineage run of the Airflow task that submitted the job, which the
+#: Spark provider sets when ``[openlineage] spark_inject_parent_job_info`` is on (README, "OpenLineage").
+OPENLINEAGE_PARENT = ("parentJobNamespace", "parentJobName", "parentRunId", "rootParentJobName",
+                      "rootParentRunId")
+
+
+def openlineage_tags(conf: Any) -> dict[str, str]:
+    """``openlineage.<property>`` tags of the :data:`OPENLINEAGE_PARENT` properties a SparkConf (``conf``,
+    anything with ``get(key)``) holds: the OpenLineage task run an MLflow record belongs to. {} when the
+    properties are not set."""
+    found = {f"openlineage.{key}": conf.get(f"spark.openlineage.{key}") for key in OPENLINEAGE_PARENT}
+    return {k: str(v) for k, v in found.items() if v}
+
+
 class MirrorLag(Exception):
     """A mirror that did not reach MLflow within its retries (the last error is its cause)."""
 
@@ -200,7 +214,8 @@ def _local_copy(files: Iterable[tuple[str, str]], into: str) -> None:
                 fout.write(fin.read())
 
 
-def _log_training(mlflow: Any, layout: paths.Layout, run_dir: str, manifest: Mapping[str, Any]) -> Any:
+def _log_training(mlflow: Any, layout: paths.Layout, run_dir: str, manifest: Mapping[str, Any],
+                  extra_tags: Mapping[str, str] | None = None) -> Any:
     """One try of :func:`log_training`: reuse the finished MLflow run of this run directory when its
     manifest digest is the committed one, else create it (deleting an unfinished one a failed try left)."""
     from mlflow.entities import Metric, Param, RunTag
@@ -215,7 +230,7 @@ def _log_training(mlflow: Any, layout: paths.Layout, run_dir: str, manifest: Map
                                     "attributes.status != 'FINISHED'"):
         mlflow.delete_run(stale.info.run_id)
     version, run_id = manifest["dataset_version"], manifest["run_id"]
-    tags = dict(airflow_tags(), **{
+    tags = dict(airflow_tags(), **(extra_tags or {}), **{
         RUN_DIR_TAG: run_dir, "tfos.manifest_sha256": manifest_sha, "dataset_version": version,
         "tfos.run_id": run_id, "git_revision": manifest.get("git_revision") or git_revision(),
         "mlflow.source.git.commit": manifest.get("git_revision") or git_revision(),
@@ -250,13 +265,15 @@ def _log_training(mlflow: Any, layout: paths.Layout, run_dir: str, manifest: Map
 
 
 def log_training(layout: paths.Layout, run_dir: str, manifest: Mapping[str, Any], *, job: str = "train",
-                 retry_seconds: float = 30, required: bool = False) -> str | None:
+                 retry_seconds: float = 30, required: bool = False,
+                 tags: Mapping[str, str] | None = None) -> str | None:
     """Mirror the committed training run ``run_dir`` (its ``manifest``, as ``rundir.finish_run`` wrote it) as
     an MLflow run (module docstring: params, per-epoch metrics at step = epoch, final metrics, artifacts,
-    tags), through :func:`mirror`. Idempotent: a finished MLflow run of the same run directory and manifest
-    is reused. Returns the MLflow run id, or None (MLflow off, or the mirror lags: one WARNING line)."""
+    tags, with ``tags`` added, e.g. :func:`openlineage_tags`), through :func:`mirror`. Idempotent: a
+    finished MLflow run of the same run directory and manifest is reused. Returns the MLflow run id, or
+    None (MLflow off, or the mirror lags: one WARNING line)."""
     run = mirror(job, f"training run {run_dir}",
-                 lambda mlflow: _log_training(mlflow, layout, run_dir, manifest),
+                 lambda mlflow: _log_training(mlflow, layout, run_dir, manifest, tags),
                  retry_seconds=retry_seconds, required=required, root=layout.root)
     if run is None:
         return None

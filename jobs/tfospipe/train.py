@@ -245,6 +245,6 @@ def run(spark: Any, params: TrainParams, data_checks: dict[str, Any] | None = No
     result = finish_run(setup, layout, started, data_checks)
     # committed: the run directory is the record; MLflow mirrors it (a lag never fails the task unless required)
     tracking.log_training(layout, setup.run_dir, result, retry_seconds=params.mlflow_retry_seconds,
-                          required=params.mlflow_required == "true")
+                          required=params.mlflow_required == "true", tags=tracking.openlineage_tags(sc.getConf()))
     return {k: result[k] for k in ("model_dir", "steps_run", "final_loss", "final_accuracy", "final_eval_accuracy",
                                    "train_seconds")}
