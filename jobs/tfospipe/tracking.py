@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import fs, paths
-from .runner import JobError, git_revision
+from .runner import JobError, UserError, git_revision
 
 #: The environment variable naming the tracking server (MLflow's own).
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -98,7 +98,6 @@ def check_required(required: bool, job: str) -> None:
     """Raise runner.UserError when ``required`` (the ``mlflow_required`` param) but no tracking server is
     configured: the run would otherwise succeed without the records it was told it must have."""
     if required and not tracking_uri():
-        from .runner import UserError
         raise UserError(f"mlflow_required is true but no MLflow tracking server is configured for the {job} job: "
                         f"set {TRACKING_URI_ENV} where the task runs, or the Airflow connection mlflow_default "
                         "(README, \"MLflow\"), or trigger with mlflow_required=false")
@@ -128,15 +127,16 @@ def mirror(job: str, what: str, action: Callable[[Any], Any], *, retry_seconds: 
 
     When every try failed: with ``required`` raises runner.JobError naming the server, ``what`` and the
     error; otherwise prints one ``WARNING [job] MLflow mirror lags: ...`` line (``what`` was not mirrored,
-    the error, the tries, and the resync command for ``root``) and returns None. An error that is not
-    worth a retry (e.g. an MLflow exception the server cannot mend) ends the tries at once, the same way.
+    the error, the tries, and the resync command for ``root``) and returns None. An error of another kind
+    (:class:`MirrorLag`: e.g. a model MLflow never registered) ends the tries at once, the same way. No try
+    starts after ``retry_seconds``; one try waits at most ``MLFLOW_HTTP_REQUEST_TIMEOUT`` per request.
     """
     uri = tracking_uri()
     if uri is None:
         return None
     import tenacity
     mlflow = client()  # the import and set-up, before the clock of the retries starts
-    tries = tenacity.Retrying(stop=tenacity.stop_after_delay(retry_seconds),
+    tries = tenacity.Retrying(stop=tenacity.stop_before_delay(retry_seconds),
                               wait=tenacity.wait_exponential(multiplier=0.5, max=8),
                               retry=tenacity.retry_if_exception(_retried), reraise=True)
     started, count = time.time(), 0

@@ -224,7 +224,8 @@ def test_a_server_that_is_down_or_refuses_costs_one_warning_line_after_retries(t
     lags = [line for line in err if line.startswith("WARNING [train] MLflow mirror lags")]
     assert len(lags) == 1 and len([line for line in err if "WARNING" in line]) == 1, err
     tries = int(lags[0].split(" after ")[1].split(" tries")[0])
-    assert tries >= 2 and 2.5 <= elapsed < 15, (tries, elapsed)  # backoff 0.5, 1, 2 s ... within the bound
+    # backoff 0.5 s, then 1 s: 3 tries, no try after 3 s (each refused at once)
+    assert tries == 3 and 1.4 <= elapsed < 3 + 5, (tries, elapsed)
     assert "sync-mlflow --root " + layout.root in lags[0]
     if server_state == "refusing":
         assert Refusing.requests >= tries and ("503" in lags[0] or "TEMPORARILY_UNAVAILABLE" in lags[0])
@@ -243,3 +244,19 @@ def test_a_rollback_to_a_model_mlflow_never_saw_says_the_mirror_lags(tmp_path, m
     assert proc.returncode == 0, proc.stderr  # the pointer moved: the rollback stands
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
     assert line.startswith("WARNING [rollback] MLflow mirror lags: alias champion") and "sync-mlflow" in line
+
+
+def test_the_operator_turns_the_connection_mlflow_default_into_the_jobs_environment(monkeypatch):
+    import tfos_spark
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "mlflow.example.internal", "port": 5000, "login": "pipeline",
+        "password": "s3cret-token", "extra": {"experiment_name": "digits", "path": "/tracking/"}}))
+    assert tfos_spark.mlflow_env() == {
+        "MLFLOW_TRACKING_URI": "http://mlflow.example.internal:5000/tracking", "MLFLOW_TRACKING_USERNAME": "pipeline",
+        "MLFLOW_TRACKING_PASSWORD": "s3cret-token", "MLFLOW_EXPERIMENT_NAME": "digits"}
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http",
+                                                                  "host": "https://mlflow.example.internal"}))
+    assert tfos_spark.mlflow_env() == {"MLFLOW_TRACKING_URI": "https://mlflow.example.internal"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # the environment wins: spark-submit inherits it
+    assert tfos_spark.mlflow_env() == {}
