@@ -42,7 +42,7 @@ from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
-from tfospipe import fs, jobargs, jobspec, launch, paths
+from tfospipe import inputs, jobargs, jobspec, launch, paths
 from tfospipe.runner import EXIT_DATA_REFUSED, EXIT_USER_ERROR
 
 #: What a job's exit status says about a retry: the statuses of failures a retry cannot mend (the job's
@@ -492,16 +492,8 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         return openlineage_facets(self.job, self.job_args, complete=False)
 
 
-def input_files(raw_dir: str) -> list[str]:
-    """The names in ``raw_dir`` (a version's input directory, on any store tfospipe.fs reaches) that convert
-    would read or refuse: every entry whose name does not start with ``_`` or ``.`` (Hadoop's hidden names,
-    which convert skips: ``_SUCCESS``, ``.crc``, a producer's ``.part`` file before its rename). ``[]``
-    when the directory is missing or holds none."""
-    return [n for n in fs.listdir(raw_dir) if not n.startswith(("_", "."))]
-
-
 class TFoSInputSensor(BaseSensorOperator):
-    """Waits until the run's dataset version has input: ``raw/<version>/`` holds a file (:func:`input_files`).
+    """Waits until the run's dataset version has input: ``raw/<version>/`` holds a file (``tfospipe.inputs.input_entries``).
 
     It looks for the input files themselves, not for a ``_SUCCESS`` marker (most producers of CSV write
     none); a producer that writes a version's files in place should write each under a hidden name and
@@ -547,7 +539,7 @@ class TFoSInputSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         raw_dir = self.raw_dir()
-        found = input_files(raw_dir)
+        found = inputs.input_entries(raw_dir)
         if found:
             self.log.info("Dataset version %s has input in %s: %s", self.version, raw_dir,
                           ", ".join(found[:10]) + (" ..." if len(found) > 10 else ""))

@@ -42,7 +42,7 @@ from openlineage.client.event_v2 import InputDataset, OutputDataset
 from openlineage.client.facet_v2 import (DatasetFacet, data_quality_metrics_dataset, input_statistics_input_dataset,
                                          output_statistics_output_dataset, schema_dataset)
 
-from . import fs, paths, schema
+from . import fs, inputs as inputs_lib, paths, schema
 
 #: The TFRecord features of a converted version (schema.py's record format), as OpenLineage schema fields.
 RECORD_FIELDS = (("label", "int64[1]", "class id (absent in the score split)"),
@@ -203,9 +203,8 @@ def task_lineage(job: str, values: Mapping[str, Any], complete: bool) -> tuple[l
     raw, records = layout.raw(version), layout.tfrecords(version)
     inputs, outputs = [], []
     if job == "wait_for_data":
-        found = fs.listdir(raw) if complete and fs.exists(raw) else []
         stats = {"inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
-            fileCount=len([n for n in found if not n.startswith(("_", "."))]))} if complete else {}
+            fileCount=len(inputs_lib.input_entries(raw)))} if complete else {}
         return [_dataset(InputDataset, raw, **stats)], []
     if job == "convert":
         manifest = _read(paths.join(records, fs.MANIFEST)) if complete else None
