@@ -19,7 +19,7 @@ the DAG fills job flags with.
   application through its hook (:class:`TFoSSparkSubmitHook`): SIGTERM to spark-submit so its
   shutdown hook stops the SparkContext, then anything left of its process tree.
 
-* passes the MLflow tracking server of the Airflow connection ``mlflow_default`` to the job as
+* passes the MLflow tracking server of the Airflow connection ``mlflow_default`` to train and validate as
   ``MLFLOW_TRACKING_URI`` (:func:`mlflow_env`) unless the environment names one already;
 * implements the OpenLineage provider's ``get_openlineage_facets_on_start/complete/failure``: the
   task's input and output datasets under the data root with the facets of what its job committed
@@ -458,14 +458,15 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
 
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
-        before anything runs), add the MLflow server of the connection to the job's environment
-        (:func:`mlflow_env`), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
+        before anything runs), add the MLflow server of the connection to the environment of a job that
+        mirrors to MLflow (:func:`mlflow_env`; its params have ``mlflow_required``), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
         run spark-submit (the provider raises AirflowException when it fails), then record the dataset
         version and the path published on the job's Asset event. Returns what
         ``SparkSubmitOperator.execute`` returns."""
         self.check_conf(context)
         spec = self.job_spec
-        self.env_vars = dict(self.env_vars or {}, **mlflow_env())
+        if any(a.name == "mlflow_required" for a in spec.args):  # the jobs that mirror to MLflow (train, validate)
+            self.env_vars = dict(self.env_vars or {}, **mlflow_env())
         self.application_args = spec.argv(self.job_args)
         self.py_files = launch.build_zip(launch.BUILD_DIR)
         try:
