@@ -32,6 +32,7 @@ with MLflow off pays nothing for it. Only the drivers call this module: they run
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -67,6 +68,7 @@ CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEO
 #: What the task log says to resync MLflow with the pipeline's records.
 RESYNC = "resync with: python scripts/serving.py sync-mlflow --root {root}"
 
+#: A line of progress.epoch_line (the chief's ``progress.log``).
 _EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ step (\d+) loss (\S+) accuracy (\S+) eval_loss (\S+) "
                          r"eval_accuracy (\S+)", re.M)
 
@@ -218,8 +220,7 @@ def _log_training(mlflow: Any, layout: paths.Layout, run_dir: str, manifest: Map
                   extra_tags: Mapping[str, str] | None = None) -> Any:
     """One try of :func:`log_training`: reuse the finished MLflow run of this run directory when its
     manifest digest is the committed one, else create it (deleting an unfinished one a failed try left)."""
-    from mlflow.entities import Metric, Param, RunTag
-    import hashlib
+    from mlflow.entities import Metric, Param
     manifest_sha = hashlib.sha256(fs.read_bytes(paths.join(run_dir, fs.MANIFEST))).hexdigest()
     done = find_run(mlflow, run_dir)
     if done is not None and done.data.tags.get("tfos.manifest_sha256") == manifest_sha:
