@@ -142,7 +142,7 @@ def test_every_task_emits_its_datasets_and_a_run_gives_the_graph_raw_tfrecords_m
     complete = {e["job"]["name"].split(".", 1)[1]: e for e in events if e["eventType"] == "COMPLETE"}
     converted = json.loads((root / "tfrecords" / VERSION / fs.MANIFEST).read_text())
     (raw_in,) = complete["convert"]["inputs"]
-    assert raw_in["inputFacets"]["inputStatistics"]["rowCount"] == converted["rows_read"] == 400
+    assert raw_in["inputFacets"]["inputStatistics"]["rowCount"] == converted["rows_read"] == 400 + SERVED_SCORE_ROWS
     out = {d["name"]: d for d in complete["convert"]["outputs"]}
     tfr = out[records]
     assert tfr["outputFacets"]["outputStatistics"]["rowCount"] == converted["rows_written"]
