@@ -581,9 +581,9 @@ def test_openlineage_events_of_the_scheduled_run_give_the_graph_with_its_counts(
         {t: ["COMPLETE", "START"] for t in ("wait_for_data",) + JOBS}, by_task
     root = os.path.abspath(stack.root)
     raw, records = f"{root}/raw/{SCHEDULED}", f"{root}/tfrecords/{SCHEDULED}"
-    model = layout.model_run(SCHEDULED, run_slug(scheduled))
+    model = os.path.abspath(layout.model_run(SCHEDULED, run_slug(scheduled)))
     report = load(os.path.join(layout.validation(SCHEDULED, run_slug(scheduled)), "metrics.json"))
-    promoted = layout.serving_model(report["model_version"])
+    promoted = os.path.abspath(layout.serving_model(report["model_version"]))
     predictions = f"{root}/predictions/{SCHEDULED}"
     assert {(raw, records), (records, model), (model, promoted), (promoted, predictions)} <= edges(events)
     complete = {task_name(e): e for e in events if e["eventType"] == "COMPLETE"}
