@@ -19,6 +19,12 @@ the DAG fills job flags with.
   application through its hook (:class:`TFoSSparkSubmitHook`): SIGTERM to spark-submit so its
   shutdown hook stops the SparkContext, then anything left of its process tree.
 
+* passes the MLflow tracking server of the Airflow connection ``mlflow_default`` to train and validate as
+  ``MLFLOW_TRACKING_URI`` (:func:`mlflow_env`) unless the environment names one already;
+* implements the OpenLineage provider's ``get_openlineage_facets_on_start/complete/failure``: the
+  task's input and output datasets under the data root with the facets of what its job committed
+  (``tfospipe.lineage_facets``), as does the sensor.
+
 The Spark master comes from the Airflow connection ``spark_default``; the data root from the Airflow
 Variable ``tfos_data_root`` (or ``AIRFLOW_VAR_TFOS_DATA_ROOT``). Nothing else names a cluster.
 """
@@ -36,7 +42,7 @@ from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseOperatorLink, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
-from tfospipe import fs, jobargs, jobspec, launch, paths
+from tfospipe import inputs, jobargs, jobspec, launch, paths
 from tfospipe.runner import EXIT_DATA_REFUSED, EXIT_USER_ERROR
 
 #: What a job's exit status says about a retry: the statuses of failures a retry cannot mend (the job's
@@ -79,7 +85,55 @@ TITLES = {"dataset_version": "Dataset version", "data_wait_timeout": "Wait for d
           "min_accuracy": "Gate: min accuracy", "max_regression": "Gate: max regression", "gate": "Gate rule",
           "alpha": "Gate: significance level alpha", "require_improvement": "Gate: require improvement",
           "undecided": "Gate: when undecided", "promotion": "Promotion policy", "data_checks": "Data checks",
+          "mlflow_required": "MLflow required",
           "inference_batch_size": "Inference batch size", "inference_mode": "Inference mode"}
+
+#: The Airflow connection naming the MLflow tracking server (:func:`mlflow_env`).
+MLFLOW_CONN_ID = "mlflow_default"
+
+
+def mlflow_env() -> dict[str, str]:
+    """The environment that points a job at the MLflow tracking server (tfospipe.tracking): {} when this
+    process's environment has ``MLFLOW_TRACKING_URI`` already (spark-submit inherits it) or there is no
+    Airflow connection :data:`MLFLOW_CONN_ID` (MLflow stays off); otherwise ``MLFLOW_TRACKING_URI`` built
+    from the connection (host, which may hold the scheme, else ``http://`` or the connection's schema as
+    the scheme; port; extra ``path``), its login and password as ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD``, and its extra ``experiment_name`` as ``MLFLOW_EXPERIMENT_NAME``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return {}
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    try:
+        conn = BaseHook.get_connection(MLFLOW_CONN_ID)
+    except AirflowNotFoundException:
+        return {}
+    host = (conn.host or "").rstrip("/")
+    if not host:
+        return {}
+    uri = host if "://" in host else f"{conn.schema or 'http'}://{host}"
+    if conn.port:
+        uri += f":{conn.port}"
+    extra = conn.extra_dejson or {}
+    env = {"MLFLOW_TRACKING_URI": uri + (("/" + str(extra["path"]).strip("/")) if extra.get("path") else "")}
+    if conn.login:
+        env["MLFLOW_TRACKING_USERNAME"] = conn.login
+    if conn.password:
+        env["MLFLOW_TRACKING_PASSWORD"] = conn.password
+    if extra.get("experiment_name"):
+        env["MLFLOW_EXPERIMENT_NAME"] = str(extra["experiment_name"])
+    return env
+
+
+def openlineage_facets(task: str, values: Mapping[str, Any], complete: bool) -> Any:
+    """The provider's ``OperatorLineage`` of task ``task`` for its rendered flag values ``values``
+    (``data_root``, ``version``, ``run_id``): the input and output datasets of
+    ``tfospipe.lineage_facets.task_lineage``, with the facets of what the job committed when ``complete``.
+    Imported here: the OpenLineage provider loads only where lineage is on."""
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from tfospipe import lineage_facets
+    inputs, outputs = lineage_facets.task_lineage(task, values, complete)
+    return OperatorLineage(inputs=inputs, outputs=outputs)
+
 
 #: The default of ``data_wait_timeout`` (seconds): how long a scheduled run waits for its data. A deployment
 #: may set another with the environment variable ``TFOS_DATA_WAIT_TIMEOUT`` where the DAG is parsed.
@@ -406,12 +460,15 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
 
     def execute(self, context: Any) -> Any:
         """Check the run's conf (:meth:`check_conf`: AirflowFailException for a key that is no DAG param,
-        before anything runs), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
+        before anything runs), add the MLflow server of the connection to the environment of a job that
+        mirrors to MLflow (:func:`mlflow_env`; its params have ``mlflow_required``), build the argv from the rendered ``job_args`` and the ``--py-files`` zip,
         run spark-submit (the provider raises AirflowException when it fails), then record the dataset
         version and the path published on the job's Asset event. Returns what
         ``SparkSubmitOperator.execute`` returns."""
         self.check_conf(context)
         spec = self.job_spec
+        if any(a.name == "mlflow_required" for a in spec.args):  # the jobs that mirror to MLflow (train, validate)
+            self.env_vars = dict(self.env_vars or {}, **mlflow_env())
         self.application_args = spec.argv(self.job_args)
         self.py_files = launch.build_zip(launch.BUILD_DIR)
         try:
@@ -424,16 +481,22 @@ class TFoSSparkSubmitOperator(SparkSubmitOperator):
         return result
 
 
-def input_files(raw_dir: str) -> list[str]:
-    """The names in ``raw_dir`` (a version's input directory, on any store tfospipe.fs reaches) that convert
-    would read or refuse: every entry whose name does not start with ``_`` or ``.`` (Hadoop's hidden names,
-    which convert skips: ``_SUCCESS``, ``.crc``, a producer's ``.part`` file before its rename). ``[]``
-    when the directory is missing or holds none."""
-    return [n for n in fs.listdir(raw_dir) if not n.startswith(("_", "."))]
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage (provider's DefaultExtractor): the job's input and output datasets, named only."""
+        return openlineage_facets(self.job, self.job_args, complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the job's datasets with the facets of what it committed (schema, row counts, splits,
+        quarantine, data statistics, model figures: tfospipe.lineage_facets)."""
+        return openlineage_facets(self.job, self.job_args, complete=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage: the job's datasets, named only (a failed job committed nothing new)."""
+        return openlineage_facets(self.job, self.job_args, complete=False)
 
 
 class TFoSInputSensor(BaseSensorOperator):
-    """Waits until the run's dataset version has input: ``raw/<version>/`` holds a file (:func:`input_files`).
+    """Waits until the run's dataset version has input: ``raw/<version>/`` holds a file (``tfospipe.inputs.input_entries``).
 
     It looks for the input files themselves, not for a ``_SUCCESS`` marker (most producers of CSV write
     none); a producer that writes a version's files in place should write each under a hidden name and
@@ -479,7 +542,7 @@ class TFoSInputSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         raw_dir = self.raw_dir()
-        found = input_files(raw_dir)
+        found = inputs.input_entries(raw_dir)
         if found:
             self.log.info("Dataset version %s has input in %s: %s", self.version, raw_dir,
                           ", ".join(found[:10]) + (" ..." if len(found) > 10 else ""))
@@ -512,3 +575,18 @@ class TFoSInputSensor(BaseSensorOperator):
                     "TFOS_DATA_WAIT_TIMEOUT (seconds) where the DAG is parsed")
             self.log.error(line)
             raise AirflowSensorTimeout(line) from None
+
+    def _lineage_values(self) -> dict[str, str]:
+        return {"data_root": str(self.data_root), "version": str(self.version)}
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage: the input ``raw/<version>`` it waits for."""
+        return openlineage_facets("wait_for_data", self._lineage_values(), complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: ``raw/<version>`` with its count of input files."""
+        return openlineage_facets("wait_for_data", self._lineage_values(), complete=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage: ``raw/<version>``, which had no input."""
+        return openlineage_facets("wait_for_data", self._lineage_values(), complete=False)

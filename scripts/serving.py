@@ -5,6 +5,7 @@
     python scripts/serving.py rollback --to MODEL_VERSION point at a given promoted model
     python scripts/serving.py rollback --expect MV        only if MV (as list showed it) still serves
     python scripts/serving.py history [--model MV]        every decision: promote, rollback, rejected, unchanged
+    python scripts/serving.py sync-mlflow                 mirror every promoted model and the champion alias to MLflow
 
 Promoted models are never replaced or deleted, so every one of them can be rolled back to. A plain
 rollback steps back one model each time it runs (the pointer keeps the order in which models served);
@@ -12,6 +13,10 @@ rollback steps back one model each time it runs (the pointer keeps the order in 
 rollback is recorded in ``serving/history/`` with who ran it, like every promotion and rejection.
 A rollback is a compare-and-swap on the pointer state it read (``--expect``: and that state must name
 the model you saw): if a promotion or another rollback lands first, it changes nothing and says so.
+With ``MLFLOW_TRACKING_URI`` set, a rollback that moved the pointer then moves the registered model's
+alias ``champion`` to the model now serving (tfospipe.tracking.set_champion; a server that does not take
+it leaves one WARNING line, the rollback stands). ``sync-mlflow`` brings MLflow up to the serving area
+after mirrors lagged (tfospipe.tracking.sync).
 
 ``--root`` defaults to $AIRFLOW_VAR_TFOS_DATA_ROOT, else ``data``. Exit status 0, or 2 with one
 ``error: ...`` line: a root that cannot be read (an unsupported scheme, refused or missing credentials,
@@ -24,7 +29,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfospipe import fs, paths, serving
+from tfospipe import fs, paths, serving, tracking
+from tfospipe.runner import JobError
 
 
 def _describe(layout, mv):
@@ -75,8 +81,8 @@ def format_event(e: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv`` (default: sys.argv[1:]); exit status 0, or 2 with one ``error:`` line on
-    stderr when the root cannot be read (fs.StorageError, also mid-command; an OSError) or a rollback
-    cannot be made (ValueError, TimeoutError)."""
+    stderr when the root cannot be read (fs.StorageError, also mid-command; an OSError), a rollback
+    cannot be made (ValueError, TimeoutError), or sync-mlflow cannot reach MLflow (JobError)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("AIRFLOW_VAR_TFOS_DATA_ROOT", "data"), help="data root")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the model version you saw serving (list): refuse if another one serves now")
     hist = sub.add_parser("history", help="every serving decision, oldest first")
     hist.add_argument("--model", default=None, help="only the events naming this model version")
+    sub.add_parser("sync-mlflow", help="register every promoted model in MLflow ($MLFLOW_TRACKING_URI) and point "
+                                       "the champion alias at the serving one")
     args = p.parse_args(argv)
     try:
         fs.check_access(args.root, must_exist=True)
         return _command(args)
-    except (fs.StorageError, ValueError, TimeoutError, OSError, serving.ChampionChanged) as e:
+    except (fs.StorageError, ValueError, TimeoutError, OSError, serving.ChampionChanged, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -118,11 +126,17 @@ def _command(args: argparse.Namespace) -> int:
         for e in events:
             print(format_event(e))
         return 0
+    if args.command == "sync-mlflow":
+        for line in tracking.sync(layout):
+            print(line)
+        return 0
     by = f"scripts/serving.py rollback{' --to ' + args.to if args.to else ''} by {serving.user()}"
     fs.check_commits(args.root)  # the pointer moves by a conditional write
     pointer = serving.rollback(layout, args.to, by=by,
                                expected=serving.ANY if args.expect is None else args.expect)
     print(f"serving {pointer['model_version']} (was {pointer['from']}; previous now {pointer['previous']})")
+    # the compare-and-swap moved the pointer: MLflow's champion alias follows it
+    tracking.set_champion(layout, pointer["model_version"], job="rollback")
     return 0
 
 

@@ -28,6 +28,7 @@ from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from . import datagate, dataset, fs, paths, predict, serving, tfos
 from .jobargs import InferParams
+from .schema import PREDICTION_COLUMNS
 from .runner import (SPREAD_WAIT_S, JobError, executor_loss, executor_loss_message, executor_python, executors,
                      requested_executors)
 
@@ -49,7 +50,7 @@ class _ListParam(AccumulatorParam):
 
 
 def prediction_schema() -> StructType:
-    """The Spark schema of the predictions (one row per scored input row).
+    """The Spark schema of the predictions (one row per scored input row), from schema.PREDICTION_COLUMNS.
 
     ``row_id`` long, ``predicted_class`` int (0..9), ``probability`` float (of the predicted class),
     ``probabilities`` array<float> [10] (softmax, model.OUTPUT_PROBABILITIES), ``label`` int (null
@@ -57,15 +58,10 @@ def prediction_schema() -> StructType:
     """
     from pyspark.sql import types as T
 
-    return T.StructType([
-        T.StructField("row_id", T.LongType(), False),
-        T.StructField("predicted_class", T.IntegerType(), False),
-        T.StructField("probability", T.FloatType(), False),
-        T.StructField("probabilities", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("label", T.IntegerType(), True),
-        T.StructField("model_version", T.StringType(), False),
-        T.StructField("dataset_version", T.StringType(), False),
-    ])
+    types = {"bigint": T.LongType(), "int": T.IntegerType(), "float": T.FloatType(),
+             "array<float>": T.ArrayType(T.FloatType(), False), "string": T.StringType()}
+    return T.StructType([T.StructField(name, types[kind], nullable)
+                         for name, kind, nullable, _meaning in PREDICTION_COLUMNS])
 
 
 def arrow_schema() -> pa.Schema:

@@ -40,6 +40,18 @@ _CORRUPT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 Input = tuple[str, str]
 
 
+#: Name prefixes of the entries convert skips: Hadoop's hidden names (``_SUCCESS``, ``.crc``, a producer's
+#: ``.part`` file before its rename).
+HIDDEN_PREFIXES = ("_", ".")
+
+
+def input_entries(raw_dir: str) -> list[str]:
+    """The names in ``raw_dir`` (a version's input directory, on any store tfospipe.fs reaches) that convert
+    would read or refuse: every entry whose name does not start with one of :data:`HIDDEN_PREFIXES`. ``[]``
+    when the directory is missing or holds none. The DAG's sensor waits for them (plugins/tfos_spark.py)."""
+    return [n for n in fs.listdir(raw_dir) if not n.startswith(HIDDEN_PREFIXES)]
+
+
 def compression_of(name: str) -> str | None:
     """The compression suffix of an input name (``.gz``, ``.bz2``, ``.xz``, any letter case), or None."""
     lower = name.lower()
@@ -198,7 +210,7 @@ def list_inputs(raw_dir: str) -> tuple[list[Input], list[Input], list[str], list
     def walk(directory, prefix, group, in_label):
         for entry in fs.listdir(directory):
             path, name = paths.join(directory, entry), prefix + entry
-            if entry.startswith(("_", ".")):
+            if entry.startswith(HIDDEN_PREFIXES):
                 skipped.append(printable_name(name))
             elif not is_utf8_name(entry):
                 misnamed.append(name)

@@ -413,7 +413,23 @@ class DataCheckParams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainParams(DataCheckParams, RunParams):
+class TrackingParams:
+    """How train and validate mirror their records to MLflow (tracking.py), when a tracking server is
+    configured (``MLFLOW_TRACKING_URI``, or the Airflow connection ``mlflow_default``)."""
+
+    mlflow_required: str = param(
+        "false", "true = the task fails when its records cannot be mirrored to the MLflow tracking server (or none "
+        "is configured); false = a mirror that fails after its retries leaves one WARNING line and the task goes "
+        "on (the pipeline's own records stay the source of truth; scripts/serving.py sync-mlflow resyncs)",
+        one_of("false", "true"))
+    # Not a DAG param: a job setting (tests shorten it).
+    mlflow_retry_seconds: int = param(
+        30, "seconds a mirror to MLflow is retried with exponential backoff before it counts as failed",
+        integer(0, 3600), dag=False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainParams(TrackingParams, DataCheckParams, RunParams):
     """train's params: the cluster, its topology and the training hyperparameters (picklable: the
     training nodes receive them whole, ``node.NodeSetup``)."""
 
@@ -451,7 +467,7 @@ class TrainParams(DataCheckParams, RunParams):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ValidateParams(DataCheckParams, RunParams):
+class ValidateParams(TrackingParams, DataCheckParams, RunParams):
     """validate's params: the gate's thresholds and tests (validate.GateThresholds) and the promotion policy."""
 
     min_accuracy: float = param(0.8, "the candidate's eval accuracy must reach this", number(0, 1),

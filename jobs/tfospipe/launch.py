@@ -6,7 +6,8 @@
   environment of ``make executor-env``, or the project's image), TCMalloc preloaded
   (:func:`executor_malloc`);
 * :func:`build_zip`: the ``--py-files`` zip of the ``tfospipe`` package, built from the source at
-  submit time, without the submit-only modules (:data:`SUBMIT_ONLY`: this one and :mod:`.jobspec`);
+  submit time, without the submit-only modules (:data:`SUBMIT_ONLY`: this one, :mod:`.jobspec` and
+  :mod:`.lineage_facets`);
 * :func:`spark_submit_argv`: the whole spark-submit command line of a job, as the Airflow operator
   runs it, for running a job outside Airflow (tests, benchmarks).
 
@@ -47,7 +48,7 @@ IMAGE_PYTHON = "/opt/tfos/.venv/bin/python"
 
 #: Modules of the package that run only where a job is submitted (paths relative to ``jobs/``):
 #: never imported by a job's driver or executors, so not shipped in the zip.
-SUBMIT_ONLY = ("tfospipe/jobspec.py", "tfospipe/launch.py")
+SUBMIT_ONLY = ("tfospipe/jobspec.py", "tfospipe/launch.py", "tfospipe/lineage_facets.py")
 
 #: Environment of the spark-submit process (driver in client mode) and of every executor (tf-keras, quiet
 #: C++ logs, one TensorFlow thread pool thread per executor core); defined in :mod:`.tfenv`.

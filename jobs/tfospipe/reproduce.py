@@ -144,13 +144,14 @@ def scratch_run_id(run: str, now: datetime.datetime | None = None) -> str:
 def retrain_args(manifest: dict, data_root: str, run_id: str) -> dict[str, Any]:
     """The train job's flag values for a rerun of the run of ``manifest``: every param it recorded that
     the train job still takes (unset optional ones left out), on ``data_root``, as ``run_id``, with
-    ``data_checks`` off. Raises ReproduceError when the manifest records no params."""
+    ``data_checks`` off and ``mlflow_required`` false (a scratch rerun is never refused for its MLflow
+    mirror). Raises ReproduceError when the manifest records no params."""
     recorded = manifest.get("params")
     if not recorded:
         raise ReproduceError("the training manifest records no params")
     known = {spec.name for spec in JOBS["train"]}
     args = {k: v for k, v in recorded.items() if k in known and v is not None}
-    return dict(args, data_root=data_root, run_id=run_id, data_checks="off")
+    return dict(args, data_root=data_root, run_id=run_id, data_checks="off", mlflow_required="false")
 
 
 def differences(manifest: dict, versions: dict[str, str], revision: str) -> list[str]:

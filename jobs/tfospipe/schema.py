@@ -28,6 +28,19 @@ if TYPE_CHECKING:  # encoding and framing need no TensorFlow
 
 #: Classes of the label (digits 0-9): the model's output width.
 NUM_CLASSES = 10
+
+#: The columns of the predictions infer writes (Parquet), in order: (name, Spark SQL type, nullable,
+#: meaning). infer.prediction_schema builds its Spark schema from them; the OpenLineage schema facet of
+#: the predictions names them (lineage_facets.py).
+PREDICTION_COLUMNS = (
+    ("row_id", "bigint", False, "the source row's id (the lineage index maps it to file and line)"),
+    ("predicted_class", "int", False, "argmax of the probabilities"),
+    ("probability", "float", False, "the predicted class's probability"),
+    ("probabilities", "array<float>", False, f"softmax over the {NUM_CLASSES} classes"),
+    ("label", "int", True, "the row's label; null for an unlabeled (score) row"),
+    ("model_version", "string", False, "the promoted model version that scored the row"),
+    ("dataset_version", "string", False, "the dataset version of the row"),
+)
 #: Glob of a split's shard files (:func:`shard_name`).
 SHARD_PATTERN = "part-*.tfrecord*"
 #: Output compression (the ``compression`` job flag) -> shard file suffix. GZIP shards are ordinary

@@ -54,7 +54,7 @@ import threading
 import time
 from typing import Any
 
-from . import dataset, fs, markers, node, paths, tfos
+from . import dataset, fs, markers, node, paths, tfos, tracking
 from .feed import FEED_BLOCK_ROWS, FEED_TIMEOUT_SECONDS, feed_blocks, strided_payloads
 from .jobargs import TrainParams
 from .nodefailure import cluster_failure, failure_error
@@ -219,9 +219,11 @@ def describe_run(setup: node.NodeSetup) -> str:
 
 
 def prepare(params: TrainParams) -> dict[str, Any] | None:
-    """Before any Spark application (runner.main): the data checks of the version
+    """Before any Spark application (runner.main): a tracking server must be configured when
+    ``mlflow_required`` is true (tracking.check_required: UserError), and the data checks of the version
     (datagate.check_training_data; JobError on an anomaly under ``data_checks=fail``). Returns their record."""
     from . import datagate
+    tracking.check_required(params.mlflow_required == "true", "train")
     return datagate.check_training_data(params)
 
 
@@ -229,7 +231,8 @@ def run(spark: Any, params: TrainParams, data_checks: dict[str, Any] | None = No
     """The train job (``params``: its parsed params, ``jobargs.TrainParams``; ``data_checks``: what
     :func:`prepare` recorded, kept in the run's manifest): plan
     (``trainplan.plan_run``), prepare the run directory, run the cluster, check the markers and the
-    export, commit the run (``rundir``). Returns the RESULT summary (model_dir, steps_run, final
+    export, commit the run (``rundir``), then mirror it to MLflow when a tracking server is configured
+    (``tracking.log_training``: a lag is one WARNING line, a JobError only with ``mlflow_required``). Returns the RESULT summary (model_dir, steps_run, final
     metrics, train_seconds); raises JobError with what went wrong."""
     sc = spark.sparkContext
     layout = paths.Layout(params.data_root)
@@ -240,5 +243,8 @@ def run(spark: Any, params: TrainParams, data_checks: dict[str, Any] | None = No
     started = time.time()
     start_cluster(sc, setup)
     result = finish_run(setup, layout, started, data_checks)
+    # committed: the run directory is the record; MLflow mirrors it (a lag never fails the task unless required)
+    tracking.log_training(layout, setup.run_dir, result, retry_seconds=params.mlflow_retry_seconds,
+                          required=params.mlflow_required == "true", tags=tracking.openlineage_tags(sc.getConf()))
     return {k: result[k] for k in ("model_dir", "steps_run", "final_loss", "final_accuracy", "final_eval_accuracy",
                                    "train_seconds")}

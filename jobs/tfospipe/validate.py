@@ -21,7 +21,10 @@ passed gate promotes, and only when the promotion policy (``--promotion``, :func
 allows it: the model is copied to ``{root}/serving/models/{model_version}/`` and
 ``serving/CURRENT.json`` is swapped to point at it. A failed gate changes nothing serving and fails
 the task; a model the policy holds back changes nothing serving and the task succeeds. Every
-decision is recorded in ``serving/history/`` (``serving.record``).
+decision is recorded in ``serving/history/`` (``serving.record``). With an MLflow tracking server
+configured, the candidate is then registered as a model version (its digest, the gate's figures, the
+decision) and the alias ``champion`` follows serving (:func:`tracking.register_candidate`): a mirror
+after the files are committed, which lags (one WARNING line) rather than fails unless ``mlflow_required``.
 
 The swap is a compare-and-swap (``serving.promote(expected=...)``): it happens only if the pointer
 still names the model the candidate was compared with. When another run promoted (or someone rolled
@@ -46,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving, significance
+from . import datagate, dataset, fs, metrics, paths, predict, report as report_lib, serving, significance, tracking
 from .paths import version_date
 from .jobargs import ValidateParams
 from .runner import (SPREAD_WAIT_S, DataRefused, JobError, UserError, executor_python, executors, git_revision,
@@ -575,6 +578,14 @@ def _collapsed(layout, params, cand, report, r, finding):
                       "or rerun validate with data_checks=warn")
 
 
+def _mirror(layout, params, cand, report, champion, required=None):
+    """Register the candidate in MLflow (tracking.register_candidate) after its decision is committed;
+    ``champion``: it serves now, so the alias moves to it."""
+    tracking.register_candidate(layout, layout.model_run(cand.version, cand.run_id), cand.mv, report,
+                                champion=champion, retry_seconds=params.mlflow_retry_seconds,
+                                required=params.mlflow_required == "true" if required is None else required)
+
+
 def run(spark: SparkSession, params: ValidateParams) -> dict:
     """Judge training run ``params.run_id`` of dataset version ``params.version`` (``params``: the parsed
     validate params, ``jobargs.ValidateParams``; the gate's :class:`GateThresholds` come from them).
@@ -594,6 +605,7 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
     cannot judge (too few discordant pairs, ``undecided=hold``) is held like one the promotion policy
     holds: serving unchanged, a ``rejected`` history event with the rule, and the task succeeds.
     """
+    tracking.check_required(params.mlflow_required == "true", "validate")
     thresholds = GateThresholds.of(params)
     sc = spark.sparkContext
     layout = paths.Layout(params.data_root)
@@ -621,10 +633,12 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
         summary = _summary(cand, r, compared)
         if not r.passed:
             serving.reject(layout, mv, event)
+            _mirror(layout, params, cand, report, champion=False, required=False)  # the gate's failure decides
             raise UserError(f"model {mv} rejected, serving unchanged: {'; '.join(r.reasons)}. "
                            f"Report: {out}/metrics.json")
         if not r.allowed:
             serving.reject(layout, mv, event)
+            _mirror(layout, params, cand, report, champion=False)
             return dict(summary, promoted=None, serving_changed=False, serving=r.champ_mv)
         candidate = r.candidate
         try:
@@ -640,6 +654,8 @@ def run(spark: SparkSession, params: ValidateParams) -> dict:
             _write_report(layout, out, report, r.results)
             serving.reject(layout, mv, dict(event, rule=f"gate passed, promotion failed: {e}"))
             raise JobError(f"model {mv} passed the gate but was not promoted, serving unchanged: {e}") from None
+        # the compare-and-swap succeeded: CURRENT.json is the truth, the champion alias follows it
+        _mirror(layout, params, cand, report, champion=True)
         return dict(summary, promoted=mv, serving_changed=pointer["changed"], previous=pointer["previous"])
 
     raise _gave_up(layout, cand, report, r, compared)

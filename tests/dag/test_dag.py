@@ -283,8 +283,8 @@ def test_valid_confs_reach_spark_submit(dag, monkeypatch, conf):
     if conf == "every param":
         conf = {name: p.value for name, p in dag.params.items()}
         # 21 (seed included), the data checks (jobargs.DataCheckParams): a mode and 7 thresholds, the gate's
-        # gate, alpha, require_improvement and undecided, and the sensor's data_wait_timeout
-        assert len(conf) == 34
+        # gate, alpha, require_improvement and undecided, the sensor's data_wait_timeout, and mlflow_required
+        assert len(conf) == 35
     for task in spark_tasks(dag):
         reached = []
         _execute_with_conf(task, conf, monkeypatch, reached)

@@ -68,6 +68,12 @@ class Stack:
             AIRFLOW_VAR_TFOS_DATA_ROOT=self.root,
             AIRFLOW_VAR_TFOS_TENSORBOARD_URL=self.tensorboard,
             TFOS_DATA_WAIT_TIMEOUT=str(DATA_WAIT_S),
+            # OpenLineage: the provider's listener writes every task's events to a file (the e2e check reads
+            # them), and the Spark provider passes the task's run to spark-submit as parent job info
+            AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps({"type": "file", "append": False,
+                                                        "log_file_path": os.path.join(self.home, "openlineage-events")}),
+            AIRFLOW__OPENLINEAGE__NAMESPACE="tfos_e2e",
+            AIRFLOW__OPENLINEAGE__SPARK_INJECT_PARENT_JOB_INFO="true",
             AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": self.spark_master}),
             TFOS_BUILD_DIR=os.path.join(self.base, "build"),
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",

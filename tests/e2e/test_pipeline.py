@@ -553,3 +553,38 @@ def test_a_missing_input_fails_at_once_without_a_retry(stack, scheduled, layout)
     error = [line for line in log.splitlines() if "ERROR [convert] " in line and "-- not retried: " in line]
     assert error and "ERROR [convert] no input for dataset version notes-only: " in error[-1], log[-3000:]
     assert "up_for_retry" not in log.lower()
+
+
+def test_openlineage_events_of_the_scheduled_run_give_the_graph_with_its_counts(stack, scheduled, layout):
+    """The OpenLineage provider's listener in every task (the stack's file transport,
+    AIRFLOW__OPENLINEAGE__TRANSPORT): START and COMPLETE events of the scheduled run's five tasks, whose
+    datasets give raw -> tfrecords -> model -> promoted model -> predictions, with the jobs' counts."""
+    from openlineage_events import datasets, edges, read_events, task_name
+    transport = json.loads(stack.env.get("AIRFLOW__OPENLINEAGE__TRANSPORT") or "{}")
+    assert transport.get("type") == "file", "the stack (tests/e2e/services.py) must set a file transport"
+    run_id = scheduled["dag_run_id"]
+    events = [e for e in read_events(transport["log_file_path"]) if task_name(e)
+              and e["run"]["facets"].get("airflow", {}).get("dagRun", {}).get("run_id") == run_id]
+    by_task = {}
+    for e in events:
+        by_task.setdefault(task_name(e), []).append(e["eventType"])
+    # every task started and completed; wait_for_data's first try failed (the day's data came late: late_data)
+    assert {t: sorted(set(s)) for t, s in by_task.items()} == dict(
+        {t: ["COMPLETE", "START"] for t in JOBS}, wait_for_data=["COMPLETE", "FAIL", "START"]), by_task
+    root = os.path.abspath(stack.root)
+    raw, records = f"{root}/raw/{SCHEDULED}", f"{root}/tfrecords/{SCHEDULED}"
+    model = os.path.abspath(layout.model_run(SCHEDULED, run_slug(scheduled)))
+    report = load(os.path.join(layout.validation(SCHEDULED, run_slug(scheduled)), "metrics.json"))
+    promoted = os.path.abspath(layout.serving_model(report["model_version"]))
+    predictions = f"{root}/predictions/{SCHEDULED}"
+    assert {(raw, records), (records, model), (model, promoted), (promoted, predictions)} <= edges(events)
+    complete = {task_name(e): e for e in events if e["eventType"] == "COMPLETE"}
+    converted = load(os.path.join(records, "_manifest.json"))
+    written = datasets(complete["convert"], "outputs")[records]
+    assert written["outputFacets"]["outputStatistics"]["rowCount"] == converted["rows_written"] == ROWS[SCHEDULED]
+    assert written["facets"]["tfos_splits"]["splits"] == converted["splits"]
+    assert datasets(complete["convert"], "inputs")[raw]["inputFacets"]["inputStatistics"]["rowCount"] == \
+        converted["rows_read"]
+    scored = load(os.path.join(predictions, "_manifest.json"))
+    assert datasets(complete["infer"], "outputs")[predictions]["outputFacets"]["outputStatistics"]["rowCount"] == \
+        scored["rows_out"]

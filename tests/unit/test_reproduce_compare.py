@@ -157,7 +157,8 @@ def test_retrain_args_are_the_runs_params_into_a_scratch_run(tmp_path):
     assert run_id.startswith("reproduce-") and run_id.endswith(RUN)
     args = reproduce.retrain_args(manifest, "/other/root", run_id)
     assert args == {"data_root": "/other/root", "version": VERSION, "run_id": run_id, "seed": 7,
-                    "deterministic": "on", "input_mode": "tensorflow", "cluster_size": 2, "data_checks": "off"}
+                    "deterministic": "on", "input_mode": "tensorflow", "cluster_size": 2, "data_checks": "off",
+                    "mlflow_required": "false"}
     jobargs.parse("train", jobargs.to_argv("train", args))  # flags the train job takes
 
 
