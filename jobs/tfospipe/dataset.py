@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import fs, paths, schema
-from .runner import JobError
+from .runner import UserError
 
 if TYPE_CHECKING:  # Spark is only needed by example_rdd, at run time
     from pyspark import RDD, SparkContext
@@ -33,12 +33,12 @@ def read_manifest(layout: paths.Layout, version: str) -> dict:
     Keys the readers use: ``splits`` (rows per split name), ``shards`` (per split, in shard order:
     ``[{"file": shard file name, "records": int, "source": "input name:start-end" byte range}]``),
     ``image_shape`` ([H, W] pixels), ``pixel_max_observed`` (largest pixel value written), ``lineage``.
-    Raises JobError when the version has no commit marker (``_SUCCESS``): it was never converted, or
-    its conversion did not finish; OSError or fs.StorageError when the manifest cannot be read.
+    Raises UserError (not retried: convert must run first) when the version has no commit marker
+    (``_SUCCESS``): it was never converted, or its conversion did not finish; OSError or fs.StorageError when the manifest cannot be read.
     """
     out = version_dir(layout, version)
     if not fs.exists(paths.join(out, fs.SUCCESS)):
-        raise JobError(f"no converted data for dataset version {version} at {layout.tfrecords(version)} (no "
+        raise UserError(f"no converted data for dataset version {version} at {layout.tfrecords(version)} (no "
                        "_SUCCESS): run the convert task for this version first")
     return fs.read_json(paths.join(out, fs.MANIFEST))
 

@@ -29,7 +29,7 @@ Share = dict[str, Any]
 
 
 def check_topology(cluster_size: int, num_ps: int, input_mode: str, gradient_compression: str = "none") -> None:
-    """Refuse a cluster ParameterServerStrategy cannot run, with what to change (raises JobError)."""
+    """Refuse a cluster ParameterServerStrategy cannot run, with what to change (raises UserError: a retry cannot mend it)."""
     if num_ps and gradient_compression != "none":
         raise UserError(f"gradient_compression={gradient_compression} applies to all-reduce training (num_ps=0); "
                        f"with num_ps={num_ps} the workers send gradients to the parameter servers as they are. "
@@ -48,9 +48,9 @@ def check_root(layout: paths.Layout, num_ps: int) -> None:
     """Refuse parameter servers on a data root (``layout.root``) ``tf.io.gfile`` cannot reach (``s3://``,
     ``hdfs://``, ``abfs://``): there the nodes read local copies of their shares (scratch.py), but under
     ParameterServerStrategy the chief's coordinator builds the workers' input pipelines, whose file
-    paths would name the chief's copies, absent on other hosts. Raises JobError."""
+    paths would name the chief's copies, absent on other hosts. Raises UserError."""
     if num_ps and not fs.scheme_of(layout.root).tf_gfile:
-        raise JobError(f"num_ps={num_ps} needs a data root TensorFlow reaches itself (a local or shared path, "
+        raise UserError(f"num_ps={num_ps} needs a data root TensorFlow reaches itself (a local or shared path, "
                        f"gs://); {layout.root} is reached through local copies, which parameter-server workers "
                        "cannot share: use num_ps=0 (all-reduce) on this root")
 
@@ -83,12 +83,12 @@ def plan_shares(split: str, shards: list[dict[str, Any]], split_dir: str, nodes:
     all non-empty shards and keeps every ``nodes``-th record from its offset (``tf.data``'s ``shard``).
 
     Returns ``nodes`` dicts ``{"files": [paths], "offset": int, "every": int, "records": int}`` (records:
-    how many this node gets). Raises JobError when the split holds fewer records than nodes.
+    how many this node gets). Raises UserError when the split holds fewer records than nodes.
     """
     counts = [int(s["records"]) for s in shards]
     total = sum(counts)
     if total < nodes:
-        raise JobError(f"the {split} shards hold {counts} records ({total} in all) for {nodes} reading nodes: "
+        raise UserError(f"the {split} shards hold {counts} records ({total} in all) for {nodes} reading nodes: "
                        f"every node needs at least one {split} record. Add data, or use fewer nodes "
                        "(cluster_size)")
     files = [paths.join(split_dir, s["file"]) for s in shards]
@@ -152,7 +152,8 @@ def plan_run(params: TrainParams, layout: paths.Layout) -> Plan:
     """The :class:`Plan` of a train run with ``params`` on the data under ``layout``; logs each split's
     shares (:func:`describe_shares`).
 
-    Raises JobError for a topology or data root the cluster cannot run (:func:`check_topology`,
+    Raises UserError (not retried by Airflow: the same run fails the same way) for a topology or data root the
+    cluster cannot run (:func:`check_topology`,
     :func:`check_root`), a version that was not converted (``dataset.read_manifest``), a manifest that
     lists no per-shard record counts (an older conversion), a listed shard that is missing, a split
     that cannot fill one step, or a split that holds fewer records than reading nodes.
@@ -181,15 +182,15 @@ def _split_shares(params: TrainParams, layout: paths.Layout, manifest: dict[str,
     rows = manifest["splits"][split]
     shards = manifest.get("shards", {}).get(split)
     if shards is None:
-        raise JobError(f"the conversion manifest of dataset version {params.version} lists no per-shard record "
+        raise UserError(f"the conversion manifest of dataset version {params.version} lists no per-shard record "
                        f"counts for the {split} split ({paths.join(layout.tfrecords(params.version), fs.MANIFEST)}): "
                        "it was converted by an older version of the pipeline; rerun the convert task")
     missing = [s["file"] for s in shards if paths.join(split_dir, s["file"]) not in on_disk]
     if missing:
-        raise JobError(f"{split} shards {missing} listed in the conversion manifest are missing from {split_dir}; "
+        raise UserError(f"{split} shards {missing} listed in the conversion manifest are missing from {split_dir}; "
                        "rerun the convert task for this version")
     if rows < params.batch_size * step_batches:
-        raise JobError(f"{rows} {split} rows cannot fill one step of batch_size {params.batch_size} on "
+        raise UserError(f"{rows} {split} rows cannot fill one step of batch_size {params.batch_size} on "
                        f"{step_batches} workers; lower batch_size")
     shares = plan_shares(split, shards, split_dir, readers)
     print(describe_shares(split, shards, shares), flush=True)

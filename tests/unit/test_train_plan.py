@@ -3,7 +3,7 @@ and the step budgets every node can meet."""
 import pytest
 
 from tfospipe import schema, train, trainplan
-from tfospipe.runner import JobError
+from tfospipe.runner import JobError, UserError
 
 
 def shards(*records):
@@ -66,7 +66,7 @@ def test_record_shares_read_every_record_exactly_once(tmp_path):
 
 
 def test_a_split_with_fewer_records_than_nodes_is_refused_naming_the_shard_counts():
-    with pytest.raises(JobError) as e:
+    with pytest.raises(UserError) as e:  # not retried: the same data fails the same way
         trainplan.plan_shares("train", shards(1, 0, 0), "/d/train", 2)
     msg = str(e.value)
     assert "train shards hold [1, 0, 0] records" in msg and "2 reading nodes" in msg
