@@ -118,7 +118,9 @@ def _retried(error: BaseException) -> bool:
     """Errors worth another try: MLflow's (HTTP status, refused request), the network's and the store's."""
     import requests
     from mlflow.exceptions import MlflowException
-    return isinstance(error, (MlflowException, requests.RequestException, OSError))
+    # not a file of ours that is missing (e.g. a hand-exported model's training manifest): no try mends that
+    return isinstance(error, (MlflowException, requests.RequestException, OSError)) and \
+        not isinstance(error, FileNotFoundError)
 
 
 def mirror(job: str, what: str, action: Callable[[Any], Any], *, retry_seconds: float, required: bool,
@@ -344,9 +346,11 @@ def register_candidate(layout: paths.Layout, run_dir: str, mv: str, report: Mapp
     its tags the pipeline's model version and digest, the gate's figures and the decision. With
     ``champion`` (the candidate serves now: promoted, or it already served) the alias :data:`CHAMPION`
     moves to it. Returns the registry's version number, or None (MLflow off, or the mirror lags)."""
-    train_manifest = fs.read_json(paths.join(run_dir, fs.MANIFEST))
+    # the training manifest is read inside the mirror: with MLflow off nothing is read, and a run without one
+    # (a model exported by hand) makes the mirror lag, not the job fail
     version = mirror("validate", f"model version {mv}" + (f" and alias {CHAMPION}" if champion else ""),
-                     lambda mlflow: _register(mlflow, layout, run_dir, train_manifest, mv, report, champion),
+                     lambda mlflow: _register(mlflow, layout, run_dir, fs.read_json(paths.join(run_dir, fs.MANIFEST)),
+                                              mv, report, champion),
                      retry_seconds=retry_seconds, required=required, root=layout.root)
     if version is None:
         return None

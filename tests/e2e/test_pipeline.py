@@ -308,13 +308,13 @@ def test_the_tensorboard_link_answers_and_the_report_fits_a_1280_px_window(stack
         href, target = ui.extra_link(page, stack.url, "tfos_pipeline", run_id, "train", "TensorBoard")
         assert href == link and target == "_blank"  # another origin: the UI opens it in a new tab
         assert ui.page_width(page, report) <= 1280
+        assert page.get_by_role("link", name=re.compile("tfos_pipeline in the Airflow UI")).count() == 1
         # the run's page has the report in a tab of its own, inside the UI (the plugin's external view)
         mv = load(os.path.join(layout.validation(SCHEDULED, run_slug(scheduled)), "metrics.json"))["model_version"]
         text, width = ui.run_tab(page, stack.url, "tfos_pipeline", run_id, "Validation report",
                                  f"Validation of model {mv}")
         assert f"Dataset version {SCHEDULED}" in text and f"Serving history of {mv}" in text, text[:2000]
         assert width <= 1280
-        assert page.get_by_role("link", name=re.compile("tfos_pipeline in the Airflow UI")).count() == 1
 
 
 # -- backfill ----------------------------------------------------------------------------------

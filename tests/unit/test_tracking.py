@@ -131,6 +131,28 @@ def test_a_training_run_is_logged_with_params_epoch_metrics_artifacts_and_tags(t
     assert len(mlflow_on.search_runs([experiment.experiment_id])) == 1
 
 
+def test_a_hand_exported_candidate_without_a_training_manifest_never_fails_validate(tmp_path, monkeypatch, capsys,
+                                                                                     server):
+    """A model placed by hand (a SavedModel and _SUCCESS, no training manifest), as an operator may validate:
+    with MLflow off nothing is read; with it on, the mirror lags at once (one WARNING line, no retries:
+    a missing file does not come back), and validate's decision stands."""
+    layout = paths.Layout(str(tmp_path))
+    run_dir = layout.model_run(VERSION, "by-hand")
+    fake_model(os.path.join(run_dir, paths.MODEL_DIR), "by hand")
+    mv = paths.model_version(VERSION, "by-hand", "0123456789ab")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.register_candidate(layout, run_dir, mv, report(mv, "0123456789ab", "rejected"),
+                                       champion=False) is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    started = time.monotonic()
+    assert tracking.register_candidate(layout, run_dir, mv, report(mv, "0123456789ab", "rejected"),
+                                       champion=False, retry_seconds=30) is None
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 15 and err.count("WARNING [validate] MLflow mirror lags: ") == 1, err
+    assert "after 1 tries" in err and "FileNotFoundError" in err and "sync-mlflow" in err
+
+
 def test_a_candidate_is_registered_with_its_gate_and_the_champion_alias_follows_serving(tmp_path, mlflow_on,
                                                                                          capsys):
     layout = paths.Layout(str(tmp_path))
