@@ -97,7 +97,8 @@ def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<style>{REPORT_CSS}</style></head>"
-            f"<body><p><a href='{back}' target='_top'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}</body></html>")
+            f"<body><p><a href='{back}' target='_top'>&larr; tfos_pipeline in the Airflow UI</a></p>{body}"
+            "</body></html>")
 
 
 @app.get("/reports/{version}/{run}/", response_class=HTMLResponse)
@@ -106,8 +107,11 @@ def report(version: str, run: str) -> str:
     HTML page (:func:`report_body`).
 
     HTTP 400 when ``version`` or ``run`` is no safe path segment, 404 when the run has no report."""
-    _report_dir(version, run)  # 400 for an unsafe segment
-    return _page(f"Validation {version} / {run}", report_body(_layout(), version, run))
+    try:
+        body = report_body(_layout(), version, run)
+    except paths.PathError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
+    return _page(f"Validation {version} / {run}", body)
 
 
 #: The report's style: it fits a 1280 px window (and narrower ones): the text column is at most 72em and
